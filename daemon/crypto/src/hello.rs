@@ -1,0 +1,98 @@
+//! HELLO: the first message each way on a connection's control stream (DESIGN.md, step 4).
+//!
+//! It ties the QUIC session to the sender's PeerId post-quantum: an ML-DSA-87 + Ed25519
+//! signature over the TLS exporter value, both PeerIds and the role; the sender's record, which
+//! binds its Ed25519 key (the TLS raw public key) to its PeerId; and an HMAC proving knowledge of
+//! the network key, bound to the same exporter. Checked cheapest first: the network-key proof
+//! (one HMAC) before any signature, so a stranger costs the receiver almost nothing.
+
+use shadowmesh_proto::consts::{EXPORTER_LEN, NETKEY_PROOF_LEN};
+use shadowmesh_proto::msg::{append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, NETKEY_DOMAIN};
+use shadowmesh_proto::PeerId;
+
+use crate::record::{verify_record, VerifiedRecord};
+use crate::{Error, Identity};
+
+/// HMAC-SHA-256 under the network key over the exporter, the sender's role and PeerId.
+pub fn netkey_proof(network_key: &[u8; 32], exporter: &[u8; EXPORTER_LEN], role: Role, from: &PeerId) -> [u8; NETKEY_PROOF_LEN] {
+    crate::hmac_sha256(network_key, &[NETKEY_DOMAIN, exporter, &[role as u8], &from.0])
+}
+
+/// Builds a signed HELLO body.
+pub fn build_hello(
+    id: &Identity,
+    role: Role,
+    to: &PeerId,
+    record: RecordRefOrSeq<'_>,
+    exporter: &[u8; EXPORTER_LEN],
+    network_key: &[u8; 32],
+) -> Result<Vec<u8>, Error> {
+    let me = id.peer_id();
+    let proof = netkey_proof(network_key, exporter, role, &me);
+    let mut body = Vec::new();
+    Hello::emit_unsigned(role, &me, to, record, &proof, &mut body)?;
+    let (m, e) = id.sign(HELLO_DOMAIN, &[exporter, &body]);
+    append_sigs(&mut body, &m, &e);
+    Ok(body)
+}
+
+/// What the receiver knows when it checks a HELLO.
+#[derive(Debug)]
+pub struct HelloCheck<'a> {
+    /// Our PeerId: the HELLO must be addressed to it.
+    pub me: PeerId,
+    /// The role the sender must have (the other end's).
+    pub sender_role: Role,
+    /// The PeerId we dialled, if we are the dialler.
+    pub expected_peer: Option<PeerId>,
+    /// The connection's TLS exporter value.
+    pub exporter: &'a [u8; EXPORTER_LEN],
+    /// The mesh's network key.
+    pub network_key: &'a [u8; 32],
+    /// The Ed25519 key TLS authenticated.
+    pub tls_ed25519: &'a [u8; 32],
+    /// The sender's record if we already hold it (lets it send only the sequence number).
+    pub known: Option<&'a VerifiedRecord>,
+    /// Now, Unix seconds (record expiry).
+    pub now_unix: u64,
+}
+
+/// Verifies a HELLO body. On success returns the sender's verified record.
+pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, Error> {
+    let h = Hello::parse(body)?;
+    if h.role != c.sender_role {
+        return Err(Error::Wire(shadowmesh_proto::Error::InvalidField("role")));
+    }
+    if h.to != c.me {
+        return Err(Error::UnexpectedPeer("HELLO.to"));
+    }
+    if let Some(p) = c.expected_peer {
+        if h.from != p {
+            return Err(Error::UnexpectedPeer("HELLO.from"));
+        }
+    }
+    let proof = netkey_proof(c.network_key, c.exporter, h.role, &h.from);
+    if !crate::ct_eq(&proof, h.netkey_proof) {
+        return Err(Error::WrongNetworkKey);
+    }
+    let record = match h.record {
+        RecordRefOrSeq::Full(bytes) => verify_record(bytes, c.now_unix)?,
+        RecordRefOrSeq::Known(seq) => match c.known {
+            Some(r) if r.seq == seq && r.peer_id() == h.from && r.expires_at > c.now_unix => r.clone(),
+            _ => return Err(Error::UnknownRecord),
+        },
+    };
+    if record.peer_id() != h.from {
+        return Err(Error::UnexpectedPeer("record"));
+    }
+    if record.storage_key != crate::storage_key(c.network_key, &h.from) {
+        return Err(Error::WrongStorageKey);
+    }
+    if !crate::ct_eq(&record.keys.ed25519, c.tls_ed25519) {
+        return Err(Error::TlsKeyMismatch);
+    }
+    record
+        .keys
+        .verify(HELLO_DOMAIN, &[c.exporter, h.signed], h.mldsa_sig, h.ed25519_sig)?;
+    Ok(record)
+}

@@ -1,0 +1,531 @@
+//! The end-to-end session (DESIGN.md, "Handshake" step 5, and "Data plane").
+//!
+//! INIT/RESP: ephemeral ML-KEM-1024 + X25519, each message dual-signed over its body and bound
+//! to `binding` (the TLS exporter on a direct path, the relay's PeerId on a relayed one).
+//! HKDF-SHA-256 over both shared secrets, salted with the network key, gives one
+//! ChaCha20-Poly1305 key per direction and a chaining key for rekeys.
+//!
+//! Rekey (WireGuard's timers): the session initiator starts one after 120 s or 2^60 messages;
+//! it is a fresh ML-KEM-1024 + X25519 exchange authenticated by an HMAC under a key from the
+//! current chaining key, never a new ML-DSA signature. The new keys go into the other of two key
+//! slots, selected by the frame's key-phase bit. The responder installs them at once for
+//! receiving but keeps sending on the old phase until a frame arrives on the new one (so the
+//! initiator has certainly installed them); the initiator switches as soon as RESP arrives.
+//! Any key older than 180 s is refused in both directions.
+//!
+//! The state machine takes `now` as an argument and owns no clock.
+
+use std::time::Instant;
+
+use shadowmesh_proto::consts::*;
+use shadowmesh_proto::frame::{FrameType, Header};
+use shadowmesh_proto::msg::{
+    append_sigs, Init, Rekey, Resp, INIT_DOMAIN, REKEY_INIT_DOMAIN, REKEY_RESP_DOMAIN, RESP_DOMAIN,
+};
+use shadowmesh_proto::replay::ReplayWindow;
+use shadowmesh_proto::PeerId;
+
+use crate::aead::FrameKey;
+use crate::kx;
+use crate::sign::PeerKeys;
+use crate::{Error, Identity};
+
+struct Keys {
+    send: FrameKey,
+    recv: FrameKey,
+    send_seq: u64,
+    replay: ReplayWindow,
+    created: Instant,
+}
+
+struct Derived {
+    send: [u8; 32],
+    recv: [u8; 32],
+    chain: [u8; 32],
+}
+
+fn derive(salt: &[u8], secret: &[u8], info: &[&[u8]], initiator: bool) -> Derived {
+    let mut okm = [0u8; 96];
+    crate::hkdf(salt, secret, info, &mut okm);
+    let i2r: [u8; 32] = okm[..32].try_into().expect("32");
+    let r2i: [u8; 32] = okm[32..64].try_into().expect("32");
+    let chain: [u8; 32] = okm[64..].try_into().expect("32");
+    let (send, recv) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
+    Derived { send, recv, chain }
+}
+
+impl Keys {
+    fn new(d: &Derived, now: Instant) -> Self {
+        Keys {
+            send: FrameKey::new(&d.send),
+            recv: FrameKey::new(&d.recv),
+            send_seq: 0,
+            replay: ReplayWindow::new(),
+            created: now,
+        }
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < REJECT_AFTER_TIME
+    }
+}
+
+struct PendingRekey {
+    epoch: u32,
+    kx: kx::Initiator,
+    init_body: Vec<u8>,
+}
+
+/// Counters a session keeps about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames sealed.
+    pub sent: u64,
+    /// Frames opened successfully.
+    pub received: u64,
+    /// Frames refused as replays or too old.
+    pub replayed: u64,
+    /// Frames refused because authentication failed or no key matched.
+    pub rejected: u64,
+    /// Completed rekeys.
+    pub rekeys: u32,
+}
+
+/// An established end-to-end session with one peer.
+pub struct Session {
+    slots: [Option<Keys>; 2],
+    send_phase: usize,
+    confirm_phase: Option<usize>,
+    initiator: bool,
+    epoch: u32,
+    chain: [u8; 32],
+    pending: Option<PendingRekey>,
+    last_send: Instant,
+    /// Counters.
+    pub stats: SessionStats,
+}
+
+impl core::fmt::Debug for Session {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session")
+            .field("initiator", &self.initiator)
+            .field("epoch", &self.epoch)
+            .field("send_phase", &self.send_phase)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn e2e_salt(network_key: &[u8; 32]) -> [u8; 32] {
+    crate::sha256(&[b"shadowmesh/e2e/v1", network_key])
+}
+
+/// The initiator's side of INIT/RESP, waiting for RESP.
+pub struct Initiating {
+    kx: kx::Initiator,
+    init_body: Vec<u8>,
+    me: PeerId,
+    peer: PeerId,
+    binding: [u8; 32],
+}
+
+/// Starts a session with `peer`: returns the state and the signed INIT body to send.
+pub fn initiate(id: &Identity, peer: &PeerId, binding: &[u8; 32]) -> (Initiating, Vec<u8>) {
+    let k = kx::Initiator::generate();
+    let me = id.peer_id();
+    let mut body = Vec::new();
+    Init::emit_unsigned(&me, peer, k.x25519_pk(), k.mlkem_ek(), &mut body);
+    let (m, e) = id.sign(INIT_DOMAIN, &[binding, &body]);
+    append_sigs(&mut body, &m, &e);
+    (
+        Initiating {
+            kx: k,
+            init_body: body.clone(),
+            me,
+            peer: *peer,
+            binding: *binding,
+        },
+        body,
+    )
+}
+
+impl Initiating {
+    /// Completes the session with the responder's RESP, checked against `peer`'s keys.
+    pub fn finish(self, resp_body: &[u8], peer: &PeerKeys, network_key: &[u8; 32], now: Instant) -> Result<Session, Error> {
+        if peer.peer_id != self.peer {
+            return Err(Error::UnexpectedPeer("peer keys"));
+        }
+        let r = Resp::parse(resp_body)?;
+        if r.from != self.peer {
+            return Err(Error::UnexpectedPeer("RESP.from"));
+        }
+        if r.to != self.me {
+            return Err(Error::UnexpectedPeer("RESP.to"));
+        }
+        let init_hash = crate::sha256(&[&self.init_body]);
+        if !crate::ct_eq(&init_hash, r.init_hash) {
+            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField("RESP.init_hash")));
+        }
+        peer.verify(RESP_DOMAIN, &[&self.binding, r.signed], r.mldsa_sig, r.ed25519_sig)?;
+        let mut share = [0u8; kx::RESP_SHARE_LEN];
+        share[..MLKEM1024_CIPHERTEXT_LEN].copy_from_slice(r.mlkem_ct);
+        share[MLKEM1024_CIPHERTEXT_LEN..].copy_from_slice(r.x25519);
+        let secret = self.kx.finish(&share)?;
+        let resp_hash = crate::sha256(&[resp_body]);
+        let d = derive(&e2e_salt(network_key), &secret, &[&init_hash, &resp_hash], true);
+        Ok(Session::new(d, true, now))
+    }
+}
+
+/// Answers an INIT from `peer` (whose keys were verified through its record): returns the
+/// session and the signed RESP body to send.
+pub fn respond(
+    id: &Identity,
+    init_body: &[u8],
+    peer: &PeerKeys,
+    binding: &[u8; 32],
+    network_key: &[u8; 32],
+    now: Instant,
+) -> Result<(Session, Vec<u8>), Error> {
+    let i = Init::parse(init_body)?;
+    if i.from != peer.peer_id {
+        return Err(Error::UnexpectedPeer("INIT.from"));
+    }
+    let me = id.peer_id();
+    if i.to != me {
+        return Err(Error::UnexpectedPeer("INIT.to"));
+    }
+    peer.verify(INIT_DOMAIN, &[binding, i.signed], i.mldsa_sig, i.ed25519_sig)?;
+    let mut share = [0u8; kx::INIT_SHARE_LEN];
+    share[..MLKEM1024_ENCAPS_KEY_LEN].copy_from_slice(i.mlkem_ek);
+    share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(i.x25519);
+    let (resp_share, secret) = kx::respond(&share)?;
+    let init_hash = crate::sha256(&[init_body]);
+    let ct: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN].try_into().expect("len");
+    let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..].try_into().expect("len");
+    let mut body = Vec::new();
+    Resp::emit_unsigned(&me, &peer.peer_id, &init_hash, x, ct, &mut body);
+    let (m, e) = id.sign(RESP_DOMAIN, &[binding, &body]);
+    append_sigs(&mut body, &m, &e);
+    let resp_hash = crate::sha256(&[&body]);
+    let d = derive(&e2e_salt(network_key), &secret, &[&init_hash, &resp_hash], false);
+    Ok((Session::new(d, false, now), body))
+}
+
+fn rekey_mac_key(chain: &[u8; 32]) -> [u8; 32] {
+    crate::hmac_sha256(chain, &[b"shadowmesh/rekey-mac/v1"])
+}
+
+impl Session {
+    fn new(d: Derived, initiator: bool, now: Instant) -> Self {
+        Session {
+            slots: [Some(Keys::new(&d, now)), None],
+            send_phase: 0,
+            confirm_phase: None,
+            initiator,
+            epoch: 0,
+            chain: d.chain,
+            pending: None,
+            last_send: now,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Whether this side started the session (and so drives rekeys).
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// Completed rekeys so far.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Seals one frame in place. `frame` is `18 bytes of header room || payload || 16 bytes of
+    /// tag room`. Fails if the sending key is too old or its counter exhausted: rekey first.
+    pub fn seal(&mut self, now: Instant, kind: FrameType, frame: &mut [u8]) -> Result<(), Error> {
+        let len = frame
+            .len()
+            .checked_sub(FRAME_OVERHEAD)
+            .ok_or(Error::Wire(shadowmesh_proto::Error::InvalidField("frame buffer length")))?;
+        let len = u16::try_from(len).map_err(|_| {
+            Error::Wire(shadowmesh_proto::Error::TooLarge {
+                what: "frame payload",
+                len,
+                max: FRAME_MAX_PAYLOAD,
+            })
+        })?;
+        let phase = self.send_phase;
+        let keys = self.slots[phase].as_mut().ok_or(Error::NoKey)?;
+        if !keys.usable(now) {
+            return Err(Error::NoKey);
+        }
+        if keys.send_seq >= REJECT_AFTER_MESSAGES {
+            return Err(Error::Wire(shadowmesh_proto::Error::CounterExhausted));
+        }
+        let h = Header {
+            kind,
+            seq: keys.send_seq,
+            len,
+            key_phase: phase == 1,
+        };
+        keys.send.seal(&h, frame)?;
+        keys.send_seq += 1;
+        self.last_send = now;
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    /// Opens one frame in place: parse, replay check, decrypt, then mark. Returns the frame type
+    /// and the plaintext (a sub-slice of `frame`).
+    pub fn open<'a>(&mut self, now: Instant, frame: &'a mut [u8]) -> Result<(FrameType, &'a mut [u8]), Error> {
+        let h = Header::parse(frame)?;
+        let phase = h.key_phase as usize;
+        let Some(keys) = self.slots[phase].as_mut().filter(|k| k.usable(now)) else {
+            self.stats.rejected += 1;
+            return Err(Error::NoKey);
+        };
+        if let Err(e) = keys.replay.check(h.seq) {
+            self.stats.replayed += 1;
+            return Err(e.into());
+        }
+        let plain = match keys.recv.open(&h, frame) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rejected += 1;
+                return Err(e);
+            }
+        };
+        keys.replay.mark(h.seq)?;
+        self.stats.received += 1;
+        if self.confirm_phase == Some(phase) {
+            // The initiator sends on the new keys: it has them, so we may switch too.
+            self.send_phase = phase;
+            self.confirm_phase = None;
+        }
+        Ok((h.kind, plain))
+    }
+
+    /// True when a keepalive should be sent: nothing sent for `KEEPALIVE_TIMEOUT`.
+    pub fn needs_keepalive(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_send) >= KEEPALIVE_TIMEOUT
+    }
+
+    /// True when this side (the initiator) should start a rekey now.
+    pub fn needs_rekey(&self, now: Instant) -> bool {
+        if !self.initiator || self.pending.is_some() {
+            return false;
+        }
+        match &self.slots[self.send_phase] {
+            Some(k) => {
+                now.saturating_duration_since(k.created) >= REKEY_AFTER_TIME
+                    || k.send_seq >= REKEY_AFTER_MESSAGES
+            }
+            None => true,
+        }
+    }
+
+    /// Starts a rekey: returns the REKEY_INIT body to send on the control stream.
+    pub fn start_rekey(&mut self) -> Vec<u8> {
+        let epoch = self.epoch + 1;
+        let k = kx::Initiator::generate();
+        let mut body = Vec::new();
+        Rekey::emit_unmaced(epoch, k.x25519_pk(), k.mlkem_ek(), &mut body);
+        let mac = crate::hmac_sha256(&rekey_mac_key(&self.chain), &[REKEY_INIT_DOMAIN, &body]);
+        body.extend_from_slice(&mac);
+        self.pending = Some(PendingRekey {
+            epoch,
+            kx: k,
+            init_body: body.clone(),
+        });
+        body
+    }
+
+    fn install(&mut self, d: &Derived, now: Instant) -> usize {
+        let new_phase = 1 - self.send_phase;
+        self.slots[new_phase] = Some(Keys::new(d, now));
+        self.chain = d.chain;
+        self.epoch += 1;
+        self.stats.rekeys += 1;
+        new_phase
+    }
+
+    /// Responder: answers a REKEY_INIT; returns the REKEY_RESP body.
+    pub fn handle_rekey_init(&mut self, now: Instant, body: &[u8]) -> Result<Vec<u8>, Error> {
+        let r = Rekey::parse(body)?;
+        if self.initiator || r.epoch != self.epoch + 1 {
+            return Err(Error::BadRekey);
+        }
+        let mac_key = rekey_mac_key(&self.chain);
+        let mac = crate::hmac_sha256(&mac_key, &[REKEY_INIT_DOMAIN, r.maced]);
+        if !crate::ct_eq(&mac, r.mac) {
+            return Err(Error::BadRekey);
+        }
+        let mut share = [0u8; kx::INIT_SHARE_LEN];
+        share[..MLKEM1024_ENCAPS_KEY_LEN].copy_from_slice(r.kem);
+        share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(r.x25519);
+        let (resp_share, secret) = kx::respond(&share)?;
+        let mut out = Vec::new();
+        let kem: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN].try_into().expect("len");
+        let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..].try_into().expect("len");
+        Rekey::emit_unmaced(r.epoch, x, kem, &mut out);
+        let mac = crate::hmac_sha256(&mac_key, &[REKEY_RESP_DOMAIN, &out]);
+        out.extend_from_slice(&mac);
+        let epoch = r.epoch.to_be_bytes();
+        let d = derive(
+            &self.chain,
+            &secret,
+            &[b"rekey", &epoch, &crate::sha256(&[body]), &crate::sha256(&[&out])],
+            false,
+        );
+        let phase = self.install(&d, now);
+        self.confirm_phase = Some(phase);
+        Ok(out)
+    }
+
+    /// Initiator: completes a rekey with REKEY_RESP and switches to the new keys.
+    pub fn handle_rekey_resp(&mut self, now: Instant, body: &[u8]) -> Result<(), Error> {
+        let r = Rekey::parse(body)?;
+        let Some(p) = self.pending.take() else {
+            return Err(Error::BadRekey);
+        };
+        if r.epoch != p.epoch {
+            self.pending = Some(p);
+            return Err(Error::BadRekey);
+        }
+        let mac = crate::hmac_sha256(&rekey_mac_key(&self.chain), &[REKEY_RESP_DOMAIN, r.maced]);
+        if !crate::ct_eq(&mac, r.mac) {
+            return Err(Error::BadRekey);
+        }
+        let mut share = [0u8; kx::RESP_SHARE_LEN];
+        share[..MLKEM1024_CIPHERTEXT_LEN].copy_from_slice(r.kem);
+        share[MLKEM1024_CIPHERTEXT_LEN..].copy_from_slice(r.x25519);
+        let secret = p.kx.finish(&share)?;
+        let epoch = r.epoch.to_be_bytes();
+        let d = derive(
+            &self.chain,
+            &secret,
+            &[b"rekey", &epoch, &crate::sha256(&[&p.init_body]), &crate::sha256(&[body])],
+            true,
+        );
+        self.send_phase = self.install(&d, now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let nk = [5u8; 32];
+        let binding = [1u8; 32];
+        let (st, init) = initiate(&a, &b.peer_id(), &binding);
+        let (sb, resp) = respond(&b, &init, &a.peer_keys(), &binding, &nk, now).unwrap();
+        let sa = st.finish(&resp, &b.peer_keys(), &nk, now).unwrap();
+        (sa, sb)
+    }
+
+    fn frame(s: &mut Session, now: Instant, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; payload.len() + FRAME_OVERHEAD];
+        f[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        s.seal(now, FrameType::Data, &mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn both_directions_and_replay() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        let mut f = frame(&mut a, t0, b"ping");
+        let copy = f.clone();
+        assert_eq!(b.open(t0, &mut f).unwrap().1, b"ping");
+        let mut again = copy.clone();
+        assert!(matches!(b.open(t0, &mut again), Err(Error::Wire(shadowmesh_proto::Error::Replayed(0)))));
+        let mut g = frame(&mut b, t0, b"pong");
+        assert_eq!(a.open(t0, &mut g).unwrap().1, b"pong");
+        // A's own frame does not open at A (keys differ per direction).
+        let mut own = frame(&mut a, t0, b"x");
+        assert_eq!(a.open(t0, &mut own).unwrap_err(), Error::Decrypt);
+        assert_eq!(b.stats.replayed, 1);
+    }
+
+    #[test]
+    fn wrong_binding_or_network_key_fails() {
+        let t0 = Instant::now();
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let (st, init) = initiate(&a, &b.peer_id(), &[1; 32]);
+        // Bound to another TLS session: the responder refuses the signature.
+        assert_eq!(
+            respond(&b, &init, &a.peer_keys(), &[2; 32], &[5; 32], t0).unwrap_err(),
+            Error::BadEd25519Signature
+        );
+        // Different network keys: both sides "succeed" but derive different keys.
+        let (mut sb, resp) = respond(&b, &init, &a.peer_keys(), &[1; 32], &[6; 32], t0).unwrap();
+        let mut sa = st.finish(&resp, &b.peer_keys(), &[5; 32], t0).unwrap();
+        let mut f = frame(&mut sa, t0, b"hi");
+        assert_eq!(sb.open(t0, &mut f).unwrap_err(), Error::Decrypt);
+    }
+
+    #[test]
+    fn rekey_switches_phase_and_old_keys_expire() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        assert!(!a.needs_rekey(t0));
+        let t1 = t0 + REKEY_AFTER_TIME;
+        assert!(a.needs_rekey(t1));
+        assert!(!b.needs_rekey(t1), "only the initiator drives rekeys");
+        // A frame sealed on the old key, in flight during the rekey.
+        let mut in_flight = frame(&mut a, t1, b"old");
+        let init = a.start_rekey();
+        let resp = b.handle_rekey_init(t1, &init).unwrap();
+        // B still sends on phase 0 until it sees A use the new keys.
+        let mut f = frame(&mut b, t1, b"b-old");
+        assert!(!Header::parse(&f).unwrap().key_phase);
+        assert_eq!(a.open(t1, &mut f).unwrap().1, b"b-old");
+        a.handle_rekey_resp(t1, &resp).unwrap();
+        let mut f = frame(&mut a, t1, b"new");
+        assert!(Header::parse(&f).unwrap().key_phase);
+        assert_eq!(b.open(t1, &mut f).unwrap().1, b"new");
+        let mut f = frame(&mut b, t1, b"b-new");
+        assert!(Header::parse(&f).unwrap().key_phase, "B switched after A's first new frame");
+        assert_eq!(a.open(t1, &mut f).unwrap().1, b"b-new");
+        // The old-phase frame still opens during the overlap...
+        let mut late = in_flight.clone();
+        assert_eq!(b.open(t1, &mut late).unwrap().1, b"old");
+        // ...but not once the old keys are older than REJECT_AFTER_TIME.
+        let t2 = t0 + REJECT_AFTER_TIME + Duration::from_secs(1);
+        let mut old = frame_phase0_copy(&mut in_flight);
+        assert_eq!(b.open(t2, &mut old).unwrap_err(), Error::NoKey);
+        assert_eq!((a.epoch(), b.epoch()), (1, 1));
+        // A replayed or forged rekey message is refused.
+        assert_eq!(b.handle_rekey_init(t1, &init).unwrap_err(), Error::BadRekey);
+        let mut forged = a.start_rekey();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        assert_eq!(b.handle_rekey_init(t1, &forged).unwrap_err(), Error::BadRekey);
+    }
+
+    fn frame_phase0_copy(f: &mut [u8]) -> Vec<u8> {
+        // Bump the sequence number so the replay window does not decide first.
+        let mut g = f.to_vec();
+        g[14] = g[14].wrapping_add(1);
+        g
+    }
+
+    #[test]
+    fn expired_send_key_refuses_to_seal() {
+        let t0 = Instant::now();
+        let (mut a, _) = pair(t0);
+        let mut f = vec![0u8; 10 + FRAME_OVERHEAD];
+        assert_eq!(
+            a.seal(t0 + REJECT_AFTER_TIME, FrameType::Data, &mut f),
+            Err(Error::NoKey)
+        );
+        assert!(a.needs_keepalive(t0 + KEEPALIVE_TIMEOUT));
+    }
+}
