@@ -11,6 +11,7 @@
 //! - ML-DSA-87 stays out of TLS on purpose: its 2,592-byte key and 4,627-byte signature in the
 //!   server's first flight would exceed QUIC's 3x anti-amplification limit and cost a round trip.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -162,8 +163,13 @@ fn check_rpk(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_
 
 /// Server verifier of the dialler: accepts exactly the pinned Ed25519 key, or (when dialling a
 /// PeerId whose record we do not hold yet) any Ed25519 key, which HELLO then has to bind.
+/// Counts its calls: a resumed TLS session skips certificate verification, so the count tells
+/// full handshakes from resumptions.
 #[derive(Debug)]
-pub struct PinnedServerKey(pub Option<[u8; 32]>);
+pub struct PinnedServerKey {
+    expected: Option<[u8; 32]>,
+    checks: Arc<AtomicUsize>,
+}
 
 impl ServerCertVerifier for PinnedServerKey {
     fn verify_server_cert(
@@ -174,8 +180,9 @@ impl ServerCertVerifier for PinnedServerKey {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
         let pk = check_rpk(end_entity, intermediates)?;
-        match self.0 {
+        match self.expected {
             Some(expected) if !crate::ct_eq(&expected, &pk) => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
@@ -244,6 +251,7 @@ pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     key: Arc<CertifiedKey>,
     sessions: Arc<dyn rustls::client::ClientSessionStore>,
+    server_cert_checks: Arc<AtomicUsize>,
 }
 
 impl core::fmt::Debug for TlsContext {
@@ -260,7 +268,14 @@ impl TlsContext {
             key: certified_key(id),
             // Bounded: 64 peers' tickets (a ticket is ~200 bytes).
             sessions: Arc::new(rustls::client::ClientSessionMemoryCache::new(64)),
+            server_cert_checks: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// How many server certificates this context's client configurations verified: a dial that
+    /// completes without incrementing it resumed a TLS session.
+    pub fn server_cert_checks(&self) -> usize {
+        self.server_cert_checks.load(Ordering::Relaxed)
     }
 
     /// A client configuration pinning `expected` (the Ed25519 key from the peer's record), or
@@ -270,7 +285,10 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("provider supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerKey(expected)))
+            .with_custom_certificate_verifier(Arc::new(PinnedServerKey {
+                expected,
+                checks: self.server_cert_checks.clone(),
+            }))
             .with_client_cert_resolver(Arc::new(
                 rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.key.clone()),
             ));

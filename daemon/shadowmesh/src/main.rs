@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    std::process::exit(shadowmesh::cli::run(std::env::args().collect()));
+}

@@ -1,0 +1,293 @@
+//! The command line. One binary is both daemon and CLI (flash is scarce on routers).
+//!
+//! Hand-rolled argument parsing: a parser crate would cost more flash than the whole CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shadowmesh_crypto::identity::KeyFileError;
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::peer::{decode_hex_into, to_hex};
+use shadowmesh_proto::PeerId;
+
+use crate::json::Obj;
+
+/// Usage text.
+pub const USAGE: &str = "\
+usage: shadowmesh <command> [options]
+
+commands:
+  keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
+  id --key PATH [--json]       print the PeerId, public keys and overlay addresses of a key file
+  probe --key PATH (--network-key HEX | --network-key-file PATH)
+        --listen ADDR          accept peers, prove identities, echo their encrypted frames
+        --connect PEERID@ADDR  dial a peer, send encrypted frames, report what happened
+        [--count N] [--size BYTES] [--rekey] [--attack] [--log-level LEVEL]
+  version                      print the version
+";
+
+/// A command-line error: message for stderr and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// What went wrong, for the user.
+    pub msg: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+impl CliError {
+    /// A usage error (exit code 2).
+    pub fn usage(msg: impl Into<String>) -> Self {
+        CliError {
+            msg: msg.into(),
+            code: 2,
+        }
+    }
+
+    /// A runtime failure (exit code 1).
+    pub fn fail(msg: impl Into<String>) -> Self {
+        CliError {
+            msg: msg.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<KeyFileError> for CliError {
+    fn from(e: KeyFileError) -> Self {
+        CliError::fail(e.to_string())
+    }
+}
+
+/// Parsed `--flag value` options after the command name.
+#[derive(Debug, Default)]
+pub struct Opts {
+    pairs: Vec<(String, Option<String>)>,
+}
+
+const SWITCHES: &[&str] = &["--json", "--rekey", "--attack", "--help"];
+
+impl Opts {
+    /// Parses `args` (without the program and command names).
+    pub fn parse(args: &[String]) -> Result<Opts, CliError> {
+        let mut pairs = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if !a.starts_with("--") {
+                return Err(CliError::usage(format!("unexpected argument '{a}'")));
+            }
+            if let Some((k, v)) = a.split_once('=') {
+                pairs.push((k.to_string(), Some(v.to_string())));
+            } else if SWITCHES.contains(&a.as_str()) {
+                pairs.push((a.clone(), None));
+            } else {
+                let v = it
+                    .next()
+                    .ok_or_else(|| CliError::usage(format!("option {a} needs a value")))?;
+                pairs.push((a.clone(), Some(v.clone())));
+            }
+        }
+        Ok(Opts { pairs })
+    }
+
+    /// Fails on any option not in `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), CliError> {
+        for (k, _) in &self.pairs {
+            if !allowed.contains(&k.as_str()) {
+                return Err(CliError::usage(format!("unknown option {k}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `--name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Whether switch `--name` was given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
+    }
+
+    /// The value of a required option.
+    pub fn need(&self, name: &str) -> Result<&str, CliError> {
+        self.get(name)
+            .ok_or_else(|| CliError::usage(format!("missing required option {name}")))
+    }
+
+    /// A parsed value, or `default`.
+    pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, CliError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| CliError::usage(format!("invalid value '{v}' for {name}"))),
+        }
+    }
+}
+
+/// Reads the network key from `--network-key HEX` or `--network-key-file PATH`.
+pub fn network_key(o: &Opts) -> Result<[u8; 32], CliError> {
+    let (hex, origin) = match (o.get("--network-key"), o.get("--network-key-file")) {
+        (Some(h), None) => (h.trim().to_string(), "--network-key".to_string()),
+        (None, Some(p)) => (
+            std::fs::read_to_string(p)
+                .map_err(|e| CliError::fail(format!("network key file {p}: {e}")))?
+                .trim()
+                .to_string(),
+            format!("network key file {p}"),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(CliError::usage("give --network-key or --network-key-file, not both"))
+        }
+        (None, None) => {
+            return Err(CliError::usage("missing --network-key or --network-key-file"))
+        }
+    };
+    let mut k = [0u8; 32];
+    decode_hex_into(&hex, &mut k)
+        .map_err(|_| CliError::usage(format!("{origin}: expected 64 hex digits")))?;
+    Ok(k)
+}
+
+/// Parses `PEERID@HOST:PORT` (the UCI bootstrap syntax).
+pub fn parse_peer_addr(s: &str) -> Result<(PeerId, SocketAddr), CliError> {
+    let (id, addr) = s
+        .split_once('@')
+        .ok_or_else(|| CliError::usage(format!("'{s}': expected PEERID@HOST:PORT")))?;
+    let id: PeerId = id
+        .parse()
+        .map_err(|_| CliError::usage(format!("'{id}': a PeerId is 64 hex digits")))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| CliError::usage(format!("'{addr}': expected IP:PORT")))?;
+    Ok((id, addr))
+}
+
+/// `shadowmesh keygen --out PATH`.
+pub fn keygen(o: &Opts) -> Result<(), CliError> {
+    o.only(&["--out", "--json"])?;
+    let path = PathBuf::from(o.need("--out")?);
+    let id = Identity::generate();
+    id.save_new(&path)?;
+    if o.flag("--json") {
+        println!("{}", id_json(&id));
+    } else {
+        println!("{}", id.peer_id());
+    }
+    Ok(())
+}
+
+/// The `id --json` object: `peer_id`, `ed25519_public_key`, `mldsa87_public_key`, `ipv4`,
+/// `ipv6` (the interface scripts rely on; extend, never rename).
+pub fn id_json(id: &Identity) -> String {
+    let pid = id.peer_id();
+    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
+    Obj::new()
+        .str("peer_id", &pid.to_string())
+        .str("ed25519_public_key", &to_hex(&id.ed25519_public()))
+        .str("mldsa87_public_key", &to_hex(id.mldsa_public()))
+        .str("ipv4", &v4.to_string())
+        .uint("ipv4_counter", counter as u64)
+        .str("ipv6", &overlay::ipv6(V6Prefix::default(), &pid).to_string())
+        .finish()
+}
+
+/// `shadowmesh id --key PATH [--json]`.
+pub fn id(o: &Opts) -> Result<(), CliError> {
+    o.only(&["--key", "--json"])?;
+    let id = Identity::load(&PathBuf::from(o.need("--key")?))?;
+    if o.flag("--json") {
+        println!("{}", id_json(&id));
+    } else {
+        let pid = id.peer_id();
+        println!("peer_id    {pid}");
+        println!("ed25519    {}", to_hex(&id.ed25519_public()));
+        println!("ipv4       {}", overlay::ipv4_candidate(V4Prefix::default(), &pid, 0).0);
+        println!("ipv6       {}", overlay::ipv6(V6Prefix::default(), &pid));
+    }
+    Ok(())
+}
+
+/// Runs the CLI on `args` (including the program name); returns the exit code.
+pub fn run(args: Vec<String>) -> i32 {
+    let Some(cmd) = args.get(1) else {
+        eprint!("{USAGE}");
+        return 2;
+    };
+    let rest = &args[2..];
+    let result = Opts::parse(rest).and_then(|o| {
+        if o.flag("--help") {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        if let Some(level) = o.get("--log-level") {
+            let l = crate::logger::parse_level(level)
+                .ok_or_else(|| CliError::usage(format!("invalid --log-level '{level}'")))?;
+            crate::logger::init(l);
+        } else {
+            crate::logger::init(log::LevelFilter::Info);
+        }
+        match cmd.as_str() {
+            "keygen" => keygen(&o),
+            "id" => id(&o),
+            "probe" => crate::probe::main(&o),
+            "version" | "--version" => {
+                println!("shadowmesh {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            "help" | "--help" | "-h" => {
+                print!("{USAGE}");
+                Ok(())
+            }
+            other => Err(CliError::usage(format!("unknown command '{other}'"))),
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shadowmesh: {}", e.msg);
+            if e.code == 2 {
+                eprint!("{USAGE}");
+            }
+            e.code
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(a: &[&str]) -> Result<Opts, CliError> {
+        Opts::parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options() {
+        let o = opts(&["--key", "k", "--json", "--count=5"]).unwrap();
+        assert_eq!(o.get("--key"), Some("k"));
+        assert!(o.flag("--json"));
+        assert_eq!(o.parse_or("--count", 1u32).unwrap(), 5);
+        assert!(o.only(&["--key", "--json"]).is_err());
+        assert!(opts(&["--key"]).is_err());
+        assert!(opts(&["stray"]).is_err());
+    }
+
+    #[test]
+    fn peer_addr() {
+        let id = "ab".repeat(32);
+        let (p, a) = parse_peer_addr(&format!("{id}@127.0.0.1:4433")).unwrap();
+        assert_eq!(p.to_string(), id);
+        assert_eq!(a.port(), 4433);
+        assert!(parse_peer_addr("nope").is_err());
+        assert!(parse_peer_addr(&format!("{}@127.0.0.1:1", &id[..10])).is_err());
+        assert!(parse_peer_addr(&format!("{id}@host:1")).is_err());
+    }
+}

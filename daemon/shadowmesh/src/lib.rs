@@ -1,0 +1,19 @@
+//! The ShadowMesh daemon and CLI.
+//!
+//! The protocol logic lives in `shadowmesh-proto` (sans-IO) and `shadowmesh-crypto`; this crate
+//! is the thin I/O shell: the quinn endpoint and the connection handshake driver ([`node`]),
+//! the command line ([`cli`]), and the `probe` diagnostic ([`probe`]).
+
+pub mod cli;
+pub mod json;
+pub mod logger;
+pub mod node;
+pub mod probe;
+
+/// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,618 @@
+//! The hop layer's I/O: a quinn endpoint configured for routers, and the connection handshake
+//! (TLS with the hybrid group, then HELLO and INIT/RESP on the control stream).
+//!
+//! ```text
+//! dialler                                  listener
+//!   QUIC/TLS 1.3 (ML-KEM-1024+X25519, Ed25519 raw keys)   1 RTT
+//!   HELLO(record, sigs over exporter) + INIT  ->
+//!                                            verify HELLO (network key first), then
+//!                                        <-  HELLO + RESP
+//!   verify HELLO, finish session                          1 RTT
+//! ```
+//! The listener checks the dialler before revealing anything of its own; a peer that fails is
+//! closed with a specific application error code before any frame flows.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use shadowmesh_crypto::hello::{build_hello, verify_hello, HelloCheck};
+use shadowmesh_crypto::record::{build_record, RecordParams, VerifiedRecord};
+use shadowmesh_crypto::session::{self, Session};
+use shadowmesh_crypto::tls::{ed25519_from_spki, KxPolicy, TlsContext};
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::consts::*;
+use shadowmesh_proto::frame::FrameType;
+use shadowmesh_proto::msg::{self, MsgType, RecordRefOrSeq, Role, EXPORTER_LABEL};
+use shadowmesh_proto::record::Payload;
+use shadowmesh_proto::PeerId;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// The mesh's 32-byte network key.
+    pub network_key: [u8; 32],
+    /// Key exchange policy (always [`KxPolicy::Hybrid`] outside benchmarks and tests).
+    pub kx: KxPolicy,
+    /// Not-yet-validated handshakes in flight above which new ones must first answer a Retry
+    /// (address validation, quinn's stateless cookie). 0 = always retry.
+    pub retry_above: usize,
+    /// The mesh-private part of our record (addresses, overlay addresses, routes).
+    pub payload: Payload,
+    /// How long our record is valid.
+    pub record_lifetime: Duration,
+    /// Bound on how long one connection handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node on `listen` in the mesh of `network_key`.
+    pub fn new(listen: SocketAddr, network_key: [u8; 32]) -> Self {
+        NodeConfig {
+            listen,
+            network_key,
+            kx: KxPolicy::Hybrid,
+            retry_above: 16,
+            payload: Payload::default(),
+            record_lifetime: Duration::from_secs(6 * 3600),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection handshake failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// QUIC or TLS failed (includes a pinned-key mismatch and no common key-exchange group).
+    Connect(quinn::ConnectError),
+    /// The connection failed or was closed by the peer.
+    Connection(quinn::ConnectionError),
+    /// The peer closed the connection with one of our application codes.
+    Rejected {
+        /// The code (`CLOSE_*` in `shadowmesh_proto::consts`).
+        code: u32,
+    },
+    /// The peer's HELLO or INIT/RESP failed verification (we closed the connection).
+    Verify(shadowmesh_crypto::Error),
+    /// The control stream broke the framing rules.
+    Protocol(&'static str),
+    /// The handshake did not finish in time.
+    Timeout,
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Connect(e) => write!(f, "connect: {e}"),
+            HandshakeError::Connection(e) => write!(f, "connection: {e}"),
+            HandshakeError::Rejected { code } => write!(f, "closed by peer: {}", close_reason(*code)),
+            HandshakeError::Verify(e) => write!(f, "peer failed verification: {e}"),
+            HandshakeError::Protocol(what) => write!(f, "protocol error: {what}"),
+            HandshakeError::Timeout => f.write_str("handshake timed out"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Human-readable name of one of our QUIC application close codes.
+pub fn close_reason(code: u32) -> &'static str {
+    match code {
+        CLOSE_AUTH_FAILED => "authentication failed",
+        CLOSE_WRONG_NETWORK => "wrong network key",
+        CLOSE_REPLACED => "replaced by a newer connection",
+        CLOSE_PROTOCOL => "protocol violation",
+        CLOSE_SHUTDOWN => "shutdown",
+        _ => "unknown reason",
+    }
+}
+
+impl From<quinn::ConnectionError> for HandshakeError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        match &e {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                match u32::try_from(c.error_code.into_inner()) {
+                    Ok(code) => HandshakeError::Rejected { code },
+                    Err(_) => HandshakeError::Connection(e),
+                }
+            }
+            _ => HandshakeError::Connection(e),
+        }
+    }
+}
+
+impl From<quinn::ReadExactError> for HandshakeError {
+    fn from(e: quinn::ReadExactError) -> Self {
+        match e {
+            quinn::ReadExactError::FinishedEarly(_) => HandshakeError::Protocol("control stream ended early"),
+            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => c.into(),
+            quinn::ReadExactError::ReadError(_) => HandshakeError::Protocol("control stream reset"),
+        }
+    }
+}
+
+impl From<quinn::WriteError> for HandshakeError {
+    fn from(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => c.into(),
+            _ => HandshakeError::Protocol("control stream write failed"),
+        }
+    }
+}
+
+/// What one handshake cost, from this side's view.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandshakeStats {
+    /// Wall time from dial (or accept) to an established session.
+    pub elapsed: Duration,
+    /// UDP payload bytes this side sent.
+    pub udp_tx_bytes: u64,
+    /// UDP payload bytes this side received.
+    pub udp_rx_bytes: u64,
+    /// UDP datagrams sent.
+    pub udp_tx_datagrams: u64,
+    /// quinn's smoothed RTT estimate at the end.
+    pub rtt: Duration,
+    /// Whether TLS resumed an earlier session (no certificate check happened).
+    pub resumed: bool,
+}
+
+/// An authenticated peer connection with its end-to-end session.
+pub struct Peer {
+    /// The peer's PeerId, proven by HELLO.
+    pub peer_id: PeerId,
+    /// The peer's verified record.
+    pub record: VerifiedRecord,
+    /// The QUIC connection.
+    pub conn: Connection,
+    /// The end-to-end session (frame keys, replay windows, rekey state).
+    pub session: Session,
+    /// Our role on this connection.
+    pub role: Role,
+    /// The sending half of the control stream.
+    pub control: SendStream,
+    /// The receiving half of the control stream, until [`Peer::control_recv`] takes it.
+    pub control_rx: Option<RecvStream>,
+    /// Handshake cost.
+    pub stats: HandshakeStats,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("peer_id", &self.peer_id)
+            .field("remote", &self.conn.remote_address())
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a frame could not be sent or received on a [`Peer`].
+#[derive(Debug)]
+pub enum FrameError {
+    /// Sealing or opening failed (replay, tamper, no key).
+    Crypto(shadowmesh_crypto::Error),
+    /// quinn refused the datagram (too large, peer does not accept datagrams).
+    Send(quinn::SendDatagramError),
+    /// The connection is gone.
+    Connection(quinn::ConnectionError),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Crypto(e) => write!(f, "{e}"),
+            FrameError::Send(e) => write!(f, "send: {e}"),
+            FrameError::Connection(e) => write!(f, "connection: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl Peer {
+    /// Takes the receiving half of the control stream (for a reader task); the sending half
+    /// stays in `control.0`.
+    ///
+    /// # Panics
+    /// If called twice.
+    pub fn control_recv(&mut self) -> RecvStream {
+        self.control_rx.take().expect("control_recv called once")
+    }
+
+    /// Seals `payload` into one SMSH frame and sends it as a QUIC DATAGRAM.
+    ///
+    /// This convenience path allocates the datagram buffer; the TUN data plane will use pooled
+    /// buffers instead.
+    pub fn send_frame(&mut self, kind: FrameType, payload: &[u8]) -> Result<(), FrameError> {
+        let mut buf = bytes::BytesMut::zeroed(payload.len() + FRAME_OVERHEAD);
+        buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.session
+            .seal(Instant::now(), kind, &mut buf)
+            .map_err(FrameError::Crypto)?;
+        self.conn.send_datagram(buf.freeze()).map_err(FrameError::Send)
+    }
+
+    /// Opens a received datagram; returns the frame type and the plaintext's range in `buf`.
+    pub fn open_frame(&mut self, buf: &mut [u8]) -> Result<(FrameType, std::ops::Range<usize>), FrameError> {
+        let (kind, plain) = self
+            .session
+            .open(Instant::now(), buf)
+            .map_err(FrameError::Crypto)?;
+        let len = plain.len();
+        Ok((kind, FRAME_HEADER_LEN..FRAME_HEADER_LEN + len))
+    }
+}
+
+/// A ShadowMesh node's QUIC endpoint.
+pub struct Node {
+    id: Arc<Identity>,
+    tls: TlsContext,
+    endpoint: quinn::Endpoint,
+    cfg: NodeConfig,
+    record: Vec<u8>,
+    transport: Arc<quinn::TransportConfig>,
+    in_flight: Arc<AtomicUsize>,
+    retries: AtomicUsize,
+}
+
+/// quinn's transport settings sized for a router (DESIGN.md, "Data plane"; quinn's defaults are
+/// sized for servers: 1.25 MB stream and connection windows, 1 MiB datagram buffers).
+pub fn router_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(16))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(64 * 1024))
+        .receive_window(VarInt::from_u32(256 * 1024))
+        .send_window(256 * 1024)
+        .datagram_receive_buffer_size(Some(256 * 1024))
+        .datagram_send_buffer_size(256 * 1024)
+        .keep_alive_interval(Some(KEEPALIVE_TIMEOUT))
+        .max_idle_timeout(Some(VarInt::from_u32(30_000).into()))
+        // Room for a 1,428-byte SMSH frame in one datagram on a 1500-byte path.
+        .initial_mtu(1452)
+        .min_mtu(1280);
+    t
+}
+
+impl Node {
+    /// Binds the endpoint and signs our record. Must be called inside a tokio runtime.
+    pub fn bind(id: Identity, cfg: NodeConfig) -> std::io::Result<Node> {
+        let tls = TlsContext::new(&id, cfg.kx);
+        let transport = Arc::new(router_transport());
+        let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+            .tls13()
+            .and_then(|s| s.quic_suite())
+            .expect("ring provides the QUIC initial suite");
+        let server_crypto = QuicServerConfig::with_initial(Arc::new(tls.server()), initial)
+            .expect("AES-128-GCM initial suite");
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport.clone());
+        // Not-yet-accepted connections: quinn buffers 10 MiB each, 100 MiB in all by default.
+        server
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(1024 * 1024)
+            .max_incoming(256);
+        // Stateless-reset key derived from the identity: after a restart we can still reset
+        // the connections our peers hold to our previous incarnation.
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.stateless_reset_secret());
+        let ep_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("no async runtime"))?;
+        let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?;
+        let now = crate::unix_now();
+        let record = build_record(
+            &id,
+            &cfg.network_key,
+            &RecordParams {
+                seq: now,
+                issued_at: now,
+                expires_at: now + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
+                payload: &cfg.payload,
+            },
+        )
+        .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
+        Ok(Node {
+            id: Arc::new(id),
+            tls,
+            endpoint,
+            cfg,
+            record,
+            transport,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            retries: AtomicUsize::new(0),
+        })
+    }
+
+    /// Our PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.id.peer_id()
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    /// Our signed record.
+    pub fn record(&self) -> &[u8] {
+        &self.record
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The TLS context (exposes the resumption counter).
+    pub fn tls(&self) -> &TlsContext {
+        &self.tls
+    }
+
+    /// Incoming connections answered with a Retry so far.
+    pub fn retries_sent(&self) -> usize {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the record we present in HELLO. Only for tests that need to present a forged
+    /// record over a real connection.
+    #[doc(hidden)]
+    pub fn set_record_for_test(&mut self, record: Vec<u8>) {
+        self.record = record;
+    }
+
+    /// Closes every connection and waits until they are gone.
+    pub async fn shutdown(&self) {
+        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        self.endpoint.wait_idle().await;
+    }
+
+    /// Dials `addr`, expecting `peer`; pins the Ed25519 key `pinned` if known.
+    pub async fn dial(&self, addr: SocketAddr, peer: PeerId, pinned: Option<[u8; 32]>) -> Result<Peer, HandshakeError> {
+        match tokio::time::timeout(self.cfg.handshake_timeout, self.dial_inner(addr, peer, pinned)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Timeout),
+        }
+    }
+
+    async fn dial_inner(&self, addr: SocketAddr, peer: PeerId, pinned: Option<[u8; 32]>) -> Result<Peer, HandshakeError> {
+        let start = Instant::now();
+        let checks_before = self.tls.server_cert_checks();
+        let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+            .tls13()
+            .and_then(|s| s.quic_suite())
+            .expect("ring provides the QUIC initial suite");
+        let crypto = QuicClientConfig::with_initial(Arc::new(self.tls.client(pinned)), initial)
+            .expect("AES-128-GCM initial suite");
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(self.transport.clone());
+        let conn = self
+            .endpoint
+            .connect_with(client, addr, &server_name(&peer))
+            .map_err(HandshakeError::Connect)?
+            .await?;
+        let (exporter, tls_key) = session_binding(&conn)?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = build_hello(
+            &self.id,
+            Role::Dialler,
+            &peer,
+            RecordRefOrSeq::Full(&self.record),
+            &exporter,
+            &self.cfg.network_key,
+        )
+        .map_err(HandshakeError::Verify)?;
+        let (initiating, init) = session::initiate(&self.id, &peer, &exporter);
+        let mut out = Vec::with_capacity(hello.len() + init.len() + 10);
+        msg::emit_header(MsgType::Hello, hello.len(), &mut out);
+        out.extend_from_slice(&hello);
+        msg::emit_header(MsgType::Init, init.len(), &mut out);
+        out.extend_from_slice(&init);
+        send.write_all(&out).await?;
+
+        let mut buf = Vec::new();
+        expect_msg(&mut recv, &mut buf, MsgType::Hello).await?;
+        let check = HelloCheck {
+            me: self.id.peer_id(),
+            sender_role: Role::Listener,
+            expected_peer: Some(peer),
+            exporter: &exporter,
+            network_key: &self.cfg.network_key,
+            tls_ed25519: &tls_key,
+            known: None,
+            now_unix: crate::unix_now(),
+        };
+        let record = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
+        expect_msg(&mut recv, &mut buf, MsgType::Resp).await?;
+        let session = initiating
+            .finish(&buf, &record.keys, &self.cfg.network_key, Instant::now())
+            .map_err(|e| fail(&conn, e))?;
+        let s = conn.stats();
+        Ok(Peer {
+            peer_id: peer,
+            record,
+            stats: HandshakeStats {
+                elapsed: start.elapsed(),
+                udp_tx_bytes: s.udp_tx.bytes,
+                udp_rx_bytes: s.udp_rx.bytes,
+                udp_tx_datagrams: s.udp_tx.datagrams,
+                rtt: s.path.rtt,
+                resumed: self.tls.server_cert_checks() == checks_before,
+            },
+            conn,
+            session,
+            role: Role::Dialler,
+            control: send,
+            control_rx: Some(recv),
+        })
+    }
+
+    /// Waits for the next incoming connection and completes its handshake. Returns `None` when
+    /// the endpoint is closed. Handshake failures are returned (and the connection closed); call
+    /// again for the next one.
+    pub async fn accept(&self) -> Option<Result<Peer, HandshakeError>> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            if !incoming.remote_address_validated()
+                && self.in_flight.load(Ordering::Relaxed) >= self.cfg.retry_above
+            {
+                // Under load, make the client prove its address first (stateless cookie): a
+                // spoofed flood then costs us a Retry packet, not an ML-KEM encapsulation.
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                let _ = incoming.retry();
+                continue;
+            }
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _guard = InFlight(self.in_flight.clone());
+            let fut = async {
+                let connecting = incoming.accept().map_err(HandshakeError::Connection)?;
+                self.finish_accept(connecting).await
+            };
+            return Some(match tokio::time::timeout(self.cfg.handshake_timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(HandshakeError::Timeout),
+            });
+        }
+    }
+
+    async fn finish_accept(&self, connecting: quinn::Connecting) -> Result<Peer, HandshakeError> {
+        let start = Instant::now();
+        let conn = connecting.await?;
+        let (exporter, tls_key) = session_binding(&conn)?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut buf = Vec::new();
+        expect_msg(&mut recv, &mut buf, MsgType::Hello).await?;
+        let check = HelloCheck {
+            me: self.id.peer_id(),
+            sender_role: Role::Dialler,
+            expected_peer: None,
+            exporter: &exporter,
+            network_key: &self.cfg.network_key,
+            tls_ed25519: &tls_key,
+            known: None,
+            now_unix: crate::unix_now(),
+        };
+        let record = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
+        let peer = record.peer_id();
+        let hello = build_hello(
+            &self.id,
+            Role::Listener,
+            &peer,
+            RecordRefOrSeq::Full(&self.record),
+            &exporter,
+            &self.cfg.network_key,
+        )
+        .map_err(HandshakeError::Verify)?;
+        expect_msg(&mut recv, &mut buf, MsgType::Init).await?;
+        let (session, resp) = session::respond(
+            &self.id,
+            &buf,
+            &record.keys,
+            &exporter,
+            &self.cfg.network_key,
+            Instant::now(),
+        )
+        .map_err(|e| fail(&conn, e))?;
+        let mut out = Vec::with_capacity(hello.len() + resp.len() + 10);
+        msg::emit_header(MsgType::Hello, hello.len(), &mut out);
+        out.extend_from_slice(&hello);
+        msg::emit_header(MsgType::Resp, resp.len(), &mut out);
+        out.extend_from_slice(&resp);
+        send.write_all(&out).await?;
+        let s = conn.stats();
+        Ok(Peer {
+            peer_id: peer,
+            record,
+            stats: HandshakeStats {
+                elapsed: start.elapsed(),
+                udp_tx_bytes: s.udp_tx.bytes,
+                udp_rx_bytes: s.udp_rx.bytes,
+                udp_tx_datagrams: s.udp_tx.datagrams,
+                rtt: s.path.rtt,
+                resumed: false,
+            },
+            conn,
+            session,
+            role: Role::Listener,
+            control: send,
+            control_rx: Some(recv),
+        })
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The TLS server name we dial a PeerId by: its hex split into two DNS labels (a label may
+/// hold at most 63 characters). Also keys the TLS session cache, so a ticket is only ever
+/// offered back to the PeerId that issued it.
+pub fn server_name(peer: &PeerId) -> String {
+    let hex = peer.to_string();
+    format!("{}.{}", &hex[..32], &hex[32..])
+}
+
+/// Closes `conn` with the code matching `e` and returns the error.
+fn fail(conn: &Connection, e: shadowmesh_crypto::Error) -> HandshakeError {
+    let code = match e {
+        shadowmesh_crypto::Error::WrongNetworkKey => CLOSE_WRONG_NETWORK,
+        shadowmesh_crypto::Error::Wire(_) => CLOSE_PROTOCOL,
+        _ => CLOSE_AUTH_FAILED,
+    };
+    conn.close(VarInt::from_u32(code), close_reason(code).as_bytes());
+    HandshakeError::Verify(e)
+}
+
+/// The exporter value both HELLOs and INIT/RESP bind to, and the Ed25519 key TLS authenticated.
+fn session_binding(conn: &Connection) -> Result<([u8; EXPORTER_LEN], [u8; 32]), HandshakeError> {
+    let mut exporter = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| HandshakeError::Protocol("TLS exporter unavailable"))?;
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or(HandshakeError::Protocol("peer presented no key"))?;
+    let key = certs
+        .first()
+        .and_then(|c| ed25519_from_spki(c.as_ref()))
+        .ok_or(HandshakeError::Protocol("peer key is not Ed25519"))?;
+    Ok((exporter, key))
+}
+
+/// Reads one control message into `buf`, requiring type `want`.
+pub async fn expect_msg(recv: &mut RecvStream, buf: &mut Vec<u8>, want: MsgType) -> Result<(), HandshakeError> {
+    let t = read_msg(recv, buf).await?;
+    if t != want {
+        return Err(HandshakeError::Protocol("unexpected control message"));
+    }
+    Ok(())
+}
+
+/// Reads one length-prefixed control message into `buf` (bounded by `CONTROL_MAX_BODY`).
+pub async fn read_msg(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Result<MsgType, HandshakeError> {
+    let mut h = [0u8; msg::MSG_HEADER_LEN];
+    recv.read_exact(&mut h).await?;
+    let (t, len) = msg::parse_header(&h).map_err(|_| HandshakeError::Protocol("bad control message header"))?;
+    buf.clear();
+    buf.resize(len, 0);
+    recv.read_exact(buf).await?;
+    Ok(t)
+}
+
+/// Writes one control message.
+pub async fn write_msg(send: &mut SendStream, t: MsgType, body: &[u8]) -> Result<(), HandshakeError> {
+    let mut out = Vec::with_capacity(body.len() + msg::MSG_HEADER_LEN);
+    msg::emit_header(t, body.len(), &mut out);
+    out.extend_from_slice(body);
+    send.write_all(&out).await?;
+    Ok(())
+}
