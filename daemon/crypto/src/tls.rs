@@ -245,11 +245,19 @@ impl ClientCertVerifier for AnyEd25519Client {
     }
 }
 
+/// Most pinned-key verifiers kept for session resumption.
+const MAX_CACHED_VERIFIERS: usize = 256;
+
 /// Builds TLS configurations for one identity. Client configurations are made per dial (each
 /// pins its own key) but share one session store, so resumption works across dials.
 pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     key: Arc<CertifiedKey>,
+    client_resolver: Arc<dyn rustls::client::ResolvesClientCert>,
+    // rustls resumes a session only under the very same verifier and resolver `Arc`s that
+    // stored it (`Tls13ClientSessionValue::compatible_config` compares pointers), so each pinned
+    // key keeps one verifier. Bounded; cleared when full (costs only resumption).
+    verifiers: std::sync::Mutex<std::collections::BTreeMap<Option<[u8; 32]>, Arc<PinnedServerKey>>>,
     sessions: Arc<dyn rustls::client::ClientSessionStore>,
     server_cert_checks: Arc<AtomicUsize>,
 }
@@ -263,9 +271,12 @@ impl core::fmt::Debug for TlsContext {
 impl TlsContext {
     /// A context for `id` with the given key-exchange policy.
     pub fn new(id: &Identity, kx: KxPolicy) -> Self {
+        let key = certified_key(id);
         TlsContext {
             provider: Arc::new(provider(kx)),
-            key: certified_key(id),
+            client_resolver: Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(key.clone())),
+            verifiers: Default::default(),
+            key,
             // Bounded: 64 peers' tickets (a ticket is ~200 bytes).
             sessions: Arc::new(rustls::client::ClientSessionMemoryCache::new(64)),
             server_cert_checks: Arc::new(AtomicUsize::new(0)),
@@ -281,17 +292,26 @@ impl TlsContext {
     /// A client configuration pinning `expected` (the Ed25519 key from the peer's record), or
     /// accepting any key when the record is not known yet.
     pub fn client(&self, expected: Option<[u8; 32]>) -> rustls::ClientConfig {
+        let verifier = {
+            let mut map = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_CACHED_VERIFIERS && !map.contains_key(&expected) {
+                map.clear();
+            }
+            map.entry(expected)
+                .or_insert_with(|| {
+                    Arc::new(PinnedServerKey {
+                        expected,
+                        checks: self.server_cert_checks.clone(),
+                    })
+                })
+                .clone()
+        };
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("provider supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerKey {
-                expected,
-                checks: self.server_cert_checks.clone(),
-            }))
-            .with_client_cert_resolver(Arc::new(
-                rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.key.clone()),
-            ));
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.client_resolver.clone());
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         cfg.resumption = rustls::client::Resumption::store(self.sessions.clone());
         cfg

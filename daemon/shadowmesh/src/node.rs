@@ -300,8 +300,18 @@ impl Node {
             .max_incoming(256);
         // Stateless-reset key derived from the identity: after a restart we can still reset
         // the connections our peers hold to our previous incarnation.
-        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.stateless_reset_secret());
-        let ep_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let secret = id.stateless_reset_secret();
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+        let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn drops short-header packets whose connection ID its generator does not
+        // recognise, and by default that generator is keyed at random per endpoint: a restarted
+        // node would silently drop its peers' packets instead of resetting them. Keying it from
+        // the identity too makes the new incarnation recognise, and reset, the old one's IDs.
+        let cid_key = shadowmesh_crypto::hmac_sha256(&secret, &[b"shadowmesh/cid-key/v1"]);
+        let cid_key = u64::from_be_bytes(cid_key[..8].try_into().expect("8 bytes"));
+        ep_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| std::io::Error::other("no async runtime"))?;
@@ -563,9 +573,12 @@ pub fn server_name(peer: &PeerId) -> String {
 
 /// Closes `conn` with the code matching `e` and returns the error.
 fn fail(conn: &Connection, e: shadowmesh_crypto::Error) -> HandshakeError {
+    use shadowmesh_crypto::Error as C;
+    use shadowmesh_proto::Error as W;
     let code = match e {
-        shadowmesh_crypto::Error::WrongNetworkKey => CLOSE_WRONG_NETWORK,
-        shadowmesh_crypto::Error::Wire(_) => CLOSE_PROTOCOL,
+        C::WrongNetworkKey => CLOSE_WRONG_NETWORK,
+        C::Wire(W::Expired | W::BadLifetime | W::Replayed(_) | W::CounterExhausted) => CLOSE_AUTH_FAILED,
+        C::Wire(_) => CLOSE_PROTOCOL,
         _ => CLOSE_AUTH_FAILED,
     };
     conn.close(VarInt::from_u32(code), close_reason(code).as_bytes());
