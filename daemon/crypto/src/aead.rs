@@ -39,7 +39,9 @@ impl FrameKey {
     pub fn seal(&self, header: &Header, frame: &mut [u8]) -> Result<(), Error> {
         let total = Header::frame_len(header.len as usize)?;
         if frame.len() != total {
-            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField("frame buffer length")));
+            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField(
+                "frame buffer length",
+            )));
         }
         let (hdr, rest) = frame.split_at_mut(FRAME_HEADER_LEN);
         header.emit(hdr.try_into().expect("18 bytes"));
@@ -55,7 +57,10 @@ impl FrameKey {
     /// Opens a frame in place whose header was already parsed (and replay-checked). Returns the
     /// plaintext, a sub-slice of `frame`.
     pub fn open<'a>(&self, header: &Header, frame: &'a mut [u8]) -> Result<&'a mut [u8], Error> {
-        debug_assert_eq!(frame.len(), FRAME_HEADER_LEN + header.len as usize + AEAD_TAG_LEN);
+        debug_assert_eq!(
+            frame.len(),
+            FRAME_HEADER_LEN + header.len as usize + AEAD_TAG_LEN
+        );
         let (hdr, rest) = frame.split_at_mut(FRAME_HEADER_LEN);
         self.0
             .open_in_place(nonce(header.seq), Aad::from(&*hdr), rest)
@@ -68,8 +73,12 @@ impl FrameKey {
 pub fn seal_raw(key: &[u8; 32], nonce12: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("key length"));
     let mut buf = plaintext.to_vec();
-    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(*nonce12), Aad::from(aad), &mut buf)
-        .expect("in-range length");
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(*nonce12),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .expect("in-range length");
     buf
 }
 

@@ -7,15 +7,25 @@
 //! (one HMAC) before any signature, so a stranger costs the receiver almost nothing.
 
 use shadowmesh_proto::consts::{EXPORTER_LEN, NETKEY_PROOF_LEN};
-use shadowmesh_proto::msg::{append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, NETKEY_DOMAIN};
+use shadowmesh_proto::msg::{
+    append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, NETKEY_DOMAIN,
+};
 use shadowmesh_proto::PeerId;
 
 use crate::record::{verify_record, VerifiedRecord};
 use crate::{Error, Identity};
 
 /// HMAC-SHA-256 under the network key over the exporter, the sender's role and PeerId.
-pub fn netkey_proof(network_key: &[u8; 32], exporter: &[u8; EXPORTER_LEN], role: Role, from: &PeerId) -> [u8; NETKEY_PROOF_LEN] {
-    crate::hmac_sha256(network_key, &[NETKEY_DOMAIN, exporter, &[role as u8], &from.0])
+pub fn netkey_proof(
+    network_key: &[u8; 32],
+    exporter: &[u8; EXPORTER_LEN],
+    role: Role,
+    from: &PeerId,
+) -> [u8; NETKEY_PROOF_LEN] {
+    crate::hmac_sha256(
+        network_key,
+        &[NETKEY_DOMAIN, exporter, &[role as u8], &from.0],
+    )
 }
 
 /// Builds a signed HELLO body.
@@ -78,7 +88,9 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, E
     let record = match h.record {
         RecordRefOrSeq::Full(bytes) => verify_record(bytes, c.now_unix)?,
         RecordRefOrSeq::Known(seq) => match c.known {
-            Some(r) if r.seq == seq && r.peer_id() == h.from && r.expires_at > c.now_unix => r.clone(),
+            Some(r) if r.seq == seq && r.peer_id() == h.from && r.expires_at > c.now_unix => {
+                r.clone()
+            }
             _ => return Err(Error::UnknownRecord),
         },
     };
@@ -91,8 +103,11 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, E
     if !crate::ct_eq(&record.keys.ed25519, c.tls_ed25519) {
         return Err(Error::TlsKeyMismatch);
     }
-    record
-        .keys
-        .verify(HELLO_DOMAIN, &[c.exporter, h.signed], h.mldsa_sig, h.ed25519_sig)?;
+    record.keys.verify(
+        HELLO_DOMAIN,
+        &[c.exporter, h.signed],
+        h.mldsa_sig,
+        h.ed25519_sig,
+    )?;
     Ok(record)
 }

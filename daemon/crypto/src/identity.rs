@@ -96,7 +96,10 @@ impl fmt::Display for KeyFileError {
             ),
             KeyFileProblem::Magic => write!(f, "key file {p}: not a ShadowMesh key file"),
             KeyFileProblem::Version(v) => {
-                write!(f, "key file {p}: version {v} is not supported (this build reads {VERSION})")
+                write!(
+                    f,
+                    "key file {p}: version {v} is not supported (this build reads {VERSION})"
+                )
             }
             KeyFileProblem::Checksum => write!(
                 f,
@@ -119,7 +122,11 @@ impl Identity {
         Self::from_parts(pk, sk, seed)
     }
 
-    fn from_parts(mldsa_pk: mldsa87::PublicKey, mldsa_sk: mldsa87::SecretKey, seed: [u8; 32]) -> Self {
+    fn from_parts(
+        mldsa_pk: mldsa87::PublicKey,
+        mldsa_sk: mldsa87::SecretKey,
+        seed: [u8; 32],
+    ) -> Self {
         let ed25519 = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
             .expect("any 32-byte seed is an Ed25519 key");
         Identity {
@@ -138,13 +145,20 @@ impl Identity {
 
     /// The ML-DSA-87 public key.
     pub fn mldsa_public(&self) -> &[u8; MLDSA87_PUBLIC_KEY_LEN] {
-        self.mldsa_pk.as_bytes().try_into().expect("ML-DSA-87 public key length")
+        self.mldsa_pk
+            .as_bytes()
+            .try_into()
+            .expect("ML-DSA-87 public key length")
     }
 
     /// The Ed25519 public key.
     pub fn ed25519_public(&self) -> [u8; 32] {
         use ring::signature::KeyPair;
-        self.ed25519.public_key().as_ref().try_into().expect("Ed25519 public key length")
+        self.ed25519
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 public key length")
     }
 
     /// The Ed25519 private key as PKCS#8 v1 DER, for rustls.
@@ -187,7 +201,12 @@ impl Identity {
     /// node can reset its peers' stale connections at once.
     pub fn stateless_reset_secret(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
-        crate::hkdf(b"shadowmesh/stateless-reset/v1", &self.ed25519_seed, &[b"reset"], &mut out);
+        crate::hkdf(
+            b"shadowmesh/stateless-reset/v1",
+            &self.ed25519_seed,
+            &[b"reset"],
+            &mut out,
+        );
         out
     }
 
@@ -235,8 +254,9 @@ impl Identity {
         let probe = b"shadowmesh/key-file-self-test";
         let (m, _) = id.sign(b"", &[probe]);
         let sig = mldsa87::DetachedSignature::from_bytes(&m).expect("own signature length");
-        mldsa87::verify_detached_signature(&sig, probe, &id.mldsa_pk)
-            .map_err(|_| KeyFileProblem::Inconsistent("ML-DSA-87 secret and public keys do not match"))?;
+        mldsa87::verify_detached_signature(&sig, probe, &id.mldsa_pk).map_err(|_| {
+            KeyFileProblem::Inconsistent("ML-DSA-87 secret and public keys do not match")
+        })?;
         Ok(id)
     }
 
@@ -350,7 +370,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (again, created) = Identity::load_or_create(&p).unwrap();
         assert!(!created);
@@ -367,28 +390,45 @@ mod tests {
         let e = Identity::load_or_create(&p).unwrap_err();
         assert!(matches!(e.problem, KeyFileProblem::Length(_)), "{e}");
         assert!(e.to_string().contains(&p.display().to_string()));
-        assert_eq!(std::fs::read(&p).unwrap().len(), good.len() - 1, "never regenerated");
+        assert_eq!(
+            std::fs::read(&p).unwrap().len(),
+            good.len() - 1,
+            "never regenerated"
+        );
         // Corrupt.
         let mut bad = good.clone();
         bad[100] ^= 1;
         write(&bad);
-        assert!(matches!(Identity::load(&p).unwrap_err().problem, KeyFileProblem::Checksum));
+        assert!(matches!(
+            Identity::load(&p).unwrap_err().problem,
+            KeyFileProblem::Checksum
+        ));
         // Wrong version.
         let mut v2 = good.clone();
         v2[9] = 2;
         write(&v2);
-        assert!(matches!(Identity::load(&p).unwrap_err().problem, KeyFileProblem::Version(2)));
+        assert!(matches!(
+            Identity::load(&p).unwrap_err().problem,
+            KeyFileProblem::Version(2)
+        ));
         // Not a key file.
         write(b"hello world, not a key");
-        assert!(matches!(Identity::load(&p).unwrap_err().problem, KeyFileProblem::Magic));
+        assert!(matches!(
+            Identity::load(&p).unwrap_err().problem,
+            KeyFileProblem::Magic
+        ));
         // Halves from two identities, checksum recomputed.
         let other = Identity::generate().to_key_file();
         let mut mixed = good[..KEY_FILE_LEN - 32].to_vec();
-        mixed[42 + MLDSA87_PUBLIC_KEY_LEN..].copy_from_slice(&other[42 + MLDSA87_PUBLIC_KEY_LEN..KEY_FILE_LEN - 32]);
+        mixed[42 + MLDSA87_PUBLIC_KEY_LEN..]
+            .copy_from_slice(&other[42 + MLDSA87_PUBLIC_KEY_LEN..KEY_FILE_LEN - 32]);
         let sum = crate::sha256(&[&mixed]);
         mixed.extend_from_slice(&sum);
         write(&mixed);
-        assert!(matches!(Identity::load(&p).unwrap_err().problem, KeyFileProblem::Inconsistent(_)));
+        assert!(matches!(
+            Identity::load(&p).unwrap_err().problem,
+            KeyFileProblem::Inconsistent(_)
+        ));
         // World-readable.
         write(&good);
         #[cfg(unix)]
@@ -396,7 +436,10 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
             let e = Identity::load(&p).unwrap_err();
-            assert!(matches!(e.problem, KeyFileProblem::Permissions(0o644)), "{e}");
+            assert!(
+                matches!(e.problem, KeyFileProblem::Permissions(0o644)),
+                "{e}"
+            );
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -407,10 +450,19 @@ mod tests {
         let (m, e) = id.sign(b"dom", &[b"abc"]);
         let keys = id.peer_keys();
         keys.verify(b"dom", &[b"ab", b"c"], &m, &e).unwrap();
-        assert_eq!(keys.verify(b"dom", &[b"abd"], &m, &e), Err(crate::Error::BadEd25519Signature));
-        assert_eq!(keys.verify(b"dxm", &[b"abc"], &m, &e), Err(crate::Error::BadEd25519Signature));
+        assert_eq!(
+            keys.verify(b"dom", &[b"abd"], &m, &e),
+            Err(crate::Error::BadEd25519Signature)
+        );
+        assert_eq!(
+            keys.verify(b"dxm", &[b"abc"], &m, &e),
+            Err(crate::Error::BadEd25519Signature)
+        );
         let mut m2 = m;
         m2[10] ^= 1;
-        assert_eq!(keys.verify(b"dom", &[b"abc"], &m2, &e), Err(crate::Error::BadMlDsaSignature));
+        assert_eq!(
+            keys.verify(b"dom", &[b"abc"], &m2, &e),
+            Err(crate::Error::BadMlDsaSignature)
+        );
     }
 }

@@ -10,7 +10,9 @@
 use pqcrypto_mlkem::mlkem1024;
 use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SharedSecret as _};
 use ring::agreement;
-use shadowmesh_proto::consts::{MLKEM1024_CIPHERTEXT_LEN, MLKEM1024_ENCAPS_KEY_LEN, X25519_PUBLIC_KEY_LEN};
+use shadowmesh_proto::consts::{
+    MLKEM1024_CIPHERTEXT_LEN, MLKEM1024_ENCAPS_KEY_LEN, X25519_PUBLIC_KEY_LEN,
+};
 
 use crate::Error;
 
@@ -53,12 +55,16 @@ impl Initiator {
 
     /// The ML-KEM encapsulation key part of our share.
     pub fn mlkem_ek(&self) -> &[u8; MLKEM1024_ENCAPS_KEY_LEN] {
-        self.share[..MLKEM1024_ENCAPS_KEY_LEN].try_into().expect("length")
+        self.share[..MLKEM1024_ENCAPS_KEY_LEN]
+            .try_into()
+            .expect("length")
     }
 
     /// The X25519 part of our share.
     pub fn x25519_pk(&self) -> &[u8; X25519_PUBLIC_KEY_LEN] {
-        self.share[MLKEM1024_ENCAPS_KEY_LEN..].try_into().expect("length")
+        self.share[MLKEM1024_ENCAPS_KEY_LEN..]
+            .try_into()
+            .expect("length")
     }
 
     /// Completes the exchange with the responder's share.

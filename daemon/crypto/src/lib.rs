@@ -47,7 +47,10 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     for p in parts {
         ctx.update(p);
     }
-    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// HMAC-SHA-256 over the concatenation of `parts`.
@@ -57,7 +60,10 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     for p in parts {
         ctx.update(p);
     }
-    ctx.sign().as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
+    ctx.sign()
+        .as_ref()
+        .try_into()
+        .expect("HMAC-SHA-256 is 32 bytes")
 }
 
 /// Constant-time equality.

@@ -22,7 +22,12 @@ pub struct RecordParams<'a> {
 
 fn payload_key(network_key: &[u8; 32]) -> ring::aead::LessSafeKey {
     let mut k = [0u8; 32];
-    crate::hkdf(b"shadowmesh/record-payload/v1", network_key, &[b"payload"], &mut k);
+    crate::hkdf(
+        b"shadowmesh/record-payload/v1",
+        network_key,
+        &[b"payload"],
+        &mut k,
+    );
     ring::aead::LessSafeKey::new(
         ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &k).expect("key length"),
     )
@@ -38,7 +43,11 @@ fn payload_aad(storage_key: &[u8; 32], peer: &PeerId, seq: u64) -> Vec<u8> {
 
 /// Builds and dual-signs this node's record. The payload is encrypted under a key derived from
 /// the network key, with a random nonce, bound to the storage key, PeerId and sequence.
-pub fn build_record(id: &Identity, network_key: &[u8; 32], p: &RecordParams<'_>) -> Result<Vec<u8>, Error> {
+pub fn build_record(
+    id: &Identity,
+    network_key: &[u8; 32],
+    p: &RecordParams<'_>,
+) -> Result<Vec<u8>, Error> {
     let peer_id = id.peer_id();
     let storage_key = crate::storage_key(network_key, &peer_id);
     let mut plain = Vec::new();
@@ -175,7 +184,10 @@ mod tests {
         assert_eq!(v.peer_id(), id.peer_id());
         assert_eq!(v.open_payload(&nk).unwrap(), payload());
         assert_eq!(v.open_payload(&[8u8; 32]), Err(Error::WrongStorageKey));
-        assert_eq!(verify_record(&rec, NOW + 3600).unwrap_err(), Error::Wire(shadowmesh_proto::Error::Expired));
+        assert_eq!(
+            verify_record(&rec, NOW + 3600).unwrap_err(),
+            Error::Wire(shadowmesh_proto::Error::Expired)
+        );
     }
 
     #[test]
@@ -194,16 +206,25 @@ mod tests {
         let mut f = rec.clone();
         f[1 + 32..1 + 64].copy_from_slice(&other.peer_id().0);
         f[1 + 64..1 + 64 + MLDSA87_PUBLIC_KEY_LEN].copy_from_slice(other.mldsa_public());
-        assert_eq!(verify_record(&f, NOW).unwrap_err(), Error::BadEd25519Signature);
+        assert_eq!(
+            verify_record(&f, NOW).unwrap_err(),
+            Error::BadEd25519Signature
+        );
         // Bad ML-DSA signature.
         let mut f = rec.clone();
         f[body_len + 5] ^= 1;
-        assert_eq!(verify_record(&f, NOW).unwrap_err(), Error::BadMlDsaSignature);
+        assert_eq!(
+            verify_record(&f, NOW).unwrap_err(),
+            Error::BadMlDsaSignature
+        );
         // Bad Ed25519 signature.
         let mut f = rec.clone();
         let n = f.len();
         f[n - 3] ^= 1;
-        assert_eq!(verify_record(&f, NOW).unwrap_err(), Error::BadEd25519Signature);
+        assert_eq!(
+            verify_record(&f, NOW).unwrap_err(),
+            Error::BadEd25519Signature
+        );
         // A body change (sequence number) breaks both.
         let mut f = rec.clone();
         f[1 + 64 + MLDSA87_PUBLIC_KEY_LEN + 32 + 7] ^= 1;

@@ -151,7 +151,13 @@ pub fn initiate(id: &Identity, peer: &PeerId, binding: &[u8; 32]) -> (Initiating
 
 impl Initiating {
     /// Completes the session with the responder's RESP, checked against `peer`'s keys.
-    pub fn finish(self, resp_body: &[u8], peer: &PeerKeys, network_key: &[u8; 32], now: Instant) -> Result<Session, Error> {
+    pub fn finish(
+        self,
+        resp_body: &[u8],
+        peer: &PeerKeys,
+        network_key: &[u8; 32],
+        now: Instant,
+    ) -> Result<Session, Error> {
         if peer.peer_id != self.peer {
             return Err(Error::UnexpectedPeer("peer keys"));
         }
@@ -164,15 +170,27 @@ impl Initiating {
         }
         let init_hash = crate::sha256(&[&self.init_body]);
         if !crate::ct_eq(&init_hash, r.init_hash) {
-            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField("RESP.init_hash")));
+            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField(
+                "RESP.init_hash",
+            )));
         }
-        peer.verify(RESP_DOMAIN, &[&self.binding, r.signed], r.mldsa_sig, r.ed25519_sig)?;
+        peer.verify(
+            RESP_DOMAIN,
+            &[&self.binding, r.signed],
+            r.mldsa_sig,
+            r.ed25519_sig,
+        )?;
         let mut share = [0u8; kx::RESP_SHARE_LEN];
         share[..MLKEM1024_CIPHERTEXT_LEN].copy_from_slice(r.mlkem_ct);
         share[MLKEM1024_CIPHERTEXT_LEN..].copy_from_slice(r.x25519);
         let secret = self.kx.finish(&share)?;
         let resp_hash = crate::sha256(&[resp_body]);
-        let d = derive(&e2e_salt(network_key), &secret, &[&init_hash, &resp_hash], true);
+        let d = derive(
+            &e2e_salt(network_key),
+            &secret,
+            &[&init_hash, &resp_hash],
+            true,
+        );
         Ok(Session::new(d, true, now))
     }
 }
@@ -195,20 +213,34 @@ pub fn respond(
     if i.to != me {
         return Err(Error::UnexpectedPeer("INIT.to"));
     }
-    peer.verify(INIT_DOMAIN, &[binding, i.signed], i.mldsa_sig, i.ed25519_sig)?;
+    peer.verify(
+        INIT_DOMAIN,
+        &[binding, i.signed],
+        i.mldsa_sig,
+        i.ed25519_sig,
+    )?;
     let mut share = [0u8; kx::INIT_SHARE_LEN];
     share[..MLKEM1024_ENCAPS_KEY_LEN].copy_from_slice(i.mlkem_ek);
     share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(i.x25519);
     let (resp_share, secret) = kx::respond(&share)?;
     let init_hash = crate::sha256(&[init_body]);
-    let ct: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN].try_into().expect("len");
-    let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..].try_into().expect("len");
+    let ct: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN]
+        .try_into()
+        .expect("len");
+    let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..]
+        .try_into()
+        .expect("len");
     let mut body = Vec::new();
     Resp::emit_unsigned(&me, &peer.peer_id, &init_hash, x, ct, &mut body);
     let (m, e) = id.sign(RESP_DOMAIN, &[binding, &body]);
     append_sigs(&mut body, &m, &e);
     let resp_hash = crate::sha256(&[&body]);
-    let d = derive(&e2e_salt(network_key), &secret, &[&init_hash, &resp_hash], false);
+    let d = derive(
+        &e2e_salt(network_key),
+        &secret,
+        &[&init_hash, &resp_hash],
+        false,
+    );
     Ok((Session::new(d, false, now), body))
 }
 
@@ -244,10 +276,9 @@ impl Session {
     /// Seals one frame in place. `frame` is `18 bytes of header room || payload || 16 bytes of
     /// tag room`. Fails if the sending key is too old or its counter exhausted: rekey first.
     pub fn seal(&mut self, now: Instant, kind: FrameType, frame: &mut [u8]) -> Result<(), Error> {
-        let len = frame
-            .len()
-            .checked_sub(FRAME_OVERHEAD)
-            .ok_or(Error::Wire(shadowmesh_proto::Error::InvalidField("frame buffer length")))?;
+        let len = frame.len().checked_sub(FRAME_OVERHEAD).ok_or(Error::Wire(
+            shadowmesh_proto::Error::InvalidField("frame buffer length"),
+        ))?;
         let len = u16::try_from(len).map_err(|_| {
             Error::Wire(shadowmesh_proto::Error::TooLarge {
                 what: "frame payload",
@@ -278,7 +309,11 @@ impl Session {
 
     /// Opens one frame in place: parse, replay check, decrypt, then mark. Returns the frame type
     /// and the plaintext (a sub-slice of `frame`).
-    pub fn open<'a>(&mut self, now: Instant, frame: &'a mut [u8]) -> Result<(FrameType, &'a mut [u8]), Error> {
+    pub fn open<'a>(
+        &mut self,
+        now: Instant,
+        frame: &'a mut [u8],
+    ) -> Result<(FrameType, &'a mut [u8]), Error> {
         let h = Header::parse(frame)?;
         let phase = h.key_phase as usize;
         let Some(keys) = self.slots[phase].as_mut().filter(|k| k.usable(now)) else {
@@ -366,8 +401,12 @@ impl Session {
         share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(r.x25519);
         let (resp_share, secret) = kx::respond(&share)?;
         let mut out = Vec::new();
-        let kem: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN].try_into().expect("len");
-        let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..].try_into().expect("len");
+        let kem: &[u8; MLKEM1024_CIPHERTEXT_LEN] = resp_share[..MLKEM1024_CIPHERTEXT_LEN]
+            .try_into()
+            .expect("len");
+        let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..]
+            .try_into()
+            .expect("len");
         Rekey::emit_unmaced(r.epoch, x, kem, &mut out);
         let mac = crate::hmac_sha256(&mac_key, &[REKEY_RESP_DOMAIN, &out]);
         out.extend_from_slice(&mac);
@@ -375,7 +414,12 @@ impl Session {
         let d = derive(
             &self.chain,
             &secret,
-            &[b"rekey", &epoch, &crate::sha256(&[body]), &crate::sha256(&[&out])],
+            &[
+                b"rekey",
+                &epoch,
+                &crate::sha256(&[body]),
+                &crate::sha256(&[&out]),
+            ],
             false,
         );
         let phase = self.install(&d, now);
@@ -405,7 +449,12 @@ impl Session {
         let d = derive(
             &self.chain,
             &secret,
-            &[b"rekey", &epoch, &crate::sha256(&[&p.init_body]), &crate::sha256(&[body])],
+            &[
+                b"rekey",
+                &epoch,
+                &crate::sha256(&[&p.init_body]),
+                &crate::sha256(&[body]),
+            ],
             true,
         );
         self.send_phase = self.install(&d, now);
@@ -444,7 +493,10 @@ mod tests {
         let copy = f.clone();
         assert_eq!(b.open(t0, &mut f).unwrap().1, b"ping");
         let mut again = copy.clone();
-        assert!(matches!(b.open(t0, &mut again), Err(Error::Wire(shadowmesh_proto::Error::Replayed(0)))));
+        assert!(matches!(
+            b.open(t0, &mut again),
+            Err(Error::Wire(shadowmesh_proto::Error::Replayed(0)))
+        ));
         let mut g = frame(&mut b, t0, b"pong");
         assert_eq!(a.open(t0, &mut g).unwrap().1, b"pong");
         // A's own frame does not open at A (keys differ per direction).
@@ -492,7 +544,10 @@ mod tests {
         assert!(Header::parse(&f).unwrap().key_phase);
         assert_eq!(b.open(t1, &mut f).unwrap().1, b"new");
         let mut f = frame(&mut b, t1, b"b-new");
-        assert!(Header::parse(&f).unwrap().key_phase, "B switched after A's first new frame");
+        assert!(
+            Header::parse(&f).unwrap().key_phase,
+            "B switched after A's first new frame"
+        );
         assert_eq!(a.open(t1, &mut f).unwrap().1, b"b-new");
         // The old-phase frame still opens during the overlap...
         let mut late = in_flight.clone();
@@ -507,7 +562,10 @@ mod tests {
         let mut forged = a.start_rekey();
         let n = forged.len();
         forged[n - 1] ^= 1;
-        assert_eq!(b.handle_rekey_init(t1, &forged).unwrap_err(), Error::BadRekey);
+        assert_eq!(
+            b.handle_rekey_init(t1, &forged).unwrap_err(),
+            Error::BadRekey
+        );
     }
 
     fn frame_phase0_copy(f: &mut [u8]) -> Vec<u8> {

@@ -33,7 +33,8 @@ impl PeerKeys {
         if crate::sha256(&[mldsa_pk]) != peer_id.0 {
             return Err(Error::PeerIdMismatch);
         }
-        let mldsa = mldsa87::PublicKey::from_bytes(mldsa_pk).map_err(|_| Error::BadKey("ML-DSA-87"))?;
+        let mldsa =
+            mldsa87::PublicKey::from_bytes(mldsa_pk).map_err(|_| Error::BadKey("ML-DSA-87"))?;
         Ok(PeerKeys {
             peer_id,
             mldsa,

@@ -67,7 +67,10 @@ impl SupportedKxGroup for HybridGroup {
 
     /// Server side: a KEM answers with data that depends on the client's share, so this is
     /// implemented directly rather than as `start` + `complete`.
-    fn start_and_complete(&self, peer_pub_key: &[u8]) -> Result<CompletedKeyExchange, rustls::Error> {
+    fn start_and_complete(
+        &self,
+        peer_pub_key: &[u8],
+    ) -> Result<CompletedKeyExchange, rustls::Error> {
         let (share, secret) = kx::respond(peer_pub_key)
             .map_err(|_| rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare))?;
         Ok(CompletedKeyExchange {
@@ -140,7 +143,11 @@ fn certified_key(id: &Identity) -> Arc<CertifiedKey> {
     ))
 }
 
-fn verify_sig(msg: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+fn verify_sig(
+    msg: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
     if dss.scheme != SignatureScheme::ED25519 {
         return Err(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
     }
@@ -153,12 +160,18 @@ fn verify_sig(msg: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct
     )
 }
 
-fn check_rpk(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Result<[u8; 32], rustls::Error> {
+fn check_rpk(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<[u8; 32], rustls::Error> {
     if !intermediates.is_empty() {
-        return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding));
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ));
     }
-    ed25519_from_spki(end_entity.as_ref())
-        .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+    ed25519_from_spki(end_entity.as_ref()).ok_or(rustls::Error::InvalidCertificate(
+        rustls::CertificateError::BadEncoding,
+    ))
 }
 
 /// Server verifier of the dialler: accepts exactly the pinned Ed25519 key, or (when dialling a
@@ -183,18 +196,32 @@ impl ServerCertVerifier for PinnedServerKey {
         self.checks.fetch_add(1, Ordering::Relaxed);
         let pk = check_rpk(end_entity, intermediates)?;
         match self.expected {
-            Some(expected) if !crate::ct_eq(&expected, &pk) => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
+            Some(expected) if !crate::ct_eq(&expected, &pk) => {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
-    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_sig(msg, cert, dss)
     }
 
@@ -224,15 +251,32 @@ impl ClientCertVerifier for AnyEd25519Client {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         check_rpk(end_entity, intermediates).map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
-    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_sig(msg, cert, dss)
     }
 
@@ -274,7 +318,9 @@ impl TlsContext {
         let key = certified_key(id);
         TlsContext {
             provider: Arc::new(provider(kx)),
-            client_resolver: Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(key.clone())),
+            client_resolver: Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(
+                key.clone(),
+            )),
             verifiers: Default::default(),
             key,
             // Bounded: 64 peers' tickets (a ticket is ~200 bytes).

@@ -20,7 +20,8 @@ fn mlkem1024_pqcrypto_to_rustcrypto_and_back() {
         // pqcrypto key, RustCrypto encapsulates, pqcrypto decapsulates.
         let (pk, sk) = mlkem1024::keypair();
         assert_eq!(pk.as_bytes().len(), MLKEM1024_ENCAPS_KEY_LEN);
-        let ek = <MlKem1024 as KemCore>::EncapsulationKey::from_bytes(pk.as_bytes().try_into().unwrap());
+        let ek =
+            <MlKem1024 as KemCore>::EncapsulationKey::from_bytes(pk.as_bytes().try_into().unwrap());
         let (ct, ss) = ek.encapsulate(&mut rng).unwrap();
         assert_eq!(ct.len(), MLKEM1024_CIPHERTEXT_LEN);
         let ct_pq = mlkem1024::Ciphertext::from_bytes(&ct).unwrap();
@@ -35,7 +36,10 @@ fn mlkem1024_pqcrypto_to_rustcrypto_and_back() {
 
         // Both encode decapsulation keys identically (FIPS 203 layout).
         let dk_pq = mlkem1024::SecretKey::from_bytes(&dk.as_bytes()).unwrap();
-        assert_eq!(mlkem1024::decapsulate(&ct, &dk_pq).as_bytes(), ss.as_bytes());
+        assert_eq!(
+            mlkem1024::decapsulate(&ct, &dk_pq).as_bytes(),
+            ss.as_bytes()
+        );
     }
 }
 
@@ -49,7 +53,9 @@ fn mldsa87_pqcrypto_to_rustcrypto_and_back() {
         let id = Identity::generate();
         let (m, _) = id.sign(b"", &[&msg]);
         assert_eq!(m.len(), MLDSA87_SIGNATURE_LEN);
-        let vk = ml_dsa::VerifyingKey::<MlDsa87>::decode(id.mldsa_public().as_slice().try_into().unwrap());
+        let vk = ml_dsa::VerifyingKey::<MlDsa87>::decode(
+            id.mldsa_public().as_slice().try_into().unwrap(),
+        );
         let sig = ml_dsa::Signature::<MlDsa87>::decode(m.as_slice().try_into().unwrap()).unwrap();
         assert!(vk.verify(&msg, &sig).is_ok());
         let mut bad = msg.clone();
@@ -69,13 +75,18 @@ fn mldsa87_pqcrypto_to_rustcrypto_and_back() {
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// RFC 8439 §2.8.2: AEAD_CHACHA20_POLY1305 test vector.
 #[test]
 fn chacha20poly1305_rfc8439_vector() {
-    let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
+    let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+        .try_into()
+        .unwrap();
     let nonce: [u8; 12] = unhex("070000004041424344454647").try_into().unwrap();
     let aad = unhex("50515253c0c1c2c3c4c5c6c7");
     let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
@@ -109,7 +120,13 @@ fn chacha20poly1305_ring_matches_rustcrypto() {
         let pt: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         let ours = shadowmesh_crypto::aead::seal_raw(&key, &nonce, &aad, &pt);
         let theirs = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
-            .encrypt(&nonce.into(), Payload { msg: &pt, aad: &aad })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &pt,
+                    aad: &aad,
+                },
+            )
             .unwrap();
         assert_eq!(ours, theirs, "length {len}");
     }

@@ -149,8 +149,14 @@ mod tests {
     #[test]
     fn every_malformation_is_a_typed_error() {
         let f = frame(5);
-        assert!(matches!(Header::parse(&f[..10]), Err(Error::Truncated { .. })));
-        assert!(matches!(Header::parse(&f[..f.len() - 1]), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            Header::parse(&f[..10]),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            Header::parse(&f[..f.len() - 1]),
+            Err(Error::Truncated { .. })
+        ));
         let mut long = f.clone();
         long.push(0);
         assert_eq!(Header::parse(&long), Err(Error::TrailingBytes { extra: 1 }));

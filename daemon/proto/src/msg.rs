@@ -427,7 +427,10 @@ mod tests {
     #[test]
     fn header_bounds() {
         assert_eq!(parse_header(&[1, 0, 0, 0, 9]).unwrap(), (MsgType::Hello, 9));
-        assert!(matches!(parse_header(&[1, 0, 1, 0, 1]), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            parse_header(&[1, 0, 1, 0, 1]),
+            Err(Error::TooLarge { .. })
+        ));
         assert_eq!(parse_header(&[9, 0, 0, 0, 0]), Err(Error::UnknownType(9)));
     }
 
@@ -444,7 +447,11 @@ mod tests {
         )
         .unwrap();
         let signed_len = body.len();
-        append_sigs(&mut body, &[3; MLDSA87_SIGNATURE_LEN], &[4; ED25519_SIGNATURE_LEN]);
+        append_sigs(
+            &mut body,
+            &[3; MLDSA87_SIGNATURE_LEN],
+            &[4; ED25519_SIGNATURE_LEN],
+        );
         let h = Hello::parse(&body).unwrap();
         assert_eq!(h.role, Role::Listener);
         assert_eq!(h.record, RecordRefOrSeq::Full(b"rec"));
@@ -454,21 +461,45 @@ mod tests {
         }
         let mut extra = body.clone();
         extra.push(0);
-        assert!(matches!(Hello::parse(&extra), Err(Error::TrailingBytes { .. })));
+        assert!(matches!(
+            Hello::parse(&extra),
+            Err(Error::TrailingBytes { .. })
+        ));
     }
 
     #[test]
     fn init_resp_rekey_round_trip() {
         let mut b = Vec::new();
-        Init::emit_unsigned(&PeerId([1; 32]), &PeerId([2; 32]), &[5; 32], &[6; 1568], &mut b);
-        append_sigs(&mut b, &[3; MLDSA87_SIGNATURE_LEN], &[4; ED25519_SIGNATURE_LEN]);
+        Init::emit_unsigned(
+            &PeerId([1; 32]),
+            &PeerId([2; 32]),
+            &[5; 32],
+            &[6; 1568],
+            &mut b,
+        );
+        append_sigs(
+            &mut b,
+            &[3; MLDSA87_SIGNATURE_LEN],
+            &[4; ED25519_SIGNATURE_LEN],
+        );
         let i = Init::parse(&b).unwrap();
         assert_eq!(i.mlkem_ek[0], 6);
         assert!(Init::parse(&b[..b.len() - 1]).is_err());
 
         let mut b = Vec::new();
-        Resp::emit_unsigned(&PeerId([2; 32]), &PeerId([1; 32]), &[7; 32], &[5; 32], &[6; 1568], &mut b);
-        append_sigs(&mut b, &[3; MLDSA87_SIGNATURE_LEN], &[4; ED25519_SIGNATURE_LEN]);
+        Resp::emit_unsigned(
+            &PeerId([2; 32]),
+            &PeerId([1; 32]),
+            &[7; 32],
+            &[5; 32],
+            &[6; 1568],
+            &mut b,
+        );
+        append_sigs(
+            &mut b,
+            &[3; MLDSA87_SIGNATURE_LEN],
+            &[4; ED25519_SIGNATURE_LEN],
+        );
         assert_eq!(Resp::parse(&b).unwrap().init_hash, &[7; 32]);
 
         let mut b = Vec::new();

@@ -143,7 +143,12 @@ mod tests {
         assert_eq!(a, Ipv4Addr::new(10, 100, 7, 9));
         assert_eq!(c, 0);
         assert!(ipv4_claim_valid(p, &id(7, 9, 1), a, 0));
-        assert!(!ipv4_claim_valid(p, &id(7, 9, 1), Ipv4Addr::new(10, 100, 7, 10), 0));
+        assert!(!ipv4_claim_valid(
+            p,
+            &id(7, 9, 1),
+            Ipv4Addr::new(10, 100, 7, 10),
+            0
+        ));
     }
 
     #[test]

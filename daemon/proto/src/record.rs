@@ -365,7 +365,11 @@ mod tests {
         };
         let mut out = Vec::new();
         body.emit(&mut out).unwrap();
-        append_signatures(&mut out, &[4; MLDSA87_SIGNATURE_LEN], &[5; ED25519_SIGNATURE_LEN]);
+        append_signatures(
+            &mut out,
+            &[4; MLDSA87_SIGNATURE_LEN],
+            &[5; ED25519_SIGNATURE_LEN],
+        );
         out
     }
 
@@ -377,17 +381,29 @@ mod tests {
         assert_eq!(r.seq, 42);
         assert_eq!(r.peer_id, PeerId([2; 32]));
         assert_eq!(r.payload, b"hello");
-        assert_eq!(r.body().len(), bytes.len() - MLDSA87_SIGNATURE_LEN - ED25519_SIGNATURE_LEN);
+        assert_eq!(
+            r.body().len(),
+            bytes.len() - MLDSA87_SIGNATURE_LEN - ED25519_SIGNATURE_LEN
+        );
         assert_eq!(r.ed25519_sig, &[5; 64]);
         for cut in [0, 1, 100, bytes.len() - 1] {
-            assert!(matches!(RecordRef::parse(&bytes[..cut]), Err(Error::Truncated { .. })));
+            assert!(matches!(
+                RecordRef::parse(&bytes[..cut]),
+                Err(Error::Truncated { .. })
+            ));
         }
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(RecordRef::parse(&long).unwrap_err(), Error::TrailingBytes { extra: 1 });
+        assert_eq!(
+            RecordRef::parse(&long).unwrap_err(),
+            Error::TrailingBytes { extra: 1 }
+        );
         let mut v = bytes.clone();
         v[0] = 9;
-        assert_eq!(RecordRef::parse(&v).unwrap_err(), Error::UnsupportedVersion(9));
+        assert_eq!(
+            RecordRef::parse(&v).unwrap_err(),
+            Error::UnsupportedVersion(9)
+        );
     }
 
     #[test]
@@ -402,7 +418,10 @@ mod tests {
     #[test]
     fn payload_round_trip_and_bounds() {
         let p = Payload {
-            addrs: vec!["127.0.0.1:4433".parse().unwrap(), "[::1]:9".parse().unwrap()],
+            addrs: vec![
+                "127.0.0.1:4433".parse().unwrap(),
+                "[::1]:9".parse().unwrap(),
+            ],
             ipv4: Some(Ipv4Addr::new(10, 100, 1, 2)),
             ipv4_counter: 3,
             ipv6: Some("fd01::2".parse().unwrap()),
@@ -422,6 +441,9 @@ mod tests {
         assert!(bad.emit(&mut Vec::new()).is_err());
         let mut wire = out.clone();
         *wire.last_mut().unwrap() = 33; // prefix length of an IPv4 route
-        assert_eq!(Payload::parse(&wire), Err(Error::InvalidField("route prefix length")));
+        assert_eq!(
+            Payload::parse(&wire),
+            Err(Error::InvalidField("route prefix length"))
+        );
     }
 }

@@ -122,7 +122,10 @@ mod tests {
             w.mark(s).unwrap();
             assert!(w.mark(s).is_err());
         }
-        assert_eq!(w.check(10_000 - WINDOW), Err(Error::Replayed(10_000 - WINDOW)));
+        assert_eq!(
+            w.check(10_000 - WINDOW),
+            Err(Error::Replayed(10_000 - WINDOW))
+        );
         assert_eq!(w.check(0), Err(Error::Replayed(0)));
         // A big jump forward clears the ring: old bits must not alias into new positions.
         w.mark(10_000 + 5 * REPLAY_WINDOW_BITS).unwrap();

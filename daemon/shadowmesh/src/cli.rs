@@ -144,10 +144,14 @@ pub fn network_key(o: &Opts) -> Result<[u8; 32], CliError> {
             format!("network key file {p}"),
         ),
         (Some(_), Some(_)) => {
-            return Err(CliError::usage("give --network-key or --network-key-file, not both"))
+            return Err(CliError::usage(
+                "give --network-key or --network-key-file, not both",
+            ))
         }
         (None, None) => {
-            return Err(CliError::usage("missing --network-key or --network-key-file"))
+            return Err(CliError::usage(
+                "missing --network-key or --network-key-file",
+            ))
         }
     };
     let mut k = [0u8; 32];
@@ -195,7 +199,10 @@ pub fn id_json(id: &Identity) -> String {
         .str("mldsa87_public_key", &to_hex(id.mldsa_public()))
         .str("ipv4", &v4.to_string())
         .uint("ipv4_counter", counter as u64)
-        .str("ipv6", &overlay::ipv6(V6Prefix::default(), &pid).to_string())
+        .str(
+            "ipv6",
+            &overlay::ipv6(V6Prefix::default(), &pid).to_string(),
+        )
         .finish()
 }
 
@@ -209,7 +216,10 @@ pub fn id(o: &Opts) -> Result<(), CliError> {
         let pid = id.peer_id();
         println!("peer_id    {pid}");
         println!("ed25519    {}", to_hex(&id.ed25519_public()));
-        println!("ipv4       {}", overlay::ipv4_candidate(V4Prefix::default(), &pid, 0).0);
+        println!(
+            "ipv4       {}",
+            overlay::ipv4_candidate(V4Prefix::default(), &pid, 0).0
+        );
         println!("ipv6       {}", overlay::ipv6(V6Prefix::default(), &pid));
     }
     Ok(())

@@ -101,7 +101,10 @@ mod tests {
             .uint("u", u64::MAX)
             .bool("b", true)
             .finish();
-        assert_eq!(s, r#"{"a":"x\"y\\z\n\u0001","n":1.500,"u":18446744073709551615,"b":true}"#);
+        assert_eq!(
+            s,
+            r#"{"a":"x\"y\\z\n\u0001","n":1.500,"u":18446744073709551615,"b":true}"#
+        );
         assert_eq!(Obj::new().finish(), "{}");
     }
 }

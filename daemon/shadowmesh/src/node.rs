@@ -90,7 +90,9 @@ impl std::fmt::Display for HandshakeError {
         match self {
             HandshakeError::Connect(e) => write!(f, "connect: {e}"),
             HandshakeError::Connection(e) => write!(f, "connection: {e}"),
-            HandshakeError::Rejected { code } => write!(f, "closed by peer: {}", close_reason(*code)),
+            HandshakeError::Rejected { code } => {
+                write!(f, "closed by peer: {}", close_reason(*code))
+            }
             HandshakeError::Verify(e) => write!(f, "peer failed verification: {e}"),
             HandshakeError::Protocol(what) => write!(f, "protocol error: {what}"),
             HandshakeError::Timeout => f.write_str("handshake timed out"),
@@ -129,7 +131,9 @@ impl From<quinn::ConnectionError> for HandshakeError {
 impl From<quinn::ReadExactError> for HandshakeError {
     fn from(e: quinn::ReadExactError) -> Self {
         match e {
-            quinn::ReadExactError::FinishedEarly(_) => HandshakeError::Protocol("control stream ended early"),
+            quinn::ReadExactError::FinishedEarly(_) => {
+                HandshakeError::Protocol("control stream ended early")
+            }
             quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => c.into(),
             quinn::ReadExactError::ReadError(_) => HandshakeError::Protocol("control stream reset"),
         }
@@ -235,11 +239,16 @@ impl Peer {
         self.session
             .seal(Instant::now(), kind, &mut buf)
             .map_err(FrameError::Crypto)?;
-        self.conn.send_datagram(buf.freeze()).map_err(FrameError::Send)
+        self.conn
+            .send_datagram(buf.freeze())
+            .map_err(FrameError::Send)
     }
 
     /// Opens a received datagram; returns the frame type and the plaintext's range in `buf`.
-    pub fn open_frame(&mut self, buf: &mut [u8]) -> Result<(FrameType, std::ops::Range<usize>), FrameError> {
+    pub fn open_frame(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<(FrameType, std::ops::Range<usize>), FrameError> {
         let (kind, plain) = self
             .session
             .open(Instant::now(), buf)
@@ -313,8 +322,8 @@ impl Node {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| std::io::Error::other("no async runtime"))?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
         let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?;
         let now = crate::unix_now();
         let record = build_record(
@@ -379,19 +388,35 @@ impl Node {
 
     /// Closes every connection and waits until they are gone.
     pub async fn shutdown(&self) {
-        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         self.endpoint.wait_idle().await;
     }
 
     /// Dials `addr`, expecting `peer`; pins the Ed25519 key `pinned` if known.
-    pub async fn dial(&self, addr: SocketAddr, peer: PeerId, pinned: Option<[u8; 32]>) -> Result<Peer, HandshakeError> {
-        match tokio::time::timeout(self.cfg.handshake_timeout, self.dial_inner(addr, peer, pinned)).await {
+    pub async fn dial(
+        &self,
+        addr: SocketAddr,
+        peer: PeerId,
+        pinned: Option<[u8; 32]>,
+    ) -> Result<Peer, HandshakeError> {
+        match tokio::time::timeout(
+            self.cfg.handshake_timeout,
+            self.dial_inner(addr, peer, pinned),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(HandshakeError::Timeout),
         }
     }
 
-    async fn dial_inner(&self, addr: SocketAddr, peer: PeerId, pinned: Option<[u8; 32]>) -> Result<Peer, HandshakeError> {
+    async fn dial_inner(
+        &self,
+        addr: SocketAddr,
+        peer: PeerId,
+        pinned: Option<[u8; 32]>,
+    ) -> Result<Peer, HandshakeError> {
         let start = Instant::now();
         let checks_before = self.tls.server_cert_checks();
         let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
@@ -484,10 +509,12 @@ impl Node {
                 let connecting = incoming.accept().map_err(HandshakeError::Connection)?;
                 self.finish_accept(connecting).await
             };
-            return Some(match tokio::time::timeout(self.cfg.handshake_timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(HandshakeError::Timeout),
-            });
+            return Some(
+                match tokio::time::timeout(self.cfg.handshake_timeout, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(HandshakeError::Timeout),
+                },
+            );
         }
     }
 
@@ -577,7 +604,9 @@ fn fail(conn: &Connection, e: shadowmesh_crypto::Error) -> HandshakeError {
     use shadowmesh_proto::Error as W;
     let code = match e {
         C::WrongNetworkKey => CLOSE_WRONG_NETWORK,
-        C::Wire(W::Expired | W::BadLifetime | W::Replayed(_) | W::CounterExhausted) => CLOSE_AUTH_FAILED,
+        C::Wire(W::Expired | W::BadLifetime | W::Replayed(_) | W::CounterExhausted) => {
+            CLOSE_AUTH_FAILED
+        }
         C::Wire(_) => CLOSE_PROTOCOL,
         _ => CLOSE_AUTH_FAILED,
     };
@@ -592,7 +621,10 @@ fn session_binding(conn: &Connection) -> Result<([u8; EXPORTER_LEN], [u8; 32]), 
         .map_err(|_| HandshakeError::Protocol("TLS exporter unavailable"))?;
     let certs = conn
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or(HandshakeError::Protocol("peer presented no key"))?;
     let key = certs
         .first()
@@ -602,7 +634,11 @@ fn session_binding(conn: &Connection) -> Result<([u8; EXPORTER_LEN], [u8; 32]), 
 }
 
 /// Reads one control message into `buf`, requiring type `want`.
-pub async fn expect_msg(recv: &mut RecvStream, buf: &mut Vec<u8>, want: MsgType) -> Result<(), HandshakeError> {
+pub async fn expect_msg(
+    recv: &mut RecvStream,
+    buf: &mut Vec<u8>,
+    want: MsgType,
+) -> Result<(), HandshakeError> {
     let t = read_msg(recv, buf).await?;
     if t != want {
         return Err(HandshakeError::Protocol("unexpected control message"));
@@ -614,7 +650,8 @@ pub async fn expect_msg(recv: &mut RecvStream, buf: &mut Vec<u8>, want: MsgType)
 pub async fn read_msg(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Result<MsgType, HandshakeError> {
     let mut h = [0u8; msg::MSG_HEADER_LEN];
     recv.read_exact(&mut h).await?;
-    let (t, len) = msg::parse_header(&h).map_err(|_| HandshakeError::Protocol("bad control message header"))?;
+    let (t, len) = msg::parse_header(&h)
+        .map_err(|_| HandshakeError::Protocol("bad control message header"))?;
     buf.clear();
     buf.resize(len, 0);
     recv.read_exact(buf).await?;
@@ -622,7 +659,11 @@ pub async fn read_msg(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Result<MsgTyp
 }
 
 /// Writes one control message.
-pub async fn write_msg(send: &mut SendStream, t: MsgType, body: &[u8]) -> Result<(), HandshakeError> {
+pub async fn write_msg(
+    send: &mut SendStream,
+    t: MsgType,
+    body: &[u8],
+) -> Result<(), HandshakeError> {
     let mut out = Vec::with_capacity(body.len() + msg::MSG_HEADER_LEN);
     msg::emit_header(t, body.len(), &mut out);
     out.extend_from_slice(body);

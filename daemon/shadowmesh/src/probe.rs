@@ -31,7 +31,14 @@ fn peer_event(p: &Peer) -> String {
         .str("event", "peer")
         .str("peer_id", &p.peer_id.to_string())
         .str("remote", &p.conn.remote_address().to_string())
-        .str("role", if p.role == shadowmesh_proto::msg::Role::Dialler { "dialler" } else { "listener" })
+        .str(
+            "role",
+            if p.role == shadowmesh_proto::msg::Role::Dialler {
+                "dialler"
+            } else {
+                "listener"
+            },
+        )
         .num("handshake_ms", p.stats.elapsed.as_secs_f64() * 1e3)
         .num("rtt_ms", p.stats.rtt.as_secs_f64() * 1e3)
         .uint("udp_tx_bytes", p.stats.udp_tx_bytes)
@@ -79,16 +86,29 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
             if !(4..=1400).contains(&size) {
                 return Err(CliError::usage("--size must be 4..=1400 bytes"));
             }
-            rt.block_on(connect(id, nk, peer, addr, count, size, o.flag("--rekey"), o.flag("--attack")))
+            rt.block_on(connect(
+                id,
+                nk,
+                peer,
+                addr,
+                count,
+                size,
+                o.flag("--rekey"),
+                o.flag("--attack"),
+            ))
         }
-        _ => Err(CliError::usage("probe needs exactly one of --listen or --connect")),
+        _ => Err(CliError::usage(
+            "probe needs exactly one of --listen or --connect",
+        )),
     }
 }
 
 async fn listen(id: Identity, addr: SocketAddr, nk: [u8; 32]) -> Result<(), CliError> {
     let node = Node::bind(id, NodeConfig::new(addr, nk))
         .map_err(|e| CliError::fail(format!("binding {addr}: {e}")))?;
-    let local = node.local_addr().map_err(|e| CliError::fail(e.to_string()))?;
+    let local = node
+        .local_addr()
+        .map_err(|e| CliError::fail(e.to_string()))?;
     emit(
         Obj::new()
             .str("event", "listening")
@@ -182,8 +202,15 @@ async fn connect(
     rekey: bool,
     attack: bool,
 ) -> Result<(), CliError> {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-    let node = Node::bind(id, NodeConfig::new(bind, nk)).map_err(|e| CliError::fail(format!("bind: {e}")))?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let node = Node::bind(id, NodeConfig::new(bind, nk))
+        .map_err(|e| CliError::fail(format!("bind: {e}")))?;
     let mut peer = node
         .dial(addr, peer_id, None)
         .await
@@ -209,7 +236,12 @@ async fn connect(
             peer.session
                 .handle_rekey_resp(Instant::now(), &resp.1)
                 .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
-            emit(Obj::new().str("event", "rekeyed").uint("epoch", peer.session.epoch() as u64).finish());
+            emit(
+                Obj::new()
+                    .str("event", "rekeyed")
+                    .uint("epoch", peer.session.epoch() as u64)
+                    .finish(),
+            );
         }
         payload[..4].copy_from_slice(&i.to_be_bytes());
         peer.send_frame(FrameType::Data, &payload)
@@ -230,7 +262,9 @@ async fn connect(
     if attack && !last_frame.is_empty() {
         // A captured frame sent again must be refused as a replay, and one with a flipped bit
         // must fail authentication. The listener reports both in its "closed" event.
-        let _ = peer.conn.send_datagram(bytes::Bytes::from(last_frame.clone()));
+        let _ = peer
+            .conn
+            .send_datagram(bytes::Bytes::from(last_frame.clone()));
         let mut tampered = last_frame.clone();
         let n = tampered.len();
         tampered[n / 2] ^= 0x01;
@@ -255,10 +289,16 @@ async fn connect(
             .uint("udp_rx_bytes", q.udp_rx.bytes)
             .finish(),
     );
-    peer.conn.close(quinn::VarInt::from_u32(shadowmesh_proto::consts::CLOSE_SHUTDOWN), b"done");
+    peer.conn.close(
+        quinn::VarInt::from_u32(shadowmesh_proto::consts::CLOSE_SHUTDOWN),
+        b"done",
+    );
     node.shutdown().await;
     if n_echoed != count {
-        return Err(CliError::fail(format!("{} of {count} frames were not echoed", count - n_echoed)));
+        return Err(CliError::fail(format!(
+            "{} of {count} frames were not echoed",
+            count - n_echoed
+        )));
     }
     Ok(())
 }

@@ -44,7 +44,10 @@ async fn connect(
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -57,7 +60,11 @@ fn two_nodes_handshake_learn_peer_ids_and_exchange_frames() {
         let mut d = d.unwrap();
         let mut l = l.unwrap();
         assert_eq!(d.peer_id, b.peer_id());
-        assert_eq!(l.peer_id, a.peer_id(), "listener learned the dialler's PeerId from HELLO");
+        assert_eq!(
+            l.peer_id,
+            a.peer_id(),
+            "listener learned the dialler's PeerId from HELLO"
+        );
         assert_eq!(d.record.keys.ed25519, b.identity().ed25519_public());
         assert!(d.stats.udp_tx_bytes > 0 && l.stats.udp_rx_bytes > 0);
 
@@ -101,7 +108,12 @@ fn wrong_expected_peer_id_fails_after_hello() {
         let (d, _l) = connect(&a, &b, someone_else, None).await;
         // The listener refuses a HELLO addressed to another PeerId.
         assert!(
-            matches!(d, Err(HandshakeError::Rejected { code: CLOSE_AUTH_FAILED })),
+            matches!(
+                d,
+                Err(HandshakeError::Rejected {
+                    code: CLOSE_AUTH_FAILED
+                })
+            ),
             "{d:?}"
         );
     });
@@ -114,11 +126,21 @@ fn wrong_network_key_is_refused_before_any_frame() {
         let b = node();
         let (d, l) = connect(&a, &b, b.peer_id(), None).await;
         assert!(
-            matches!(d, Err(HandshakeError::Rejected { code: CLOSE_WRONG_NETWORK })),
+            matches!(
+                d,
+                Err(HandshakeError::Rejected {
+                    code: CLOSE_WRONG_NETWORK
+                })
+            ),
             "{d:?}"
         );
         assert!(
-            matches!(l, Err(HandshakeError::Verify(shadowmesh_crypto::Error::WrongNetworkKey))),
+            matches!(
+                l,
+                Err(HandshakeError::Verify(
+                    shadowmesh_crypto::Error::WrongNetworkKey
+                ))
+            ),
             "{l:?}"
         );
         // No session exists on either side, so no frame can have been accepted.
@@ -155,7 +177,15 @@ fn forged_hello_is_refused(forge: impl FnOnce(&Identity, Vec<u8>) -> Vec<u8>) ->
         let forged = forge(a.identity(), a.record().to_vec());
         a.set_record_for_test(forged);
         let (d, l) = connect(&a, &b, b.peer_id(), None).await;
-        assert!(matches!(d, Err(HandshakeError::Rejected { code: CLOSE_AUTH_FAILED })), "{d:?}");
+        assert!(
+            matches!(
+                d,
+                Err(HandshakeError::Rejected {
+                    code: CLOSE_AUTH_FAILED
+                })
+            ),
+            "{d:?}"
+        );
         l.unwrap_err()
     })
 }
@@ -170,35 +200,70 @@ fn forged_records_are_refused_over_the_wire() {
     use shadowmesh_crypto::Error as E;
     // PeerId not the hash of the ML-DSA key.
     let e = forged_hello_is_refused(|_, r| flip(r, 1 + 32));
-    assert!(matches!(e, HandshakeError::Verify(E::PeerIdMismatch)), "{e:?}");
+    assert!(
+        matches!(e, HandshakeError::Verify(E::PeerIdMismatch)),
+        "{e:?}"
+    );
     // Bad ML-DSA-87 signature.
     let e = forged_hello_is_refused(|_, r| {
         let n = r.len();
         flip(r, n - ED25519_SIGNATURE_LEN - 100)
     });
-    assert!(matches!(e, HandshakeError::Verify(E::BadMlDsaSignature)), "{e:?}");
+    assert!(
+        matches!(e, HandshakeError::Verify(E::BadMlDsaSignature)),
+        "{e:?}"
+    );
     // Bad Ed25519 signature.
     let e = forged_hello_is_refused(|_, r| {
         let n = r.len();
         flip(r, n - 1)
     });
-    assert!(matches!(e, HandshakeError::Verify(E::BadEd25519Signature)), "{e:?}");
+    assert!(
+        matches!(e, HandshakeError::Verify(E::BadEd25519Signature)),
+        "{e:?}"
+    );
     // A valid record of another identity: its Ed25519 key is not the one TLS authenticated.
     let e = forged_hello_is_refused(|_, _| {
         let other = Identity::generate();
         let p = Payload::default();
         let now = shadowmesh::unix_now();
-        build_record(&other, &NK, &RecordParams { seq: 1, issued_at: now, expires_at: now + 60, payload: &p }).unwrap()
+        build_record(
+            &other,
+            &NK,
+            &RecordParams {
+                seq: 1,
+                issued_at: now,
+                expires_at: now + 60,
+                payload: &p,
+            },
+        )
+        .unwrap()
     });
-    assert!(matches!(e, HandshakeError::Verify(E::UnexpectedPeer(_))), "{e:?}");
+    assert!(
+        matches!(e, HandshakeError::Verify(E::UnexpectedPeer(_))),
+        "{e:?}"
+    );
     // An expired record of our own.
     let e = forged_hello_is_refused(|id, _| {
         let p = Payload::default();
         let now = shadowmesh::unix_now();
-        build_record(id, &NK, &RecordParams { seq: 1, issued_at: now - 100, expires_at: now - 1, payload: &p }).unwrap()
+        build_record(
+            id,
+            &NK,
+            &RecordParams {
+                seq: 1,
+                issued_at: now - 100,
+                expires_at: now - 1,
+                payload: &p,
+            },
+        )
+        .unwrap()
     });
     assert!(
-        matches!(e, HandshakeError::Verify(E::Wire(shadowmesh_proto::Error::Expired))),
+        matches!(
+            e,
+            HandshakeError::Verify(E::Wire(shadowmesh_proto::Error::Expired))
+        ),
         "{e:?}"
     );
 }
@@ -251,7 +316,17 @@ fn restarted_node_resets_stale_connections_at_once() {
     let bin = env!("CARGO_BIN_EXE_shadowmesh");
     let spawn = |addr: &str| {
         let mut c = std::process::Command::new(bin)
-            .args(["probe", "--key", key.to_str().unwrap(), "--network-key", &nk_hex, "--listen", addr, "--log-level", "warn"])
+            .args([
+                "probe",
+                "--key",
+                key.to_str().unwrap(),
+                "--network-key",
+                &nk_hex,
+                "--listen",
+                addr,
+                "--log-level",
+                "warn",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -282,7 +357,10 @@ fn restarted_node_resets_stale_connections_at_once() {
         b2.kill().unwrap();
         b2.wait().unwrap();
         let reason = closed.expect("connection must end well before the idle timeout");
-        assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason:?}");
+        assert!(
+            matches!(reason, quinn::ConnectionError::Reset),
+            "{reason:?}"
+        );
         assert!(waited < Duration::from_secs(10));
     });
     std::fs::remove_dir_all(&dir).unwrap();
