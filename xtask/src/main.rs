@@ -2,6 +2,9 @@
 //!
 //! - `test [--fuzz-seconds N]`: formatting, clippy, every test, then each fuzz target for a
 //!   bounded time. What CI runs.
+//! - `bench [--quick]`: crypto primitive costs, frame AEAD against `openssl speed` and the
+//!   RustCrypto crate, and the connection handshake (hybrid against classical-only, full against
+//!   resumed, round trips), all in one run; prints a Markdown table of figures and ratios.
 //! - `demo`: the main job. Today: two `shadowmesh` processes on loopback handshake, prove their
 //!   PeerIds, exchange encrypted frames (with a rekey, a replayed and a tampered frame), and the
 //!   outcome is printed as a table. Every process it starts is ended, also on failure.
@@ -21,7 +24,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz(flag_value(&args[1..], "--seconds").unwrap_or(30)),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N]>".into()),
+        Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -366,4 +370,126 @@ fn ok(b: bool) -> &'static str {
     } else {
         "NO"
     }
+}
+
+/// Runs a bench binary and collects its `name value unit` lines.
+fn bench_lines(cmd: &mut Command) -> Result<Vec<(String, f64, String)>> {
+    eprintln!("+ {cmd:?}");
+    let out = cmd
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed"));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (n, v, u) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+            Some((n.to_string(), v, u.to_string()))
+        })
+        .collect())
+}
+
+/// OpenSSL's ChaCha20-Poly1305 seal throughput on 1,400-byte buffers, in MB/s.
+fn openssl_chacha(seconds: u32) -> Result<f64> {
+    let out = Command::new("openssl")
+        .args([
+            "speed",
+            "-aead",
+            "-bytes",
+            "1400",
+            "-evp",
+            "chacha20-poly1305",
+            "-seconds",
+        ])
+        .arg(seconds.to_string())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.to_lowercase().starts_with("chacha20-poly1305"))
+        .ok_or("openssl speed printed no ChaCha20-Poly1305 line")?;
+    let k: f64 = line
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.trim_end_matches('k').parse().ok())
+        .ok_or("openssl speed: unreadable figure")?;
+    Ok(k * 1000.0 / 1e6)
+}
+
+fn bench(quick: bool) -> Result {
+    let q: &[&str] = if quick { &["--", "--quick"] } else { &[] };
+    let mut all = bench_lines(
+        cargo()
+            .args(["bench", "-p", "shadowmesh-crypto", "--bench", "primitives"])
+            .args(q),
+    )?;
+    let ossl = openssl_chacha(if quick { 1 } else { 3 })?;
+    all.push(("openssl_seal_1400".into(), ossl, "MB/s".into()));
+    all.extend(bench_lines(
+        cargo()
+            .args(["bench", "-p", "shadowmesh", "--bench", "handshake"])
+            .args(q),
+    )?);
+    let get = |n: &str| {
+        all.iter()
+            .find(|(k, _, _)| k == n)
+            .map(|x| x.1)
+            .unwrap_or(f64::NAN)
+    };
+    println!("| figure | value | unit |");
+    println!("| --- | ---: | --- |");
+    for (n, v, u) in &all {
+        println!("| {n} | {v:.2} | {u} |");
+    }
+    println!();
+    println!("| ratio (same run) | value |");
+    println!("| --- | ---: |");
+    let ratios = [
+        (
+            "ring seal / OpenSSL seal (1,400 B)",
+            get("aead_seal_ring_1400") / ossl,
+        ),
+        (
+            "ring open / OpenSSL seal (1,400 B)",
+            get("aead_open_ring_1400") / ossl,
+        ),
+        (
+            "RustCrypto seal / OpenSSL seal",
+            get("aead_seal_rustcrypto_1400") / ossl,
+        ),
+        (
+            "ring seal / RustCrypto seal",
+            get("aead_seal_ring_1400") / get("aead_seal_rustcrypto_1400"),
+        ),
+        (
+            "hybrid / classical full handshake time",
+            get("hybrid_full_handshake") / get("classical_full_handshake"),
+        ),
+        (
+            "hybrid / classical TLS-only time",
+            get("hybrid_tls_only") / get("classical_tls_only"),
+        ),
+        (
+            "hybrid / classical dialler bytes",
+            get("hybrid_dialler_bytes") / get("classical_dialler_bytes"),
+        ),
+        (
+            "hybrid / classical TLS dialler bytes",
+            get("hybrid_tls_dialler_bytes") / get("classical_tls_dialler_bytes"),
+        ),
+        (
+            "hybrid resumed / full TLS time",
+            get("hybrid_tls_resumed") / get("hybrid_tls_full_pinned"),
+        ),
+    ];
+    for (n, v) in ratios {
+        println!("| {n} | {v:.2} |");
+    }
+    Ok(())
 }

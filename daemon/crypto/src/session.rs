@@ -506,6 +506,43 @@ mod tests {
     }
 
     #[test]
+    fn too_old_and_forged_frames_are_typed_errors() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        let first = frame(&mut a, t0, b"first");
+        for _ in 0..3000 {
+            let mut f = frame(&mut a, t0, b"x");
+            b.open(t0, &mut f).unwrap();
+        }
+        // Never delivered, now far behind the window: refused before decryption.
+        let mut old = first.clone();
+        assert!(matches!(
+            b.open(t0, &mut old),
+            Err(Error::Wire(shadowmesh_proto::Error::Replayed(0)))
+        ));
+        // Truncated and padded frames.
+        let mut f = frame(&mut a, t0, b"abc");
+        let n = f.len();
+        assert!(matches!(
+            b.open(t0, &mut f[..n - 1]),
+            Err(Error::Wire(shadowmesh_proto::Error::Truncated { .. }))
+        ));
+        let mut g = f.clone();
+        g.push(0);
+        assert!(matches!(
+            b.open(t0, &mut g),
+            Err(Error::Wire(shadowmesh_proto::Error::TrailingBytes {
+                extra: 1
+            }))
+        ));
+        // A forged frame does not advance the window: the genuine one still opens.
+        let mut forged = f.clone();
+        forged[20] ^= 0x80;
+        assert_eq!(b.open(t0, &mut forged).unwrap_err(), Error::Decrypt);
+        assert_eq!(b.open(t0, &mut f).unwrap().1, b"abc");
+    }
+
+    #[test]
     fn wrong_binding_or_network_key_fails() {
         let t0 = Instant::now();
         let a = Identity::generate();
