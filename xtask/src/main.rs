@@ -78,11 +78,44 @@ fn test(args: &[String]) -> Result {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))?;
+    let (passed, failed) = cargo_test(cargo().args(["test", "--workspace"]))?;
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
+    // One plain closing line with the totals over every test binary.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and sums its "test result" lines.
+fn cargo_test(cmd: &mut Command) -> Result<(u64, u64)> {
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(|l| l.ok()) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut w = part.split_whitespace();
+                if let (Some(n), Some(what)) = (w.next().and_then(|n| n.parse::<u64>().ok()), w.next()) {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let st = child.wait().map_err(|e| e.to_string())?;
+    if !st.success() || failed > 0 {
+        return Err(format!("cargo test failed ({passed} passed, {failed} failed)"));
+    }
+    Ok((passed, failed))
 }
 
 /// Builds the fuzz targets (nightly + cargo-fuzz) and runs each for `seconds`.
