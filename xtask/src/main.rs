@@ -96,12 +96,17 @@ fn cargo_test(cmd: &mut Command) -> Result<(u64, u64)> {
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     let (mut passed, mut failed) = (0, 0);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(|l| l.ok()) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(|l| l.ok())
+    {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split([';', '.']) {
                 let mut w = part.split_whitespace();
-                if let (Some(n), Some(what)) = (w.next().and_then(|n| n.parse::<u64>().ok()), w.next()) {
+                if let (Some(n), Some(what)) =
+                    (w.next().and_then(|n| n.parse::<u64>().ok()), w.next())
+                {
                     match what {
                         "passed" => passed += n,
                         "failed" => failed += n,
@@ -113,7 +118,9 @@ fn cargo_test(cmd: &mut Command) -> Result<(u64, u64)> {
     }
     let st = child.wait().map_err(|e| e.to_string())?;
     if !st.success() || failed > 0 {
-        return Err(format!("cargo test failed ({passed} passed, {failed} failed)"));
+        return Err(format!(
+            "cargo test failed ({passed} passed, {failed} failed)"
+        ));
     }
     Ok((passed, failed))
 }

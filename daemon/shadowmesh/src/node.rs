@@ -311,10 +311,7 @@ impl Node {
     pub fn bind(id: Identity, cfg: NodeConfig) -> std::io::Result<Node> {
         let tls = TlsContext::new(&id, cfg.kx);
         let transport = Arc::new(router_transport());
-        let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-            .tls13()
-            .and_then(|s| s.quic_suite())
-            .expect("ring provides the QUIC initial suite");
+        let initial = initial_suite();
         let server_crypto = QuicServerConfig::with_initial(Arc::new(tls.server()), initial)
             .expect("AES-128-GCM initial suite");
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -436,10 +433,7 @@ impl Node {
     ) -> Result<Peer, HandshakeError> {
         let start = Instant::now();
         let checks_before = self.tls.server_cert_checks();
-        let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-            .tls13()
-            .and_then(|s| s.quic_suite())
-            .expect("ring provides the QUIC initial suite");
+        let initial = initial_suite();
         let crypto = QuicClientConfig::with_initial(Arc::new(self.tls.client(pinned)), initial)
             .expect("AES-128-GCM initial suite");
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -462,12 +456,8 @@ impl Node {
         )
         .map_err(HandshakeError::Verify)?;
         let (initiating, init) = session::initiate(&self.id, &peer, &exporter);
-        let mut out = Vec::with_capacity(hello.len() + init.len() + 10);
-        msg::emit_header(MsgType::Hello, hello.len(), &mut out);
-        out.extend_from_slice(&hello);
-        msg::emit_header(MsgType::Init, init.len(), &mut out);
-        out.extend_from_slice(&init);
-        send.write_all(&out).await?;
+        send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Init, &init)))
+            .await?;
 
         let mut buf = Vec::new();
         expect_msg(&mut recv, &mut buf, MsgType::Hello).await?;
@@ -486,21 +476,11 @@ impl Node {
         let session = initiating
             .finish(&buf, &record.keys, &self.cfg.network_key, Instant::now())
             .map_err(|e| fail(&conn, e))?;
-        let s = conn.stats();
+        let resumed = self.tls.server_cert_checks() == checks_before;
         Ok(Peer {
             peer_id: peer,
             record,
-            stats: HandshakeStats {
-                elapsed: start.elapsed(),
-                udp_tx_bytes: s.udp_tx.bytes,
-                udp_rx_bytes: s.udp_rx.bytes,
-                udp_tx_datagrams: s.udp_tx.datagrams,
-                rtt: s.path.rtt,
-                resumed: self.tls.server_cert_checks() == checks_before,
-                tls_elapsed: tls.0,
-                tls_tx_bytes: tls.1.udp_tx.bytes,
-                tls_rx_bytes: tls.1.udp_rx.bytes,
-            },
+            stats: HandshakeStats::new(start, tls, &conn, resumed),
             conn,
             session,
             role: Role::Dialler,
@@ -578,27 +558,12 @@ impl Node {
             Instant::now(),
         )
         .map_err(|e| fail(&conn, e))?;
-        let mut out = Vec::with_capacity(hello.len() + resp.len() + 10);
-        msg::emit_header(MsgType::Hello, hello.len(), &mut out);
-        out.extend_from_slice(&hello);
-        msg::emit_header(MsgType::Resp, resp.len(), &mut out);
-        out.extend_from_slice(&resp);
-        send.write_all(&out).await?;
-        let s = conn.stats();
+        send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Resp, &resp)))
+            .await?;
         Ok(Peer {
             peer_id: peer,
             record,
-            stats: HandshakeStats {
-                elapsed: start.elapsed(),
-                udp_tx_bytes: s.udp_tx.bytes,
-                udp_rx_bytes: s.udp_rx.bytes,
-                udp_tx_datagrams: s.udp_tx.datagrams,
-                rtt: s.path.rtt,
-                resumed: false,
-                tls_elapsed: tls.0,
-                tls_tx_bytes: tls.1.udp_tx.bytes,
-                tls_rx_bytes: tls.1.udp_rx.bytes,
-            },
+            stats: HandshakeStats::new(start, tls, &conn, false),
             conn,
             session,
             role: Role::Listener,
@@ -606,6 +571,46 @@ impl Node {
             control_rx: Some(recv),
         })
     }
+}
+
+impl HandshakeStats {
+    fn new(
+        start: Instant,
+        tls: (Duration, quinn::ConnectionStats),
+        conn: &Connection,
+        resumed: bool,
+    ) -> Self {
+        let s = conn.stats();
+        HandshakeStats {
+            elapsed: start.elapsed(),
+            udp_tx_bytes: s.udp_tx.bytes,
+            udp_rx_bytes: s.udp_rx.bytes,
+            udp_tx_datagrams: s.udp_tx.datagrams,
+            rtt: s.path.rtt,
+            resumed,
+            tls_elapsed: tls.0,
+            tls_tx_bytes: tls.1.udp_tx.bytes,
+            tls_rx_bytes: tls.1.udp_rx.bytes,
+        }
+    }
+}
+
+/// The AES-128-GCM suite QUIC Initial packets must use (RFC 9001 §5.2), from ring.
+fn initial_suite() -> rustls::quic::Suite {
+    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .expect("ring provides the QUIC initial suite")
+}
+
+/// Two control messages in one buffer, so they leave in one flight.
+fn two_msgs(a: (MsgType, &[u8]), b: (MsgType, &[u8])) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.1.len() + b.1.len() + 2 * msg::MSG_HEADER_LEN);
+    for (t, body) in [a, b] {
+        msg::emit_header(t, body.len(), &mut out);
+        out.extend_from_slice(body);
+    }
+    out
 }
 
 struct InFlight(Arc<AtomicUsize>);
