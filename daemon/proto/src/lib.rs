@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod consts;
+pub mod dht;
 pub mod error;
 pub mod frame;
 pub mod msg;

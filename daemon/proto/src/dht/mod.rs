@@ -1,0 +1,49 @@
+//! Kademlia DHT, sans-IO (DESIGN.md, "DHT (Kademlia)").
+//!
+//! - [`wire`]: compact, versioned, size-limited RPC codec (PING, FIND_NODE, FIND_VALUE, STORE).
+//! - [`kbucket`]: the 256-bucket routing table: LRU with ping-before-evict, a replacement cache,
+//!   per-/24 and per-/48 limits (loopback and private ranges exempt).
+//! - [`lookup`]: the iterative lookup state machine (α = 3, k = 20, per-peer timeout, stall
+//!   detection), modelled on rust-libp2p's `ClosestPeersIter`.
+//! - [`store`]: the bounded record store (one record per storage key, highest sequence wins).
+//! - [`node`]: [`node::Dht`], the engine tying them together: answers requests, drives lookups,
+//!   refreshes buckets, republishes. It is driven by explicit `now` arguments and emits
+//!   [`node::Output`]s; it never touches a socket or a clock. Record signatures are checked
+//!   through the [`node::RecordCheck`] trait (real ML-DSA + Ed25519 in the daemon, a
+//!   same-sized stand-in in the simulator).
+//!
+//! Time is a [`core::time::Duration`] since an arbitrary epoch chosen by the driver (the
+//! daemon's start, or the simulator's virtual clock zero).
+
+pub mod kbucket;
+pub mod lookup;
+pub mod node;
+pub mod store;
+pub mod wire;
+
+use core::time::Duration;
+
+/// Bucket size and lookup result size (Kademlia paper, seed).
+pub const K: usize = 20;
+/// Lookup parallelism (Kademlia paper).
+pub const ALPHA: usize = 3;
+/// How long a lookup waits for one peer before counting it unresponsive.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a bucket nobody looked into is refreshed (Kademlia paper: one hour; shorter here
+/// because router meshes are small and churn is daily power cycles).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// How often an owner republishes its record (DESIGN.md).
+pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(3600);
+/// Holders drop a record this long after its last STORE (DESIGN.md: "some hours").
+pub const RECORD_HOLD: Duration = Duration::from_secs(4 * 3600);
+/// Most records one node holds for others.
+pub const MAX_RECORDS: usize = 4096;
+/// Most contacts the replacement cache of one bucket keeps.
+pub const REPLACEMENT_CACHE: usize = K;
+/// Most contacts from one /24 (IPv4) or /48 (IPv6) in one bucket.
+pub const MAX_PER_SUBNET: usize = 2;
+/// Most candidates one lookup tracks.
+pub const LOOKUP_MAX_PEERS: usize = 3 * K;
+/// Distinct holders whose answers a FIND_VALUE collects before it stops early (the newest
+/// of their records wins, so one stale or lying holder cannot decide the result).
+pub const VALUE_QUORUM: usize = 3;

@@ -1,0 +1,635 @@
+//! The DHT engine: one node's Kademlia logic, sans-IO.
+//!
+//! Drive it like quinn-proto's `Connection`:
+//! - deliver each incoming request with [`Dht::handle_request`] and send back what it returns
+//!   (`None`: do not answer, the sender is over its rate limit);
+//! - deliver each answer to a request it asked for with [`Dht::handle_response`], or
+//!   [`Dht::handle_failure`] when the request could not be sent or its stream failed;
+//! - call [`Dht::handle_timeout`] at [`Dht::poll_timeout`] (request timeouts, bucket refresh,
+//!   republish, record expiry);
+//! - after each call, drain [`Dht::poll_output`]: requests to send and finished lookups.
+//!
+//! It reads no clock: `now` is a monotonic [`Duration`] from an epoch the driver picks, and
+//! `now_unix` the wall clock in seconds for record expiry. Its only randomness is a PRNG seeded
+//! by the driver, so a seeded simulation replays exactly.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+
+use super::kbucket::{bucket_index, subnet_key, Insert, RoutingTable};
+use super::lookup::{Lookup, Step};
+use super::store::{RecordMeta, RecordStore};
+use super::wire::{Contact, Request, Response, StoreCode};
+use super::{K, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT, VALUE_QUORUM};
+use crate::PeerId;
+
+/// Verifies records for the engine: signatures, PeerId binding, time window.
+pub trait RecordCheck {
+    /// The record type (bytes, or a shared handle to them).
+    type Record: Clone + AsRef<[u8]>;
+    /// Checks `record` at `now_unix`; returns what the engine needs, or why it was refused.
+    fn check(&self, record: &Self::Record, now_unix: u64) -> Result<RecordMeta, StoreCode>;
+}
+
+/// Identifies a lookup.
+pub type LookupId = u64;
+/// Identifies an outgoing request.
+pub type RequestId = u64;
+
+/// Most lookups one node runs at once (each holds at most k requests in flight).
+pub const MAX_LOOKUPS: usize = 64;
+/// Requests one source address may make in a burst.
+pub const RATE_BURST: u32 = 64;
+/// Requests per second one source address may make, sustained.
+pub const RATE_PER_SEC: u32 = 32;
+/// Most source addresses the rate limiter tracks.
+pub const RATE_TRACKED: usize = 4096;
+
+/// What a lookup looks for.
+#[derive(Debug, Clone)]
+pub enum Query<R> {
+    /// The k closest nodes to the target.
+    FindNode,
+    /// `owner`'s record under the target key, newer than `known_seq`.
+    FindValue {
+        /// The record's owner.
+        owner: PeerId,
+        /// Sequence already known (0 = none).
+        known_seq: u64,
+    },
+    /// Find the k closest to the record's key, then STORE it there.
+    Put {
+        /// The record.
+        record: R,
+    },
+    /// Refresh a bucket (a FIND_NODE whose result is not reported).
+    Refresh,
+}
+
+/// A finished lookup.
+#[derive(Debug, Clone)]
+pub struct LookupOutcome<R> {
+    /// Which lookup.
+    pub id: LookupId,
+    /// Its target (node id or storage key).
+    pub target: [u8; 32],
+    /// The k closest nodes that answered, nearest first.
+    pub closest: Vec<Contact>,
+    /// FIND_VALUE: the newest valid record found.
+    pub record: Option<R>,
+    /// Successive request rounds.
+    pub hops: u32,
+    /// Requests sent.
+    pub messages: u32,
+    /// Bytes of requests sent and answers received.
+    pub bytes: u64,
+    /// When it started and ended.
+    pub started: Duration,
+    /// When it ended.
+    pub finished: Duration,
+    /// Put: STOREs sent.
+    pub stores_sent: u32,
+}
+
+/// What the engine wants done.
+#[derive(Debug, Clone)]
+pub enum Output<R> {
+    /// Send `req` to `to`; report the answer with `id`.
+    Send {
+        /// Destination.
+        to: Contact,
+        /// Request id to report the answer under.
+        id: RequestId,
+        /// The request.
+        req: Request<R>,
+    },
+    /// A lookup (other than a refresh) finished.
+    LookupDone(LookupOutcome<R>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqKind {
+    Ping { lru: bool },
+    Lookup(LookupId),
+    Store,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    to: Contact,
+    kind: ReqKind,
+    deadline: Duration,
+}
+
+#[derive(Debug)]
+struct LookupState<R> {
+    lookup: Lookup,
+    query: Query<R>,
+    best: Option<(R, u64)>,
+    holders: usize,
+    bytes: u64,
+    started: Duration,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DhtStats {
+    /// Requests answered.
+    pub requests_answered: u64,
+    /// Requests dropped by the rate limiter.
+    pub rate_limited: u64,
+    /// STOREs refused.
+    pub stores_refused: u64,
+    /// Records in answers that failed verification or did not match the query.
+    pub bogus_records: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+}
+
+/// One node's DHT.
+pub struct Dht<C: RecordCheck> {
+    local: Contact,
+    table: RoutingTable,
+    store: RecordStore<C::Record>,
+    check: C,
+    lookups: BTreeMap<LookupId, LookupState<C::Record>>,
+    pending: BTreeMap<RequestId, Pending>,
+    out: VecDeque<Output<C::Record>>,
+    next_id: u64,
+    rng: u64,
+    own: Option<C::Record>,
+    last_publish: Duration,
+    last_refresh_check: Duration,
+    rate: BTreeMap<SocketAddr, (Duration, u32)>,
+    /// Counters.
+    pub stats: DhtStats,
+}
+
+impl<C: RecordCheck> core::fmt::Debug for Dht<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dht")
+            .field("local", &self.local.id)
+            .field("table", &self.table.len())
+            .field("records", &self.store.len())
+            .field("lookups", &self.lookups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: RecordCheck> Dht<C> {
+    /// A node with contact `local`, record checker `check` and PRNG seed `seed`.
+    pub fn new(local: Contact, check: C, seed: u64) -> Self {
+        Dht {
+            local,
+            table: RoutingTable::new(local.id),
+            store: RecordStore::default(),
+            check,
+            lookups: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            out: VecDeque::new(),
+            next_id: 1,
+            rng: seed | 1,
+            own: None,
+            last_publish: Duration::ZERO,
+            last_refresh_check: Duration::ZERO,
+            rate: BTreeMap::new(),
+            stats: DhtStats::default(),
+        }
+    }
+
+    /// Our contact.
+    pub fn local(&self) -> &Contact {
+        &self.local
+    }
+
+    /// The routing table.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Records held for others.
+    pub fn store(&self) -> &RecordStore<C::Record> {
+        &self.store
+    }
+
+    /// Lookups under way.
+    pub fn lookups_running(&self) -> usize {
+        self.lookups.len()
+    }
+
+    fn random(&mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            // splitmix64
+            self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+        }
+        out
+    }
+
+    /// Adds a contact known out of band (bootstrap seed, routing-table cache).
+    pub fn add_contact(&mut self, c: Contact, now: Duration) {
+        self.heard_from(c, now);
+    }
+
+    fn heard_from(&mut self, c: Contact, now: Duration) {
+        if c.id == self.local.id {
+            return;
+        }
+        if let Insert::PingLru(lru) = self.table.insert(c, now) {
+            self.send(lru, Request::Ping, ReqKind::Ping { lru: true }, now);
+        }
+    }
+
+    fn send(&mut self, to: Contact, req: Request<C::Record>, kind: ReqKind, now: Duration) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = req.encoded_len() as u64;
+        self.pending.insert(
+            id,
+            Pending {
+                to,
+                kind,
+                deadline: now + REQUEST_TIMEOUT,
+            },
+        );
+        self.out.push_back(Output::Send { to, id, req });
+        bytes
+    }
+
+    /// Joins the network: a lookup for our own id (fills the buckets near us; the periodic
+    /// refresh fills the rest). Add the seeds with [`Dht::add_contact`] first.
+    pub fn bootstrap(&mut self, now: Duration) -> Option<LookupId> {
+        let me = self.local.id.0;
+        self.start(me, Query::FindNode, now)
+    }
+
+    /// Starts a FIND_NODE lookup.
+    pub fn find_node(&mut self, target: [u8; 32], now: Duration) -> Option<LookupId> {
+        self.start(target, Query::FindNode, now)
+    }
+
+    /// Starts a FIND_VALUE lookup for `owner`'s record under `key`.
+    pub fn find_value(
+        &mut self,
+        key: [u8; 32],
+        owner: PeerId,
+        known_seq: u64,
+        now: Duration,
+    ) -> Option<LookupId> {
+        self.start(key, Query::FindValue { owner, known_seq }, now)
+    }
+
+    /// Publishes our own record: stores it at the k closest nodes now, and again every
+    /// [`REPUBLISH_INTERVAL`] (call again at once when its contents change).
+    pub fn publish(
+        &mut self,
+        record: C::Record,
+        now_unix: u64,
+        now: Duration,
+    ) -> Result<Option<LookupId>, StoreCode> {
+        let meta = self.check.check(&record, now_unix)?;
+        self.own = Some(record.clone());
+        self.last_publish = now;
+        Ok(self.start(meta.key, Query::Put { record }, now))
+    }
+
+    /// Stores `record` (e.g. someone else's, re-replicated) at the k closest to its key.
+    pub fn put(
+        &mut self,
+        record: C::Record,
+        now_unix: u64,
+        now: Duration,
+    ) -> Result<Option<LookupId>, StoreCode> {
+        let meta = self.check.check(&record, now_unix)?;
+        Ok(self.start(meta.key, Query::Put { record }, now))
+    }
+
+    /// Starts a lookup; `None` when [`MAX_LOOKUPS`] are already running.
+    fn start(
+        &mut self,
+        target: [u8; 32],
+        query: Query<C::Record>,
+        now: Duration,
+    ) -> Option<LookupId> {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return None;
+        }
+        if let Some(b) = bucket_index(&self.local.id, &target) {
+            self.table.touch_bucket(b, now);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let seeds = self.table.closest(&target, K);
+        self.lookups.insert(
+            id,
+            LookupState {
+                lookup: Lookup::new(target, seeds),
+                query,
+                best: None,
+                holders: 0,
+                bytes: 0,
+                started: now,
+            },
+        );
+        self.drive(id, now);
+        Some(id)
+    }
+
+    fn drive(&mut self, id: LookupId, now: Duration) {
+        loop {
+            let Some(st) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            match st.lookup.next(now) {
+                Step::Send(to) => {
+                    let target = *st.lookup.target();
+                    let req = match &st.query {
+                        Query::FindValue { owner, known_seq } => Request::FindValue {
+                            key: target,
+                            owner: *owner,
+                            known_seq: st.best.as_ref().map(|b| b.1).unwrap_or(*known_seq),
+                        },
+                        _ => Request::FindNode { target },
+                    };
+                    let bytes = self.send(to, req, ReqKind::Lookup(id), now);
+                    if let Some(st) = self.lookups.get_mut(&id) {
+                        st.bytes += bytes;
+                    }
+                }
+                Step::Wait => return,
+                Step::Done => {
+                    self.finish(id, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, id: LookupId, now: Duration) {
+        let Some(st) = self.lookups.remove(&id) else {
+            return;
+        };
+        // Requests still in flight for it no longer count.
+        for p in self.pending.values_mut() {
+            if p.kind == ReqKind::Lookup(id) {
+                p.kind = ReqKind::Store; // answers will only update the table
+            }
+        }
+        let closest = st.lookup.result();
+        let mut stores_sent = 0;
+        let report = match st.query {
+            Query::Refresh => false,
+            Query::Put { ref record } => {
+                for c in &closest {
+                    self.send(
+                        *c,
+                        Request::Store {
+                            record: record.clone(),
+                        },
+                        ReqKind::Store,
+                        now,
+                    );
+                    stores_sent += 1;
+                }
+                true
+            }
+            _ => true,
+        };
+        if report {
+            self.out.push_back(Output::LookupDone(LookupOutcome {
+                id,
+                target: *st.lookup.target(),
+                closest,
+                record: st.best.map(|b| b.0),
+                hops: st.lookup.hops(),
+                messages: st.lookup.sent(),
+                bytes: st.bytes,
+                started: st.started,
+                finished: now,
+                stores_sent,
+            }));
+        }
+    }
+
+    fn allow(&mut self, from: &SocketAddr, now: Duration) -> bool {
+        // Public addresses are limited per IP; exempt (private, loopback) ones per socket
+        // address, or every peer on one LAN or test host would share one budget.
+        let key = if subnet_key(from).is_some() {
+            SocketAddr::new(from.ip(), 0)
+        } else {
+            *from
+        };
+        if !self.rate.contains_key(&key) && self.rate.len() >= RATE_TRACKED {
+            // Forget the source whose bucket refilled longest ago (it is full again anyway).
+            if let Some(oldest) = self.rate.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
+                self.rate.remove(&oldest);
+            }
+        }
+        let (last, tokens) = self.rate.entry(key).or_insert((now, RATE_BURST));
+        let refill =
+            (now.saturating_sub(*last).as_millis() as u64 * RATE_PER_SEC as u64 / 1000) as u32;
+        if refill > 0 {
+            *tokens = (*tokens + refill).min(RATE_BURST);
+            *last = now;
+        }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
+    }
+
+    /// Answers a request from `from` (whose PeerId the transport authenticated). `None`: the
+    /// sender is over its rate limit; send nothing.
+    pub fn handle_request(
+        &mut self,
+        from: Contact,
+        req: Request<C::Record>,
+        now: Duration,
+        now_unix: u64,
+    ) -> Option<Response<C::Record>> {
+        if !self.allow(&from.addr, now) {
+            self.stats.rate_limited += 1;
+            return None;
+        }
+        self.heard_from(from, now);
+        self.stats.requests_answered += 1;
+        let nodes = |t: &RoutingTable, target: &[u8; 32]| Response::Nodes {
+            contacts: t
+                .closest(target, K + 1)
+                .into_iter()
+                .filter(|c| c.id != from.id)
+                .take(K)
+                .collect(),
+        };
+        Some(match req {
+            Request::Ping => Response::Pong {
+                observed: from.addr,
+            },
+            Request::FindNode { target } => nodes(&self.table, &target),
+            Request::FindValue {
+                key,
+                owner,
+                known_seq,
+            } => match self.store.get(&key, &owner, known_seq) {
+                Some((r, _)) => Response::Value { record: r.clone() },
+                None => nodes(&self.table, &key),
+            },
+            Request::Store { record } => {
+                let code = match self.check.check(&record, now_unix) {
+                    Ok(meta) => self.store.put(record, meta, now, now_unix),
+                    Err(code) => code,
+                };
+                if code != StoreCode::Ok {
+                    self.stats.stores_refused += 1;
+                }
+                Response::Stored(code)
+            }
+        })
+    }
+
+    /// Delivers the answer to request `id`.
+    pub fn handle_response(
+        &mut self,
+        id: RequestId,
+        resp: Response<C::Record>,
+        now: Duration,
+        now_unix: u64,
+    ) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        self.heard_from(p.to, now);
+        match p.kind {
+            ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, true, now),
+            ReqKind::Ping { lru: false } | ReqKind::Store => {}
+            ReqKind::Lookup(lid) => {
+                let resp_bytes = resp.encoded_len() as u64;
+                let me = self.local.id;
+                let Some(st) = self.lookups.get_mut(&lid) else {
+                    return;
+                };
+                st.bytes += resp_bytes;
+                match resp {
+                    Response::Nodes { contacts } => {
+                        let contacts: Vec<Contact> =
+                            contacts.into_iter().filter(|c| c.id != me).collect();
+                        st.lookup.on_success(&p.to.id, &contacts);
+                    }
+                    Response::Value { record } => {
+                        let target = *st.lookup.target();
+                        let ok = match (&st.query, self.check.check(&record, now_unix)) {
+                            (Query::FindValue { owner, known_seq }, Ok(m)) => {
+                                m.key == target && m.owner == *owner && m.seq > *known_seq
+                            }
+                            _ => false,
+                        };
+                        if ok {
+                            let seq = self
+                                .check
+                                .check(&record, now_unix)
+                                .map(|m| m.seq)
+                                .unwrap_or(0);
+                            st.holders += 1;
+                            if st.best.as_ref().is_none_or(|b| seq > b.1) {
+                                st.best = Some((record, seq));
+                            }
+                            st.lookup.on_success(&p.to.id, &[]);
+                            if st.holders >= VALUE_QUORUM {
+                                st.lookup.finish();
+                            }
+                        } else {
+                            self.stats.bogus_records += 1;
+                            st.lookup.on_failure(&p.to.id);
+                        }
+                    }
+                    _ => st.lookup.on_failure(&p.to.id),
+                }
+                self.drive(lid, now);
+            }
+        }
+    }
+
+    /// Request `id` failed before an answer (unreachable, refused, malformed answer).
+    pub fn handle_failure(&mut self, id: RequestId, now: Duration) {
+        if let Some(p) = self.pending.remove(&id) {
+            self.failed(p, now);
+        }
+    }
+
+    fn failed(&mut self, p: Pending, now: Duration) {
+        match p.kind {
+            ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, false, now),
+            _ => {
+                self.table.failed(&p.to.id, now);
+            }
+        }
+        if let ReqKind::Lookup(lid) = p.kind {
+            if let Some(st) = self.lookups.get_mut(&lid) {
+                st.lookup.on_failure(&p.to.id);
+            }
+            self.drive(lid, now);
+        }
+    }
+
+    /// When [`Dht::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let req = self.pending.values().map(|p| p.deadline).min();
+        let periodic = self.last_refresh_check + Duration::from_secs(60);
+        Some(req.map_or(periodic, |r| r.min(periodic)))
+    }
+
+    /// Expires requests, refreshes stale buckets, republishes our record, drops old records.
+    pub fn handle_timeout(&mut self, now: Duration, now_unix: u64) {
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.stats.timeouts += 1;
+                self.failed(p, now);
+            }
+        }
+        let ids: Vec<LookupId> = self.lookups.keys().copied().collect();
+        for id in ids {
+            self.drive(id, now);
+        }
+        if now >= self.last_refresh_check + Duration::from_secs(60) {
+            self.last_refresh_check = now;
+            self.store.expire(now, now_unix);
+            if !self.table.is_empty() {
+                for b in self.table.due_for_refresh(now) {
+                    let r = self.random();
+                    let target = self.table.random_id_in_bucket(b, r);
+                    self.table.touch_bucket(b, now);
+                    if self.start(target, Query::Refresh, now).is_none() {
+                        break;
+                    }
+                }
+            }
+            if let Some(rec) = self.own.clone() {
+                if now >= self.last_publish + REPUBLISH_INTERVAL {
+                    let _ = self.publish(rec, now_unix, now);
+                }
+            }
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output<C::Record>> {
+        self.out.pop_front()
+    }
+
+    /// Whether a refresh is needed soon (for tests and the simulator).
+    pub fn refresh_interval() -> Duration {
+        REFRESH_INTERVAL
+    }
+}

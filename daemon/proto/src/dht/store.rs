@@ -1,0 +1,171 @@
+//! The record store: signed records held for others, per (storage key, owner).
+//!
+//! Bounded three ways: at most [`MAX_RECORDS`] in all, at most [`MAX_OWNERS_PER_KEY`] owners
+//! under one storage key (nobody can squat a key with throwaway identities), and each record is
+//! dropped [`RECORD_HOLD`] after its last STORE or at its expiry, whichever comes first.
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use super::wire::StoreCode;
+use super::{MAX_RECORDS, RECORD_HOLD};
+use crate::PeerId;
+
+/// Most owners whose records one storage key holds.
+pub const MAX_OWNERS_PER_KEY: usize = 4;
+
+/// What the engine needs to know of a verified record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Storage key (inside the signed envelope).
+    pub key: [u8; 32],
+    /// Owner (PeerId bound to the signing key).
+    pub owner: PeerId,
+    /// Sequence number.
+    pub seq: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Held<R> {
+    record: R,
+    meta: RecordMeta,
+    stored_at: Duration,
+}
+
+/// Records held for others.
+#[derive(Debug, Clone)]
+pub struct RecordStore<R> {
+    map: BTreeMap<([u8; 32], PeerId), Held<R>>,
+    max: usize,
+}
+
+impl<R: Clone> Default for RecordStore<R> {
+    fn default() -> Self {
+        Self::new(MAX_RECORDS)
+    }
+}
+
+impl<R: Clone> RecordStore<R> {
+    /// A store holding at most `max` records.
+    pub fn new(max: usize) -> Self {
+        RecordStore {
+            map: BTreeMap::new(),
+            max,
+        }
+    }
+
+    /// Number of records held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Stores a verified record. Equal sequence refreshes the hold time; lower is refused.
+    pub fn put(&mut self, record: R, meta: RecordMeta, now: Duration, now_unix: u64) -> StoreCode {
+        if meta.expires_at <= now_unix {
+            return StoreCode::Expired;
+        }
+        let k = (meta.key, meta.owner);
+        if let Some(h) = self.map.get_mut(&k) {
+            if h.meta.seq > meta.seq {
+                return StoreCode::Outdated;
+            }
+            if h.meta.seq == meta.seq {
+                h.stored_at = now;
+                return StoreCode::Ok;
+            }
+            *h = Held {
+                record,
+                meta,
+                stored_at: now,
+            };
+            return StoreCode::Ok;
+        }
+        let owners = self
+            .map
+            .range((meta.key, PeerId([0; 32]))..=(meta.key, PeerId([0xff; 32])))
+            .count();
+        if owners >= MAX_OWNERS_PER_KEY || self.map.len() >= self.max {
+            return StoreCode::Full;
+        }
+        self.map.insert(
+            k,
+            Held {
+                record,
+                meta,
+                stored_at: now,
+            },
+        );
+        StoreCode::Ok
+    }
+
+    /// `owner`'s record under `key` if its sequence is above `known_seq`.
+    pub fn get(&self, key: &[u8; 32], owner: &PeerId, known_seq: u64) -> Option<(&R, &RecordMeta)> {
+        self.map
+            .get(&(*key, *owner))
+            .filter(|h| h.meta.seq > known_seq)
+            .map(|h| (&h.record, &h.meta))
+    }
+
+    /// Drops expired records and those not stored again for [`RECORD_HOLD`].
+    pub fn expire(&mut self, now: Duration, now_unix: u64) {
+        self.map.retain(|_, h| {
+            h.meta.expires_at > now_unix && now.saturating_sub(h.stored_at) < RECORD_HOLD
+        });
+    }
+
+    /// Every held record (for re-replication).
+    pub fn iter(&self) -> impl Iterator<Item = (&R, &RecordMeta)> {
+        self.map.values().map(|h| (&h.record, &h.meta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: u8, owner: u8, seq: u64) -> RecordMeta {
+        RecordMeta {
+            key: [key; 32],
+            owner: PeerId([owner; 32]),
+            seq,
+            expires_at: 1000,
+        }
+    }
+
+    #[test]
+    fn sequence_rules_per_key_and_owner() {
+        let mut s = RecordStore::new(10);
+        let t = Duration::ZERO;
+        assert_eq!(s.put("a1", meta(1, 1, 5), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("a0", meta(1, 1, 4), t, 0), StoreCode::Outdated);
+        assert_eq!(s.put("a1", meta(1, 1, 5), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("a2", meta(1, 1, 6), t, 0), StoreCode::Ok);
+        // Another owner's record under the same key does not displace the first.
+        assert_eq!(s.put("x9", meta(1, 2, 99), t, 0), StoreCode::Ok);
+        assert_eq!(s.get(&[1; 32], &PeerId([1; 32]), 0).unwrap().0, &"a2");
+        assert!(s.get(&[1; 32], &PeerId([1; 32]), 6).is_none());
+        for o in 3..=4 {
+            assert_eq!(s.put("y", meta(1, o, 1), t, 0), StoreCode::Ok);
+        }
+        assert_eq!(s.put("z", meta(1, 5, 1), t, 0), StoreCode::Full);
+        assert_eq!(s.put("e", meta(2, 1, 1), t, 1000), StoreCode::Expired);
+        s.expire(RECORD_HOLD, 0);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn total_bound() {
+        let mut s = RecordStore::new(3);
+        for k in 0..3 {
+            assert_eq!(s.put(k, meta(k, 1, 1), Duration::ZERO, 0), StoreCode::Ok);
+        }
+        assert_eq!(s.put(9, meta(9, 1, 1), Duration::ZERO, 0), StoreCode::Full);
+    }
+}
