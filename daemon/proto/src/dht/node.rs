@@ -162,6 +162,7 @@ pub struct Dht<C: RecordCheck> {
     last_publish: Duration,
     last_refresh_check: Duration,
     rate: BTreeMap<SocketAddr, (Duration, u32)>,
+    joining: Option<LookupId>,
     /// Counters.
     pub stats: DhtStats,
 }
@@ -194,6 +195,7 @@ impl<C: RecordCheck> Dht<C> {
             last_publish: Duration::ZERO,
             last_refresh_check: Duration::ZERO,
             rate: BTreeMap::new(),
+            joining: None,
             stats: DhtStats::default(),
         }
     }
@@ -263,9 +265,32 @@ impl<C: RecordCheck> Dht<C> {
 
     /// Joins the network: a lookup for our own id (fills the buckets near us; the periodic
     /// refresh fills the rest). Add the seeds with [`Dht::add_contact`] first.
+    /// When that lookup ends, every bucket from the closest occupied one up is refreshed once,
+    /// as in the Kademlia paper's join.
     pub fn bootstrap(&mut self, now: Duration) -> Option<LookupId> {
         let me = self.local.id.0;
-        self.start(me, Query::FindNode, now)
+        self.joining = self.start(me, Query::FindNode, now);
+        self.joining
+    }
+
+    fn refresh_buckets(&mut self, force: bool, now: Duration) {
+        if self.table.is_empty() {
+            return;
+        }
+        let due = if force {
+            self.table
+                .due_for_refresh(now + REFRESH_INTERVAL + REFRESH_INTERVAL)
+        } else {
+            self.table.due_for_refresh(now)
+        };
+        for b in due {
+            let r = self.random();
+            let target = self.table.random_id_in_bucket(b, r);
+            self.table.touch_bucket(b, now);
+            if self.start(target, Query::Refresh, now).is_none() {
+                break;
+            }
+        }
     }
 
     /// Starts a FIND_NODE lookup.
@@ -605,16 +630,7 @@ impl<C: RecordCheck> Dht<C> {
         if now >= self.last_refresh_check + Duration::from_secs(60) {
             self.last_refresh_check = now;
             self.store.expire(now, now_unix);
-            if !self.table.is_empty() {
-                for b in self.table.due_for_refresh(now) {
-                    let r = self.random();
-                    let target = self.table.random_id_in_bucket(b, r);
-                    self.table.touch_bucket(b, now);
-                    if self.start(target, Query::Refresh, now).is_none() {
-                        break;
-                    }
-                }
-            }
+            self.refresh_buckets(false, now);
             if let Some(rec) = self.own.clone() {
                 if now >= self.last_publish + REPUBLISH_INTERVAL {
                     let _ = self.publish(rec, now_unix, now);
