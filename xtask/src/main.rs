@@ -5,6 +5,8 @@
 //! - `bench [--quick]`: crypto primitive costs, frame AEAD against `openssl speed` and the
 //!   RustCrypto crate, and the connection handshake (hybrid against classical-only, full against
 //!   resumed, round trips), all in one run; prints a Markdown table of figures and ratios.
+//! - `sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R] [--sybil-fraction F]
+//!   [--lookups Q] [--json]`: the DHT simulator (`daemon/sim`), built with the `sim` profile.
 //! - `demo`: the main job. Today: two `shadowmesh` processes on loopback handshake, prove their
 //!   PeerIds, exchange encrypted frames (with a rekey, a replayed and a tampered frame), and the
 //!   outcome is printed as a table. Every process it starts is ended, also on failure.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const FUZZ_TARGETS: &[&str] = &["frame", "record", "hello", "e2e", "keyfile"];
+const FUZZ_TARGETS: &[&str] = &["frame", "record", "hello", "e2e", "keyfile", "dht"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +27,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz(flag_value(&args[1..], "--seconds").unwrap_or(30)),
         Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick]>".into()),
+        Some("sim") => sim(&args[1..]),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick] | sim --nodes N --seed S [...]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -532,4 +535,18 @@ fn bench(quick: bool) -> Result {
         println!("| {n} | {v:.2} |");
     }
     Ok(())
+}
+
+fn sim(args: &[String]) -> Result {
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--profile",
+            "sim",
+            "--package",
+            "shadowmesh-sim",
+            "--",
+        ])
+        .args(args))
 }

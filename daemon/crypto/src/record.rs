@@ -99,10 +99,7 @@ pub struct VerifiedRecord {
 /// Verifies a record: layout, time window against `now` (Unix seconds), `SHA-256(pk) = PeerId`,
 /// Ed25519 then ML-DSA-87 over the body as stored.
 pub fn verify_record(bytes: &[u8], now: u64) -> Result<VerifiedRecord, Error> {
-    let r = RecordRef::parse(bytes)?;
-    r.check_times(now)?;
-    let keys = PeerKeys::new(r.peer_id, r.mldsa_pk, r.ed25519_pk)?;
-    keys.verify(RECORD_DOMAIN, &[r.body()], r.mldsa_sig, r.ed25519_sig)?;
+    let (r, keys) = verify_record_ref(bytes, now)?;
     Ok(VerifiedRecord {
         keys,
         storage_key: *r.storage_key,
@@ -110,6 +107,50 @@ pub fn verify_record(bytes: &[u8], now: u64) -> Result<VerifiedRecord, Error> {
         expires_at: r.expires_at,
         bytes: bytes.to_vec(),
     })
+}
+
+/// [`verify_record`] without copying: the parsed view and the owner's keys.
+pub fn verify_record_ref(bytes: &[u8], now: u64) -> Result<(RecordRef<'_>, PeerKeys), Error> {
+    let r = RecordRef::parse(bytes)?;
+    r.check_times(now)?;
+    let keys = PeerKeys::new(r.peer_id, r.mldsa_pk, r.ed25519_pk)?;
+    keys.verify(RECORD_DOMAIN, &[r.body()], r.mldsa_sig, r.ed25519_sig)?;
+    Ok((r, keys))
+}
+
+/// The DHT engine's record check with real signatures: ML-DSA-87 + Ed25519 and the PeerId
+/// binding, and the time window. The network key is not needed (nor known, on seed nodes):
+/// whether a record belongs to a mesh is for its members to tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DhtRecordCheck;
+
+impl shadowmesh_proto::dht::node::RecordCheck for DhtRecordCheck {
+    type Record = std::sync::Arc<[u8]>;
+
+    fn check(
+        &self,
+        record: &Self::Record,
+        now_unix: u64,
+    ) -> Result<shadowmesh_proto::dht::store::RecordMeta, shadowmesh_proto::dht::wire::StoreCode>
+    {
+        use shadowmesh_proto::dht::wire::StoreCode;
+        if record.len() > shadowmesh_proto::consts::RECORD_MAX_LEN {
+            return Err(StoreCode::TooBig);
+        }
+        match verify_record_ref(record, now_unix) {
+            Ok((r, keys)) => Ok(shadowmesh_proto::dht::store::RecordMeta {
+                key: *r.storage_key,
+                owner: keys.peer_id,
+                seq: r.seq,
+                expires_at: r.expires_at,
+            }),
+            Err(Error::Wire(
+                shadowmesh_proto::Error::Expired | shadowmesh_proto::Error::BadLifetime,
+            )) => Err(StoreCode::Expired),
+            Err(Error::Wire(shadowmesh_proto::Error::TooLarge { .. })) => Err(StoreCode::TooBig),
+            Err(_) => Err(StoreCode::BadSignature),
+        }
+    }
 }
 
 impl VerifiedRecord {

@@ -548,18 +548,15 @@ impl<C: RecordCheck> Dht<C> {
                     }
                     Response::Value { record } => {
                         let target = *st.lookup.target();
-                        let ok = match (&st.query, self.check.check(&record, now_unix)) {
-                            (Query::FindValue { owner, known_seq }, Ok(m)) => {
-                                m.key == target && m.owner == *owner && m.seq > *known_seq
+                        let valid_seq = match (&st.query, self.check.check(&record, now_unix)) {
+                            (Query::FindValue { owner, known_seq }, Ok(m))
+                                if m.key == target && m.owner == *owner && m.seq > *known_seq =>
+                            {
+                                Some(m.seq)
                             }
-                            _ => false,
+                            _ => None,
                         };
-                        if ok {
-                            let seq = self
-                                .check
-                                .check(&record, now_unix)
-                                .map(|m| m.seq)
-                                .unwrap_or(0);
+                        if let Some(seq) = valid_seq {
                             st.holders += 1;
                             if st.best.as_ref().is_none_or(|b| seq > b.1) {
                                 st.best = Some((record, seq));
