@@ -264,17 +264,32 @@ impl RoutingTable {
     }
 
     /// Up to `n` contacts closest to `target`, nearest first.
+    ///
+    /// Buckets are visited in order of increasing distance from `target` (every entry of an
+    /// earlier bucket is closer than every entry of a later one, as in rust-libp2p's
+    /// `ClosestBucketsIter`), so only about `n` entries are ranked, not the whole table.
     pub fn closest(&self, target: &[u8; 32], n: usize) -> Vec<Contact> {
-        let mut all: Vec<([u8; 32], Contact)> = self
-            .entries()
-            .map(|e| (e.contact.id.distance(&PeerId(*target)), e.contact))
-            .collect();
-        if all.len() > n {
-            all.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
+        let t = PeerId(*target);
+        let d = self.local.distance(&t);
+        let bit = |j: usize| d[31 - j / 8] >> (j % 8) & 1 == 1;
+        let start = bucket_index(&self.local, target);
+        let zoom_in = (0..start.unwrap_or(0)).rev().filter(|&j| bit(j));
+        let zoom_out = (0..256).filter(|&j| !bit(j) && Some(j) != start);
+        let mut got: Vec<([u8; 32], Contact)> = Vec::with_capacity(n + K);
+        for b in start.into_iter().chain(zoom_in).chain(zoom_out) {
+            if got.len() >= n {
+                break;
+            }
+            let mut part: Vec<([u8; 32], Contact)> = self.buckets[b]
+                .entries
+                .iter()
+                .map(|e| (e.contact.id.distance(&t), e.contact))
+                .collect();
+            part.sort_unstable_by_key(|a| a.0);
+            got.extend(part);
         }
-        all.sort_unstable_by_key(|a| a.0);
-        all.into_iter().map(|(_, c)| c).collect()
+        got.truncate(n);
+        got.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Notes that a lookup touched bucket `b` (it needs no refresh for a while).

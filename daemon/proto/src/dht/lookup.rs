@@ -214,6 +214,18 @@ impl Lookup {
         }
     }
 
+    /// Whether `id` is among the `n` closest candidates that have not failed. Records are
+    /// stored at the k closest nodes, so a value from anyone farther is no evidence of what
+    /// the holders have (a Sybil on the path could serve a stale one).
+    pub fn is_among_closest(&self, id: &PeerId, n: usize) -> bool {
+        let d = self.distance(id);
+        self.peers
+            .range(..d)
+            .filter(|(_, c)| c.state != State::Failed)
+            .count()
+            < n
+    }
+
     /// Ends the lookup now (e.g. a FIND_VALUE collected enough answers).
     pub fn finish(&mut self) {
         self.done = true;

@@ -557,7 +557,9 @@ impl<C: RecordCheck> Dht<C> {
                             _ => None,
                         };
                         if let Some(seq) = valid_seq {
-                            st.holders += 1;
+                            if st.lookup.is_among_closest(&p.to.id, K) {
+                                st.holders += 1;
+                            }
                             if st.best.as_ref().is_none_or(|b| seq > b.1) {
                                 st.best = Some((record, seq));
                             }
