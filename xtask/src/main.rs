@@ -7,6 +7,9 @@
 //!   resumed, round trips), all in one run; prints a Markdown table of figures and ratios.
 //! - `sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R] [--sybil-fraction F]
 //!   [--lookups Q] [--json]`: the DHT simulator (`daemon/sim`), built with the `sim` profile.
+//! - `cross --target TRIPLE|all [--test] [--check-size]`: the Docker-free cross build of
+//!   `shadowmesh` (stripped, static, size-tuned), its size, and with `--test` the sans-IO crate's
+//!   tests under qemu-user. Recipes in `cross-toolchains/README.md`.
 //! - `demo`: the main job. Today: two `shadowmesh` processes on loopback handshake, prove their
 //!   PeerIds, exchange encrypted frames (with a rekey, a replayed and a tampered frame), and the
 //!   outcome is printed as a table. Every process it starts is ended, also on failure.
@@ -28,7 +31,8 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(flag_value(&args[1..], "--seconds").unwrap_or(30)),
         Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
         Some("sim") => sim(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick] | sim --nodes N --seed S [...]>".into()),
+        Some("cross") => cross(&args[1..]),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick] | sim --nodes N --seed S [...] | cross --target T [--test]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -549,4 +553,97 @@ fn sim(args: &[String]) -> Result {
             "--",
         ])
         .args(args))
+}
+
+/// Router targets and how to build them here (see cross-toolchains/README.md).
+const CROSS_TARGETS: &[&str] = &[
+    "aarch64-unknown-linux-musl",
+    "armv7-unknown-linux-musleabihf",
+    "mipsel-unknown-linux-musl",
+    "mips-unknown-linux-musl",
+];
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// (uses zig + nightly build-std, qemu runner)
+fn cross_recipe(t: &str) -> Result<(bool, &'static str)> {
+    Ok(match t {
+        "aarch64-unknown-linux-musl" => (false, "qemu-aarch64"),
+        "x86_64-unknown-linux-musl" => (false, ""),
+        "armv7-unknown-linux-musleabihf" => (true, "qemu-arm"),
+        "mipsel-unknown-linux-musl" => (true, "qemu-mipsel -cpu 24Kc"),
+        "mips-unknown-linux-musl" => (true, "qemu-mips -cpu 24Kc"),
+        _ => return Err(format!("unsupported target {t}")),
+    })
+}
+
+/// A cargo command set up for `t`: toolchain, C compiler, linker, runner, rustflags.
+fn cross_cargo(t: &str, sub: &str) -> Result<Command> {
+    let (zig, runner) = cross_recipe(t)?;
+    let up = t.to_uppercase().replace('-', "_");
+    let mut c;
+    if zig {
+        // cargo-zigbuild links with zig (which carries musl for every target); it has a `test`
+        // subcommand too, so the runner below executes the tests under qemu.
+        c = Command::new("cargo-zigbuild");
+        c.arg(if sub == "test" { "test" } else { "zigbuild" });
+        c.env("RUSTUP_TOOLCHAIN", "nightly");
+        c.args(["-Zbuild-std=std,panic_abort", "--target", t]);
+        c.env(
+            format!("CARGO_TARGET_{up}_RUSTFLAGS"),
+            "-C target-feature=+crt-static -C link-self-contained=no",
+        );
+    } else {
+        c = Command::new("cargo");
+        c.arg(sub).args(["--target", t]);
+        c.env(format!("CARGO_TARGET_{up}_LINKER"), "rust-lld");
+        if t.starts_with("aarch64") {
+            c.env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc");
+            c.env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
+        }
+        c.env(format!("CARGO_TARGET_{up}_RUSTFLAGS"), "-C target-feature=+crt-static");
+    }
+    if !runner.is_empty() {
+        c.env(format!("CARGO_TARGET_{up}_RUNNER"), runner);
+    }
+    c.current_dir(root());
+    Ok(c)
+}
+
+fn cross(args: &[String]) -> Result {
+    let target = args
+        .iter()
+        .position(|a| a == "--target")
+        .and_then(|i| args.get(i + 1))
+        .ok_or("cross needs --target TRIPLE (or --target all)")?;
+    let test = args.iter().any(|a| a == "--test");
+    let targets: Vec<&str> = if target == "all" { CROSS_TARGETS.to_vec() } else { vec![target.as_str()] };
+    let mut sizes = Vec::new();
+    for t in &targets {
+        let mut c = cross_cargo(t, "build")?;
+        c.args(["--release", "-p", "shadowmesh", "--bin", "shadowmesh"]);
+        eprintln!("+ {c:?}");
+        if !c.status().map_err(|e| e.to_string())?.success() {
+            return Err(format!("cross build for {t} failed"));
+        }
+        let bin = target_dir().join(t).join("release").join("shadowmesh");
+        let size = std::fs::metadata(&bin).map_err(|e| format!("{}: {e}", bin.display()))?.len();
+        sizes.push((t.to_string(), size));
+        if test {
+            let mut c = cross_cargo(t, "test")?;
+            c.args(["-p", "shadowmesh-proto"]);
+            eprintln!("+ {c:?}");
+            if !c.status().map_err(|e| e.to_string())?.success() {
+                return Err(format!("tests for {t} failed"));
+            }
+        }
+    }
+    println!("| target | stripped binary |");
+    println!("| --- | ---: |");
+    for (t, s) in &sizes {
+        println!("| {t} | {} KiB |", s / 1024);
+    }
+    Ok(())
 }
