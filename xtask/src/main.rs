@@ -564,7 +564,9 @@ const CROSS_TARGETS: &[&str] = &[
 ];
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// (uses zig + nightly build-std, qemu runner)
@@ -589,7 +591,11 @@ fn cross_cargo(t: &str, sub: &str) -> Result<Command> {
         // subcommand too, so the runner below executes the tests under qemu.
         c = Command::new("cargo-zigbuild");
         c.arg(if sub == "test" { "test" } else { "zigbuild" });
-        c.env("RUSTUP_TOOLCHAIN", "nightly");
+        // `cargo xtask` runs under stable cargo, which exports CARGO=<stable cargo>; zigbuild
+        // would call that one and refuse -Z. Let rustup pick nightly instead.
+        c.env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env("RUSTUP_TOOLCHAIN", "nightly");
         c.args(["-Zbuild-std=std,panic_abort", "--target", t]);
         c.env(
             format!("CARGO_TARGET_{up}_RUSTFLAGS"),
@@ -603,7 +609,10 @@ fn cross_cargo(t: &str, sub: &str) -> Result<Command> {
             c.env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc");
             c.env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
         }
-        c.env(format!("CARGO_TARGET_{up}_RUSTFLAGS"), "-C target-feature=+crt-static");
+        c.env(
+            format!("CARGO_TARGET_{up}_RUSTFLAGS"),
+            "-C target-feature=+crt-static",
+        );
     }
     if !runner.is_empty() {
         c.env(format!("CARGO_TARGET_{up}_RUNNER"), runner);
@@ -619,7 +628,11 @@ fn cross(args: &[String]) -> Result {
         .and_then(|i| args.get(i + 1))
         .ok_or("cross needs --target TRIPLE (or --target all)")?;
     let test = args.iter().any(|a| a == "--test");
-    let targets: Vec<&str> = if target == "all" { CROSS_TARGETS.to_vec() } else { vec![target.as_str()] };
+    let targets: Vec<&str> = if target == "all" {
+        CROSS_TARGETS.to_vec()
+    } else {
+        vec![target.as_str()]
+    };
     let mut sizes = Vec::new();
     for t in &targets {
         let mut c = cross_cargo(t, "build")?;
@@ -629,7 +642,9 @@ fn cross(args: &[String]) -> Result {
             return Err(format!("cross build for {t} failed"));
         }
         let bin = target_dir().join(t).join("release").join("shadowmesh");
-        let size = std::fs::metadata(&bin).map_err(|e| format!("{}: {e}", bin.display()))?.len();
+        let size = std::fs::metadata(&bin)
+            .map_err(|e| format!("{}: {e}", bin.display()))?
+            .len();
         sizes.push((t.to_string(), size));
         if test {
             let mut c = cross_cargo(t, "test")?;
@@ -645,5 +660,156 @@ fn cross(args: &[String]) -> Result {
     for (t, s) in &sizes {
         println!("| {t} | {} KiB |", s / 1024);
     }
+    if args.iter().any(|a| a == "--check-size") {
+        check_sizes(&sizes)?;
+    }
+    if args.iter().any(|a| a == "--interop") {
+        interop(&targets)?;
+    }
     Ok(())
+}
+
+/// The smallest `binary_size_budget_kib` any board file gives for `target`.
+fn budget_kib(target: &str) -> Result<Option<u64>> {
+    let mut best: Option<u64> = None;
+    let dir = root().join("boards");
+    for e in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
+        let val = |key: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.split_once('=')
+                        .filter(|(k, _)| k.trim() == key)
+                        .map(|(_, v)| v)
+                })
+                .map(|v| {
+                    v.split('#')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .trim_matches('"')
+                        .to_string()
+                })
+        };
+        if val("target").as_deref() == Some(target) {
+            if let Some(b) = val("binary_size_budget_kib").and_then(|v| v.parse().ok()) {
+                best = Some(best.map_or(b, |x: u64| x.min(b)));
+            }
+        }
+    }
+    Ok(best)
+}
+
+fn check_sizes(sizes: &[(String, u64)]) -> Result {
+    for (t, s) in sizes {
+        match budget_kib(t)? {
+            Some(b) if s / 1024 > b => {
+                return Err(format!(
+                    "{t}: stripped binary is {} KiB, over the {b} KiB budget in boards/",
+                    s / 1024
+                ))
+            }
+            Some(b) => println!("size {t}: {} KiB within the {b} KiB budget", s / 1024),
+            None => println!("size {t}: {} KiB (no budget in boards/)", s / 1024),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a cross-built binary under its qemu runner.
+fn run_target(t: &str, args: &[&str]) -> Result<String> {
+    let (_, runner) = cross_recipe(t)?;
+    let bin = target_dir().join(t).join("release").join("shadowmesh");
+    let mut parts = runner.split_whitespace();
+    let mut c = match parts.next() {
+        Some(q) => {
+            let mut c = Command::new(q);
+            c.args(parts).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    c.args(args);
+    let out = c.output().map_err(|e| format!("{t}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{t} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Same key file, same `id --json` everywhere; records and frames made on one architecture
+/// verify on every other.
+fn interop(targets: &[&str]) -> Result {
+    // The host side is the debug build (the demo's): the comparison is about formats, not speed.
+    run(cargo().args(["build", "-p", "shadowmesh", "--bin", "shadowmesh"]))?;
+    let host = bin_path();
+    let dir = std::env::temp_dir().join(format!("shadowmesh-interop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = (|| -> Result {
+        let key = dir.join("node.key");
+        let key_s = key.to_str().ok_or("non-UTF-8 temp path")?;
+        let h = |args: &[&str]| -> Result<String> {
+            let out = Command::new(&host)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "host {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        h(&["keygen", "--out", key_s])?;
+        let want = h(&["id", "--key", key_s, "--json"])?;
+        let host_dir = dir.join("host");
+        h(&[
+            "selftest",
+            "--key",
+            key_s,
+            "--write",
+            host_dir.to_str().unwrap_or_default(),
+        ])?;
+        for t in targets {
+            let got = run_target(t, &["id", "--key", key_s, "--json"])?;
+            if got != want {
+                return Err(format!(
+                    "{t}: id --json differs from x86_64:\n{got}\n{want}"
+                ));
+            }
+            run_target(
+                t,
+                &[
+                    "selftest",
+                    "--verify",
+                    host_dir.to_str().unwrap_or_default(),
+                ],
+            )?;
+            let tdir = dir.join(t);
+            run_target(
+                t,
+                &[
+                    "selftest",
+                    "--key",
+                    key_s,
+                    "--write",
+                    tdir.to_str().unwrap_or_default(),
+                ],
+            )?;
+            h(&["selftest", "--verify", tdir.to_str().unwrap_or_default()])?;
+            println!("interop {t}: same PeerId and addresses; its record and frame verify on x86_64 and x86_64's on it");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -24,6 +24,8 @@ commands:
         --listen ADDR          accept peers, prove identities, echo their encrypted frames
         --connect PEERID@ADDR  dial a peer, send encrypted frames, report what happened
         [--count N] [--size BYTES] [--rekey] [--attack] [--log-level LEVEL]
+  selftest --key PATH --write DIR | --verify DIR
+                               sign a record and seal a frame / check ones made by any build
   version                      print the version
 ";
 
@@ -248,6 +250,7 @@ pub fn run(args: Vec<String>) -> i32 {
             "keygen" => keygen(&o),
             "id" => id(&o),
             "probe" => crate::probe::main(&o),
+            "selftest" => crate::selftest::main(&o),
             "version" | "--version" => {
                 println!("shadowmesh {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -9,6 +9,7 @@ pub mod json;
 pub mod logger;
 pub mod node;
 pub mod probe;
+pub mod selftest;
 
 /// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
 pub fn unix_now() -> u64 {
