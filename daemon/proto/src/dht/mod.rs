@@ -36,8 +36,9 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Holders drop a record this long after its last STORE (DESIGN.md: "some hours").
 pub const RECORD_HOLD: Duration = Duration::from_secs(4 * 3600);
-/// Most records one node holds for others.
-pub const MAX_RECORDS: usize = 4096;
+/// Most records one node holds for others: 1,024 x ~7.5 KB = ~7.7 MB at worst, within a
+/// 128 MB router's means. A 10,000-node DHT stores 20 replicas per record, ~20 per node.
+pub const MAX_RECORDS: usize = 1024;
 /// Most contacts the replacement cache of one bucket keeps.
 pub const REPLACEMENT_CACHE: usize = K;
 /// Most contacts from one /24 (IPv4) or /48 (IPv6) in one bucket.
