@@ -10,6 +10,8 @@
 //! - `cross --target TRIPLE|all [--test] [--check-size]`: the Docker-free cross build of
 //!   `shadowmesh` (stripped, static, size-tuned), its size, and with `--test` the sans-IO crate's
 //!   tests under qemu-user. Recipes in `cross-toolchains/README.md`.
+//! - `count-aead`: executed-instruction counts per 1,400-byte frame (seal + open) of ring's
+//!   NEON ChaCha20-Poly1305 and the portable RustCrypto crate, under `qemu-aarch64 -singlestep`.
 //! - `demo`: the main job. Today: two `shadowmesh` processes on loopback handshake, prove their
 //!   PeerIds, exchange encrypted frames (with a rekey, a replayed and a tampered frame), and the
 //!   outcome is printed as a table. Every process it starts is ended, also on failure.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
         Some("sim") => sim(&args[1..]),
         Some("cross") => cross(&args[1..]),
+        Some("count-aead") => count_aead(),
         _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick] | sim --nodes N --seed S [...] | cross --target T [--test]>".into()),
     };
     match r {
@@ -649,6 +652,10 @@ fn cross(args: &[String]) -> Result {
         if test {
             let mut c = cross_cargo(t, "test")?;
             c.args(["-p", "shadowmesh-proto"]);
+            if t.starts_with("aarch64") {
+                // The NEON ChaCha20-Poly1305 (ring) against the portable crate, 10,000 inputs.
+                c.args(["-p", "shadowmesh-crypto", "--test", "interop"]);
+            }
             eprintln!("+ {c:?}");
             if !c.status().map_err(|e| e.to_string())?.success() {
                 return Err(format!("tests for {t} failed"));
@@ -812,4 +819,48 @@ fn interop(targets: &[&str]) -> Result {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Instructions qemu-aarch64 executes for `aead_count IMPL n`.
+fn qemu_instructions(bin: &Path, which: &str, n: u32) -> Result<u64> {
+    let out = Command::new("qemu-aarch64")
+        .args(["-singlestep", "-d", "exec,nochain", "-D", "/dev/stdout"])
+        .arg(bin)
+        .args([which, &n.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("qemu-aarch64: {e}"))?;
+    let mut count = 0u64;
+    for line in BufReader::new(out.stdout.expect("piped")).split(b'\n') {
+        if line.map_err(|e| e.to_string())?.starts_with(b"Trace") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn count_aead() -> Result {
+    let t = "aarch64-unknown-linux-musl";
+    let mut c = cross_cargo(t, "build")?;
+    c.args(["--release", "-p", "shadowmesh-crypto", "--example", "aead_count"]);
+    eprintln!("+ {c:?}");
+    if !c.status().map_err(|e| e.to_string())?.success() {
+        return Err("building aead_count failed".into());
+    }
+    let bin = target_dir().join(t).join("release").join("examples").join("aead_count");
+    let n = 20;
+    println!("| aarch64, per 1,400-byte frame (seal + open) | executed instructions |");
+    println!("| --- | ---: |");
+    let mut per = Vec::new();
+    for which in ["ring", "rustcrypto"] {
+        let base = qemu_instructions(&bin, which, 0)?;
+        let with = qemu_instructions(&bin, which, n)?;
+        let p = with.saturating_sub(base) / n as u64;
+        per.push(p);
+        let label = if which == "ring" { "ring (NEON ChaCha20)" } else { "RustCrypto chacha20poly1305 (portable)" };
+        println!("| {label} | {p} |");
+    }
+    println!("| ratio portable / NEON | {:.2} |", per[1] as f64 / per[0].max(1) as f64);
+    Ok(())
 }

@@ -102,7 +102,9 @@ fn chacha20poly1305_rfc8439_vector() {
     assert_eq!(&out[pt.len()..], &expect_tag[..]);
 }
 
-/// ring and the RustCrypto crate agree on frames of every size a frame can carry on a link.
+/// ring (assembly: NEON on aarch64, SIMD on x86_64, portable C elsewhere; picked at run time)
+/// and the portable RustCrypto crate agree on 10,000 random inputs up to 1,500 bytes: what CI
+/// also runs under qemu-aarch64 to check the NEON path against the portable one.
 #[test]
 fn chacha20poly1305_ring_matches_rustcrypto() {
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -113,21 +115,16 @@ fn chacha20poly1305_ring_matches_rustcrypto() {
         x ^= x << 17;
         x
     };
-    for len in (0..1500).step_by(7) {
+    for i in 0..10_000 {
+        let len = (next() % 1501) as usize;
         let key: [u8; 32] = core::array::from_fn(|_| next() as u8);
         let nonce: [u8; 12] = core::array::from_fn(|_| next() as u8);
-        let aad: Vec<u8> = (0..18).map(|_| next() as u8).collect();
+        let aad: Vec<u8> = (0..(next() % 40) as usize).map(|_| next() as u8).collect();
         let pt: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         let ours = shadowmesh_crypto::aead::seal_raw(&key, &nonce, &aad, &pt);
         let theirs = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
-            .encrypt(
-                &nonce.into(),
-                Payload {
-                    msg: &pt,
-                    aad: &aad,
-                },
-            )
+            .encrypt(&nonce.into(), Payload { msg: &pt, aad: &aad })
             .unwrap();
-        assert_eq!(ours, theirs, "length {len}");
+        assert_eq!(ours, theirs, "input {i}, length {len}");
     }
 }
