@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const FUZZ_TARGETS: &[&str] = &["frame", "record", "hello", "e2e", "keyfile", "dht"];
+const FUZZ_TARGETS: &[&str] = &["frame", "record", "hello", "e2e", "keyfile", "dht", "uci"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -843,12 +843,22 @@ fn qemu_instructions(bin: &Path, which: &str, n: u32) -> Result<u64> {
 fn count_aead() -> Result {
     let t = "aarch64-unknown-linux-musl";
     let mut c = cross_cargo(t, "build")?;
-    c.args(["--release", "-p", "shadowmesh-crypto", "--example", "aead_count"]);
+    c.args([
+        "--release",
+        "-p",
+        "shadowmesh-crypto",
+        "--example",
+        "aead_count",
+    ]);
     eprintln!("+ {c:?}");
     if !c.status().map_err(|e| e.to_string())?.success() {
         return Err("building aead_count failed".into());
     }
-    let bin = target_dir().join(t).join("release").join("examples").join("aead_count");
+    let bin = target_dir()
+        .join(t)
+        .join("release")
+        .join("examples")
+        .join("aead_count");
     let n = 20;
     println!("| aarch64, per 1,400-byte frame (seal + open) | executed instructions |");
     println!("| --- | ---: |");
@@ -858,9 +868,16 @@ fn count_aead() -> Result {
         let with = qemu_instructions(&bin, which, n)?;
         let p = with.saturating_sub(base) / n as u64;
         per.push(p);
-        let label = if which == "ring" { "ring (NEON ChaCha20)" } else { "RustCrypto chacha20poly1305 (portable)" };
+        let label = if which == "ring" {
+            "ring (NEON ChaCha20)"
+        } else {
+            "RustCrypto chacha20poly1305 (portable)"
+        };
         println!("| {label} | {p} |");
     }
-    println!("| ratio portable / NEON | {:.2} |", per[1] as f64 / per[0].max(1) as f64);
+    println!(
+        "| ratio portable / NEON | {:.2} |",
+        per[1] as f64 / per[0].max(1) as f64
+    );
     Ok(())
 }

@@ -20,11 +20,17 @@ fn main() {
                 let mut nonce = [0u8; 12];
                 nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
                 let tag = k
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        &mut buf,
+                    )
                     .unwrap();
                 let mut ct = buf.clone();
                 ct.extend_from_slice(tag.as_ref());
-                let pt = k.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut ct).unwrap();
+                let pt = k
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut ct)
+                    .unwrap();
                 black_box(pt);
             }
         }
@@ -34,9 +40,12 @@ fn main() {
             for i in 0..n {
                 let mut nonce = [0u8; 12];
                 nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
-                let tag = c.encrypt_in_place_detached(&nonce.into(), &aad, &mut buf).unwrap();
+                let tag = c
+                    .encrypt_in_place_detached(&nonce.into(), &aad, &mut buf)
+                    .unwrap();
                 let mut ct = buf.clone();
-                c.decrypt_in_place_detached(&nonce.into(), &aad, &mut ct, &tag).unwrap();
+                c.decrypt_in_place_detached(&nonce.into(), &aad, &mut ct, &tag)
+                    .unwrap();
                 black_box(ct);
             }
         }

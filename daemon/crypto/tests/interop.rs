@@ -123,7 +123,13 @@ fn chacha20poly1305_ring_matches_rustcrypto() {
         let pt: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         let ours = shadowmesh_crypto::aead::seal_raw(&key, &nonce, &aad, &pt);
         let theirs = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
-            .encrypt(&nonce.into(), Payload { msg: &pt, aad: &aad })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &pt,
+                    aad: &aad,
+                },
+            )
             .unwrap();
         assert_eq!(ours, theirs, "input {i}, length {len}");
     }

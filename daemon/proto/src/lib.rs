@@ -32,6 +32,7 @@ pub mod overlay;
 pub mod peer;
 pub mod record;
 pub mod replay;
+pub mod uci;
 
 pub use error::Error;
 pub use peer::PeerId;

@@ -57,7 +57,11 @@ fn id(i: u32) -> PeerId {
 #[test]
 fn a_node_that_knows_10000_peers() {
     let base = LIVE.load(Ordering::Relaxed);
-    let me = Contact { id: PeerId([0x80; 32]), ed25519: [0; 32], addr: "127.0.0.1:1".parse().unwrap() };
+    let me = Contact {
+        id: PeerId([0x80; 32]),
+        ed25519: [0; 32],
+        addr: "127.0.0.1:1".parse().unwrap(),
+    };
     let mut d = Dht::new(me, Blob, 1);
     let empty = LIVE.load(Ordering::Relaxed) - base;
     let t = Duration::from_secs(1);
@@ -65,7 +69,9 @@ fn a_node_that_knows_10000_peers() {
         let c = Contact {
             id: id(i),
             ed25519: [1; 32],
-            addr: format!("127.0.{}.{}:{}", i / 250, i % 250, 1000 + i % 60_000).parse().unwrap(),
+            addr: format!("127.0.{}.{}:{}", i / 250, i % 250, 1000 + i % 60_000)
+                .parse()
+                .unwrap(),
         };
         // Each one contacts us: the routing table and the rate limiter see all of them.
         let _ = d.handle_request(c, Request::Ping, t, 0);
@@ -74,24 +80,37 @@ fn a_node_that_knows_10000_peers() {
     let with_peers = LIVE.load(Ordering::Relaxed) - base;
     let table = d.table().len();
     // Fill the record store to its bound with distinct owners.
-    let from = Contact { id: id(1), ed25519: [0; 32], addr: "127.0.0.1:2".parse().unwrap() };
+    let from = Contact {
+        id: id(1),
+        ed25519: [0; 32],
+        addr: "127.0.0.1:2".parse().unwrap(),
+    };
     for i in 0..(MAX_RECORDS as u32 + 10) {
         let mut r = vec![0u8; 7_500];
         r[..32].copy_from_slice(&id(i).0);
         r[32..64].copy_from_slice(&id(i).0);
         r[64..72].copy_from_slice(&1u64.to_be_bytes());
         r[72..80].copy_from_slice(&u64::MAX.to_be_bytes());
-        let src = Contact { addr: format!("127.0.0.1:{}", 2000 + i % 50_000).parse().unwrap(), ..from };
+        let src = Contact {
+            addr: format!("127.0.0.1:{}", 2000 + i % 50_000).parse().unwrap(),
+            ..from
+        };
         let _ = d.handle_request(src, Request::Store { record: r.into() }, t, 0);
     }
     let full = LIVE.load(Ordering::Relaxed) - base;
     println!("dht_empty_bytes {empty}");
-    println!("dht_10000_peers_bytes {with_peers} (routing table {table} entries, rate limiter full)");
+    println!(
+        "dht_10000_peers_bytes {with_peers} (routing table {table} entries, rate limiter full)"
+    );
     println!("dht_store_full_bytes {full} ({} records)", d.store().len());
     assert_eq!(d.store().len(), MAX_RECORDS);
     assert!(table <= 256 * 20);
     // Documented bounds (BENCHMARKS.md): knowing 10,000 peers costs under 1 MiB, and a full
     // record store adds at most MAX_RECORDS x 7.8 KB (7.5 KB record + ~280 B of bookkeeping).
     assert!(with_peers < 1 << 20, "{with_peers}");
-    assert!((full - with_peers) as usize <= MAX_RECORDS * 7_800, "{}", full - with_peers);
+    assert!(
+        (full - with_peers) as usize <= MAX_RECORDS * 7_800,
+        "{}",
+        full - with_peers
+    );
 }

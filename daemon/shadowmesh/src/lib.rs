@@ -5,6 +5,7 @@
 //! the command line ([`cli`]), and the `probe` diagnostic ([`probe`]).
 
 pub mod cli;
+pub mod config;
 pub mod json;
 pub mod logger;
 pub mod node;

@@ -1,0 +1,382 @@
+//! The daemon's configuration: UCI `/etc/config/shadowmesh` on OpenWrt, the same format
+//! anywhere via `--config PATH`. Parsed strictly: an unknown option or a bad value is an error
+//! naming the file, the line, the option and the value.
+//!
+//! ```text
+//! config shadowmesh 'main'
+//!     option enabled '1'
+//!     option listen_address '0.0.0.0'
+//!     option listen_port '4433'
+//!     option interface 'smesh0'
+//!     option key_file '/etc/shadowmesh/key'
+//!     option network_key '<64 hex digits>'      # absent: a DHT-only seed node
+//!     option state_dir '/var/lib/shadowmesh'
+//!     option log_level 'info'
+//!     option mtu '1380'
+//!     option lan_discovery '1'
+//!     list bootstrap '<PEERID>@192.0.2.1:4433'
+//!     list advertise '192.0.2.7:4433'
+//!     list route '192.168.1.0/24'
+//!     list allowed_peer '<PEERID>'
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use shadowmesh_proto::consts::DEFAULT_PORT;
+use shadowmesh_proto::peer::decode_hex_into;
+use shadowmesh_proto::record::Route;
+use shadowmesh_proto::uci::{self, Opt, Value};
+use shadowmesh_proto::PeerId;
+
+/// A configuration error, pointing at the option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0: the file as a whole).
+    pub line: usize,
+    /// The option, if the error is about one.
+    pub option: Option<String>,
+    /// The offending value, if any.
+    pub value: Option<String>,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, " line {}", self.line)?;
+        }
+        match (&self.option, &self.value) {
+            (Some(o), Some(v)) => write!(f, ": option '{o}' = '{v}': {}", self.msg),
+            (Some(o), None) => write!(f, ": option '{o}': {}", self.msg),
+            _ => write!(f, ": {}", self.msg),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The parsed configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Start at all.
+    pub enabled: bool,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// TUN interface name.
+    pub interface: String,
+    /// Identity key file.
+    pub key_file: PathBuf,
+    /// The mesh's network key; `None` for a DHT-only seed node.
+    pub network_key: Option<[u8; 32]>,
+    /// Where the routing-table cache lives.
+    pub state_dir: PathBuf,
+    /// Log level name.
+    pub log_level: log::LevelFilter,
+    /// Tunnel MTU; `None` derives it from the path.
+    pub mtu: Option<u16>,
+    /// Discover gateways on the LAN by multicast.
+    pub lan_discovery: bool,
+    /// Seed nodes.
+    pub bootstrap: Vec<(PeerId, SocketAddr)>,
+    /// Addresses to publish in our record (default: the listen address if it is specific).
+    pub advertise: Vec<SocketAddr>,
+    /// LAN routes to advertise.
+    pub routes: Vec<Route>,
+    /// If non-empty, only these PeerIds may exchange packets with us.
+    pub allowed_peers: Vec<PeerId>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            interface: "smesh0".into(),
+            key_file: "/etc/shadowmesh/key".into(),
+            network_key: None,
+            state_dir: "/var/lib/shadowmesh".into(),
+            log_level: log::LevelFilter::Info,
+            mtu: None,
+            lan_discovery: true,
+            bootstrap: vec![],
+            advertise: vec![],
+            routes: vec![],
+            allowed_peers: vec![],
+        }
+    }
+}
+
+/// Parses `PEERID@IP:PORT`.
+pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
+    let (id, addr) = v.split_once('@').ok_or("expected PEERID@IP:PORT")?;
+    let id: PeerId = id.parse().map_err(|_| "the PeerId must be 64 hex digits")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| "the address must be IP:PORT (IPv6 in brackets)")?;
+    if addr.port() == 0 {
+        return Err("port 0".into());
+    }
+    Ok((id, addr))
+}
+
+/// Parses an IPv4 or IPv6 CIDR, requiring no host bits.
+pub fn parse_cidr(v: &str) -> Result<Route, String> {
+    let (ip, len) = v
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, e.g. 192.168.1.0/24")?;
+    let addr: IpAddr = ip.parse().map_err(|_| "not an IP address")?;
+    let prefix_len: u8 = len.parse().map_err(|_| "prefix length is not a number")?;
+    let max: u32 = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix_len as u32 > max {
+        return Err(format!("prefix length above {max}"));
+    }
+    let bits = match addr {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let host_bits = max - prefix_len as u32;
+    if host_bits > 0 && bits & ((1u128 << host_bits) - 1) != 0 {
+        return Err("host bits set (use the network address)".into());
+    }
+    Ok(Route { addr, prefix_len })
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "on" | "true" | "yes" | "enabled" => Ok(true),
+        "0" | "off" | "false" | "no" | "disabled" => Ok(false),
+        _ => Err("expected 1 or 0".into()),
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.into(),
+            line: 0,
+            option: None,
+            value: None,
+            msg: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses UCI text (the first `config shadowmesh` section); `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let sections = uci::parse(text).map_err(|e| ConfigError {
+            file: file.into(),
+            line: e.line,
+            option: None,
+            value: None,
+            msg: e.msg,
+        })?;
+        let sec = sections
+            .iter()
+            .find(|s| s.ty == "shadowmesh")
+            .ok_or_else(|| ConfigError {
+                file: file.into(),
+                line: 0,
+                option: None,
+                value: None,
+                msg: "no 'config shadowmesh' section".into(),
+            })?;
+        let mut c = Config::default();
+        let mut port = DEFAULT_PORT;
+        let mut ip = c.listen.ip();
+        for o in &sec.options {
+            let bad = |value: &str, msg: String| ConfigError {
+                file: file.into(),
+                line: o.line,
+                option: Some(o.name.clone()),
+                value: Some(value.into()),
+                msg,
+            };
+            let single = |o: &Opt| -> Result<String, ConfigError> {
+                match &o.value {
+                    Value::Single(v) => Ok(v.clone()),
+                    Value::List(_) => Err(ConfigError {
+                        file: file.into(),
+                        line: o.line,
+                        option: Some(o.name.clone()),
+                        value: None,
+                        msg: "is a single value: use 'option', not 'list'".into(),
+                    }),
+                }
+            };
+            let list = |o: &Opt| -> Vec<String> {
+                match &o.value {
+                    Value::Single(v) => vec![v.clone()],
+                    Value::List(v) => v.clone(),
+                }
+            };
+            match o.name.as_str() {
+                "enabled" => {
+                    let v = single(o)?;
+                    c.enabled = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "lan_discovery" => {
+                    let v = single(o)?;
+                    c.lan_discovery = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "listen_port" => {
+                    let v = single(o)?;
+                    port = v
+                        .parse()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| bad(&v, "not a port (1-65535)".into()))?;
+                }
+                "listen_address" => {
+                    let v = single(o)?;
+                    ip = v.parse().map_err(|_| bad(&v, "not an IP address".into()))?;
+                }
+                "interface" => {
+                    let v = single(o)?;
+                    let ok = !v.is_empty()
+                        && v.len() <= 15
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    if !ok {
+                        return Err(bad(
+                            &v,
+                            "an interface name is 1-15 of A-Z a-z 0-9 _ . -".into(),
+                        ));
+                    }
+                    c.interface = v;
+                }
+                "key_file" | "state_dir" => {
+                    let v = single(o)?;
+                    if !v.starts_with('/') && !v.starts_with('.') {
+                        return Err(bad(&v, "expected a path".into()));
+                    }
+                    if o.name == "key_file" {
+                        c.key_file = v.into();
+                    } else {
+                        c.state_dir = v.into();
+                    }
+                }
+                "network_key" => {
+                    let v = single(o)?;
+                    let mut k = [0u8; 32];
+                    decode_hex_into(&v, &mut k)
+                        .map_err(|_| bad(&v, "expected 64 hex digits".into()))?;
+                    c.network_key = Some(k);
+                }
+                "log_level" => {
+                    let v = single(o)?;
+                    c.log_level = crate::logger::parse_level(&v).ok_or_else(|| {
+                        bad(&v, "expected error, warn, info, debug or trace".into())
+                    })?;
+                }
+                "mtu" => {
+                    let v = single(o)?;
+                    let m: u16 = v.parse().map_err(|_| bad(&v, "not a number".into()))?;
+                    if !(1280..=9000).contains(&m) {
+                        return Err(bad(
+                            &v,
+                            "must be 1280-9000 (Linux drops IPv6 below 1280)".into(),
+                        ));
+                    }
+                    c.mtu = Some(m);
+                }
+                "bootstrap" => {
+                    for v in list(o) {
+                        c.bootstrap
+                            .push(parse_bootstrap(&v).map_err(|m| bad(&v, m))?);
+                    }
+                }
+                "advertise" => {
+                    for v in list(o) {
+                        c.advertise
+                            .push(v.parse().map_err(|_| bad(&v, "expected IP:PORT".into()))?);
+                    }
+                }
+                "route" => {
+                    for v in list(o) {
+                        c.routes.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
+                    }
+                }
+                "allowed_peer" => {
+                    for v in list(o) {
+                        c.allowed_peers.push(
+                            v.parse()
+                                .map_err(|_| bad(&v, "a PeerId is 64 hex digits".into()))?,
+                        );
+                    }
+                }
+                other => {
+                    return Err(ConfigError {
+                        file: file.into(),
+                        line: o.line,
+                        option: Some(other.into()),
+                        value: None,
+                        msg: "unknown option".into(),
+                    })
+                }
+            }
+        }
+        c.listen = SocketAddr::new(ip, port);
+        if c.advertise.is_empty() && !ip.is_unspecified() {
+            c.advertise.push(c.listen);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "abababababababababababababababababababababababababababababababab";
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/config/shadowmesh"))
+    }
+
+    #[test]
+    fn full_config() {
+        let t = format!(
+            "config shadowmesh 'main'\n option listen_address '127.0.0.1'\n option listen_port '5000'\n option network_key '{}'\n list bootstrap '{ID}@127.0.0.1:4433'\n list route '192.168.1.0/24'\n list route 'fd12::/64'\n option mtu 1380\n option log_level debug\n",
+            "11".repeat(32)
+        );
+        let c = parse(&t).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.advertise, vec![c.listen]);
+        assert_eq!(c.network_key, Some([0x11; 32]));
+        assert_eq!(c.bootstrap.len(), 1);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.mtu, Some(1380));
+        assert_eq!(parse("config shadowmesh\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_option_value_and_line() {
+        let e = parse("config shadowmesh\n\toption listen_port '70000'\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/config/shadowmesh line 2: option 'listen_port' = '70000': not a port (1-65535)"
+        );
+        let e = parse("config shadowmesh\n\n\tlist route '192.168.1.1/24'\n").unwrap_err();
+        assert_eq!((e.line, e.option.as_deref()), (3, Some("route")));
+        assert!(e.msg.contains("host bits"));
+        let e = parse("config shadowmesh\n\tlist bootstrap 'nope'\n").unwrap_err();
+        assert_eq!(e.value.as_deref(), Some("nope"));
+        let e = parse("config shadowmesh\n\toption lisen_port '1'\n").unwrap_err();
+        assert_eq!(e.msg, "unknown option");
+        let e = parse("config shadowmesh\n\tlist mtu '1400'\n").unwrap_err();
+        assert!(e.msg.contains("single value"));
+        let e = parse("config shadowmesh\n\toption mtu '1200'\n").unwrap_err();
+        assert!(e.msg.contains("1280"));
+        let e = parse("config other\n").unwrap_err();
+        assert!(e.msg.contains("no 'config shadowmesh'"));
+        let e = parse("config shadowmesh\n\toption network_key 'xyz'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("network_key"));
+    }
+}
