@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         sender_role: Role::Dialler,
         expected_peer: None,
         exporter: &[1; 32],
-        network_key: &[2; 32],
+        network_key: Some(&[2; 32]),
         tls_ed25519: &[3; 32],
         known: None,
         now_unix: 1_800_000_000,

@@ -8,7 +8,7 @@
 
 use shadowmesh_proto::consts::{EXPORTER_LEN, NETKEY_PROOF_LEN};
 use shadowmesh_proto::msg::{
-    append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, NETKEY_DOMAIN,
+    append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, HELLO_MEMBER, NETKEY_DOMAIN,
 };
 use shadowmesh_proto::PeerId;
 
@@ -28,19 +28,23 @@ pub fn netkey_proof(
     )
 }
 
-/// Builds a signed HELLO body.
+/// Builds a signed HELLO body. With a network key the sender is a member and proves the key;
+/// without one it is a DHT-only node.
 pub fn build_hello(
     id: &Identity,
     role: Role,
     to: &PeerId,
     record: RecordRefOrSeq<'_>,
     exporter: &[u8; EXPORTER_LEN],
-    network_key: &[u8; 32],
+    network_key: Option<&[u8; 32]>,
 ) -> Result<Vec<u8>, Error> {
     let me = id.peer_id();
-    let proof = netkey_proof(network_key, exporter, role, &me);
+    let (flags, proof) = match network_key {
+        Some(k) => (HELLO_MEMBER, netkey_proof(k, exporter, role, &me)),
+        None => (0, [0u8; NETKEY_PROOF_LEN]),
+    };
     let mut body = Vec::new();
-    Hello::emit_unsigned(role, &me, to, record, &proof, &mut body)?;
+    Hello::emit_unsigned(role, flags, &me, to, record, &proof, &mut body)?;
     let (m, e) = id.sign(HELLO_DOMAIN, &[exporter, &body]);
     append_sigs(&mut body, &m, &e);
     Ok(body)
@@ -57,8 +61,8 @@ pub struct HelloCheck<'a> {
     pub expected_peer: Option<PeerId>,
     /// The connection's TLS exporter value.
     pub exporter: &'a [u8; EXPORTER_LEN],
-    /// The mesh's network key.
-    pub network_key: &'a [u8; 32],
+    /// The mesh's network key (`None` on a DHT-only node).
+    pub network_key: Option<&'a [u8; 32]>,
     /// The Ed25519 key TLS authenticated.
     pub tls_ed25519: &'a [u8; 32],
     /// The sender's record if we already hold it (lets it send only the sequence number).
@@ -67,8 +71,21 @@ pub struct HelloCheck<'a> {
     pub now_unix: u64,
 }
 
-/// Verifies a HELLO body. On success returns the sender's verified record.
-pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, Error> {
+/// A verified HELLO.
+#[derive(Debug, Clone)]
+pub struct HelloOutcome {
+    /// The sender's verified record.
+    pub record: VerifiedRecord,
+    /// The sender proved our network key: it belongs to our mesh and may carry packets.
+    /// False for DHT-only peers (and always false on a DHT-only node).
+    pub member: bool,
+    /// The sender claimed membership (an INIT follows its HELLO).
+    pub claims_member: bool,
+}
+
+/// Verifies a HELLO body. A sender claiming membership must prove our network key (if we have
+/// one): a wrong proof is refused. A sender without the claim is a DHT-only peer.
+pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<HelloOutcome, Error> {
     let h = Hello::parse(body)?;
     if h.role != c.sender_role {
         return Err(Error::Wire(shadowmesh_proto::Error::InvalidField("role")));
@@ -81,10 +98,25 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, E
             return Err(Error::UnexpectedPeer("HELLO.from"));
         }
     }
-    let proof = netkey_proof(c.network_key, c.exporter, h.role, &h.from);
-    if !crate::ct_eq(&proof, h.netkey_proof) {
-        return Err(Error::WrongNetworkKey);
-    }
+    let claims_member = h.flags & HELLO_MEMBER != 0;
+    let member = match (claims_member, c.network_key) {
+        (true, Some(k)) => {
+            let proof = netkey_proof(k, c.exporter, h.role, &h.from);
+            if !crate::ct_eq(&proof, h.netkey_proof) {
+                return Err(Error::WrongNetworkKey);
+            }
+            true
+        }
+        (true, None) => false,
+        (false, _) => {
+            if h.netkey_proof != &[0u8; NETKEY_PROOF_LEN] {
+                return Err(Error::Wire(shadowmesh_proto::Error::InvalidField(
+                    "proof without member flag",
+                )));
+            }
+            false
+        }
+    };
     let record = match h.record {
         RecordRefOrSeq::Full(bytes) => verify_record(bytes, c.now_unix)?,
         RecordRefOrSeq::Known(seq) => match c.known {
@@ -97,8 +129,10 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, E
     if record.peer_id() != h.from {
         return Err(Error::UnexpectedPeer("record"));
     }
-    if record.storage_key != crate::storage_key(c.network_key, &h.from) {
-        return Err(Error::WrongStorageKey);
+    if let (true, Some(k)) = (member, c.network_key) {
+        if record.storage_key != crate::storage_key(k, &h.from) {
+            return Err(Error::WrongStorageKey);
+        }
     }
     if !crate::ct_eq(&record.keys.ed25519, c.tls_ed25519) {
         return Err(Error::TlsKeyMismatch);
@@ -109,5 +143,9 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<VerifiedRecord, E
         h.mldsa_sig,
         h.ed25519_sig,
     )?;
-    Ok(record)
+    Ok(HelloOutcome {
+        record,
+        member,
+        claims_member,
+    })
 }

@@ -4,7 +4,7 @@
 //! [`CONTROL_MAX_BODY`] bytes.
 //!
 //! ```text
-//! HELLO  version u8, role u8, from [32], to [32],
+//! HELLO  version u8, role u8, flags u8 (bit 0: member), from [32], to [32],
 //!        record_kind u8 (0 = full: len u16, record; 1 = known: seq u64),
 //!        netkey_proof [32], mldsa_sig [4627], ed25519_sig [64]
 //!        signatures over HELLO_DOMAIN || exporter || body-before-signatures
@@ -124,11 +124,18 @@ pub enum RecordRefOrSeq<'a> {
     Known(u64),
 }
 
+/// HELLO flag: the sender belongs to a mesh and `netkey_proof` proves its network key. Without
+/// it the sender is a DHT-only node (a seed), its proof is all zeros, and it never carries
+/// packets.
+pub const HELLO_MEMBER: u8 = 0x01;
+
 /// A parsed HELLO.
 #[derive(Debug, Clone, Copy)]
 pub struct Hello<'a> {
     /// Sender's role.
     pub role: Role,
+    /// Flags ([`HELLO_MEMBER`]).
+    pub flags: u8,
     /// Sender.
     pub from: PeerId,
     /// Intended receiver.
@@ -173,6 +180,10 @@ impl<'a> Hello<'a> {
         let mut r = Reader::new(body);
         check_version(&mut r)?;
         let role = Role::try_from(r.u8()?)?;
+        let flags = r.u8()?;
+        if flags & !HELLO_MEMBER != 0 {
+            return Err(Error::InvalidField("HELLO flags"));
+        }
         let from = PeerId(*r.array()?);
         let to = PeerId(*r.array()?);
         let record = match r.u8()? {
@@ -194,6 +205,7 @@ impl<'a> Hello<'a> {
         let (signed, mldsa_sig, ed25519_sig) = read_sigs(body, &mut r)?;
         Ok(Hello {
             role,
+            flags,
             from,
             to,
             record,
@@ -206,8 +218,10 @@ impl<'a> Hello<'a> {
 
     /// Appends the unsigned part of a HELLO body; the caller signs it and appends signatures
     /// with [`append_sigs`].
+    #[allow(clippy::too_many_arguments)]
     pub fn emit_unsigned(
         role: Role,
+        flags: u8,
         from: &PeerId,
         to: &PeerId,
         record: RecordRefOrSeq<'_>,
@@ -216,6 +230,7 @@ impl<'a> Hello<'a> {
     ) -> Result<(), Error> {
         out.push(MSG_VERSION);
         out.push(role as u8);
+        out.push(flags);
         out.extend_from_slice(&from.0);
         out.extend_from_slice(&to.0);
         match record {
@@ -439,6 +454,7 @@ mod tests {
         let mut body = Vec::new();
         Hello::emit_unsigned(
             Role::Listener,
+            HELLO_MEMBER,
             &PeerId([1; 32]),
             &PeerId([2; 32]),
             RecordRefOrSeq::Full(b"rec"),

@@ -35,8 +35,9 @@ use shadowmesh_proto::PeerId;
 pub struct NodeConfig {
     /// UDP address to bind.
     pub listen: SocketAddr,
-    /// The mesh's 32-byte network key.
-    pub network_key: [u8; 32],
+    /// The mesh's 32-byte network key; `None` for a DHT-only seed node (it never carries
+    /// packets, so it needs no key).
+    pub network_key: Option<[u8; 32]>,
     /// Key exchange policy (always [`KxPolicy::Hybrid`] outside benchmarks and tests).
     pub kx: KxPolicy,
     /// Not-yet-validated handshakes in flight above which new ones must first answer a Retry
@@ -53,9 +54,20 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Defaults for a node on `listen` in the mesh of `network_key`.
     pub fn new(listen: SocketAddr, network_key: [u8; 32]) -> Self {
+        Self::dht_only(listen).member_of(network_key)
+    }
+
+    /// The same node as a member of the mesh of `network_key`.
+    pub fn member_of(mut self, network_key: [u8; 32]) -> Self {
+        self.network_key = Some(network_key);
+        self
+    }
+
+    /// Defaults for a DHT-only (seed) node on `listen`.
+    pub fn dht_only(listen: SocketAddr) -> Self {
         NodeConfig {
             listen,
-            network_key,
+            network_key: None,
             kx: KxPolicy::Hybrid,
             retry_above: 16,
             payload: Payload::default(),
@@ -180,8 +192,9 @@ pub struct Peer {
     pub record: VerifiedRecord,
     /// The QUIC connection.
     pub conn: Connection,
-    /// The end-to-end session (frame keys, replay windows, rekey state).
-    pub session: Session,
+    /// The end-to-end session (frame keys, replay windows, rekey state); only between members
+    /// of the same mesh. `None` for a DHT-only peer: no packet ever flows over it.
+    pub session: Option<Session>,
     /// Our role on this connection.
     pub role: Role,
     /// The sending half of the control stream.
@@ -211,6 +224,8 @@ pub enum FrameError {
     Send(quinn::SendDatagramError),
     /// The connection is gone.
     Connection(quinn::ConnectionError),
+    /// The peer is not a member of our mesh (DHT-only): no packets flow to or from it.
+    NotMember,
 }
 
 impl std::fmt::Display for FrameError {
@@ -219,6 +234,7 @@ impl std::fmt::Display for FrameError {
             FrameError::Crypto(e) => write!(f, "{e}"),
             FrameError::Send(e) => write!(f, "send: {e}"),
             FrameError::Connection(e) => write!(f, "connection: {e}"),
+            FrameError::NotMember => f.write_str("peer is DHT-only: no packets flow"),
         }
     }
 }
@@ -240,9 +256,10 @@ impl Peer {
     /// This convenience path allocates the datagram buffer; the TUN data plane will use pooled
     /// buffers instead.
     pub fn send_frame(&mut self, kind: FrameType, payload: &[u8]) -> Result<(), FrameError> {
+        let session = self.session.as_mut().ok_or(FrameError::NotMember)?;
         let mut buf = bytes::BytesMut::zeroed(payload.len() + FRAME_OVERHEAD);
         buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
-        self.session
+        session
             .seal(Instant::now(), kind, &mut buf)
             .map_err(FrameError::Crypto)?;
         self.conn
@@ -257,6 +274,8 @@ impl Peer {
     ) -> Result<(FrameType, std::ops::Range<usize>), FrameError> {
         let (kind, plain) = self
             .session
+            .as_mut()
+            .ok_or(FrameError::NotMember)?
             .open(Instant::now(), buf)
             .map_err(FrameError::Crypto)?;
         let len = plain.len();
@@ -340,9 +359,10 @@ impl Node {
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
         let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?;
         let now = crate::unix_now();
+        // A seed's record has no mesh: its (public) payload is sealed under the all-zero key.
         let record = build_record(
             &id,
-            &cfg.network_key,
+            &cfg.network_key.unwrap_or([0; 32]),
             &RecordParams {
                 seq: now,
                 issued_at: now,
@@ -452,12 +472,22 @@ impl Node {
             &peer,
             RecordRefOrSeq::Full(&self.record),
             &exporter,
-            &self.cfg.network_key,
+            self.cfg.network_key.as_ref(),
         )
         .map_err(HandshakeError::Verify)?;
-        let (initiating, init) = session::initiate(&self.id, &peer, &exporter);
-        send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Init, &init)))
-            .await?;
+        // A member offers the end-to-end session at once, in the same flight as HELLO.
+        let initiating = match self.cfg.network_key {
+            Some(_) => {
+                let (initiating, init) = session::initiate(&self.id, &peer, &exporter);
+                send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Init, &init)))
+                    .await?;
+                Some(initiating)
+            }
+            None => {
+                write_msg(&mut send, MsgType::Hello, &hello).await?;
+                None
+            }
+        };
 
         let mut buf = Vec::new();
         expect_msg(&mut recv, &mut buf, MsgType::Hello).await?;
@@ -466,16 +496,25 @@ impl Node {
             sender_role: Role::Listener,
             expected_peer: Some(peer),
             exporter: &exporter,
-            network_key: &self.cfg.network_key,
+            network_key: self.cfg.network_key.as_ref(),
             tls_ed25519: &tls_key,
             known: None,
             now_unix: crate::unix_now(),
         };
-        let record = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
-        expect_msg(&mut recv, &mut buf, MsgType::Resp).await?;
-        let session = initiating
-            .finish(&buf, &record.keys, &self.cfg.network_key, Instant::now())
-            .map_err(|e| fail(&conn, e))?;
+        let hello = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
+        let record = hello.record;
+        // Both members of one mesh (each verified the other's proof): RESP follows.
+        let session = match (initiating, hello.member, &self.cfg.network_key) {
+            (Some(initiating), true, Some(nk)) => {
+                expect_msg(&mut recv, &mut buf, MsgType::Resp).await?;
+                Some(
+                    initiating
+                        .finish(&buf, &record.keys, nk, Instant::now())
+                        .map_err(|e| fail(&conn, e))?,
+                )
+            }
+            _ => None,
+        };
         let resumed = self.tls.server_cert_checks() == checks_before;
         Ok(Peer {
             peer_id: peer,
@@ -532,12 +571,13 @@ impl Node {
             sender_role: Role::Dialler,
             expected_peer: None,
             exporter: &exporter,
-            network_key: &self.cfg.network_key,
+            network_key: self.cfg.network_key.as_ref(),
             tls_ed25519: &tls_key,
             known: None,
             now_unix: crate::unix_now(),
         };
-        let record = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
+        let outcome = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
+        let record = outcome.record;
         let peer = record.peer_id();
         let hello = build_hello(
             &self.id,
@@ -545,21 +585,28 @@ impl Node {
             &peer,
             RecordRefOrSeq::Full(&self.record),
             &exporter,
-            &self.cfg.network_key,
+            self.cfg.network_key.as_ref(),
         )
         .map_err(HandshakeError::Verify)?;
-        expect_msg(&mut recv, &mut buf, MsgType::Init).await?;
-        let (session, resp) = session::respond(
-            &self.id,
-            &buf,
-            &record.keys,
-            &exporter,
-            &self.cfg.network_key,
-            Instant::now(),
-        )
-        .map_err(|e| fail(&conn, e))?;
-        send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Resp, &resp)))
-            .await?;
+        // A dialler claiming membership sent INIT after its HELLO: read it even if we cannot
+        // use it (we are a seed), so the stream stays in step.
+        if outcome.claims_member {
+            expect_msg(&mut recv, &mut buf, MsgType::Init).await?;
+        }
+        let session = match (outcome.member, &self.cfg.network_key) {
+            (true, Some(nk)) => {
+                let (session, resp) =
+                    session::respond(&self.id, &buf, &record.keys, &exporter, nk, Instant::now())
+                        .map_err(|e| fail(&conn, e))?;
+                send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Resp, &resp)))
+                    .await?;
+                Some(session)
+            }
+            _ => {
+                write_msg(&mut send, MsgType::Hello, &hello).await?;
+                None
+            }
+        };
         Ok(Peer {
             peer_id: peer,
             record,

@@ -148,6 +148,15 @@ fn control_reader(mut recv: quinn::RecvStream) -> mpsc::Receiver<(MsgType, Vec<u
 }
 
 async fn echo(mut peer: Peer) {
+    if peer.session.is_none() {
+        emit(
+            Obj::new()
+                .str("event", "dht_only_peer")
+                .str("peer_id", &peer.peer_id.to_string())
+                .finish(),
+        );
+        return;
+    }
     let mut ctrl = control_reader(peer.control_recv());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let reason = loop {
@@ -163,20 +172,20 @@ async fn echo(mut peer: Peer) {
             },
             Some((t, body)) = ctrl.recv() => {
                 if t == MsgType::RekeyInit {
-                    match peer.session.handle_rekey_init(Instant::now(), &body) {
+                    match peer.session.as_mut().expect("checked: member").handle_rekey_init(Instant::now(), &body) {
                         Ok(resp) => { let _ = write_msg(&mut peer.control, MsgType::RekeyResp, &resp).await; }
                         Err(e) => log::warn!("peer {}: rekey refused: {e}", peer.peer_id.short()),
                     }
                 }
             },
             _ = tick.tick() => {
-                if peer.session.needs_keepalive(Instant::now()) {
+                if peer.session.as_mut().expect("checked: member").needs_keepalive(Instant::now()) {
                     let _ = peer.send_frame(FrameType::Keepalive, &[]);
                 }
             }
         }
     };
-    let s = peer.session.stats;
+    let s = peer.session.as_mut().expect("checked: member").stats;
     emit(
         Obj::new()
             .str("event", "closed")
@@ -216,6 +225,11 @@ async fn connect(
         .await
         .map_err(|e| CliError::fail(format!("dialling {peer_id}@{addr}: {e}")))?;
     emit(peer_event(&peer));
+    if peer.session.is_none() {
+        return Err(CliError::fail(format!(
+            "{peer_id} is not a member of this mesh (DHT-only): no frames can flow"
+        )));
+    }
     let mut ctrl = control_reader(peer.control_recv());
     let mut payload = vec![0u8; size];
     let mut echoed = vec![false; count as usize];
@@ -224,7 +238,11 @@ async fn connect(
     let start = Instant::now();
     for i in 0..count {
         if rekey && i == count / 2 {
-            let init = peer.session.start_rekey();
+            let init = peer
+                .session
+                .as_mut()
+                .expect("checked: member")
+                .start_rekey();
             write_msg(&mut peer.control, MsgType::RekeyInit, &init)
                 .await
                 .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
@@ -234,12 +252,17 @@ async fn connect(
                 .flatten()
                 .ok_or_else(|| CliError::fail("rekey: no answer"))?;
             peer.session
+                .as_mut()
+                .expect("checked: member")
                 .handle_rekey_resp(Instant::now(), &resp.1)
                 .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
             emit(
                 Obj::new()
                     .str("event", "rekeyed")
-                    .uint("epoch", peer.session.epoch() as u64)
+                    .uint(
+                        "epoch",
+                        peer.session.as_mut().expect("checked: member").epoch() as u64,
+                    )
                     .finish(),
             );
         }
@@ -272,7 +295,7 @@ async fn connect(
         let _ = peer.conn.send_datagram(bytes::Bytes::from(tampered));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let s = peer.session.stats;
+    let s = peer.session.as_mut().expect("checked: member").stats;
     let q = peer.conn.stats();
     emit(
         Obj::new()
@@ -282,7 +305,10 @@ async fn connect(
             .uint("echoed", n_echoed as u64)
             .uint("bytes_each_way", count as u64 * size as u64)
             .num("seconds", elapsed.as_secs_f64())
-            .uint("epoch", peer.session.epoch() as u64)
+            .uint(
+                "epoch",
+                peer.session.as_mut().expect("checked: member").epoch() as u64,
+            )
             .uint("rejected", s.rejected)
             .uint("replayed", s.replayed)
             .uint("udp_tx_bytes", q.udp_tx.bytes)

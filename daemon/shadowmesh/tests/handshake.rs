@@ -80,7 +80,7 @@ fn two_nodes_handshake_learn_peer_ids_and_exchange_frames() {
             let (_, r) = d.open_frame(&mut buf).unwrap();
             assert_eq!(&buf[r], b"pong");
         }
-        assert_eq!(l.session.stats.received, 50);
+        assert_eq!(l.session.as_ref().unwrap().stats.received, 50);
     });
 }
 
@@ -122,7 +122,7 @@ fn wrong_expected_peer_id_fails_after_hello() {
 #[test]
 fn wrong_network_key_is_refused_before_any_frame() {
     rt().block_on(async {
-        let a = node_with(|c| c.network_key = [0x99; 32]);
+        let a = node_with(|c| c.network_key = Some([0x99; 32]));
         let b = node();
         let (d, l) = connect(&a, &b, b.peer_id(), None).await;
         assert!(
@@ -144,6 +144,30 @@ fn wrong_network_key_is_refused_before_any_frame() {
             "{l:?}"
         );
         // No session exists on either side, so no frame can have been accepted.
+    });
+}
+
+#[test]
+fn seed_without_network_key_is_a_dht_only_peer() {
+    rt().block_on(async {
+        let member = node();
+        let seed = Node::bind(Identity::generate(), NodeConfig::dht_only(loopback())).unwrap();
+        // Member dials seed, and seed dials member: both authenticate, neither gets a session.
+        let (d, l) = connect(&member, &seed, seed.peer_id(), None).await;
+        let (mut d, l) = (d.unwrap(), l.unwrap());
+        assert_eq!((d.peer_id, l.peer_id), (seed.peer_id(), member.peer_id()));
+        assert!(d.session.is_none() && l.session.is_none());
+        assert!(matches!(
+            d.send_frame(FrameType::Data, b"x"),
+            Err(shadowmesh::node::FrameError::NotMember)
+        ));
+        let (d, l) = connect(&seed, &member, member.peer_id(), None).await;
+        let (d, l) = (d.unwrap(), l.unwrap());
+        assert!(d.session.is_none() && l.session.is_none());
+        // Two members still get their session.
+        let other = node();
+        let (d, l) = connect(&member, &other, other.peer_id(), None).await;
+        assert!(d.unwrap().session.is_some() && l.unwrap().session.is_some());
     });
 }
 
