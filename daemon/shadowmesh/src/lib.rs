@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod json;
 pub mod logger;
+pub mod mesh;
 pub mod node;
 pub mod probe;
 pub mod selftest;

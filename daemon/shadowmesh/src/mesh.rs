@@ -1,0 +1,379 @@
+//! The DHT's I/O layer: the sans-IO engine ([`Dht`]) driven over QUIC.
+//!
+//! Every authenticated connection (dialled or accepted, member or DHT-only) carries DHT RPCs:
+//! after the control stream, each further bidirectional stream is one request and its answer,
+//! each framed as `length u32 || message` (bounded by [`DHT_MAX_MSG`]). A request to a peer we
+//! hold no connection to dials it first (pinning its Ed25519 key when the contact carries one).
+//! The engine owns all protocol state; this layer only moves bytes and time, on one thread
+//! (tokio `current_thread` + `LocalSet`), so the engine needs no locks.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, RecvStream, SendStream};
+use shadowmesh_crypto::record::DhtRecordCheck;
+use shadowmesh_proto::dht::node::{Dht, LookupId, LookupOutcome, Output, RequestId};
+use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode, DHT_MAX_MSG};
+use shadowmesh_proto::dht::REQUEST_TIMEOUT;
+use shadowmesh_proto::PeerId;
+use tokio::sync::{oneshot, Notify};
+
+use crate::node::{HandshakeError, Node, Peer};
+
+/// A record as the DHT engine holds it: shared, immutable bytes.
+pub type Rec = Arc<[u8]>;
+
+/// Why an RPC failed.
+#[derive(Debug)]
+pub enum RpcError {
+    /// Could not reach or authenticate the peer.
+    Handshake(HandshakeError),
+    /// The stream failed.
+    Stream(&'static str),
+    /// The answer was too large or malformed.
+    Malformed,
+    /// No answer in time.
+    Timeout,
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcError::Handshake(e) => write!(f, "{e}"),
+            RpcError::Stream(w) => write!(f, "stream: {w}"),
+            RpcError::Malformed => f.write_str("malformed message"),
+            RpcError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Writes one length-prefixed message.
+pub async fn write_frame(send: &mut SendStream, msg: &[u8]) -> Result<(), RpcError> {
+    let mut out = Vec::with_capacity(4 + msg.len());
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    send.write_all(&out)
+        .await
+        .map_err(|_| RpcError::Stream("write"))
+}
+
+/// Reads one length-prefixed message of at most `max` bytes.
+pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, RpcError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|_| RpcError::Stream("read"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(RpcError::Malformed);
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|_| RpcError::Stream("read"))?;
+    Ok(buf)
+}
+
+/// One request and its answer on a new stream of `conn`.
+pub async fn rpc(conn: &Connection, req: &[u8]) -> Result<Vec<u8>, RpcError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| RpcError::Stream("open"))?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    read_frame(&mut recv, DHT_MAX_MSG).await
+}
+
+fn owned_request(r: Request<&[u8]>) -> Request<Rec> {
+    match r {
+        Request::Ping => Request::Ping,
+        Request::FindNode { target } => Request::FindNode { target },
+        Request::FindValue {
+            key,
+            owner,
+            known_seq,
+        } => Request::FindValue {
+            key,
+            owner,
+            known_seq,
+        },
+        Request::Store { record } => Request::Store {
+            record: record.into(),
+        },
+    }
+}
+
+fn owned_response(r: Response<&[u8]>) -> Response<Rec> {
+    match r {
+        Response::Pong { observed } => Response::Pong { observed },
+        Response::Nodes { contacts } => Response::Nodes { contacts },
+        Response::Value { record } => Response::Value {
+            record: record.into(),
+        },
+        Response::Stored(c) => Response::Stored(c),
+    }
+}
+
+/// A node's DHT over its QUIC endpoint.
+pub struct Mesh {
+    node: Node,
+    dht: RefCell<Dht<DhtRecordCheck>>,
+    conns: RefCell<BTreeMap<PeerId, Connection>>,
+    waiters: RefCell<BTreeMap<LookupId, oneshot::Sender<LookupOutcome<Rec>>>>,
+    epoch: Instant,
+    wake: Notify,
+}
+
+impl Mesh {
+    /// Wraps `node`. Call [`Mesh::run`] inside a `LocalSet` to serve.
+    pub fn new(node: Node) -> std::io::Result<Rc<Mesh>> {
+        let local = Contact {
+            id: node.peer_id(),
+            ed25519: node.identity().ed25519_public(),
+            addr: node.local_addr()?,
+        };
+        let seed = u64::from_be_bytes(local.id.0[..8].try_into().expect("8 bytes"));
+        Ok(Rc::new(Mesh {
+            node,
+            dht: RefCell::new(Dht::new(local, DhtRecordCheck, seed)),
+            conns: RefCell::new(BTreeMap::new()),
+            waiters: RefCell::new(BTreeMap::new()),
+            epoch: Instant::now(),
+            wake: Notify::new(),
+        }))
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Our DHT contact.
+    pub fn contact(&self) -> Contact {
+        *self.dht.borrow().local()
+    }
+
+    /// Contacts in the routing table.
+    pub fn table_len(&self) -> usize {
+        self.dht.borrow().table().len()
+    }
+
+    /// Every routing-table contact (for the on-disk cache).
+    pub fn contacts(&self) -> Vec<Contact> {
+        self.dht
+            .borrow()
+            .table()
+            .entries()
+            .map(|e| e.contact)
+            .collect()
+    }
+
+    /// Records held for others.
+    pub fn records_held(&self) -> usize {
+        self.dht.borrow().store().len()
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Serves: accepts connections and answers their RPCs, and runs the engine's timers.
+    /// Returns when the endpoint closes.
+    pub async fn run(self: Rc<Self>) {
+        tokio::task::spawn_local(self.clone().timer());
+        while let Some(r) = self.node.accept().await {
+            match r {
+                Ok(peer) => self.adopt(peer),
+                Err(e) => log::debug!("incoming handshake failed: {e}"),
+            }
+        }
+    }
+
+    async fn timer(self: Rc<Self>) {
+        loop {
+            let next = self
+                .dht
+                .borrow()
+                .poll_timeout()
+                .unwrap_or(Duration::from_secs(60));
+            let at = tokio::time::Instant::from_std(self.epoch + next);
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {
+                    let now = self.now();
+                    self.dht.borrow_mut().handle_timeout(now, crate::unix_now());
+                    self.pump();
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Registers an authenticated connection and serves the RPCs the peer opens on it.
+    fn adopt(self: &Rc<Self>, peer: Peer) {
+        let contact = Contact {
+            id: peer.peer_id,
+            ed25519: peer.record.keys.ed25519,
+            // One UDP socket serves both directions, so the address a peer dials from is the
+            // address it listens on (modulo NAT).
+            addr: peer.conn.remote_address(),
+        };
+        let conn = peer.conn.clone();
+        self.conns.borrow_mut().insert(contact.id, conn.clone());
+        tokio::task::spawn_local(self.clone().serve(conn, contact, peer));
+    }
+
+    async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Peer) {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::task::spawn_local(self.clone().answer(send, recv, from));
+        }
+        let mut conns = self.conns.borrow_mut();
+        if conns
+            .get(&from.id)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&from.id);
+        }
+    }
+
+    async fn answer(self: Rc<Self>, mut send: SendStream, mut recv: RecvStream, from: Contact) {
+        let Ok(bytes) = read_frame(&mut recv, DHT_MAX_MSG).await else {
+            return;
+        };
+        let Ok(req) = Request::parse(&bytes) else {
+            log::debug!("malformed DHT request from {}", from.id.short());
+            return;
+        };
+        let now = self.now();
+        let resp =
+            self.dht
+                .borrow_mut()
+                .handle_request(from, owned_request(req), now, crate::unix_now());
+        self.pump();
+        if let Some(resp) = resp {
+            let mut out = Vec::new();
+            if resp.emit(&mut out).is_ok() {
+                let _ = write_frame(&mut send, &out).await;
+                let _ = send.finish();
+            }
+        }
+    }
+
+    /// Carries out what the engine asked for.
+    fn pump(self: &Rc<Self>) {
+        loop {
+            let out = self.dht.borrow_mut().poll_output();
+            match out {
+                None => break,
+                Some(Output::Send { to, id, req }) => {
+                    tokio::task::spawn_local(self.clone().request(to, id, req));
+                }
+                Some(Output::LookupDone(o)) => {
+                    if let Some(tx) = self.waiters.borrow_mut().remove(&o.id) {
+                        let _ = tx.send(o);
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn request(self: Rc<Self>, to: Contact, id: RequestId, req: Request<Rec>) {
+        let mut bytes = Vec::new();
+        let result = match req.emit(&mut bytes) {
+            Ok(()) => tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let conn = self.connection(to).await?;
+                rpc(&conn, &bytes).await
+            })
+            .await
+            .unwrap_or(Err(RpcError::Timeout)),
+            Err(_) => Err(RpcError::Malformed),
+        };
+        let now = self.now();
+        match result.and_then(|b| {
+            Response::parse(&b)
+                .map(owned_response)
+                .map_err(|_| RpcError::Malformed)
+        }) {
+            Ok(resp) => self
+                .dht
+                .borrow_mut()
+                .handle_response(id, resp, now, crate::unix_now()),
+            Err(e) => {
+                log::debug!("DHT request to {} failed: {e}", to.id.short());
+                self.dht.borrow_mut().handle_failure(id, now);
+            }
+        }
+        self.pump();
+    }
+
+    /// A live connection to `to`, dialling it if needed.
+    async fn connection(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
+        let existing = self.conns.borrow().get(&to.id).cloned();
+        if let Some(c) = existing.filter(|c| c.close_reason().is_none()) {
+            return Ok(c);
+        }
+        let pin = (to.ed25519 != [0; 32]).then_some(to.ed25519);
+        let peer = self
+            .node
+            .dial(to.addr, to.id, pin)
+            .await
+            .map_err(RpcError::Handshake)?;
+        let conn = peer.conn.clone();
+        self.adopt(peer);
+        Ok(conn)
+    }
+
+    /// Adds a contact known out of band (a bootstrap seed, the routing-table cache).
+    pub fn add_contact(self: &Rc<Self>, c: Contact) {
+        let now = self.now();
+        self.dht.borrow_mut().add_contact(c, now);
+        self.pump();
+    }
+
+    async fn wait(self: &Rc<Self>, id: Option<LookupId>) -> Option<LookupOutcome<Rec>> {
+        let id = id?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(id, tx);
+        self.pump();
+        rx.await.ok()
+    }
+
+    /// Joins the DHT through the contacts added so far.
+    pub async fn bootstrap(self: &Rc<Self>) -> Option<LookupOutcome<Rec>> {
+        let now = self.now();
+        let id = self.dht.borrow_mut().bootstrap(now);
+        self.wait(id).await
+    }
+
+    /// FIND_NODE.
+    pub async fn find_node(self: &Rc<Self>, target: [u8; 32]) -> Option<LookupOutcome<Rec>> {
+        let now = self.now();
+        let id = self.dht.borrow_mut().find_node(target, now);
+        self.wait(id).await
+    }
+
+    /// FIND_VALUE for `owner`'s record under `key`.
+    pub async fn find_value(
+        self: &Rc<Self>,
+        key: [u8; 32],
+        owner: PeerId,
+    ) -> Option<LookupOutcome<Rec>> {
+        let now = self.now();
+        let id = self.dht.borrow_mut().find_value(key, owner, 0, now);
+        self.wait(id).await
+    }
+
+    /// Publishes our record (and keeps republishing it hourly).
+    pub async fn publish(
+        self: &Rc<Self>,
+        record: Rec,
+    ) -> Result<Option<LookupOutcome<Rec>>, StoreCode> {
+        let now = self.now();
+        let id = self
+            .dht
+            .borrow_mut()
+            .publish(record, crate::unix_now(), now)?;
+        Ok(self.wait(id).await)
+    }
+}
