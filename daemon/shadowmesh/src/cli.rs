@@ -18,6 +18,11 @@ pub const USAGE: &str = "\
 usage: shadowmesh <command> [options]
 
 commands:
+  run [--config PATH]          the daemon (default config /etc/config/shadowmesh)
+  status [--config PATH] [--json]
+                               the running daemon's PeerId, address and DHT state
+  dht [--config PATH] --lookup PEERID
+                               ask the running daemon to look up a member's record
   keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
   id --key PATH [--json]       print the PeerId, public keys and overlay addresses of a key file
   probe --key PATH (--network-key HEX | --network-key-file PATH)
@@ -227,6 +232,20 @@ pub fn id(o: &Opts) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Sends `cmd` to the daemon configured by `--config` and prints its JSON answer.
+fn ctl(o: &Opts, cmd: &str) -> Result<(), CliError> {
+    o.only(&["--config", "--json", "--lookup", "--log-level"])?;
+    let path = std::path::PathBuf::from(o.get("--config").unwrap_or(crate::daemon::DEFAULT_CONFIG));
+    let cfg = crate::config::Config::load(&path).map_err(|e| CliError::fail(e.to_string()))?;
+    let answer =
+        crate::control::request(&crate::daemon::control_path(&cfg), cmd).map_err(CliError::fail)?;
+    println!("{answer}");
+    if answer.starts_with("{\"error\"") {
+        return Err(CliError::fail("the daemon refused the request"));
+    }
+    Ok(())
+}
+
 /// Runs the CLI on `args` (including the program name); returns the exit code.
 pub fn run(args: Vec<String>) -> i32 {
     let Some(cmd) = args.get(1) else {
@@ -251,6 +270,12 @@ pub fn run(args: Vec<String>) -> i32 {
             "id" => id(&o),
             "probe" => crate::probe::main(&o),
             "selftest" => crate::selftest::main(&o),
+            "run" => crate::daemon::main(&o),
+            "status" => ctl(&o, "status"),
+            "dht" => match o.get("--lookup") {
+                Some(id) => ctl(&o, &format!("lookup {id}")),
+                None => ctl(&o, "status"),
+            },
             "version" | "--version" => {
                 println!("shadowmesh {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

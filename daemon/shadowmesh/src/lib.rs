@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod json;
 pub mod logger;
 pub mod mesh;

@@ -370,6 +370,40 @@ impl<'a> Response<&'a [u8]> {
     }
 }
 
+/// Encodes a list of contacts (the routing-table cache): `n u16 || n * contact`.
+pub fn emit_contact_list(contacts: &[Contact], out: &mut Vec<u8>) {
+    let n = contacts.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for c in &contacts[..n] {
+        out.extend_from_slice(&c.id.0);
+        out.extend_from_slice(&c.ed25519);
+        write_addr(out, &c.addr);
+    }
+}
+
+/// Decodes a list written by [`emit_contact_list`], refusing more than `max` entries.
+pub fn parse_contact_list(buf: &[u8], max: usize) -> Result<Vec<Contact>, Error> {
+    let mut r = Reader::new(buf);
+    let n = r.u16()? as usize;
+    if n > max {
+        return Err(Error::TooLarge {
+            what: "contact list",
+            len: n,
+            max,
+        });
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(Contact {
+            id: PeerId(*r.array()?),
+            ed25519: *r.array()?,
+            addr: read_addr(&mut r)?,
+        });
+    }
+    r.finish()?;
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

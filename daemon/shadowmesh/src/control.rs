@@ -1,0 +1,139 @@
+//! The control socket: one command per line in, one JSON object per line out. The CLI
+//! (`shadowmesh status`, `shadowmesh dht`) and, later, the LuCI rpcd backend talk to it.
+//!
+//! Commands: `status`; `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! with what it says). The socket is created mode 0600 (root only on a router).
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use shadowmesh_proto::PeerId;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::json::Obj;
+use crate::mesh::Mesh;
+
+/// Longest command line accepted.
+const MAX_LINE: usize = 1024;
+
+fn error(msg: &str) -> String {
+    Obj::new().str("error", msg).finish()
+}
+
+/// Serves the control socket at `path` until the process ends.
+pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<[u8; 32]>) {
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("control socket {}: {e}", path.display());
+            return;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    let started = Instant::now();
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::task::spawn_local(client(mesh.clone(), stream, network_key, started));
+    }
+}
+
+async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<[u8; 32]>, started: Instant) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(64 * MAX_LINE as u64)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = if line.len() > MAX_LINE {
+            error("command too long")
+        } else {
+            answer(&mesh, line.trim(), nk, started).await
+        };
+        if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Instant) -> String {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("status"), None, _) => {
+            let c = mesh.contact();
+            Obj::new()
+                .str("peer_id", &c.id.to_string())
+                .str("listen", &c.addr.to_string())
+                .bool("member", nk.is_some())
+                .uint("dht_contacts", mesh.table_len() as u64)
+                .uint("records_held", mesh.records_held() as u64)
+                .uint("uptime_s", started.elapsed().as_secs())
+                .finish()
+        }
+        (Some("lookup"), Some(id), None) => {
+            let Ok(owner) = id.parse::<PeerId>() else {
+                return error("expected: lookup <PEERID> (64 hex digits)");
+            };
+            let Some(nk) = nk else {
+                return error(
+                    "this node has no network key: it cannot name or read members' records",
+                );
+            };
+            let key = shadowmesh_crypto::storage_key(&nk, &owner);
+            let t = Instant::now();
+            let Some(out) = mesh.find_value(key, owner).await else {
+                return error("busy: too many lookups running");
+            };
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let base = Obj::new()
+                .str("peer_id", &owner.to_string())
+                .num("lookup_ms", ms)
+                .uint("hops", out.hops as u64)
+                .uint("messages", out.messages as u64);
+            let Some(rec) = out.record else {
+                return base.bool("found", false).finish();
+            };
+            match shadowmesh_crypto::record::verify_record(&rec, crate::unix_now()).and_then(|v| {
+                let p = v.open_payload(&nk)?;
+                Ok((v, p))
+            }) {
+                Ok((v, p)) => {
+                    let addrs: Vec<String> = p.addrs.iter().map(|a| format!("\"{a}\"")).collect();
+                    base.bool("found", true)
+                        .uint("seq", v.seq)
+                        .str("ipv4", &p.ipv4.map(|a| a.to_string()).unwrap_or_default())
+                        .str("ipv6", &p.ipv6.map(|a| a.to_string()).unwrap_or_default())
+                        .raw("addrs", &format!("[{}]", addrs.join(",")))
+                        .finish()
+                }
+                Err(e) => base
+                    .bool("found", false)
+                    .str("error", &e.to_string())
+                    .finish(),
+            }
+        }
+        _ => error("unknown command (status | lookup <PEERID>)"),
+    }
+}
+
+/// Sends one command to the daemon's control socket and returns its answer.
+pub fn request(path: &std::path::Path, cmd: &str) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach the daemon at {} ({e}): is `shadowmesh run` running?",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{cmd}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end().to_string())
+}

@@ -1,0 +1,251 @@
+//! `shadowmesh run --config PATH`: the daemon procd starts.
+//!
+//! Loads the configuration and the identity (created on first run), binds the QUIC endpoint,
+//! joins the DHT through the configured seeds and the routing-table cache, publishes its record
+//! (members only), serves the control socket, and on SIGTERM/SIGINT writes the cache and closes
+//! every connection. A node with neither seeds nor a cache starts alone and says so once.
+//!
+//! The routing-table cache (`<state_dir>/dht.cache`) is written sparingly, because flash wears
+//! out: once 30 s after the first successful join, then at most hourly, and at clean shutdown.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use shadowmesh_crypto::identity::write_atomic;
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::record::Payload;
+
+use crate::cli::{CliError, Opts};
+use crate::config::Config;
+use crate::mesh::Mesh;
+use crate::node::{Node, NodeConfig};
+
+/// Default configuration file (OpenWrt).
+pub const DEFAULT_CONFIG: &str = "/etc/config/shadowmesh";
+/// Most contacts the cache keeps.
+pub const CACHE_MAX: usize = 512;
+const CACHE_MAGIC: &[u8; 8] = b"SMDHTC1\n";
+
+/// Where the control socket of the daemon configured by `cfg` lives.
+pub fn control_path(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join("control.sock")
+}
+
+fn cache_path(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join("dht.cache")
+}
+
+/// Reads the routing-table cache; a missing file is an empty cache, a corrupt one is reported
+/// and ignored (it is only a hint).
+pub fn read_cache(path: &Path) -> Vec<Contact> {
+    match std::fs::read(path) {
+        Ok(b) if b.starts_with(CACHE_MAGIC) => {
+            match parse_contact_list(&b[CACHE_MAGIC.len()..], CACHE_MAX) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::warn!("ignoring routing-table cache {}: {e}", path.display());
+                    vec![]
+                }
+            }
+        }
+        Ok(_) => {
+            log::warn!(
+                "ignoring routing-table cache {}: not a cache file",
+                path.display()
+            );
+            vec![]
+        }
+        Err(_) => vec![],
+    }
+}
+
+/// Writes the routing-table cache atomically.
+pub fn write_cache(path: &Path, contacts: &[Contact]) {
+    let mut out = CACHE_MAGIC.to_vec();
+    emit_contact_list(&contacts[..contacts.len().min(CACHE_MAX)], &mut out);
+    match write_atomic(path, &out, 0o600) {
+        Ok(()) => log::info!(
+            "saved {} contacts to {}",
+            contacts.len().min(CACHE_MAX),
+            path.display()
+        ),
+        Err(e) => log::warn!(
+            "could not save the routing-table cache {}: {e}",
+            path.display()
+        ),
+    }
+}
+
+/// Entry point of `shadowmesh run`.
+pub fn main(o: &Opts) -> Result<(), CliError> {
+    o.only(&["--config", "--log-level"])?;
+    let path = PathBuf::from(o.get("--config").unwrap_or(DEFAULT_CONFIG));
+    let cfg = Config::load(&path).map_err(|e| CliError::fail(e.to_string()))?;
+    if o.get("--log-level").is_none() {
+        log::set_max_level(cfg.log_level);
+    }
+    if !cfg.enabled {
+        log::info!(
+            "disabled in {} (option enabled '0'); exiting",
+            path.display()
+        );
+        return Ok(());
+    }
+    if let Some(dir) = cfg.key_file.parent() {
+        create_private_dir(dir)?;
+    }
+    create_private_dir(&cfg.state_dir)?;
+    let (id, created) = Identity::load_or_create(&cfg.key_file)?;
+    if created {
+        log::info!("created a new identity in {}", cfg.key_file.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::fail(format!("tokio runtime: {e}")))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(cfg, id))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), CliError> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::fail(format!("creating {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config, id: Identity) -> Result<(), CliError> {
+    let pid = id.peer_id();
+    let mut payload = Payload {
+        addrs: cfg.advertise.clone(),
+        ipv4: None,
+        ipv4_counter: 0,
+        ipv6: None,
+        routes: cfg.routes.clone(),
+    };
+    if cfg.network_key.is_some() {
+        let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
+        payload.ipv4 = Some(v4);
+        payload.ipv4_counter = counter;
+        payload.ipv6 = Some(overlay::ipv6(V6Prefix::default(), &pid));
+    }
+    let mut ncfg = NodeConfig::dht_only(cfg.listen);
+    if let Some(k) = cfg.network_key {
+        ncfg = ncfg.member_of(k);
+    }
+    ncfg.payload = payload;
+    let node =
+        Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
+    let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
+    log::info!(
+        "{} {} listening on {}",
+        if cfg.network_key.is_some() {
+            "member"
+        } else {
+            "DHT-only seed"
+        },
+        pid,
+        mesh.contact().addr
+    );
+    tokio::task::spawn_local(mesh.clone().run());
+    let control = control_path(&cfg);
+    tokio::task::spawn_local(crate::control::serve(
+        mesh.clone(),
+        control.clone(),
+        cfg.network_key,
+    ));
+
+    let cached = read_cache(&cache_path(&cfg));
+    let mut known = 0;
+    for (peer, addr) in &cfg.bootstrap {
+        if *peer != pid {
+            mesh.add_contact(Contact {
+                id: *peer,
+                ed25519: [0; 32],
+                addr: *addr,
+            });
+            known += 1;
+        }
+    }
+    for c in &cached {
+        if c.id != pid {
+            mesh.add_contact(*c);
+            known += 1;
+        }
+    }
+    if known == 0 {
+        log::warn!(
+            "starting alone: no bootstrap nodes configured and no routing-table cache in {}; \
+             other nodes can bootstrap from this one ({pid}@{})",
+            cfg.state_dir.display(),
+            mesh.contact().addr
+        );
+    } else if !cached.is_empty() {
+        log::info!(
+            "{} contacts from the routing-table cache, {} seeds",
+            cached.len(),
+            cfg.bootstrap.len()
+        );
+    }
+    tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), known > 0));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::fail(format!("signal handler: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("interrupted: shutting down"),
+        _ = term.recv() => log::info!("terminated: shutting down"),
+    }
+    write_cache(&cache_path(&cfg), &mesh.contacts());
+    let _ = std::fs::remove_file(&control);
+    mesh.node().shutdown().await;
+    Ok(())
+}
+
+/// Joins (retrying every 30 s while the table is empty), publishes our record, keeps the cache.
+async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
+    let mut saved_once = false;
+    loop {
+        if has_contacts || mesh.table_len() > 0 {
+            if let Some(j) = mesh.bootstrap().await {
+                if !j.closest.is_empty() {
+                    log::info!(
+                        "joined the DHT: {} contacts, {} closest answered",
+                        mesh.table_len(),
+                        j.closest.len()
+                    );
+                    break;
+                }
+            }
+            log::warn!("could not reach any seed or cached contact; retrying in 30 s");
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    if cfg.network_key.is_some() {
+        let rec: crate::mesh::Rec = mesh.node().record().to_vec().into();
+        match mesh.publish(rec).await {
+            Ok(Some(o)) => log::info!("published our record to {} nodes", o.stores_sent),
+            Ok(None) => log::warn!("could not publish our record: too many lookups running"),
+            Err(code) => log::error!("our own record was refused: {code:?}"),
+        }
+    }
+    loop {
+        tokio::time::sleep(if saved_once {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(30)
+        })
+        .await;
+        write_cache(&cache_path(&cfg), &mesh.contacts());
+        saved_once = true;
+    }
+}
