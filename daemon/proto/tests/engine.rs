@@ -1,0 +1,123 @@
+//! The DHT engine against a lying peer, on an in-memory network with a hand-driven clock: a
+//! node that answers every FIND_NODE with 20 contacts that do not exist (they never answer)
+//! does not stop a lookup from finding the true closest nodes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shadowmesh_proto::dht::node::{Dht, LookupOutcome, Output, RecordCheck};
+use shadowmesh_proto::dht::store::RecordMeta;
+use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode};
+use shadowmesh_proto::dht::{K, REQUEST_TIMEOUT};
+use shadowmesh_proto::PeerId;
+
+struct NoRecords;
+impl RecordCheck for NoRecords {
+    type Record = Vec<u8>;
+    fn check(&self, _: &Vec<u8>, _: u64) -> Result<RecordMeta, StoreCode> {
+        Err(StoreCode::BadSignature)
+    }
+}
+
+fn id(i: u32) -> PeerId {
+    let mut x = (i as u64 + 7).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut out = [0u8; 32];
+    for c in out.chunks_mut(8) {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        c.copy_from_slice(&x.to_be_bytes());
+    }
+    PeerId(out)
+}
+
+fn contact(i: u32) -> Contact {
+    Contact {
+        id: id(i),
+        ed25519: [0; 32],
+        addr: format!("127.0.0.1:{}", 10_000 + i).parse().unwrap(),
+    }
+}
+
+#[test]
+fn bogus_contacts_do_not_stop_a_lookup() {
+    const N: u32 = 60;
+    const LIAR: u32 = 1;
+    let mut nodes: BTreeMap<u32, Dht<NoRecords>> = (0..N)
+        .map(|i| (i, Dht::new(contact(i), NoRecords, i as u64)))
+        .collect();
+    // Everyone knows a ring of neighbours plus the liar, so the liar is asked early.
+    for i in 0..N {
+        let d = nodes.get_mut(&i).unwrap();
+        for j in 1..=6 {
+            d.add_contact(contact((i + j) % N), Duration::ZERO);
+        }
+        d.add_contact(contact(LIAR), Duration::ZERO);
+    }
+    let by_addr: BTreeMap<_, _> = (0..N).map(|i| (contact(i).addr, i)).collect();
+    let mut now = Duration::from_secs(1);
+    let target = [0x42u8; 32];
+    nodes.get_mut(&0).unwrap().find_node(target, now).unwrap();
+    let mut done: Option<LookupOutcome<Vec<u8>>> = None;
+    let mut bogus_sent = 0;
+    for _ in 0..200 {
+        // Deliver everything node 0 (and, transitively, the others) wants sent, instantly.
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            let outs: Vec<_> =
+                std::iter::from_fn(|| nodes.get_mut(&0).unwrap().poll_output()).collect();
+            for o in outs {
+                progressed = true;
+                match o {
+                    Output::LookupDone(x) => done = Some(x),
+                    Output::Send { to, id: rid, req } => {
+                        let Some(&dst) = by_addr.get(&to.addr) else {
+                            bogus_sent += 1; // a contact that does not exist: never answers
+                            continue;
+                        };
+                        let resp = if dst == LIAR {
+                            let contacts = (0..K as u32)
+                                .map(|k| Contact {
+                                    id: PeerId([k as u8; 32]),
+                                    ed25519: [0; 32],
+                                    addr: format!("192.0.2.1:{}", 1000 + k).parse().unwrap(),
+                                })
+                                .collect();
+                            Some(Response::Nodes { contacts })
+                        } else {
+                            nodes
+                                .get_mut(&dst)
+                                .unwrap()
+                                .handle_request(contact(0), req, now, 0)
+                        };
+                        if let Some(r) = resp {
+                            nodes.get_mut(&0).unwrap().handle_response(rid, r, now, 0);
+                        }
+                    }
+                }
+            }
+        }
+        if done.is_some() {
+            break;
+        }
+        now += REQUEST_TIMEOUT;
+        nodes.get_mut(&0).unwrap().handle_timeout(now, 0);
+    }
+    let done = done.expect("the lookup ended");
+    assert!(bogus_sent > 0, "the liar's contacts were tried");
+    // The true closest honest nodes (excluding the asker and the liar) were found.
+    let mut truth: Vec<_> = (2..N)
+        .map(|i| (id(i).distance(&PeerId(target)), id(i)))
+        .collect();
+    truth.sort();
+    let found: Vec<PeerId> = done.closest.iter().map(|c| c.id).collect();
+    let hits = truth[..5].iter().filter(|(_, p)| found.contains(p)).count();
+    assert_eq!(
+        hits, 5,
+        "the 5 closest honest nodes must be in the result: {found:?}"
+    );
+    assert!(
+        !found.iter().any(|p| p.0[1..] == [p.0[0]; 31]),
+        "no bogus contact in the result"
+    );
+}
