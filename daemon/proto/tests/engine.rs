@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shadowmesh_proto::dht::node::{Dht, LookupOutcome, Output, RecordCheck};
 use shadowmesh_proto::dht::store::RecordMeta;
-use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode};
+use shadowmesh_proto::dht::wire::{Contact, Response, StoreCode};
 use shadowmesh_proto::dht::{K, REQUEST_TIMEOUT};
 use shadowmesh_proto::PeerId;
 
