@@ -230,22 +230,32 @@ async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
-    if cfg.network_key.is_some() {
-        let rec: crate::mesh::Rec = mesh.node().record().to_vec().into();
-        match mesh.publish(rec).await {
-            Ok(Some(o)) => log::info!("published our record to {} nodes", o.stores_sent),
-            Ok(None) => log::warn!("could not publish our record: too many lookups running"),
-            Err(code) => log::error!("our own record was refused: {code:?}"),
-        }
+    let member = cfg.network_key.is_some();
+    if member {
+        publish(&mesh, mesh.node().record()).await;
     }
+    let mut last_publish = std::time::Instant::now();
     loop {
-        tokio::time::sleep(if saved_once {
-            Duration::from_secs(3600)
-        } else {
-            Duration::from_secs(30)
-        })
-        .await;
+        let pause = if saved_once { 3600 } else { 30 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
         write_cache(&cache_path(&cfg), &mesh.contacts());
         saved_once = true;
+        // Republish a freshly signed record hourly: the engine would otherwise republish the
+        // same bytes until they expire.
+        if member && last_publish.elapsed() >= shadowmesh_proto::dht::REPUBLISH_INTERVAL {
+            match mesh.node().refresh_record() {
+                Ok(rec) => publish(&mesh, rec).await,
+                Err(e) => log::error!("re-signing our record failed: {e}"),
+            }
+            last_publish = std::time::Instant::now();
+        }
+    }
+}
+
+async fn publish(mesh: &Rc<Mesh>, rec: crate::mesh::Rec) {
+    match mesh.publish(rec).await {
+        Ok(Some(o)) => log::info!("published our record to {} nodes", o.stores_sent),
+        Ok(None) => log::warn!("could not publish our record: too many lookups running"),
+        Err(code) => log::error!("our own record was refused: {code:?}"),
     }
 }

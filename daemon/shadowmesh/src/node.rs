@@ -289,7 +289,7 @@ pub struct Node {
     tls: TlsContext,
     endpoint: quinn::Endpoint,
     cfg: NodeConfig,
-    record: Vec<u8>,
+    record: std::cell::RefCell<Arc<[u8]>>,
     transport: Arc<quinn::TransportConfig>,
     in_flight: Arc<AtomicUsize>,
     retries: AtomicUsize,
@@ -358,25 +358,14 @@ impl Node {
         let runtime =
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
         let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?;
-        let now = crate::unix_now();
-        // A seed's record has no mesh: its (public) payload is sealed under the all-zero key.
-        let record = build_record(
-            &id,
-            &cfg.network_key.unwrap_or([0; 32]),
-            &RecordParams {
-                seq: now,
-                issued_at: now,
-                expires_at: now + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
-                payload: &cfg.payload,
-            },
-        )
-        .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
+        let record = sign_record(&id, &cfg, crate::unix_now())
+            .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
         Ok(Node {
             id: Arc::new(id),
             tls,
             endpoint,
             cfg,
-            record,
+            record: std::cell::RefCell::new(record.into()),
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             retries: AtomicUsize::new(0),
@@ -394,8 +383,21 @@ impl Node {
     }
 
     /// Our signed record.
-    pub fn record(&self) -> &[u8] {
-        &self.record
+    pub fn record(&self) -> Arc<[u8]> {
+        self.record.borrow().clone()
+    }
+
+    /// Signs a fresh record (higher sequence number, new expiry) and presents it from now on.
+    /// Call before every republish: a record lives `record_lifetime` (6 h by default), so
+    /// republishing the same bytes would let it expire everywhere.
+    pub fn refresh_record(&self) -> Result<Arc<[u8]>, shadowmesh_crypto::Error> {
+        let old_seq = shadowmesh_proto::record::RecordRef::parse(&self.record.borrow())
+            .map(|r| r.seq)
+            .unwrap_or(0);
+        let now = crate::unix_now().max(old_seq + 1);
+        let rec: Arc<[u8]> = sign_record(&self.id, &self.cfg, now)?.into();
+        *self.record.borrow_mut() = rec.clone();
+        Ok(rec)
     }
 
     /// The bound UDP address.
@@ -417,7 +419,7 @@ impl Node {
     /// record over a real connection.
     #[doc(hidden)]
     pub fn set_record_for_test(&mut self, record: Vec<u8>) {
-        self.record = record;
+        *self.record.borrow_mut() = record.into();
     }
 
     /// Closes every connection and waits until they are gone.
@@ -470,7 +472,7 @@ impl Node {
             &self.id,
             Role::Dialler,
             &peer,
-            RecordRefOrSeq::Full(&self.record),
+            RecordRefOrSeq::Full(&self.record()),
             &exporter,
             self.cfg.network_key.as_ref(),
         )
@@ -583,7 +585,7 @@ impl Node {
             &self.id,
             Role::Listener,
             &peer,
-            RecordRefOrSeq::Full(&self.record),
+            RecordRefOrSeq::Full(&self.record()),
             &exporter,
             self.cfg.network_key.as_ref(),
         )
@@ -640,6 +642,25 @@ impl HandshakeStats {
             tls_rx_bytes: tls.1.udp_rx.bytes,
         }
     }
+}
+
+/// Signs this node's record with sequence number (and issue time) `seq` (Unix seconds). A
+/// seed's record has no mesh: its (public) payload is sealed under the all-zero key.
+fn sign_record(
+    id: &Identity,
+    cfg: &NodeConfig,
+    seq: u64,
+) -> Result<Vec<u8>, shadowmesh_crypto::Error> {
+    build_record(
+        id,
+        &cfg.network_key.unwrap_or([0; 32]),
+        &RecordParams {
+            seq,
+            issued_at: seq,
+            expires_at: seq + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
+            payload: &cfg.payload,
+        },
+    )
 }
 
 /// The AES-128-GCM suite QUIC Initial packets must use (RFC 9001 §5.2), from ring.

@@ -389,3 +389,22 @@ fn restarted_node_resets_stale_connections_at_once() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn refreshed_record_has_a_higher_sequence_and_is_presented() {
+    rt().block_on(async {
+        let a = node();
+        let b = node();
+        let seq = |r: &[u8]| shadowmesh_proto::record::RecordRef::parse(r).unwrap().seq;
+        let r1 = a.record();
+        let r2 = a.refresh_record().unwrap();
+        assert!(seq(&r2) > seq(&r1));
+        assert_eq!(a.record(), r2);
+        let (_, l) = connect(&a, &b, b.peer_id(), None).await;
+        assert_eq!(
+            l.unwrap().record.seq,
+            seq(&r2),
+            "HELLO carries the fresh record"
+        );
+    });
+}

@@ -43,6 +43,8 @@ pub const MAX_LOOKUPS: usize = 64;
 pub const RATE_BURST: u32 = 64;
 /// Requests per second one source address may make, sustained.
 pub const RATE_PER_SEC: u32 = 32;
+/// Held records re-replicated per minute at most (1,024 records take about an hour).
+pub const REPLICATE_PER_TICK: usize = 16;
 /// Most source addresses the rate limiter tracks.
 pub const RATE_TRACKED: usize = 4096;
 
@@ -630,6 +632,15 @@ impl<C: RecordCheck> Dht<C> {
             self.last_refresh_check = now;
             self.store.expire(now, now_unix);
             self.refresh_buckets(false, now);
+            // Re-replicate what nobody refreshed for an hour, a few per minute.
+            for record in
+                self.store
+                    .due_for_replication(now, REPUBLISH_INTERVAL, REPLICATE_PER_TICK)
+            {
+                if self.put(record, now_unix, now).ok().flatten().is_none() {
+                    break;
+                }
+            }
             if let Some(rec) = self.own.clone() {
                 if now >= self.last_publish + REPUBLISH_INTERVAL {
                     let _ = self.publish(rec, now_unix, now);

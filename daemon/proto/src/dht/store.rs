@@ -32,6 +32,7 @@ struct Held<R> {
     record: R,
     meta: RecordMeta,
     stored_at: Duration,
+    replicated_at: Duration,
 }
 
 /// Records held for others.
@@ -84,6 +85,7 @@ impl<R: Clone> RecordStore<R> {
                 record,
                 meta,
                 stored_at: now,
+                replicated_at: now,
             };
             return StoreCode::Ok;
         }
@@ -100,6 +102,7 @@ impl<R: Clone> RecordStore<R> {
                 record,
                 meta,
                 stored_at: now,
+                replicated_at: now,
             },
         );
         StoreCode::Ok
@@ -118,6 +121,23 @@ impl<R: Clone> RecordStore<R> {
         self.map.retain(|_, h| {
             h.meta.expires_at > now_unix && now.saturating_sub(h.stored_at) < RECORD_HOLD
         });
+    }
+
+    /// Up to `max` records that neither a STORE nor our own re-replication touched for
+    /// `interval`; marks them re-replicated at `now`. The caller stores them at the k closest
+    /// nodes again, so a record survives its holders' churn until it expires.
+    pub fn due_for_replication(&mut self, now: Duration, interval: Duration, max: usize) -> Vec<R> {
+        let mut out = Vec::new();
+        for h in self.map.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if now.saturating_sub(h.stored_at.max(h.replicated_at)) >= interval {
+                h.replicated_at = now;
+                out.push(h.record.clone());
+            }
+        }
+        out
     }
 
     /// Every held record (for re-replication).
@@ -158,6 +178,22 @@ mod tests {
         assert_eq!(s.put("e", meta(2, 1, 1), t, 1000), StoreCode::Expired);
         s.expire(RECORD_HOLD, 0);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn replication_is_due_hourly_and_bounded() {
+        let mut s = RecordStore::new(10);
+        for k in 0..5 {
+            s.put(k, meta(k, 1, 1), Duration::ZERO, 0);
+        }
+        let hour = Duration::from_secs(3600);
+        assert!(s.due_for_replication(hour / 2, hour, 10).is_empty());
+        assert_eq!(s.due_for_replication(hour, hour, 3).len(), 3);
+        assert_eq!(s.due_for_replication(hour, hour, 10).len(), 2);
+        assert!(s.due_for_replication(hour + hour / 2, hour, 10).is_empty());
+        // A fresh STORE postpones it.
+        s.put(0, meta(0, 1, 1), 2 * hour, 0);
+        assert_eq!(s.due_for_replication(2 * hour, hour, 10).len(), 4);
     }
 
     #[test]
