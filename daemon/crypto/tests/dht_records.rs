@@ -112,12 +112,7 @@ fn find_value_ignores_records_for_other_keys() {
         Duration::from_millis(10),
         NOW,
     );
-    let done = std::iter::from_fn(|| d.poll_output())
-        .find_map(|o| match o {
-            Output::LookupDone(x) => Some(x),
-            _ => None,
-        })
-        .expect("lookup ends");
+    let done = lookup_done(&mut d);
     assert!(
         done.record.is_none(),
         "a record for another key must not be returned"
@@ -138,13 +133,19 @@ fn find_value_ignores_records_for_other_keys() {
         Duration::from_secs(1),
         NOW,
     );
-    let done = std::iter::from_fn(|| d.poll_output())
+    let done = lookup_done(&mut d);
+    assert!(done.record.is_some());
+}
+
+fn lookup_done(
+    d: &mut Dht<DhtRecordCheck>,
+) -> shadowmesh_proto::dht::node::LookupOutcome<Arc<[u8]>> {
+    std::iter::from_fn(|| d.poll_output())
         .find_map(|o| match o {
             Output::LookupDone(x) => Some(x),
             _ => None,
         })
-        .expect("lookup ends");
-    assert!(done.record.is_some());
+        .expect("lookup ends")
 }
 
 #[test]

@@ -319,10 +319,10 @@ impl<C: RecordCheck> Dht<C> {
         now_unix: u64,
         now: Duration,
     ) -> Result<Option<LookupId>, StoreCode> {
-        let meta = self.check.check(&record, now_unix)?;
-        self.own = Some(record.clone());
+        let id = self.put(record.clone(), now_unix, now)?;
+        self.own = Some(record);
         self.last_publish = now;
-        Ok(self.start(meta.key, Query::Put { record }, now))
+        Ok(id)
     }
 
     /// Stores `record` (e.g. someone else's, re-replicated) at the k closest to its key.
