@@ -169,3 +169,37 @@ fn flood_from_one_address_is_rate_limited_while_others_are_served() {
         .handle_request(flooder, Request::Ping, t + Duration::from_secs(2), NOW)
         .is_some());
 }
+
+/// A node that holds the record itself answers its own lookup with it.
+#[test]
+fn find_value_answers_from_the_local_store() {
+    let me = Identity::generate();
+    let owner = Identity::generate();
+    let mut d = Dht::new(contact(me.peer_id(), 1), DhtRecordCheck, 1);
+    assert_eq!(
+        store(
+            &mut d,
+            contact(owner.peer_id(), 2),
+            record(&owner, 3, NOW, NOW + 3600)
+        ),
+        StoreCode::Ok
+    );
+    let key = shadowmesh_crypto::storage_key(&NK, &owner.peer_id());
+    d.find_value(key, owner.peer_id(), 0, Duration::from_secs(2))
+        .unwrap();
+    // The one contact we know (the owner, who stored it) answers with nothing useful.
+    let Some(Output::Send { id, .. }) = d.poll_output() else {
+        panic!("no request")
+    };
+    d.handle_response(
+        id,
+        Response::Nodes { contacts: vec![] },
+        Duration::from_secs(2),
+        NOW,
+    );
+    let done = lookup_done(&mut d);
+    assert!(
+        done.record.is_some(),
+        "our own copy is the answer when nobody else has it"
+    );
+}

@@ -14,6 +14,7 @@
 //!     option log_level 'info'
 //!     option mtu '1380'
 //!     option lan_discovery '1'
+//!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
 //!     list route '192.168.1.0/24'
@@ -90,6 +91,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// If non-empty, only these PeerIds may exchange packets with us.
     pub allowed_peers: Vec<PeerId>,
+    /// Plain UDP calls instead of quinn-udp's control messages (for platforms and emulators
+    /// where `sendmsg` control messages fail; see `plainudp.rs`).
+    pub plain_udp: bool,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             advertise: vec![],
             routes: vec![],
             allowed_peers: vec![],
+            plain_udp: false,
         }
     }
 }
@@ -224,6 +229,10 @@ impl Config {
                 "lan_discovery" => {
                     let v = single(o)?;
                     c.lan_discovery = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "plain_udp" => {
+                    let v = single(o)?;
+                    c.plain_udp = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "listen_port" => {
                     let v = single(o)?;

@@ -144,6 +144,7 @@ async fn run(cfg: Config, id: Identity) -> Result<(), CliError> {
         ncfg = ncfg.member_of(k);
     }
     ncfg.payload = payload;
+    ncfg.plain_udp = cfg.plain_udp;
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
@@ -227,8 +228,11 @@ async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
                 }
             }
             log::warn!("could not reach any seed or cached contact; retrying in 30 s");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        } else {
+            // Alone: join as soon as the first node contacts us.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
     }
     let member = cfg.network_key.is_some();
     if member {

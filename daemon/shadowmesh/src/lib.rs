@@ -12,6 +12,7 @@ pub mod json;
 pub mod logger;
 pub mod mesh;
 pub mod node;
+pub mod plainudp;
 pub mod probe;
 pub mod selftest;
 

@@ -49,6 +49,9 @@ pub struct NodeConfig {
     pub record_lifetime: Duration,
     /// Bound on how long one connection handshake may take.
     pub handshake_timeout: Duration,
+    /// Use plain `sendto`/`recvfrom` instead of quinn-udp's control messages (see
+    /// [`crate::plainudp`]).
+    pub plain_udp: bool,
 }
 
 impl NodeConfig {
@@ -73,6 +76,7 @@ impl NodeConfig {
             payload: Payload::default(),
             record_lifetime: Duration::from_secs(6 * 3600),
             handshake_timeout: Duration::from_secs(10),
+            plain_udp: false,
         }
     }
 }
@@ -357,7 +361,12 @@ impl Node {
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-        let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?;
+        let endpoint = if cfg.plain_udp {
+            let sock = crate::plainudp::PlainUdp::new(socket)?;
+            quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), sock, runtime)?
+        } else {
+            quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?
+        };
         let record = sign_record(&id, &cfg, crate::unix_now())
             .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
         Ok(Node {

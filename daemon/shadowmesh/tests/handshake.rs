@@ -408,3 +408,19 @@ fn refreshed_record_has_a_higher_sequence_and_is_presented() {
         );
     });
 }
+
+#[test]
+fn plain_udp_socket_interoperates_with_quinn_udp() {
+    rt().block_on(async {
+        let a = node_with(|c| c.plain_udp = true);
+        let b = node();
+        let (d, l) = connect(&a, &b, b.peer_id(), None).await;
+        let (mut d, mut l) = (d.unwrap(), l.unwrap());
+        d.send_frame(FrameType::Data, b"over plain sendto").unwrap();
+        let mut buf = l.conn.read_datagram().await.unwrap().to_vec();
+        let (_, r) = l.open_frame(&mut buf).unwrap();
+        assert_eq!(&buf[r], b"over plain sendto");
+        let (d2, _) = connect(&b, &a, a.peer_id(), None).await;
+        d2.unwrap();
+    });
+}

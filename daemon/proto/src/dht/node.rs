@@ -352,13 +352,24 @@ impl<C: RecordCheck> Dht<C> {
         let id = self.next_id;
         self.next_id += 1;
         let seeds = self.table.closest(&target, K);
+        // A record we hold ourselves is an answer like any holder's (in a small or young
+        // network we may be the only holder).
+        let (best, holders) = match &query {
+            Query::FindValue { owner, known_seq } => {
+                match self.store.get(&target, owner, *known_seq) {
+                    Some((r, m)) => (Some((r.clone(), m.seq)), 1),
+                    None => (None, 0),
+                }
+            }
+            _ => (None, 0),
+        };
         self.lookups.insert(
             id,
             LookupState {
                 lookup: Lookup::new(target, seeds),
                 query,
-                best: None,
-                holders: 0,
+                best,
+                holders,
                 bytes: 0,
                 started: now,
             },
