@@ -71,11 +71,12 @@ impl AsyncUdpSocket for PlainUdp {
             ready!(self.io.poll_recv_ready(cx))?;
             match self.io.try_recv_from(buf) {
                 Ok((len, addr)) => {
-                    let mut r = RecvMeta::default();
-                    r.addr = addr;
-                    r.len = len;
-                    r.stride = len;
-                    *m = r;
+                    *m = RecvMeta {
+                        addr,
+                        len,
+                        stride: len,
+                        ..Default::default()
+                    };
                     return Poll::Ready(Ok(1));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
