@@ -170,6 +170,20 @@ fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, Error> {
     Ok(SocketAddr::new(ip, r.u16()?))
 }
 
+fn write_contact(out: &mut Vec<u8>, c: &Contact) {
+    out.extend_from_slice(&c.id.0);
+    out.extend_from_slice(&c.ed25519);
+    write_addr(out, &c.addr);
+}
+
+fn read_contact(r: &mut Reader<'_>) -> Result<Contact, Error> {
+    Ok(Contact {
+        id: PeerId(*r.array()?),
+        ed25519: *r.array()?,
+        addr: read_addr(r)?,
+    })
+}
+
 fn read_record<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Error> {
     let n = r.u16()? as usize;
     if n > RECORD_MAX_LEN {
@@ -298,9 +312,7 @@ impl<R: AsRef<[u8]>> Response<R> {
                 out.push(RESP_NODES);
                 out.push(contacts.len() as u8);
                 for c in contacts {
-                    out.extend_from_slice(&c.id.0);
-                    out.extend_from_slice(&c.ed25519);
-                    write_addr(out, &c.addr);
+                    write_contact(out, c);
                 }
             }
             Response::Value { record } => {
@@ -351,11 +363,7 @@ impl<'a> Response<&'a [u8]> {
                 }
                 let mut contacts = Vec::with_capacity(n);
                 for _ in 0..n {
-                    contacts.push(Contact {
-                        id: PeerId(*r.array()?),
-                        ed25519: *r.array()?,
-                        addr: read_addr(&mut r)?,
-                    });
+                    contacts.push(read_contact(&mut r)?);
                 }
                 Response::Nodes { contacts }
             }
@@ -375,9 +383,7 @@ pub fn emit_contact_list(contacts: &[Contact], out: &mut Vec<u8>) {
     let n = contacts.len().min(u16::MAX as usize);
     out.extend_from_slice(&(n as u16).to_be_bytes());
     for c in &contacts[..n] {
-        out.extend_from_slice(&c.id.0);
-        out.extend_from_slice(&c.ed25519);
-        write_addr(out, &c.addr);
+        write_contact(out, c);
     }
 }
 
@@ -394,11 +400,7 @@ pub fn parse_contact_list(buf: &[u8], max: usize) -> Result<Vec<Contact>, Error>
     }
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        v.push(Contact {
-            id: PeerId(*r.array()?),
-            ed25519: *r.array()?,
-            addr: read_addr(&mut r)?,
-        });
+        v.push(read_contact(&mut r)?);
     }
     r.finish()?;
     Ok(v)
