@@ -1,4 +1,4 @@
-//! `cargo xtask …`: the project's automation, in Rust, with no dependencies beyond std.
+//! `cargo xtask …`: the project's automation, in Rust, with no dependencies beyond std and libc.
 //!
 //! - `test [--fuzz-seconds N]`: formatting, clippy, every test, then each fuzz target for a
 //!   bounded time. What CI runs.
@@ -14,14 +14,17 @@
 //!   NEON ChaCha20-Poly1305 and the portable RustCrypto crate, under `qemu-aarch64 -singlestep`.
 //! - `hil --backend virtual|ssh`: the hardware-in-the-loop scenario (`hw-tests/`); the virtual
 //!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces.
-//! - `demo`: the main job. Today: two `shadowmesh` processes on loopback handshake, prove their
-//!   PeerIds, exchange encrypted frames (with a rekey, a replayed and a tampered frame), and the
-//!   outcome is printed as a table. Every process it starts is ended, also on failure.
+//! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
+//!   network namespaces discover each other and carry ping and iperf3 between the LANs
+//!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
+//!   two-process handshake demo on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod mesh;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -234,7 +237,21 @@ fn bin_path() -> PathBuf {
     target.join("debug").join("shadowmesh")
 }
 
-fn demo(_args: &[String]) -> Result {
+fn release_bin() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "shadowmesh", "--bin", "shadowmesh"]))?;
+    Ok(target_dir().join("release").join("shadowmesh"))
+}
+
+fn demo(args: &[String]) -> Result {
+    if !args.iter().any(|a| a == "--probe") {
+        let bin = release_bin()?;
+        let rep = mesh::run(&bin, args.iter().any(|a| a == "--full"))?;
+        return if rep.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("demo checks failed:\n  {}", rep.failures.join("\n  ")))
+        };
+    }
     run(cargo().args(["build", "--package", "shadowmesh", "--bin", "shadowmesh"]))?;
     let bin = bin_path();
     let dir = std::env::temp_dir().join(format!("shadowmesh-demo-{}", std::process::id()));

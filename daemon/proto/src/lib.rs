@@ -19,6 +19,7 @@
 //! - [`replay`]: the RFC 6479 sliding anti-replay window.
 //! - [`record`]: the canonical byte layout of signed peer records and their payload.
 //! - [`msg`]: control-stream messages (HELLO, INIT, RESP, REKEY) and their framing.
+//! - [`route`]: longest-prefix match, source filtering, IP header addresses, ICMP too-big.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -32,6 +33,7 @@ pub mod overlay;
 pub mod peer;
 pub mod record;
 pub mod replay;
+pub mod route;
 pub mod uci;
 
 pub use error::Error;

@@ -58,7 +58,16 @@ pub enum MsgType {
     RekeyInit = 4,
     /// Rekey answer.
     RekeyResp = 5,
+    /// Peer exchange: the members the sender holds sessions with, as a contact list
+    /// ([`crate::dht::wire::emit_contact_list`], at most [`PEERS_MAX`]).
+    Peers = 6,
+    /// The sender's newly signed record (its routes or addresses changed); members replace
+    /// the one they hold if the sequence number is higher.
+    Record = 7,
 }
+
+/// Most contacts one peer-exchange message may carry.
+pub const PEERS_MAX: usize = 64;
 
 impl TryFrom<u8> for MsgType {
     type Error = Error;
@@ -69,6 +78,8 @@ impl TryFrom<u8> for MsgType {
             3 => MsgType::Resp,
             4 => MsgType::RekeyInit,
             5 => MsgType::RekeyResp,
+            6 => MsgType::Peers,
+            7 => MsgType::Record,
             t => return Err(Error::UnknownType(t)),
         })
     }

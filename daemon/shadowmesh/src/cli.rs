@@ -20,7 +20,9 @@ usage: shadowmesh <command> [options]
 commands:
   run [--config PATH]          the daemon (default config /etc/config/shadowmesh)
   status [--config PATH] [--json]
-                               the running daemon's PeerId, address and DHT state
+                               the running daemon's PeerId, addresses, DHT and tunnel state
+  peers [--config PATH] [--json]
+                               the mesh members: overlay addresses, routes, endpoint, RTT, traffic
   dht [--config PATH] --lookup PEERID
                                ask the running daemon to look up a member's record
   keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
@@ -272,6 +274,7 @@ pub fn run(args: Vec<String>) -> i32 {
             "selftest" => crate::selftest::main(&o),
             "run" => crate::daemon::main(&o),
             "status" => ctl(&o, "status"),
+            "peers" => ctl(&o, "peers"),
             "dht" => match o.get("--lookup") {
                 Some(id) => ctl(&o, &format!("lookup {id}")),
                 None => ctl(&o, "status"),

@@ -15,6 +15,7 @@
 //!     option mtu '1380'
 //!     option lan_discovery '1'
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
+//!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
 //!     list route '192.168.1.0/24'
@@ -94,6 +95,9 @@ pub struct Config {
     /// Plain UDP calls instead of quinn-udp's control messages (for platforms and emulators
     /// where `sendmsg` control messages fail; see `plainudp.rs`).
     pub plain_udp: bool,
+    /// Open the TUN device and carry packets (members only). `0` makes a member that takes
+    /// part in the DHT and in sessions but carries no packets (monitoring nodes, tests).
+    pub tunnel: bool,
 }
 
 impl Default for Config {
@@ -113,9 +117,15 @@ impl Default for Config {
             routes: vec![],
             allowed_peers: vec![],
             plain_udp: false,
+            tunnel: true,
         }
     }
 }
+
+/// The tunnel MTU when the configuration names none: a 1500-byte underlay, minus the IPv6 and
+/// UDP headers (48), quinn's datagram overhead (38) and the SMSH header and tag (34). Over an
+/// IPv4 underlay 1,400 would fit; 1,380 fits both.
+pub const DEFAULT_MTU: u16 = 1500 - 48 - 38 - 34;
 
 /// Parses `PEERID@IP:PORT`.
 pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
@@ -233,6 +243,10 @@ impl Config {
                 "plain_udp" => {
                     let v = single(o)?;
                     c.plain_udp = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "tunnel" => {
+                    let v = single(o)?;
+                    c.tunnel = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "listen_port" => {
                     let v = single(o)?;

@@ -1,7 +1,7 @@
 //! The control socket: one command per line in, one JSON object per line out. The CLI
 //! (`shadowmesh status`, `shadowmesh dht`) and, later, the LuCI rpcd backend talk to it.
 //!
-//! Commands: `status`; `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! Commands: `status`; `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
 use std::path::PathBuf;
@@ -63,13 +63,34 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
     match (words.next(), words.next(), words.next()) {
         (Some("status"), None, _) => {
             let c = mesh.contact();
-            Obj::new()
+            let mut o = Obj::new()
                 .str("peer_id", &c.id.to_string())
                 .str("listen", &c.addr.to_string())
                 .bool("member", nk.is_some())
                 .uint("dht_contacts", mesh.table_len() as u64)
+                .uint("dht_size", mesh.table_len() as u64)
                 .uint("records_held", mesh.records_held() as u64)
-                .uint("uptime_s", started.elapsed().as_secs())
+                .uint("uptime_s", started.elapsed().as_secs());
+            if let Some(dp) = mesh.dataplane() {
+                let (v4, v6) = dp.addresses();
+                let members = dp.members();
+                o = o
+                    .str("interface", dp.interface())
+                    .uint("mtu", dp.mtu() as u64)
+                    .str("overlay_ipv4", &v4.to_string())
+                    .str("overlay_ipv6", &v6.map(|a| a.to_string()).unwrap_or_default())
+                    .uint("peers_known", members.len() as u64)
+                    .uint("peers_connected", dp.connected() as u64);
+            }
+            o.finish()
+        }
+        (Some("peers"), None, _) => {
+            let Some(dp) = mesh.dataplane() else {
+                return Obj::new().raw("peers", "[]").finish();
+            };
+            let list: Vec<String> = dp.members().iter().map(member_json).collect();
+            Obj::new()
+                .raw("peers", &format!("[{}]", list.join(",")))
                 .finish()
         }
         (Some("lookup"), Some(id), None) => {
@@ -114,8 +135,39 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                     .finish(),
             }
         }
-        _ => error("unknown command (status | lookup <PEERID>)"),
+        _ => error("unknown command (status | peers | lookup <PEERID>)"),
     }
+}
+
+fn opt_str<T: ToString>(v: Option<T>) -> String {
+    v.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// One member in `peers`: the fields `shadowmesh peers --json` promises.
+fn member_json(m: &crate::dataplane::MemberInfo) -> String {
+    let routes: Vec<String> = m.routes.iter().map(|r| format!("\"{r}\"")).collect();
+    let c = &m.counters;
+    Obj::new()
+        .str("peer_id", &m.peer_id.to_string())
+        .str("overlay_ipv4", &opt_str(m.ipv4))
+        .str("overlay_ipv6", &opt_str(m.ipv6))
+        .raw("routes", &format!("[{}]", routes.join(",")))
+        .str("endpoint", &opt_str(m.endpoint))
+        .str("path", "direct")
+        .bool("connected", m.connected)
+        .str("role", m.role)
+        .uint("connection_id", m.connection_id)
+        .num("rtt_ms", m.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(0.0))
+        .uint("tx_bytes", c.tx_bytes)
+        .uint("rx_bytes", c.rx_bytes)
+        .uint("tx_packets", c.tx_packets)
+        .uint("rx_packets", c.rx_packets)
+        .uint("tx_dropped", c.tx_dropped)
+        .uint("rx_spoofed", c.rx_spoofed)
+        .uint("rx_invalid", c.rx_invalid)
+        .uint("last_handshake", m.last_handshake)
+        .uint("rekeys", m.rekeys as u64)
+        .finish()
 }
 
 /// Sends one command to the daemon's control socket and returns its answer.

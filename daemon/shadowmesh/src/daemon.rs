@@ -20,8 +20,11 @@ use shadowmesh_proto::record::Payload;
 
 use crate::cli::{CliError, Opts};
 use crate::config::Config;
+use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::mesh::Mesh;
 use crate::node::{Node, NodeConfig};
+use crate::tun::Tun;
+use shadowmesh_proto::route::Prefix;
 
 /// Default configuration file (OpenWrt).
 pub const DEFAULT_CONFIG: &str = "/etc/config/shadowmesh";
@@ -107,7 +110,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::fail(format!("tokio runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(cfg, id))
+    local.block_on(&rt, run(path, cfg, id))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), CliError> {
@@ -124,7 +127,91 @@ fn create_private_dir(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn run(cfg: Config, id: Identity) -> Result<(), CliError> {
+/// SIGHUP (procd reload): re-reads the configuration and applies what changed without dropping
+/// unchanged peers. An invalid file changes nothing.
+async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    let mut applied = vec![];
+    if new.log_level != cfg.log_level {
+        log::set_max_level(new.log_level);
+        applied.push("log_level");
+    }
+    if new.routes != cfg.routes || new.advertise != cfg.advertise {
+        let mut p = mesh.node().payload();
+        p.routes = new.routes.clone();
+        p.addrs = new.advertise.clone();
+        mesh.node().set_payload(p);
+        match mesh.node().refresh_record() {
+            Ok(rec) => {
+                if let Some(dp) = mesh.dataplane() {
+                    dp.announce_record(&rec);
+                }
+                if new.network_key.is_some() {
+                    let m = mesh.clone();
+                    tokio::task::spawn_local(async move { publish(&m, rec).await });
+                }
+            }
+            Err(e) => log::error!("reload: re-signing our record failed: {e}"),
+        }
+        applied.push("route/advertise");
+    }
+    if new.allowed_peers != cfg.allowed_peers || new.routes != cfg.routes {
+        if let Some(dp) = mesh.dataplane() {
+            dp.reconfigure(new.allowed_peers.clone(), own_prefixes(&new.routes));
+        }
+        applied.push("allowed_peer");
+    }
+    let restart: Vec<&str> = [
+        ("listen_address/listen_port", new.listen != cfg.listen),
+        ("network_key", new.network_key != cfg.network_key),
+        ("key_file", new.key_file != cfg.key_file),
+        ("interface", new.interface != cfg.interface),
+        ("mtu", new.mtu != cfg.mtu),
+        ("tunnel", new.tunnel != cfg.tunnel),
+        ("state_dir", new.state_dir != cfg.state_dir),
+        ("enabled", new.enabled != cfg.enabled),
+    ]
+    .iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(n, _)| *n)
+    .collect();
+    if !restart.is_empty() {
+        log::warn!(
+            "reload: {} changed and take effect at the next restart",
+            restart.join(", ")
+        );
+    }
+    log::info!(
+        "reloaded {}: {}",
+        path.display(),
+        if applied.is_empty() {
+            "nothing to apply".to_string()
+        } else {
+            applied.join(", ")
+        }
+    );
+    // Keep the running values of what needs a restart.
+    let keep = cfg.clone();
+    *cfg = Config {
+        listen: keep.listen,
+        network_key: keep.network_key,
+        key_file: keep.key_file,
+        interface: keep.interface,
+        mtu: keep.mtu,
+        tunnel: keep.tunnel,
+        state_dir: keep.state_dir,
+        enabled: keep.enabled,
+        ..new
+    };
+}
+
+async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let pid = id.peer_id();
     let mut payload = Payload {
         addrs: cfg.advertise.clone(),
@@ -158,6 +245,10 @@ async fn run(cfg: Config, id: Identity) -> Result<(), CliError> {
         pid,
         mesh.contact().addr
     );
+    if let (Some(nk), true) = (cfg.network_key, cfg.tunnel) {
+        let dp = open_dataplane(&cfg, pid, nk, &mesh.node().config().payload)?;
+        mesh.attach(dp);
+    }
     tokio::task::spawn_local(mesh.clone().run());
     let control = control_path(&cfg);
     tokio::task::spawn_local(crate::control::serve(
@@ -200,16 +291,72 @@ async fn run(cfg: Config, id: Identity) -> Result<(), CliError> {
     }
     tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), known > 0));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CliError::fail(format!("signal handler: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("interrupted: shutting down"),
-        _ = term.recv() => log::info!("terminated: shutting down"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |k| signal(k).map_err(|e| CliError::fail(format!("signal handler: {e}")));
+    let mut term = sig(SignalKind::terminate())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut cfg = cfg;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                log::info!("interrupted: shutting down");
+                break;
+            }
+            _ = term.recv() => {
+                log::info!("terminated: shutting down");
+                break;
+            }
+            _ = hup.recv() => reload(&path, &mut cfg, &mesh).await,
+        }
     }
     write_cache(&cache_path(&cfg), &mesh.contacts());
     let _ = std::fs::remove_file(&control);
     mesh.node().shutdown().await;
     Ok(())
+}
+
+/// Opens the TUN device with our overlay addresses and builds the data plane.
+fn open_dataplane(
+    cfg: &Config,
+    pid: shadowmesh_proto::PeerId,
+    nk: [u8; 32],
+    payload: &Payload,
+) -> Result<Rc<DataPlane>, CliError> {
+    let v4 = payload.ipv4.expect("members claim an overlay IPv4 address");
+    let mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
+    let tun = Tun::open(&cfg.interface, v4, payload.ipv6, mtu).map_err(|e| {
+        CliError::fail(format!(
+            "{e} (the tunnel needs root or CAP_NET_ADMIN and /dev/net/tun; on OpenWrt install \
+             kmod-tun)"
+        ))
+    })?;
+    log::info!(
+        "tunnel {} up: {v4}/16{} mtu {mtu}",
+        tun.name(),
+        payload
+            .ipv6
+            .map(|a| format!(", {a}/8"))
+            .unwrap_or_default()
+    );
+    Ok(DataPlane::new(
+        DataPlaneConfig {
+            me: pid,
+            ipv4: v4,
+            ipv6: payload.ipv6,
+            own_routes: own_prefixes(&cfg.routes),
+            allowed: cfg.allowed_peers.clone(),
+            network_key: nk,
+        },
+        tun,
+        mtu,
+    ))
+}
+
+fn own_prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {
+    routes
+        .iter()
+        .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+        .collect()
 }
 
 /// Joins (retrying every 30 s while the table is empty), publishes our record, keeps the cache.

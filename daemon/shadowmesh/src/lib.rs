@@ -8,13 +8,16 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod json;
 pub mod logger;
 pub mod mesh;
+pub mod netlink;
 pub mod node;
 pub mod plainudp;
 pub mod probe;
 pub mod selftest;
+pub mod tun;
 
 /// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
 pub fn unix_now() -> u64 {

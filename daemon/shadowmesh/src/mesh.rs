@@ -21,6 +21,7 @@ use shadowmesh_proto::dht::REQUEST_TIMEOUT;
 use shadowmesh_proto::PeerId;
 use tokio::sync::{oneshot, Notify};
 
+use crate::dataplane::DataPlane;
 use crate::node::{HandshakeError, Node, Peer};
 
 /// A record as the DHT engine holds it: shared, immutable bytes.
@@ -123,6 +124,7 @@ pub struct Mesh {
     waiters: RefCell<BTreeMap<LookupId, oneshot::Sender<LookupOutcome<Rec>>>>,
     epoch: Instant,
     wake: Notify,
+    dataplane: RefCell<Option<Rc<DataPlane>>>,
 }
 
 impl Mesh {
@@ -141,7 +143,19 @@ impl Mesh {
             waiters: RefCell::new(BTreeMap::new()),
             epoch: Instant::now(),
             wake: Notify::new(),
+            dataplane: RefCell::new(None),
         }))
+    }
+
+    /// Hands every member session from now on to `dp` (and lets it dial through us).
+    pub fn attach(self: &Rc<Self>, dp: Rc<DataPlane>) {
+        dp.start(self);
+        *self.dataplane.borrow_mut() = Some(dp);
+    }
+
+    /// The data plane, on a member node with a tunnel.
+    pub fn dataplane(&self) -> Option<Rc<DataPlane>> {
+        self.dataplane.borrow().clone()
     }
 
     /// The node.
@@ -220,10 +234,21 @@ impl Mesh {
         };
         let conn = peer.conn.clone();
         self.conns.borrow_mut().insert(contact.id, conn.clone());
-        tokio::task::spawn_local(self.clone().serve(conn, contact, peer));
+        // A member session goes to the data plane, which then owns the control stream.
+        let dp = self.dataplane();
+        let keep = match (dp, peer.session.is_some()) {
+            (Some(dp), true) => {
+                if !dp.add_link(peer) {
+                    return;
+                }
+                None
+            }
+            _ => Some(peer),
+        };
+        tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
     }
 
-    async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Peer) {
+    async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Option<Peer>) {
         while let Ok((send, recv)) = conn.accept_bi().await {
             tokio::task::spawn_local(self.clone().answer(send, recv, from));
         }
@@ -308,11 +333,16 @@ impl Mesh {
     }
 
     /// A live connection to `to`, dialling it if needed.
-    async fn connection(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
+    pub async fn connection(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
         let existing = self.conns.borrow().get(&to.id).cloned();
         if let Some(c) = existing.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
+        self.dial_new(to).await
+    }
+
+    /// Dials `to` even if a connection exists (it replaces the old one).
+    pub async fn dial_new(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
         let pin = (to.ed25519 != [0; 32]).then_some(to.ed25519);
         let peer = self
             .node

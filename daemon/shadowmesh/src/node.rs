@@ -207,6 +207,10 @@ pub struct Peer {
     pub control_rx: Option<RecvStream>,
     /// Handshake cost.
     pub stats: HandshakeStats,
+    /// Sequence number of the record we presented in our HELLO. With `record.seq` it orders
+    /// two connections between the same pair the same way on both ends (see
+    /// [`Peer::precedence`]).
+    pub local_seq: u64,
 }
 
 impl std::fmt::Debug for Peer {
@@ -246,6 +250,19 @@ impl std::fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 impl Peer {
+    /// Which of two connections between the same two nodes survives: the one with the higher
+    /// precedence. Both ends compute the same value for the same connection: the sum of the
+    /// two records' sequence numbers (a restarted node signs a newer record, so its new
+    /// connection wins over the dead one), then whether the lower PeerId dialled (settles
+    /// simultaneous dials).
+    pub fn precedence(&self, me: &PeerId) -> (u64, bool) {
+        let lower_dialled = match self.role {
+            Role::Dialler => me < &self.peer_id,
+            Role::Listener => &self.peer_id < me,
+        };
+        (self.local_seq.saturating_add(self.record.seq), lower_dialled)
+    }
+
     /// Takes the receiving half of the control stream (for a reader task); the sending half
     /// stays in `control.0`.
     ///
@@ -294,6 +311,7 @@ pub struct Node {
     endpoint: quinn::Endpoint,
     cfg: NodeConfig,
     record: std::cell::RefCell<Arc<[u8]>>,
+    payload: std::cell::RefCell<Payload>,
     transport: Arc<quinn::TransportConfig>,
     in_flight: Arc<AtomicUsize>,
     retries: AtomicUsize,
@@ -367,7 +385,8 @@ impl Node {
         } else {
             quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?
         };
-        let record = sign_record(&id, &cfg, crate::unix_now())
+        let payload = cfg.payload.clone();
+        let record = sign_record(&id, &cfg, &payload, crate::unix_now())
             .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
         Ok(Node {
             id: Arc::new(id),
@@ -375,10 +394,27 @@ impl Node {
             endpoint,
             cfg,
             record: std::cell::RefCell::new(record.into()),
+            payload: std::cell::RefCell::new(payload),
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             retries: AtomicUsize::new(0),
         })
+    }
+
+    /// The configuration the node was bound with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The payload our record carries now.
+    pub fn payload(&self) -> Payload {
+        self.payload.borrow().clone()
+    }
+
+    /// Replaces what our record carries (addresses, routes); takes effect at the next
+    /// [`Node::refresh_record`].
+    pub fn set_payload(&self, p: Payload) {
+        *self.payload.borrow_mut() = p;
     }
 
     /// Our PeerId.
@@ -400,11 +436,10 @@ impl Node {
     /// Call before every republish: a record lives `record_lifetime` (6 h by default), so
     /// republishing the same bytes would let it expire everywhere.
     pub fn refresh_record(&self) -> Result<Arc<[u8]>, shadowmesh_crypto::Error> {
-        let old_seq = shadowmesh_proto::record::RecordRef::parse(&self.record.borrow())
-            .map(|r| r.seq)
-            .unwrap_or(0);
+        let old_seq = record_seq(&self.record.borrow());
         let now = crate::unix_now().max(old_seq + 1);
-        let rec: Arc<[u8]> = sign_record(&self.id, &self.cfg, now)?.into();
+        let rec: Arc<[u8]> =
+            sign_record(&self.id, &self.cfg, &self.payload.borrow(), now)?.into();
         *self.record.borrow_mut() = rec.clone();
         Ok(rec)
     }
@@ -477,11 +512,12 @@ impl Node {
         let tls = (start.elapsed(), conn.stats());
         let (exporter, tls_key) = session_binding(&conn)?;
         let (mut send, mut recv) = conn.open_bi().await?;
+        let my_record = self.record();
         let hello = build_hello(
             &self.id,
             Role::Dialler,
             &peer,
-            RecordRefOrSeq::Full(&self.record()),
+            RecordRefOrSeq::Full(&my_record),
             &exporter,
             self.cfg.network_key.as_ref(),
         )
@@ -536,6 +572,7 @@ impl Node {
             role: Role::Dialler,
             control: send,
             control_rx: Some(recv),
+            local_seq: record_seq(&my_record),
         })
     }
 
@@ -590,11 +627,12 @@ impl Node {
         let outcome = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
         let record = outcome.record;
         let peer = record.peer_id();
+        let my_record = self.record();
         let hello = build_hello(
             &self.id,
             Role::Listener,
             &peer,
-            RecordRefOrSeq::Full(&self.record()),
+            RecordRefOrSeq::Full(&my_record),
             &exporter,
             self.cfg.network_key.as_ref(),
         )
@@ -627,6 +665,7 @@ impl Node {
             role: Role::Listener,
             control: send,
             control_rx: Some(recv),
+            local_seq: record_seq(&my_record),
         })
     }
 }
@@ -658,6 +697,7 @@ impl HandshakeStats {
 fn sign_record(
     id: &Identity,
     cfg: &NodeConfig,
+    payload: &Payload,
     seq: u64,
 ) -> Result<Vec<u8>, shadowmesh_crypto::Error> {
     build_record(
@@ -667,9 +707,15 @@ fn sign_record(
             seq,
             issued_at: seq,
             expires_at: seq + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
-            payload: &cfg.payload,
+            payload,
         },
     )
+}
+
+fn record_seq(record: &[u8]) -> u64 {
+    shadowmesh_proto::record::RecordRef::parse(record)
+        .map(|r| r.seq)
+        .unwrap_or(0)
 }
 
 /// The AES-128-GCM suite QUIC Initial packets must use (RFC 9001 §5.2), from ring.

@@ -1,0 +1,864 @@
+//! The data plane: IP packets between the TUN device and the members of our mesh, one SMSH
+//! frame per QUIC DATAGRAM.
+//!
+//! ```text
+//! TUN read -> dst -> route table (longest prefix) -> member -> session.seal -> send_datagram
+//! read_datagram -> session.open (replay, tag) -> src must belong to that member -> TUN write
+//! ```
+//!
+//! The route table holds each member's overlay addresses (/32, /128) and the LAN routes its
+//! record advertises; the same table checks sources on the way in, as WireGuard's cryptokey
+//! routing does: a member may only send from addresses it owns. Members stay known (and their
+//! routes installed) after their connection ends; the next packet for one dials it again while
+//! up to [`PENDING_MAX`] packets wait.
+//!
+//! Forwarding allocates nothing in steady state: outgoing frames are cut from one pooled arena
+//! (`BytesMut::split`, reclaimed by `reserve` once quinn has sent them) and incoming ones are
+//! opened in a scratch buffer owned by the connection's reader. quinn's own allocations (one
+//! `Bytes` per received datagram) are its own; `tests/alloc.rs` counts both.
+//!
+//! Everything runs on one thread (tokio `current_thread` + `LocalSet`); state lives in
+//! `RefCell`s that are never borrowed across an `.await`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use shadowmesh_crypto::session::Session;
+use shadowmesh_proto::consts::*;
+use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
+use shadowmesh_proto::frame::FrameType;
+use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
+use shadowmesh_proto::record::Payload;
+use shadowmesh_proto::route::{self, InsertError, Prefix, RouteTable};
+use shadowmesh_proto::PeerId;
+
+use crate::mesh::Mesh;
+use crate::node::{read_msg, write_msg, Peer};
+use crate::tun::Tun;
+
+/// Most members one node keeps (each holds a record, routes and, when connected, a session).
+pub const MAX_MEMBERS: usize = 1024;
+/// Packets held per member while its connection is being dialled.
+pub const PENDING_MAX: usize = 16;
+/// Bytes of the outgoing frame arena: larger than quinn's datagram send buffer, so the arena
+/// only wraps onto buffers quinn has already sent.
+const ARENA: usize = 512 * 1024;
+/// Largest inner packet we accept from the TUN (jumbo packets are refused by its MTU anyway).
+const MAX_PACKET: usize = 9000;
+/// How often each link checks keepalive and rekey.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Traffic counters of one member (and the totals).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Inner bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Inner bytes received and delivered.
+    pub rx_bytes: u64,
+    /// Packets received and delivered.
+    pub rx_packets: u64,
+    /// Received packets whose source the member does not own (dropped).
+    pub rx_spoofed: u64,
+    /// Received frames that failed authentication, replay or parsing (dropped).
+    pub rx_invalid: u64,
+    /// Packets dropped on the way out (no session, queue full, quinn refused).
+    pub tx_dropped: u64,
+}
+
+/// A live connection to a member with its end-to-end session.
+struct Link {
+    conn: Connection,
+    session: Session,
+    precedence: (u64, bool),
+    role: Role,
+    control: Rc<tokio::sync::Mutex<SendStream>>,
+    since: u64,
+}
+
+/// A member of our mesh we know of.
+struct Member {
+    payload: Payload,
+    ed25519: [u8; 32],
+    seq: u64,
+    /// Where we last reached it (the connection's remote address).
+    endpoint: Option<SocketAddr>,
+    link: Option<Link>,
+    counters: Counters,
+    /// Unix time of the last completed handshake.
+    last_handshake: u64,
+    pending: VecDeque<Vec<u8>>,
+    dialling: bool,
+}
+
+/// What `peers` reports for one member.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    /// PeerId.
+    pub peer_id: PeerId,
+    /// Overlay IPv4.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Overlay IPv6.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Advertised LAN routes.
+    pub routes: Vec<Prefix>,
+    /// Remote UDP address of the live connection (or the last one).
+    pub endpoint: Option<SocketAddr>,
+    /// Whether a session is up.
+    pub connected: bool,
+    /// quinn's smoothed RTT.
+    pub rtt: Option<Duration>,
+    /// Traffic.
+    pub counters: Counters,
+    /// Unix time of the last completed handshake (0: never).
+    pub last_handshake: u64,
+    /// Completed rekeys on the current session.
+    pub rekeys: u32,
+    /// Who dialled the live connection: "dialled" (we did), "accepted", or "".
+    pub role: &'static str,
+    /// quinn's id of the live connection (unchanged across a migration; a new handshake
+    /// makes a new one).
+    pub connection_id: u64,
+}
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// Our PeerId.
+    pub me: PeerId,
+    /// Our overlay IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Our overlay IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The routes we advertise (never installed towards others).
+    pub own_routes: Vec<Prefix>,
+    /// If not empty, the only PeerIds admitted.
+    pub allowed: Vec<PeerId>,
+    /// The network key (opens members' record payloads).
+    pub network_key: [u8; 32],
+}
+
+/// The data plane of one member node.
+pub struct DataPlane {
+    cfg: RefCell<DataPlaneConfig>,
+    tun: Tun,
+    mtu: u16,
+    members: RefCell<BTreeMap<PeerId, Member>>,
+    routes: RefCell<RouteTable<PeerId>>,
+    /// LAN prefixes installed in the kernel, with their owner.
+    kernel_routes: RefCell<BTreeMap<Prefix, PeerId>>,
+    mesh: RefCell<Weak<Mesh>>,
+}
+
+impl DataPlane {
+    /// Wraps an open TUN device.
+    pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
+        Rc::new(DataPlane {
+            cfg: RefCell::new(cfg),
+            tun,
+            mtu,
+            members: RefCell::new(BTreeMap::new()),
+            routes: RefCell::new(RouteTable::new(MAX_MEMBERS * 4)),
+            kernel_routes: RefCell::new(BTreeMap::new()),
+            mesh: RefCell::new(Weak::new()),
+        })
+    }
+
+    /// Connects the data plane to the mesh that dials members for it, and starts reading the
+    /// TUN device.
+    pub fn start(self: &Rc<Self>, mesh: &Rc<Mesh>) {
+        *self.mesh.borrow_mut() = Rc::downgrade(mesh);
+        tokio::task::spawn_local(self.clone().tun_reader());
+    }
+
+    /// The TUN interface name.
+    pub fn interface(&self) -> &str {
+        self.tun.name()
+    }
+
+    /// The TUN MTU.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// Replaces the admission allowlist and our own routes (config reload); members no longer
+    /// allowed are disconnected and forgotten.
+    pub fn reconfigure(&self, allowed: Vec<PeerId>, own_routes: Vec<Prefix>) {
+        {
+            let mut c = self.cfg.borrow_mut();
+            c.allowed = allowed;
+            c.own_routes = own_routes;
+        }
+        let gone: Vec<PeerId> = self
+            .members
+            .borrow()
+            .keys()
+            .filter(|p| !self.admitted(p))
+            .copied()
+            .collect();
+        for p in gone {
+            self.forget(&p);
+        }
+    }
+
+    fn admitted(&self, p: &PeerId) -> bool {
+        let c = self.cfg.borrow();
+        c.allowed.is_empty() || c.allowed.contains(p)
+    }
+
+    fn forget(&self, p: &PeerId) {
+        if let Some(m) = self.members.borrow_mut().remove(p) {
+            if let Some(l) = m.link {
+                l.conn
+                    .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
+            }
+        }
+        self.routes.borrow_mut().remove_owner(*p);
+        self.sync_kernel_routes();
+    }
+
+    /// Takes over the session of a freshly authenticated member connection. Returns `false`
+    /// (and closes the connection) if the member is not admitted.
+    pub fn add_link(self: &Rc<Self>, mut peer: Peer) -> bool {
+        let Some(session) = peer.session.take() else {
+            return false;
+        };
+        let pid = peer.peer_id;
+        if !self.admitted(&pid) {
+            log::warn!("{} is not on the allowlist: closing", pid.short());
+            peer.conn
+                .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not on the allowlist");
+            return false;
+        }
+        let nk = self.cfg.borrow().network_key;
+        let payload = match peer.record.open_payload(&nk) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!("{}: unreadable record payload: {e}", pid.short());
+                peer.conn
+                    .close(VarInt::from_u32(CLOSE_PROTOCOL), b"bad record payload");
+                return false;
+            }
+        };
+        let precedence = peer.precedence(&self.cfg.borrow().me);
+        let control_rx = peer.control_rx.take();
+        let control = Rc::new(tokio::sync::Mutex::new(peer.control));
+        let link = Link {
+            conn: peer.conn.clone(),
+            session,
+            precedence,
+            role: peer.role,
+            control: control.clone(),
+            since: crate::unix_now(),
+        };
+        let pending;
+        {
+            let mut members = self.members.borrow_mut();
+            if members.len() >= MAX_MEMBERS && !members.contains_key(&pid) {
+                log::warn!("member table full ({MAX_MEMBERS}): ignoring {}", pid.short());
+                return false;
+            }
+            let m = members.entry(pid).or_insert_with(|| Member {
+                payload: Payload::default(),
+                ed25519: peer.record.keys.ed25519,
+                seq: 0,
+                endpoint: None,
+                link: None,
+                counters: Counters::default(),
+                last_handshake: 0,
+                pending: VecDeque::new(),
+                dialling: false,
+            });
+            if let Some(old) = &m.link {
+                if old.conn.close_reason().is_none() && old.precedence > precedence {
+                    log::debug!("{}: keeping the earlier connection", pid.short());
+                    peer.conn
+                        .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+                    return false;
+                }
+                if old.conn.stable_id() != link.conn.stable_id() {
+                    old.conn
+                        .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+                }
+            }
+            m.ed25519 = peer.record.keys.ed25519;
+            m.endpoint = Some(peer.conn.remote_address());
+            m.last_handshake = link.since;
+            m.dialling = false;
+            m.link = Some(link);
+            if peer.record.seq >= m.seq {
+                m.seq = peer.record.seq;
+                m.payload = payload;
+            }
+            pending = std::mem::take(&mut m.pending);
+        }
+        self.install_routes(&pid);
+        log::info!(
+            "member {} up via {} ({})",
+            pid.short(),
+            peer.conn.remote_address(),
+            match peer.role {
+                Role::Dialler => "dialled",
+                Role::Listener => "accepted",
+            }
+        );
+        let conn = peer.conn.clone();
+        tokio::task::spawn_local(self.clone().datagram_reader(pid, conn.clone()));
+        if let Some(rx) = control_rx {
+            tokio::task::spawn_local(self.clone().control_reader(pid, conn.clone(), rx));
+        }
+        tokio::task::spawn_local(self.clone().ticker(pid, conn.clone(), control.clone()));
+        // Tell the new member who else is in the mesh (peer exchange).
+        let list = self.member_contacts(Some(&pid));
+        if !list.is_empty() {
+            tokio::task::spawn_local(async move {
+                let mut body = Vec::new();
+                emit_contact_list(&list, &mut body);
+                let _ = write_msg(&mut *control.lock().await, MsgType::Peers, &body).await;
+            });
+        }
+        for p in pending {
+            self.send_packet(&pid, &p);
+        }
+        true
+    }
+
+    /// Contacts of the members we hold live links with, except `except`.
+    fn member_contacts(&self, except: Option<&PeerId>) -> Vec<Contact> {
+        self.members
+            .borrow()
+            .iter()
+            .filter(|(p, m)| Some(*p) != except && m.link.is_some())
+            .filter_map(|(p, m)| {
+                Some(Contact {
+                    id: *p,
+                    ed25519: m.ed25519,
+                    addr: m.endpoint?,
+                })
+            })
+            .take(PEERS_MAX)
+            .collect()
+    }
+
+    /// Puts `pid`'s overlay addresses and routes into the table (and LAN routes into the
+    /// kernel).
+    fn install_routes(&self, pid: &PeerId) {
+        let prefixes: Vec<Prefix> = {
+            let members = self.members.borrow();
+            let Some(m) = members.get(pid) else { return };
+            let mut v = Vec::new();
+            if let Some(a) = m.payload.ipv4 {
+                v.push(Prefix::host(IpAddr::V4(a)));
+            }
+            if let Some(a) = m.payload.ipv6 {
+                v.push(Prefix::host(IpAddr::V6(a)));
+            }
+            v.extend(
+                m.payload
+                    .routes
+                    .iter()
+                    .filter_map(|r| Prefix::new(r.addr, r.prefix_len)),
+            );
+            v
+        };
+        let own = self.cfg.borrow().own_routes.clone();
+        let mut table = self.routes.borrow_mut();
+        table.remove_owner(*pid);
+        for p in prefixes {
+            if own.contains(&p) {
+                log::warn!("{} advertises {p}, which is our own LAN: ignored", pid.short());
+                continue;
+            }
+            match table.insert(p, *pid) {
+                Ok(()) => {}
+                Err(InsertError::Taken(other)) => log::warn!(
+                    "{} and {} both claim {p}: {} keeps it",
+                    pid.short(),
+                    other.short(),
+                    other.short()
+                ),
+                Err(InsertError::Full) => log::warn!("route table full: {p} ignored"),
+            }
+        }
+        drop(table);
+        self.sync_kernel_routes();
+    }
+
+    /// Makes the kernel's LAN routes through our TUN match the table (overlay addresses are
+    /// covered by the interface's own /16 and /8).
+    fn sync_kernel_routes(&self) {
+        let want: BTreeMap<Prefix, PeerId> = self
+            .routes
+            .borrow()
+            .iter()
+            .filter(|(p, _)| {
+                !(p.len == 32 && p.addr.is_ipv4() || p.len == 128 && p.addr.is_ipv6())
+            })
+            .collect();
+        let mut have = self.kernel_routes.borrow_mut();
+        for p in have.keys().filter(|p| !want.contains_key(p)) {
+            if let Err(e) = self.tun.del_route(p) {
+                log::warn!("removing route {p}: {e}");
+            }
+        }
+        for (p, owner) in &want {
+            if !have.contains_key(p) {
+                match self.tun.add_route(p) {
+                    Ok(()) => log::info!("route {p} via {} on {}", owner.short(), self.tun.name()),
+                    Err(e) => log::warn!("adding route {p}: {e}"),
+                }
+            }
+        }
+        *have = want;
+    }
+
+    /// Reads packets from the TUN and forwards them.
+    async fn tun_reader(self: Rc<Self>) {
+        let mut arena = BytesMut::with_capacity(ARENA);
+        let slot = FRAME_OVERHEAD + (self.mtu as usize).min(MAX_PACKET);
+        loop {
+            if arena.capacity() < slot {
+                // Reclaims the whole arena once quinn has dropped every frame cut from it.
+                arena.reserve(slot);
+            }
+            arena.resize(slot, 0);
+            let n = match self.tun.recv(&mut arena[FRAME_HEADER_LEN..slot - AEAD_TAG_LEN]).await {
+                Ok(n) => n,
+                Err(e) => {
+                    log::error!("reading {}: {e}", self.tun.name());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            arena.truncate(FRAME_OVERHEAD + n);
+            self.forward(&mut arena);
+        }
+    }
+
+    /// Forwards the packet in `frame[FRAME_HEADER_LEN..len - AEAD_TAG_LEN]`. `frame` is cut off
+    /// the arena when it is handed to quinn.
+    fn forward(&self, frame: &mut BytesMut) {
+        let packet = &frame[FRAME_HEADER_LEN..frame.len() - AEAD_TAG_LEN];
+        let Ok(a) = route::addrs(packet) else {
+            return;
+        };
+        let Some(pid) = self.routes.borrow().lookup(a.dst) else {
+            // Not ours to carry (the kernel routed it here through the /16 or /8): drop.
+            return;
+        };
+        let n = packet.len();
+        let mut members = self.members.borrow_mut();
+        let Some(m) = members.get_mut(&pid) else {
+            return;
+        };
+        let Some(link) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
+            // No connection: queue and dial.
+            let copy = packet.to_vec();
+            m.link = None;
+            if m.pending.len() < PENDING_MAX {
+                m.pending.push_back(copy);
+            } else {
+                m.counters.tx_dropped += 1;
+            }
+            let dial = !m.dialling;
+            m.dialling = true;
+            drop(members);
+            if dial {
+                self.dial(pid, false);
+            }
+            return;
+        };
+        if let Some(max) = link.conn.max_datagram_size() {
+            if n + FRAME_OVERHEAD > max {
+                let limit = (max - FRAME_OVERHEAD) as u16;
+                drop(members);
+                self.too_big(&frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + n], limit);
+                return;
+            }
+        }
+        if link
+            .session
+            .seal(Instant::now(), FrameType::Data, &mut frame[..])
+            .is_err()
+        {
+            m.counters.tx_dropped += 1;
+            return;
+        }
+        match link.conn.send_datagram(frame.split().freeze()) {
+            Ok(()) => {
+                m.counters.tx_packets += 1;
+                m.counters.tx_bytes += n as u64;
+            }
+            Err(_) => m.counters.tx_dropped += 1,
+        }
+    }
+
+    /// Sends one packet from outside the TUN path (queued packets after a dial).
+    fn send_packet(&self, pid: &PeerId, packet: &[u8]) {
+        let mut frame = BytesMut::zeroed(packet.len() + FRAME_OVERHEAD);
+        frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + packet.len()].copy_from_slice(packet);
+        let mut members = self.members.borrow_mut();
+        let Some(link) = members.get_mut(pid).and_then(|m| m.link.as_mut()) else {
+            return;
+        };
+        if link
+            .session
+            .seal(Instant::now(), FrameType::Data, &mut frame[..])
+            .is_ok()
+        {
+            let _ = link.conn.send_datagram(frame.freeze());
+        }
+    }
+
+    /// Answers a packet that does not fit the path with ICMP "packet too big".
+    fn too_big(&self, packet: &[u8], mtu: u16) {
+        let from = {
+            let c = self.cfg.borrow();
+            match (packet.first().map(|b| b >> 4), c.ipv6) {
+                (Some(6), Some(v6)) => IpAddr::V6(v6),
+                _ => IpAddr::V4(c.ipv4),
+            }
+        };
+        let mut out = [0u8; 1280];
+        if let Some(n) = route::icmp_too_big(packet, mtu, from, &mut out) {
+            let _ = self.tun.try_send(&out[..n]);
+        }
+    }
+
+    /// Dials member `pid` at the addresses its record gives (and where we last reached it).
+    fn dial(&self, pid: PeerId, fresh: bool) {
+        let Some(mesh) = self.mesh.borrow().upgrade() else {
+            return;
+        };
+        let (addrs, ed) = {
+            let members = self.members.borrow();
+            let Some(m) = members.get(&pid) else { return };
+            let mut a: Vec<SocketAddr> = m.endpoint.into_iter().collect();
+            a.extend(m.payload.addrs.iter().filter(|x| Some(**x) != m.endpoint));
+            (a, m.ed25519)
+        };
+        let weak = self.mesh.borrow().clone();
+        tokio::task::spawn_local(async move {
+            let mut ok = false;
+            for addr in addrs {
+                let c = Contact {
+                    id: pid,
+                    ed25519: ed,
+                    addr,
+                };
+                let r = if fresh {
+                    mesh.dial_new(c).await
+                } else {
+                    mesh.connection(c).await
+                };
+                if r.is_ok() {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                if let Some(mesh) = weak.upgrade() {
+                    if let Some(dp) = mesh.dataplane() {
+                        let mut members = dp.members.borrow_mut();
+                        if let Some(m) = members.get_mut(&pid) {
+                            m.dialling = false;
+                            let dropped = m.pending.len() as u64;
+                            m.pending.clear();
+                            m.counters.tx_dropped += dropped;
+                        }
+                    }
+                }
+                log::info!("could not reach member {}", pid.short());
+            }
+        });
+    }
+
+    /// Receives `pid`'s datagrams on `conn` and delivers them to the TUN.
+    async fn datagram_reader(self: Rc<Self>, pid: PeerId, conn: Connection) {
+        let mut scratch = vec![0u8; FRAME_OVERHEAD + MAX_PACKET];
+        while let Ok(d) = conn.read_datagram().await {
+            self.deliver(&pid, conn.stable_id(), &d, &mut scratch);
+        }
+        self.link_closed(&pid, &conn);
+    }
+
+    /// Opens one datagram from `pid` and writes its packet to the TUN.
+    fn deliver(&self, pid: &PeerId, conn_id: usize, d: &[u8], scratch: &mut [u8]) {
+        let mut members = self.members.borrow_mut();
+        let Some(m) = members.get_mut(pid) else {
+            return;
+        };
+        let Some(link) = m.link.as_mut().filter(|l| l.conn.stable_id() == conn_id) else {
+            return;
+        };
+        if d.len() > scratch.len() {
+            m.counters.rx_invalid += 1;
+            return;
+        }
+        let buf = &mut scratch[..d.len()];
+        buf.copy_from_slice(d);
+        let (kind, plain) = match link.session.open(Instant::now(), buf) {
+            Ok(x) => x,
+            Err(_) => {
+                m.counters.rx_invalid += 1;
+                return;
+            }
+        };
+        if kind != FrameType::Data {
+            return;
+        }
+        let Ok(a) = route::addrs(plain) else {
+            m.counters.rx_invalid += 1;
+            return;
+        };
+        if self.routes.borrow().lookup(a.src) != Some(*pid) {
+            m.counters.rx_spoofed += 1;
+            log::debug!("{}: dropped a packet from {} (not theirs)", pid.short(), a.src);
+            return;
+        }
+        m.counters.rx_packets += 1;
+        m.counters.rx_bytes += plain.len() as u64;
+        let _ = self.tun.try_send(plain);
+    }
+
+    fn link_closed(&self, pid: &PeerId, conn: &Connection) {
+        let mut members = self.members.borrow_mut();
+        if let Some(m) = members.get_mut(pid) {
+            if m
+                .link
+                .as_ref()
+                .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
+            {
+                m.link = None;
+                log::info!(
+                    "member {} down: {}",
+                    pid.short(),
+                    conn.close_reason()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// Reads `pid`'s control messages after the handshake: rekeys and peer exchange.
+    async fn control_reader(self: Rc<Self>, pid: PeerId, conn: Connection, mut rx: RecvStream) {
+        let mut buf = Vec::new();
+        while let Ok(t) = read_msg(&mut rx, &mut buf).await {
+            match t {
+                MsgType::RekeyInit => {
+                    let resp = {
+                        let mut members = self.members.borrow_mut();
+                        members
+                            .get_mut(&pid)
+                            .and_then(|m| m.link.as_mut())
+                            .filter(|l| l.conn.stable_id() == conn.stable_id())
+                            .map(|l| (l.session.handle_rekey_init(Instant::now(), &buf), l.control.clone()))
+                    };
+                    match resp {
+                        Some((Ok(body), control)) => {
+                            let _ = write_msg(&mut *control.lock().await, MsgType::RekeyResp, &body)
+                                .await;
+                        }
+                        Some((Err(e), _)) => {
+                            log::warn!("{}: bad rekey: {e}", pid.short());
+                            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"bad rekey");
+                        }
+                        None => {}
+                    }
+                }
+                MsgType::RekeyResp => {
+                    let mut members = self.members.borrow_mut();
+                    if let Some(l) = members
+                        .get_mut(&pid)
+                        .and_then(|m| m.link.as_mut())
+                        .filter(|l| l.conn.stable_id() == conn.stable_id())
+                    {
+                        if let Err(e) = l.session.handle_rekey_resp(Instant::now(), &buf) {
+                            log::warn!("{}: bad rekey answer: {e}", pid.short());
+                        }
+                    }
+                }
+                MsgType::Record => self.update_record(&pid, &buf),
+                MsgType::Peers => match parse_contact_list(&buf, PEERS_MAX) {
+                    Ok(list) => self.learn(list),
+                    Err(e) => log::debug!("{}: bad peer list: {e}", pid.short()),
+                },
+                _ => {
+                    log::debug!("{}: unexpected control message {t:?}", pid.short());
+                }
+            }
+        }
+    }
+
+    /// A member sent its newly signed record: check it and take its routes.
+    fn update_record(&self, pid: &PeerId, bytes: &[u8]) {
+        let nk = self.cfg.borrow().network_key;
+        let checked = shadowmesh_crypto::record::verify_record(bytes, crate::unix_now())
+            .and_then(|r| Ok((r.peer_id(), r.seq, r.open_payload(&nk)?)));
+        match checked {
+            Ok((owner, seq, payload)) if owner == *pid => {
+                {
+                    let mut members = self.members.borrow_mut();
+                    let Some(m) = members.get_mut(pid) else { return };
+                    if seq <= m.seq {
+                        return;
+                    }
+                    m.seq = seq;
+                    m.payload = payload;
+                }
+                log::info!("{} updated its record (seq {seq})", pid.short());
+                self.install_routes(pid);
+            }
+            Ok(_) => log::warn!("{} sent another node's record", pid.short()),
+            Err(e) => log::warn!("{} sent a bad record: {e}", pid.short()),
+        }
+    }
+
+    /// Sends our new record to every connected member.
+    pub fn announce_record(&self, record: &[u8]) {
+        let controls: Vec<_> = self
+            .members
+            .borrow()
+            .values()
+            .filter_map(|m| m.link.as_ref().map(|l| l.control.clone()))
+            .collect();
+        for c in controls {
+            let body = record.to_vec();
+            tokio::task::spawn_local(async move {
+                let _ = write_msg(&mut *c.lock().await, MsgType::Record, &body).await;
+            });
+        }
+    }
+
+    /// Dials the members a peer told us about that we are not connected to.
+    fn learn(&self, list: Vec<Contact>) {
+        let Some(mesh) = self.mesh.borrow().upgrade() else {
+            return;
+        };
+        let me = self.cfg.borrow().me;
+        for c in list {
+            let known = self
+                .members
+                .borrow()
+                .get(&c.id)
+                .is_some_and(|m| m.link.is_some() || m.dialling);
+            if c.id == me || known || !self.admitted(&c.id) {
+                continue;
+            }
+            let mesh = mesh.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = mesh.connection(c).await {
+                    log::debug!("peer exchange: could not reach {}: {e}", c.id.short());
+                }
+            });
+        }
+    }
+
+    /// Keepalives and rekeys for one link.
+    async fn ticker(self: Rc<Self>, pid: PeerId, conn: Connection, control: Rc<tokio::sync::Mutex<SendStream>>) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            if conn.close_reason().is_some() {
+                return;
+            }
+            let now = Instant::now();
+            let rekey = {
+                let mut members = self.members.borrow_mut();
+                let Some(l) = members
+                    .get_mut(&pid)
+                    .and_then(|m| m.link.as_mut())
+                    .filter(|l| l.conn.stable_id() == conn.stable_id())
+                else {
+                    return;
+                };
+                if l.session.needs_keepalive(now) {
+                    let mut f = [0u8; FRAME_OVERHEAD];
+                    if l.session.seal(now, FrameType::Keepalive, &mut f).is_ok() {
+                        let _ = l.conn.send_datagram(bytes::Bytes::copy_from_slice(&f));
+                    }
+                }
+                l.session.needs_rekey(now).then(|| l.session.start_rekey())
+            };
+            if let Some(body) = rekey {
+                log::debug!("{}: rekeying", pid.short());
+                let _ = write_msg(&mut *control.lock().await, MsgType::RekeyInit, &body).await;
+            }
+        }
+    }
+
+    /// Every member, for `shadowmesh peers`.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members
+            .borrow()
+            .iter()
+            .map(|(p, m)| {
+                let live = m.link.as_ref().filter(|l| l.conn.close_reason().is_none());
+                MemberInfo {
+                    peer_id: *p,
+                    ipv4: m.payload.ipv4,
+                    ipv6: m.payload.ipv6,
+                    routes: m
+                        .payload
+                        .routes
+                        .iter()
+                        .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+                        .collect(),
+                    endpoint: live.map(|l| l.conn.remote_address()).or(m.endpoint),
+                    connected: live.is_some(),
+                    rtt: live.map(|l| l.conn.rtt()),
+                    counters: m.counters,
+                    last_handshake: m.last_handshake,
+                    rekeys: live.map(|l| l.session.epoch()).unwrap_or(0),
+                    role: match live.map(|l| l.role) {
+                        Some(Role::Dialler) => "dialled",
+                        Some(Role::Listener) => "accepted",
+                        None => "",
+                    },
+                    connection_id: live.map(|l| l.conn.stable_id() as u64).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Members with a live session.
+    pub fn connected(&self) -> usize {
+        self.members
+            .borrow()
+            .values()
+            .filter(|m| m.link.as_ref().is_some_and(|l| l.conn.close_reason().is_none()))
+            .count()
+    }
+
+    /// Our overlay addresses.
+    pub fn addresses(&self) -> (Ipv4Addr, Option<Ipv6Addr>) {
+        let c = self.cfg.borrow();
+        (c.ipv4, c.ipv6)
+    }
+
+    /// Re-dials the members whose connections we accepted (after our address changed: a QUIC
+    /// server cannot migrate, so those connections are dead ends now). Connections we dialled
+    /// migrate by themselves after `Endpoint::rebind`.
+    pub fn redial_accepted(self: &Rc<Self>) {
+        let accepted: Vec<PeerId> = self
+            .members
+            .borrow()
+            .iter()
+            .filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.role == Role::Listener))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in accepted {
+            if let Some(m) = self.members.borrow_mut().get_mut(&p) {
+                m.dialling = true;
+            }
+            self.dial(p, true);
+        }
+    }
+}

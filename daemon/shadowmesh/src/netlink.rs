@@ -1,0 +1,162 @@
+//! The few rtnetlink requests the data plane needs: an IPv6 address on the tunnel and LAN
+//! routes through it. Written against the kernel ABI (`linux/rtnetlink.h`) in ~150 lines
+//! instead of pulling a netlink crate family (and without shelling out to `ip`, which OpenWrt
+//! may ship as the cut-down `ip-tiny` or not at all).
+//!
+//! Each request is one message on a fresh `NETLINK_ROUTE` socket with `NLM_F_ACK`, and the
+//! kernel's answer (an `NLMSG_ERROR` carrying 0 or `-errno`) is the result.
+
+use std::io;
+use std::net::IpAddr;
+
+use shadowmesh_proto::route::Prefix;
+
+const NLMSG_HDR: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_REPLACE: u16 = 0x100;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWADDR: u16 = 20;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const IFA_LOCAL: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_LINK: u8 = 253;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RTN_UNICAST: u8 = 1;
+const IFA_F_NODAD: u8 = 0x02;
+
+fn family(a: &IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+fn octets(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(data);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// Sends one request (`body` = the family header and attributes) and waits for the ack.
+fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(NLMSG_HDR + body.len());
+    msg.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel
+    msg.extend_from_slice(body);
+    // SAFETY: plain socket syscalls on a descriptor we own; every buffer passed is valid for the
+    // length given, and the descriptor is closed on every path.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let result = (|| {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            let n = libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            );
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                if n < NLMSG_HDR + 4 {
+                    return Err(io::Error::other("short netlink answer"));
+                }
+                let t = u16::from_ne_bytes([buf[4], buf[5]]);
+                if t != NLMSG_ERROR {
+                    continue;
+                }
+                let errno = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
+                return if errno == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-errno))
+                };
+            }
+        })();
+        libc::close(fd);
+        result
+    }
+}
+
+fn rtmsg(p: &Prefix, ifindex: u32) -> Vec<u8> {
+    let mut b = vec![
+        family(&p.addr),
+        p.len,
+        0, // src_len
+        0, // tos
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+    ];
+    b.extend_from_slice(&0u32.to_ne_bytes()); // flags
+    attr(&mut b, RTA_DST, &octets(&p.addr));
+    attr(&mut b, RTA_OIF, &ifindex.to_ne_bytes());
+    b
+}
+
+/// Routes `p` through interface `ifindex` (replacing a route to the same prefix).
+pub fn add_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
+    request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &rtmsg(p, ifindex))
+}
+
+/// Removes the route to `p` through `ifindex`.
+pub fn del_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
+    request(RTM_DELROUTE, 0, &rtmsg(p, ifindex))
+}
+
+/// Adds `addr/len` to interface `ifindex` (no duplicate address detection: the address is
+/// ours by construction).
+pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
+    let mut b = vec![
+        family(&addr),
+        len,
+        IFA_F_NODAD,
+        RT_SCOPE_UNIVERSE,
+    ];
+    b.extend_from_slice(&ifindex.to_ne_bytes());
+    attr(&mut b, IFA_LOCAL, &octets(&addr));
+    attr(&mut b, IFA_ADDRESS, &octets(&addr));
+    match request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &b) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    }
+}

@@ -1,0 +1,85 @@
+//! The tunnel interface: a Linux TUN device (the `tun` crate opens it and sets the IPv4 address,
+//! netmask, MTU and up flag by ioctl), read and written without blocking through tokio's
+//! `AsyncFd`, with its IPv6 address and LAN routes set over rtnetlink ([`crate::netlink`]).
+//!
+//! The `tun` crate's own async wrapper is not used: it pulls `futures` and `tokio-util` into a
+//! binary that counts its bytes, and `AsyncFd` over the raw descriptor is all it would add.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use shadowmesh_proto::route::Prefix;
+use tokio::io::unix::AsyncFd;
+use tun::AbstractDevice;
+
+use crate::netlink;
+
+/// An open, configured TUN device.
+pub struct Tun {
+    fd: AsyncFd<tun::Device>,
+    name: String,
+    index: u32,
+}
+
+impl Tun {
+    /// Creates (or attaches to) interface `name` with `v4/16` and `v6/8` (the overlay
+    /// prefixes), MTU `mtu`, and brings it up. Needs CAP_NET_ADMIN and `/dev/net/tun`.
+    pub fn open(name: &str, v4: Ipv4Addr, v6: Option<Ipv6Addr>, mtu: u16) -> io::Result<Tun> {
+        let mut cfg = tun::Configuration::default();
+        cfg.tun_name(name)
+            .address(v4)
+            .netmask(Ipv4Addr::new(255, 255, 0, 0))
+            .mtu(mtu)
+            .up();
+        let dev = tun::create(&cfg).map_err(|e| io::Error::other(format!("TUN {name}: {e}")))?;
+        dev.set_nonblock()?;
+        let name = dev.tun_name().unwrap_or_else(|_| name.to_string());
+        let index = dev
+            .tun_index()
+            .map_err(|e| io::Error::other(format!("TUN {name}: {e}")))? as u32;
+        if let Some(v6) = v6 {
+            netlink::add_addr(index, IpAddr::V6(v6), 8)
+                .map_err(|e| io::Error::other(format!("IPv6 address on {name}: {e}")))?;
+        }
+        // SAFETY: `tun::Device` owns its descriptor, keeps it open until dropped, and
+        // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the device.
+        let fd = unsafe { AsyncFd::register(dev) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Tun {
+            fd,
+            name,
+            index,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one packet into `buf`, waiting until one is there.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| fd.get_ref().recv(buf)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes one packet if the device takes it now; a full device queue drops the packet (as
+    /// a router would) and says so with `WouldBlock`.
+    pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
+        self.fd.get_ref().send(packet)
+    }
+
+    /// Routes `p` through this interface.
+    pub fn add_route(&self, p: &Prefix) -> io::Result<()> {
+        netlink::add_route(self.index, p)
+    }
+
+    /// Removes the route to `p` through this interface.
+    pub fn del_route(&self, p: &Prefix) -> io::Result<()> {
+        netlink::del_route(self.index, p)
+    }
+}

@@ -1,0 +1,805 @@
+//! `cargo xtask demo`: a real mesh in network namespaces.
+//!
+//! ```text
+//!            switch namespace: bridge br0, underlay 10.250.0.0/24
+//!     seed 10.250.0.1    gw1 .11        gw2 .12        gw3 .13
+//!     (DHT only)          |  lan0         |  lan0        |  lan0
+//!                        lan1 host      lan2 host      lan3 host
+//!                        192.168.1.2    192.168.2.2    192.168.3.2
+//! ```
+//! Each gateway runs `shadowmesh run` from a generated UCI file that names the seed and its LAN
+//! (`list route '192.168.N.0/24'`); the gateways find each other through the seed, install each
+//! other's LAN routes on their `smesh0`, and the LAN hosts ping and iperf3 each other through
+//! the tunnels. With `--full` (what `cargo xtask test` runs) it then checks the failure cases
+//! too: a node with the wrong network key, `kill -9` and restart of a gateway, a gateway moving
+//! to a new underlay address, a spoofed source address, and SIGHUP with an added route.
+//!
+//! Every namespace, link and process it makes is removed on exit, on failure and on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Result;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C and SIGTERM set a flag instead of killing us, so cleanup always runs. (Children in
+/// our process group get the same Ctrl-C and end; we then notice the flag.)
+fn catch_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
+fn check_interrupt() -> Result {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn sleep(d: Duration) -> Result {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+    Ok(())
+}
+
+/// Everything the scenario created; removed on drop.
+pub struct Lab {
+    tag: String,
+    namespaces: Vec<String>,
+    daemons: Vec<(String, Child)>,
+    others: Vec<Child>,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.daemons.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ip(args: &[&str]) -> Result {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// One gateway (or the seed) of the lab.
+#[derive(Clone)]
+struct Node {
+    name: String,
+    ns: String,
+    underlay: String,
+    config: PathBuf,
+    peer_id: String,
+    lan: Option<u8>,
+}
+
+impl Lab {
+    fn new(bin: &Path) -> Result<Lab> {
+        let tag = format!("sm{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("shadowmesh-lab-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(Lab {
+            tag,
+            namespaces: vec![],
+            daemons: vec![],
+            others: vec![],
+            dir,
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    fn ns(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}{}", self.tag, name);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    fn sysctl(&self, ns: &str, kv: &str) -> Result {
+        let st = self
+            .exec(ns, &["sysctl", "-qw", kv])
+            .status()
+            .map_err(|e| e.to_string())?;
+        st.success()
+            .then_some(())
+            .ok_or_else(|| format!("sysctl {kv} in {ns} failed"))
+    }
+
+    /// A namespace plugged into the switch with `addr`/24.
+    fn underlay_ns(&mut self, sw: &str, name: &str, addr: &str) -> Result<String> {
+        let ns = self.ns(name)?;
+        let port = format!("{}p", name);
+        ip(&[
+            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", sw,
+        ])?;
+        ip(&["-n", sw, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
+    /// A LAN behind gateway namespace `gw`: `192.168.i.1` on the gateway, a host at `.2`.
+    fn lan(&mut self, gw: &str, i: u8) -> Result<String> {
+        let host = self.ns(&format!("lan{i}"))?;
+        ip(&[
+            "-n", gw, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &host,
+        ])?;
+        ip(&["-n", gw, "addr", "add", &format!("192.168.{i}.1/24"), "dev", "lan0"])?;
+        ip(&["-n", gw, "link", "set", "lan0", "up"])?;
+        ip(&["-n", &host, "addr", "add", &format!("192.168.{i}.2/24"), "dev", "eth0"])?;
+        ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &host, "route", "add", "default", "via", &format!("192.168.{i}.1")])?;
+        self.sysctl(gw, "net.ipv4.ip_forward=1")?;
+        Ok(host)
+    }
+
+    fn keygen(&self, name: &str) -> Result<(PathBuf, String)> {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        let key = d.join("key");
+        let out = Command::new(&self.bin)
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "keygen: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok((key, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    fn write_config(
+        &self,
+        name: &str,
+        key: &Path,
+        network_key: Option<&str>,
+        seed: Option<&str>,
+        routes: &[String],
+    ) -> Result<PathBuf> {
+        let d = self.dir.join(name);
+        let mut cfg = format!(
+            "config shadowmesh 'main'\n\toption listen_port '4433'\n\toption key_file '{}'\n\toption state_dir '{}'\n\toption interface 'smesh0'\n\toption log_level 'info'\n",
+            key.display(),
+            d.display()
+        );
+        if let Some(nk) = network_key {
+            cfg += &format!("\toption network_key '{nk}'\n");
+        }
+        if let Some(s) = seed {
+            cfg += &format!("\tlist bootstrap '{s}'\n");
+        }
+        for r in routes {
+            cfg += &format!("\tlist route '{r}'\n");
+        }
+        let path = d.join("shadowmesh.conf");
+        std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    fn start(&mut self, node: &Node) -> Result {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(&node.name).join("log"))
+            .map_err(|e| e.to_string())?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &node.ns])
+            .arg(&self.bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = c.spawn().map_err(|e| e.to_string())?;
+        self.daemons.push((node.name.clone(), child));
+        Ok(())
+    }
+
+    fn daemon_pid(&self, name: &str) -> Option<u32> {
+        self.daemons
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
+    fn kill9(&mut self, name: &str) -> Result {
+        let i = self
+            .daemons
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or("no such daemon")?;
+        let (_, mut c) = self.daemons.remove(i);
+        c.kill().map_err(|e| e.to_string())?;
+        let _ = c.wait();
+        Ok(())
+    }
+
+    fn signal(&self, name: &str, sig: libc::c_int) -> Result {
+        let pid = self.daemon_pid(name).ok_or("no such daemon")?;
+        // SAFETY: kill(2) on a PID we started and have not reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+            return Err(format!("kill {pid}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn ctl(&self, node: &Node, cmd: &str) -> String {
+        Command::new(&self.bin)
+            .arg(cmd)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--json")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default()
+    }
+
+    fn logs(&self, nodes: &[Node]) -> String {
+        nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name, tail(&self.log(&n.name), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `peers` array of a `peers --json` answer, split per member object.
+fn members(json: &str) -> Vec<String> {
+    let Some(start) = json.find("\"peers\":[") else {
+        return vec![];
+    };
+    let body = &json[start + 9..];
+    let mut out = vec![];
+    let mut depth = 0;
+    let mut cur = String::new();
+    for ch in body.chars() {
+        match ch {
+            '{' => {
+                depth += 1;
+                cur.push(ch);
+            }
+            '}' => {
+                depth -= 1;
+                cur.push(ch);
+                if depth == 0 {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            ']' if depth == 0 => break,
+            _ if depth > 0 => cur.push(ch),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn member_of<'a>(list: &'a [String], peer_id: &str) -> Option<&'a String> {
+    list.iter()
+        .find(|m| crate::field(m, "peer_id").as_deref() == Some(peer_id))
+}
+
+/// Result of a ping run.
+struct Ping {
+    sent: u32,
+    received: u32,
+    avg_ms: f64,
+}
+
+impl Ping {
+    fn loss_pct(&self) -> f64 {
+        if self.sent == 0 {
+            100.0
+        } else {
+            100.0 * (self.sent - self.received) as f64 / self.sent as f64
+        }
+    }
+}
+
+fn ping(lab: &Lab, ns: &str, dst: &str, count: u32, interval: &str) -> Result<Ping> {
+    check_interrupt()?;
+    let out = lab
+        .exec(
+            ns,
+            &["ping", "-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", dst],
+        )
+        .output()
+        .map_err(|e| format!("ping: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut p = Ping {
+        sent: count,
+        received: 0,
+        avg_ms: 0.0,
+    };
+    for line in text.lines() {
+        if line.contains("packets transmitted") {
+            let nums: Vec<u32> = line
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if nums.len() >= 2 {
+                p.sent = nums[0];
+                p.received = nums[1];
+            }
+        }
+        if let Some(rest) = line.split(" = ").nth(1).filter(|_| line.starts_with("rtt")) {
+            p.avg_ms = rest
+                .split('/')
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    Ok(p)
+}
+
+/// Pings once a second until one answer comes back; returns how long it took.
+fn until_reachable(lab: &Lab, ns: &str, dst: &str, limit: Duration) -> Result<Option<Duration>> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ping(lab, ns, dst, 1, "0.2")?.received == 1 {
+            return Ok(Some(t.elapsed()));
+        }
+    }
+    Ok(None)
+}
+
+fn iperf3(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, secs: u32) -> Result<f64> {
+    let server = lab
+        .exec(server_ns, &["iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 (install it: apt-get install iperf3): {e}"))?;
+    lab.others.push(server);
+    sleep(Duration::from_millis(500))?;
+    let out = lab
+        .exec(
+            client_ns,
+            &["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"],
+        )
+        .output()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    check_interrupt()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // end.sum_received.bits_per_second
+    let recv = text
+        .find("\"sum_received\"")
+        .map(|i| &text[i..])
+        .ok_or_else(|| format!("iperf3 failed: {}", tail(&text, 5)))?;
+    let bps = crate::field(&recv.replace([' ', '\n', '\t'], ""), "bits_per_second")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or("iperf3: no bits_per_second")?;
+    Ok(bps / 1e6)
+}
+
+/// What a demo run measured.
+pub struct Report {
+    rows: Vec<(String, String)>,
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, what: &str, value: String) {
+        println!("  {what:<52} {value}");
+        self.rows.push((what.into(), value));
+    }
+
+    fn check(&mut self, what: &str, ok: bool, detail: String) {
+        let mark = if ok { "ok" } else { "FAILED" };
+        self.row(what, format!("{mark} ({detail})"));
+        if !ok {
+            self.failures.push(format!("{what}: {detail}"));
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut s = String::from("| check | result |\n| --- | --- |\n");
+        for (a, b) in &self.rows {
+            s += &format!("| {a} | {b} |\n");
+        }
+        s
+    }
+}
+
+/// Runs the scenario with binary `bin`; `full` adds the failure cases.
+pub fn run(bin: &Path, full: bool) -> Result<Report> {
+    catch_signals();
+    for tool in ["ip", "ping", "iperf3"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool} >/dev/null")])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            return Err(format!(
+                "{tool} is missing: run .ci/setup (apt-get install iproute2 iputils-ping iperf3)"
+            ));
+        }
+    }
+    let mut lab = Lab::new(bin)?;
+    let r = scenario(&mut lab, full);
+    if r.is_err() {
+        eprintln!("daemon logs:\n{}", lab.logs(&lab_nodes(&lab)));
+    }
+    r
+}
+
+fn lab_nodes(lab: &Lab) -> Vec<Node> {
+    ["seed", "gw1", "gw2", "gw3", "bad"]
+        .iter()
+        .map(|n| Node {
+            name: n.to_string(),
+            ns: String::new(),
+            underlay: String::new(),
+            config: lab.dir.join(n).join("shadowmesh.conf"),
+            peer_id: String::new(),
+            lan: None,
+        })
+        .collect()
+}
+
+fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {
+    let mut rep = Report {
+        rows: vec![],
+        failures: vec![],
+    };
+    let t0 = Instant::now();
+    println!("building the lab: 1 seed, 3 gateways with a LAN host each, in network namespaces");
+    let sw = lab.ns("sw")?;
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    let mut nk = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
+        .map_err(|e| e.to_string())?;
+    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+
+    let seed_ns = lab.underlay_ns(&sw, "seed", "10.250.0.1")?;
+    let (seed_key, seed_id) = lab.keygen("seed")?;
+    let seed = Node {
+        name: "seed".into(),
+        config: lab.write_config("seed", &seed_key, None, None, &[])?,
+        ns: seed_ns,
+        underlay: "10.250.0.1".into(),
+        peer_id: seed_id.clone(),
+        lan: None,
+    };
+    lab.start(&seed)?;
+    let seed_addr = format!("{seed_id}@10.250.0.1:4433");
+    let mut gws = vec![];
+    for i in 1..=3u8 {
+        let name = format!("gw{i}");
+        let underlay = format!("10.250.0.{}", 10 + i);
+        let ns = lab.underlay_ns(&sw, &name, &underlay)?;
+        lab.lan(&ns, i)?;
+        let (key, id) = lab.keygen(&name)?;
+        let config = lab.write_config(
+            &name,
+            &key,
+            Some(&nk),
+            Some(&seed_addr),
+            &[format!("192.168.{i}.0/24")],
+        )?;
+        let node = Node {
+            name,
+            ns,
+            underlay,
+            config,
+            peer_id: id,
+            lan: Some(i),
+        };
+        lab.start(&node)?;
+        gws.push(node);
+    }
+    let lan_ns = |i: u8| format!("{}lan{i}", lab.tag);
+
+    // Discovery: every gateway sees the other two connected, with their LAN routes.
+    let t = Instant::now();
+    let mut found = false;
+    while t.elapsed() < Duration::from_secs(60) {
+        sleep(Duration::from_millis(250))?;
+        found = gws.iter().all(|g| {
+            let list = members(&lab.ctl(g, "peers"));
+            gws.iter().filter(|o| o.name != g.name).all(|o| {
+                member_of(&list, &o.peer_id).is_some_and(|m| {
+                    crate::field(m, "connected").as_deref() == Some("true")
+                        && m.contains(&format!("192.168.{}.0/24", o.lan.unwrap_or(0)))
+                })
+            })
+        });
+        if found {
+            break;
+        }
+    }
+    rep.check(
+        "gateways discovered each other through the seed",
+        found,
+        format!("{:.2} s", t.elapsed().as_secs_f64()),
+    );
+    if !found {
+        return Err(format!("discovery failed:\n{}", lab.logs(&gws)));
+    }
+
+    // LAN to LAN.
+    for dst in [2u8, 3] {
+        let addr = format!("192.168.{dst}.2");
+        // First packets may wait for routes to settle: not counted.
+        until_reachable(lab, &lan_ns(1), &addr, Duration::from_secs(10))?;
+        let p = ping(lab, &lan_ns(1), &addr, 50, "0.02")?;
+        rep.check(
+            &format!("ping 192.168.1.2 -> {addr} (50 packets)"),
+            p.received == p.sent,
+            format!("{:.0}% loss, avg {:.3} ms", p.loss_pct(), p.avg_ms),
+        );
+    }
+    let v6 = lab.ctl(&gws[1], "status");
+    if let Some(o6) = crate::field(&v6, "overlay_ipv6").filter(|s| !s.is_empty()) {
+        let p = ping(lab, &gws[0].ns, &o6, 10, "0.05")?;
+        rep.check(
+            "ping gw1 -> gw2 overlay IPv6",
+            p.received == p.sent,
+            format!("{o6}: {:.0}% loss, avg {:.3} ms", p.loss_pct(), p.avg_ms),
+        );
+    }
+    let mbps = iperf3(lab, &lan_ns(2), &lan_ns(1), "192.168.2.2", 5)?;
+    rep.check(
+        "iperf3 TCP 192.168.1.2 -> 192.168.2.2 (5 s)",
+        mbps > 0.0,
+        format!("{mbps:.0} Mbit/s"),
+    );
+
+    if full {
+        failure_cases(lab, &mut rep, &seed, &gws, &nk, &seed_addr)?;
+    }
+    println!();
+    println!("{}", rep.table());
+    println!("took {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(rep)
+}
+
+fn failure_cases(
+    lab: &mut Lab,
+    rep: &mut Report,
+    seed: &Node,
+    gws: &[Node],
+    _nk: &str,
+    seed_addr: &str,
+) -> Result {
+    let _ = seed;
+    let lan1 = format!("{}lan1", lab.tag);
+    let sw = format!("{}sw", lab.tag);
+
+    // A node with another network key: joins the DHT, but no member admits it.
+    let bad_ns = lab.underlay_ns(&sw, "bad", "10.250.0.66")?;
+    let (bad_key, bad_id) = lab.keygen("bad")?;
+    let other_key: String = "5a".repeat(32);
+    let bad = Node {
+        name: "bad".into(),
+        config: lab.write_config("bad", &bad_key, Some(&other_key), Some(seed_addr), &[])?,
+        ns: bad_ns.clone(),
+        underlay: "10.250.0.66".into(),
+        peer_id: bad_id.clone(),
+        lan: None,
+    };
+    lab.start(&bad)?;
+    // Give it time to join and meet the gateways through the DHT.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        sleep(Duration::from_millis(500))?;
+        let s = lab.ctl(&bad, "status");
+        if crate::field(&s, "dht_contacts")
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n >= 3)
+        {
+            break;
+        }
+    }
+    let gw1_status = lab.ctl(&gws[0], "status");
+    let gw1_v4 = crate::field(&gw1_status, "overlay_ipv4").unwrap_or_default();
+    let p = ping(lab, &bad_ns, &gw1_v4, 5, "0.2")?;
+    let admitted = gws
+        .iter()
+        .any(|g| member_of(&members(&lab.ctl(g, "peers")), &bad_id).is_some());
+    let bad_peers = members(&lab.ctl(&bad, "peers"));
+    rep.check(
+        "wrong network key: no member admits it, no packet through",
+        p.received == 0 && !admitted && bad_peers.is_empty(),
+        format!(
+            "{} of {} pings to {gw1_v4} answered; admitted by a gateway: {admitted}",
+            p.received, p.sent
+        ),
+    );
+
+    // A spoofed source: gw1's LAN host sends as if from gw3's LAN.
+    let before = rx_spoofed(lab, &gws[1], &gws[0].peer_id);
+    ip(&["-n", &lan1, "addr", "add", "192.168.3.99/32", "dev", "eth0"])?;
+    let _ = lab
+        .exec(
+            &lan1,
+            &["ping", "-n", "-q", "-c", "5", "-i", "0.1", "-W", "1", "-I", "192.168.3.99", "192.168.2.2"],
+        )
+        .output();
+    ip(&["-n", &lan1, "addr", "del", "192.168.3.99/32", "dev", "eth0"])?;
+    let after = rx_spoofed(lab, &gws[1], &gws[0].peer_id);
+    rep.check(
+        "spoofed source (gw1 sends from gw3's LAN) dropped by gw2",
+        after >= before + 5,
+        format!("gw2 counted {} spoofed packets from gw1", after - before),
+    );
+
+    // kill -9 and restart: same identity, traffic resumes.
+    let gw3 = gws[2].clone();
+    lab.kill9(&gw3.name)?;
+    sleep(Duration::from_secs(1))?;
+    let t = Instant::now();
+    lab.start(&gw3)?;
+    let back = until_reachable(lab, &lan1, "192.168.3.2", Duration::from_secs(30))?;
+    let same_id = crate::field(&lab.ctl(&gw3, "status"), "peer_id").as_deref()
+        == Some(gw3.peer_id.as_str());
+    rep.check(
+        "kill -9 of gw3 and restart: traffic resumes within 10 s, same identity",
+        back.is_some_and(|d| d <= Duration::from_secs(10)) && same_id,
+        match back {
+            Some(_) => format!("{:.2} s after restart", t.elapsed().as_secs_f64()),
+            None => "not within 30 s".into(),
+        },
+    );
+
+    // gw2 moves to a new underlay address.
+    let gw2 = &gws[1];
+    let hs_before = last_handshakes(lab, gw2);
+    let t = Instant::now();
+    ip(&["-n", &gw2.ns, "addr", "add", "10.250.0.112/24", "dev", "eth0"])?;
+    ip(&["-n", &gw2.ns, "addr", "del", &format!("{}/24", gw2.underlay), "dev", "eth0"])?;
+    let back = until_reachable(lab, &lan1, "192.168.2.2", Duration::from_secs(30))?;
+    let elapsed = t.elapsed();
+    sleep(Duration::from_secs(1))?;
+    let hs_after = last_handshakes(lab, gw2);
+    let migrated: Vec<String> = hs_before
+        .iter()
+        .filter(|(id, role, hs)| {
+            role == "dialled" && hs_after.iter().any(|(i2, _, h2)| i2 == id && h2 == hs)
+        })
+        .map(|(id, _, _)| id[..8].to_string())
+        .collect();
+    let dialled = hs_before.iter().filter(|(_, r, _)| r == "dialled").count();
+    rep.check(
+        "gw2 moves to 10.250.0.112: traffic resumes within 10 s",
+        back.is_some_and(|d| d <= Duration::from_secs(10)),
+        format!(
+            "{:.2} s; {} of {} connections gw2 dialled migrated without a new handshake",
+            elapsed.as_secs_f64(),
+            migrated.len(),
+            dialled
+        ),
+    );
+    if dialled > 0 {
+        rep.check(
+            "connections the mover dialled migrated (no new handshake)",
+            migrated.len() == dialled,
+            format!("{} of {dialled}", migrated.len()),
+        );
+    }
+
+    // SIGHUP with an added route, while other traffic flows.
+    let gw3 = &gws[2];
+    let lan3 = format!("{}lan3", lab.tag);
+    ip(&["-n", &gw3.ns, "addr", "add", "192.168.33.1/24", "dev", "lan0"])?;
+    ip(&["-n", &lan3, "addr", "add", "192.168.33.2/24", "dev", "eth0"])?;
+    let cfg = std::fs::read_to_string(&gw3.config).map_err(|e| e.to_string())?;
+    std::fs::write(&gw3.config, cfg + "\tlist route '192.168.33.0/24'\n")
+        .map_err(|e| e.to_string())?;
+    let bg = lab
+        .exec(&lan1, &["ping", "-n", "-q", "-c", "60", "-i", "0.1", "-W", "1", "192.168.2.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    sleep(Duration::from_secs(1))?;
+    let t = Instant::now();
+    lab.signal(&gw3.name, libc::SIGHUP)?;
+    let reached = until_reachable(lab, &lan1, "192.168.33.2", Duration::from_secs(20))?;
+    let out = bg.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lost = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .map(|l| {
+            let n: Vec<u32> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            n[0].saturating_sub(n[1])
+        })
+        .unwrap_or(u32::MAX);
+    rep.check(
+        "SIGHUP adds route 192.168.33.0/24 on gw3: reachable, other traffic kept",
+        reached.is_some() && lost == 0,
+        format!(
+            "reachable after {}; {lost} of 60 background pings lost",
+            reached
+                .map(|_| format!("{:.2} s", t.elapsed().as_secs_f64()))
+                .unwrap_or_else(|| "never".into())
+        ),
+    );
+    Ok(())
+}
+
+fn rx_spoofed(lab: &Lab, at: &Node, from: &str) -> u64 {
+    member_of(&members(&lab.ctl(at, "peers")), from)
+        .and_then(|m| crate::field(m, "rx_spoofed"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (peer, "dialled"|"accepted", last_handshake) for each member of `node`.
+fn last_handshakes(lab: &Lab, node: &Node) -> Vec<(String, String, String)> {
+    members(&lab.ctl(node, "peers"))
+        .iter()
+        .map(|m| {
+            (
+                crate::field(m, "peer_id").unwrap_or_default(),
+                crate::field(m, "role").unwrap_or_default(),
+                crate::field(m, "connection_id").unwrap_or_default(),
+            )
+        })
+        .collect()
+}
