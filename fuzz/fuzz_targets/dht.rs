@@ -1,4 +1,4 @@
-//! DHT RPCs: request and response decoders, and the engine answering whatever decodes (with
+//! DHT RPCs: request and response decoders, peer-exchange contact lists, and the engine answering whatever decodes (with
 //! real record verification), so a hostile peer's bytes go through every path a request takes.
 #![no_main]
 
@@ -26,6 +26,10 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Peer exchange bodies (control stream) are contact lists too.
+    if let Ok(list) = shadowmesh_proto::dht::wire::parse_contact_list(data, shadowmesh_proto::msg::PEERS_MAX) {
+        assert!(list.len() <= shadowmesh_proto::msg::PEERS_MAX);
+    }
     if let Ok(resp) = Response::parse(data) {
         let mut out = Vec::new();
         resp.emit(&mut out).unwrap();

@@ -28,7 +28,9 @@ mod mesh;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const FUZZ_TARGETS: &[&str] = &["frame", "record", "hello", "e2e", "keyfile", "dht", "uci"];
+const FUZZ_TARGETS: &[&str] = &[
+    "frame", "record", "hello", "e2e", "keyfile", "dht", "uci", "packet",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -94,7 +96,23 @@ fn test(args: &[String]) -> Result {
         "-D",
         "warnings",
     ]))?;
-    let (passed, failed) = cargo_test(cargo().args(["test", "--workspace"]))?;
+    let (mut passed, mut failed) = cargo_test(cargo().args(["test", "--workspace"]))?;
+    // The demo scenario with its failure cases, in network namespaces: needs root.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let rep = mesh::run(&release_bin()?, true)?;
+        failed += rep.failures.len() as u64;
+        passed += rep.checks() - rep.failures.len() as u64;
+        if !rep.failures.is_empty() {
+            println!("tests: {passed} passed, {failed} failed");
+            return Err(format!(
+                "mesh scenario failed:\n  {}",
+                rep.failures.join("\n  ")
+            ));
+        }
+    } else {
+        println!("skipped: the namespace mesh scenario (needs root)");
+    }
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
@@ -238,7 +256,14 @@ fn bin_path() -> PathBuf {
 }
 
 fn release_bin() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--package", "shadowmesh", "--bin", "shadowmesh"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "shadowmesh",
+        "--bin",
+        "shadowmesh",
+    ]))?;
     Ok(target_dir().join("release").join("shadowmesh"))
 }
 
@@ -249,7 +274,10 @@ fn demo(args: &[String]) -> Result {
         return if rep.failures.is_empty() {
             Ok(())
         } else {
-            Err(format!("demo checks failed:\n  {}", rep.failures.join("\n  ")))
+            Err(format!(
+                "demo checks failed:\n  {}",
+                rep.failures.join("\n  ")
+            ))
         };
     }
     run(cargo().args(["build", "--package", "shadowmesh", "--bin", "shadowmesh"]))?;

@@ -238,7 +238,8 @@ pub fn addrs(packet: &[u8]) -> Result<Addrs, Error> {
                     got: packet.len(),
                 });
             }
-            let a = |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
+            let a =
+                |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
             Ok(Addrs {
                 src: IpAddr::V4(a(12)),
                 dst: IpAddr::V4(a(16)),
@@ -401,10 +402,7 @@ mod tests {
         assert_eq!(t.iter().next().unwrap().0.to_string(), "192.168.1.0/24");
         t.insert(p("192.168.1.0/24"), 1).unwrap();
         assert_eq!(t.len(), 1);
-        assert_eq!(
-            t.insert(p("192.168.1.0/24"), 2),
-            Err(InsertError::Taken(1))
-        );
+        assert_eq!(t.insert(p("192.168.1.0/24"), 2), Err(InsertError::Taken(1)));
         t.insert(p("0.0.0.0/0"), 2).unwrap();
         assert_eq!(t.lookup(ip("8.8.8.8")), Some(2));
         assert_eq!(t.insert(p("10.0.0.0/8"), 3), Err(InsertError::Full));
@@ -416,8 +414,26 @@ mod tests {
     fn v4_packet(df: bool) -> Vec<u8> {
         let mut pkt = vec![0u8; 1400];
         pkt[..20].copy_from_slice(&[
-            0x45, 0, 0x05, 0x78, 0, 1, if df { 0x40 } else { 0 }, 0, 64, 17, 0, 0, 192, 168, 1,
-            10, 192, 168, 2, 20,
+            0x45,
+            0,
+            0x05,
+            0x78,
+            0,
+            1,
+            if df { 0x40 } else { 0 },
+            0,
+            64,
+            17,
+            0,
+            0,
+            192,
+            168,
+            1,
+            10,
+            192,
+            168,
+            2,
+            20,
         ]);
         pkt
     }

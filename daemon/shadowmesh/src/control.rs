@@ -78,7 +78,10 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                     .str("interface", dp.interface())
                     .uint("mtu", dp.mtu() as u64)
                     .str("overlay_ipv4", &v4.to_string())
-                    .str("overlay_ipv6", &v6.map(|a| a.to_string()).unwrap_or_default())
+                    .str(
+                        "overlay_ipv6",
+                        &v6.map(|a| a.to_string()).unwrap_or_default(),
+                    )
                     .uint("peers_known", members.len() as u64)
                     .uint("peers_connected", dp.connected() as u64);
             }
@@ -157,7 +160,10 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .bool("connected", m.connected)
         .str("role", m.role)
         .uint("connection_id", m.connection_id)
-        .num("rtt_ms", m.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(0.0))
+        .num(
+            "rtt_ms",
+            m.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(0.0),
+        )
         .uint("tx_bytes", c.tx_bytes)
         .uint("rx_bytes", c.rx_bytes)
         .uint("tx_packets", c.tx_packets)

@@ -290,6 +290,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         );
     }
     tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), known > 0));
+    tokio::task::spawn_local(watch_addresses(mesh.clone(), cfg.interface.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k| signal(k).map_err(|e| CliError::fail(format!("signal handler: {e}")));
@@ -315,6 +316,39 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Notices when the host's addresses change (DHCP renewal, a new uplink, a moved gateway) and
+/// keeps the mesh reachable: our record is re-signed (a higher sequence number also makes our
+/// new connections win over the old ones at every peer), the connections we dialled migrate by
+/// themselves (QUIC client migration: the next packets leave from the new address), and the
+/// ones we accepted are dialled again, since a QUIC server cannot migrate.
+async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
+    let mut last = crate::netlink::local_addresses(&tunnel).unwrap_or_default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(now) = crate::netlink::local_addresses(&tunnel) else {
+            continue;
+        };
+        if now == last {
+            continue;
+        }
+        log::info!("local addresses changed: {last:?} -> {now:?}");
+        last = now;
+        match mesh.node().refresh_record() {
+            Ok(rec) => {
+                if let Some(dp) = mesh.dataplane() {
+                    dp.announce_record(&rec);
+                    dp.redial_accepted();
+                }
+                if mesh.node().config().network_key.is_some() {
+                    publish(&mesh, rec).await;
+                }
+            }
+            Err(e) => log::error!("re-signing our record failed: {e}"),
+        }
+    }
+}
+
 /// Opens the TUN device with our overlay addresses and builds the data plane.
 fn open_dataplane(
     cfg: &Config,
@@ -333,10 +367,7 @@ fn open_dataplane(
     log::info!(
         "tunnel {} up: {v4}/16{} mtu {mtu}",
         tun.name(),
-        payload
-            .ipv6
-            .map(|a| format!(", {a}/8"))
-            .unwrap_or_default()
+        payload.ipv6.map(|a| format!(", {a}/8")).unwrap_or_default()
     );
     Ok(DataPlane::new(
         DataPlaneConfig {

@@ -261,7 +261,10 @@ impl DataPlane {
         {
             let mut members = self.members.borrow_mut();
             if members.len() >= MAX_MEMBERS && !members.contains_key(&pid) {
-                log::warn!("member table full ({MAX_MEMBERS}): ignoring {}", pid.short());
+                log::warn!(
+                    "member table full ({MAX_MEMBERS}): ignoring {}",
+                    pid.short()
+                );
                 return false;
             }
             let m = members.entry(pid).or_insert_with(|| Member {
@@ -372,7 +375,10 @@ impl DataPlane {
         table.remove_owner(*pid);
         for p in prefixes {
             if own.contains(&p) {
-                log::warn!("{} advertises {p}, which is our own LAN: ignored", pid.short());
+                log::warn!(
+                    "{} advertises {p}, which is our own LAN: ignored",
+                    pid.short()
+                );
                 continue;
             }
             match table.insert(p, *pid) {
@@ -397,9 +403,7 @@ impl DataPlane {
             .routes
             .borrow()
             .iter()
-            .filter(|(p, _)| {
-                !(p.len == 32 && p.addr.is_ipv4() || p.len == 128 && p.addr.is_ipv6())
-            })
+            .filter(|(p, _)| !(p.len == 32 && p.addr.is_ipv4() || p.len == 128 && p.addr.is_ipv6()))
             .collect();
         let mut have = self.kernel_routes.borrow_mut();
         for p in have.keys().filter(|p| !want.contains_key(p)) {
@@ -428,7 +432,11 @@ impl DataPlane {
                 arena.reserve(slot);
             }
             arena.resize(slot, 0);
-            let n = match self.tun.recv(&mut arena[FRAME_HEADER_LEN..slot - AEAD_TAG_LEN]).await {
+            let n = match self
+                .tun
+                .recv(&mut arena[FRAME_HEADER_LEN..slot - AEAD_TAG_LEN])
+                .await
+            {
                 Ok(n) => n,
                 Err(e) => {
                     log::error!("reading {}: {e}", self.tun.name());
@@ -619,7 +627,11 @@ impl DataPlane {
         };
         if self.routes.borrow().lookup(a.src) != Some(*pid) {
             m.counters.rx_spoofed += 1;
-            log::debug!("{}: dropped a packet from {} (not theirs)", pid.short(), a.src);
+            log::debug!(
+                "{}: dropped a packet from {} (not theirs)",
+                pid.short(),
+                a.src
+            );
             return;
         }
         m.counters.rx_packets += 1;
@@ -630,8 +642,7 @@ impl DataPlane {
     fn link_closed(&self, pid: &PeerId, conn: &Connection) {
         let mut members = self.members.borrow_mut();
         if let Some(m) = members.get_mut(pid) {
-            if m
-                .link
+            if m.link
                 .as_ref()
                 .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
             {
@@ -659,12 +670,18 @@ impl DataPlane {
                             .get_mut(&pid)
                             .and_then(|m| m.link.as_mut())
                             .filter(|l| l.conn.stable_id() == conn.stable_id())
-                            .map(|l| (l.session.handle_rekey_init(Instant::now(), &buf), l.control.clone()))
+                            .map(|l| {
+                                (
+                                    l.session.handle_rekey_init(Instant::now(), &buf),
+                                    l.control.clone(),
+                                )
+                            })
                     };
                     match resp {
                         Some((Ok(body), control)) => {
-                            let _ = write_msg(&mut *control.lock().await, MsgType::RekeyResp, &body)
-                                .await;
+                            let _ =
+                                write_msg(&mut *control.lock().await, MsgType::RekeyResp, &body)
+                                    .await;
                         }
                         Some((Err(e), _)) => {
                             log::warn!("{}: bad rekey: {e}", pid.short());
@@ -706,7 +723,9 @@ impl DataPlane {
             Ok((owner, seq, payload)) if owner == *pid => {
                 {
                     let mut members = self.members.borrow_mut();
-                    let Some(m) = members.get_mut(pid) else { return };
+                    let Some(m) = members.get_mut(pid) else {
+                        return;
+                    };
                     if seq <= m.seq {
                         return;
                     }
@@ -762,7 +781,12 @@ impl DataPlane {
     }
 
     /// Keepalives and rekeys for one link.
-    async fn ticker(self: Rc<Self>, pid: PeerId, conn: Connection, control: Rc<tokio::sync::Mutex<SendStream>>) {
+    async fn ticker(
+        self: Rc<Self>,
+        pid: PeerId,
+        conn: Connection,
+        control: Rc<tokio::sync::Mutex<SendStream>>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
@@ -833,7 +857,11 @@ impl DataPlane {
         self.members
             .borrow()
             .values()
-            .filter(|m| m.link.as_ref().is_some_and(|l| l.conn.close_reason().is_none()))
+            .filter(|m| {
+                m.link
+                    .as_ref()
+                    .is_some_and(|l| l.conn.close_reason().is_none())
+            })
             .count()
     }
 

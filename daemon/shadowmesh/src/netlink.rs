@@ -50,7 +50,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
     out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -135,7 +135,11 @@ fn rtmsg(p: &Prefix, ifindex: u32) -> Vec<u8> {
 
 /// Routes `p` through interface `ifindex` (replacing a route to the same prefix).
 pub fn add_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
-    request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &rtmsg(p, ifindex))
+    request(
+        RTM_NEWROUTE,
+        NLM_F_CREATE | NLM_F_REPLACE,
+        &rtmsg(p, ifindex),
+    )
 }
 
 /// Removes the route to `p` through `ifindex`.
@@ -146,12 +150,7 @@ pub fn del_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
 /// Adds `addr/len` to interface `ifindex` (no duplicate address detection: the address is
 /// ours by construction).
 pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
-    let mut b = vec![
-        family(&addr),
-        len,
-        IFA_F_NODAD,
-        RT_SCOPE_UNIVERSE,
-    ];
+    let mut b = vec![family(&addr), len, IFA_F_NODAD, RT_SCOPE_UNIVERSE];
     b.extend_from_slice(&ifindex.to_ne_bytes());
     attr(&mut b, IFA_LOCAL, &octets(&addr));
     attr(&mut b, IFA_ADDRESS, &octets(&addr));
@@ -159,4 +158,48 @@ pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         r => r,
     }
+}
+
+/// The IP addresses on the host's interfaces except loopback and `skip` (our tunnel), sorted:
+/// the daemon compares snapshots to notice that its underlay address changed.
+pub fn local_addresses(skip: &str) -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs hands us a linked list we only read and free once; every pointer is
+    // checked for null before use, and sockaddr casts follow the family field.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if name == skip {
+                continue;
+            }
+            let ip = match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            };
+            if !ip.is_loopback() {
+                out.push(ip);
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

@@ -260,7 +260,10 @@ impl Peer {
             Role::Dialler => me < &self.peer_id,
             Role::Listener => &self.peer_id < me,
         };
-        (self.local_seq.saturating_add(self.record.seq), lower_dialled)
+        (
+            self.local_seq.saturating_add(self.record.seq),
+            lower_dialled,
+        )
     }
 
     /// Takes the receiving half of the control stream (for a reader task); the sending half
@@ -438,8 +441,7 @@ impl Node {
     pub fn refresh_record(&self) -> Result<Arc<[u8]>, shadowmesh_crypto::Error> {
         let old_seq = record_seq(&self.record.borrow());
         let now = crate::unix_now().max(old_seq + 1);
-        let rec: Arc<[u8]> =
-            sign_record(&self.id, &self.cfg, &self.payload.borrow(), now)?.into();
+        let rec: Arc<[u8]> = sign_record(&self.id, &self.cfg, &self.payload.borrow(), now)?.into();
         *self.record.borrow_mut() = rec.clone();
         Ok(rec)
     }

@@ -44,11 +44,7 @@ impl Tun {
         // SAFETY: `tun::Device` owns its descriptor, keeps it open until dropped, and
         // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the device.
         let fd = unsafe { AsyncFd::register(dev) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Tun {
-            fd,
-            name,
-            index,
-        })
+        Ok(Tun { fd, name, index })
     }
 
     /// The interface name.
