@@ -5,6 +5,7 @@
 //! The `tun` crate's own async wrapper is not used: it pulls `futures` and `tokio-util` into a
 //! binary that counts its bytes, and `AsyncFd` over the raw descriptor is all it would add.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -16,9 +17,15 @@ use crate::netlink;
 
 /// An open, configured TUN device.
 pub struct Tun {
-    fd: AsyncFd<tun::Device>,
+    dev: Dev,
     name: String,
     index: u32,
+}
+
+enum Dev {
+    Real(AsyncFd<tun::Device>),
+    /// Counts what is written and never yields a packet (tests of the forwarding path).
+    Memory(Cell<(u64, u64)>),
 }
 
 impl Tun {
@@ -44,7 +51,31 @@ impl Tun {
         // SAFETY: `tun::Device` owns its descriptor, keeps it open until dropped, and
         // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the device.
         let fd = unsafe { AsyncFd::register(dev) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Tun { fd, name, index })
+        Ok(Tun {
+            dev: Dev::Real(fd),
+            name,
+            index,
+        })
+    }
+
+    /// A stand-in device that only counts the packets written to it and never produces any;
+    /// routes are not installed. For tests of the forwarding path without root.
+    #[doc(hidden)]
+    pub fn memory(name: &str) -> Tun {
+        Tun {
+            dev: Dev::Memory(Cell::new((0, 0))),
+            name: name.into(),
+            index: 0,
+        }
+    }
+
+    /// Packets and bytes written to a [`Tun::memory`] device.
+    #[doc(hidden)]
+    pub fn memory_written(&self) -> (u64, u64) {
+        match &self.dev {
+            Dev::Memory(c) => c.get(),
+            Dev::Real(_) => (0, 0),
+        }
     }
 
     /// The interface name.
@@ -54,8 +85,11 @@ impl Tun {
 
     /// Reads one packet into `buf`, waiting until one is there.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let Dev::Real(fd) = &self.dev else {
+            return std::future::pending().await;
+        };
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = fd.readable().await?;
             match guard.try_io(|fd| fd.get_ref().recv(buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
@@ -66,16 +100,29 @@ impl Tun {
     /// Writes one packet if the device takes it now; a full device queue drops the packet (as
     /// a router would) and says so with `WouldBlock`.
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
-        self.fd.get_ref().send(packet)
+        match &self.dev {
+            Dev::Real(fd) => fd.get_ref().send(packet),
+            Dev::Memory(c) => {
+                let (n, b) = c.get();
+                c.set((n + 1, b + packet.len() as u64));
+                Ok(packet.len())
+            }
+        }
     }
 
     /// Routes `p` through this interface.
     pub fn add_route(&self, p: &Prefix) -> io::Result<()> {
-        netlink::add_route(self.index, p)
+        match self.dev {
+            Dev::Real(_) => netlink::add_route(self.index, p),
+            Dev::Memory(_) => Ok(()),
+        }
     }
 
     /// Removes the route to `p` through this interface.
     pub fn del_route(&self, p: &Prefix) -> io::Result<()> {
-        netlink::del_route(self.index, p)
+        match self.dev {
+            Dev::Real(_) => netlink::del_route(self.index, p),
+            Dev::Memory(_) => Ok(()),
+        }
     }
 }

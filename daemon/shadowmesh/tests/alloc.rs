@@ -1,0 +1,173 @@
+//! The forwarding path allocates nothing of its own in steady state.
+//!
+//! Two data planes on real quinn connections over 127.0.0.1 (stand-in TUN devices that count
+//! what is written to them): 120,000 packets go from one side's TUN path (route lookup, seal,
+//! `send_datagram`) through quinn to the other side's (open, replay check, source check, TUN
+//! write). A counting allocator attributes each allocation to our forwarding code, to the quinn
+//! calls it makes, or to everything else (quinn's endpoint driver, tokio); after warm-up ours
+//! must be zero. The per-packet figures are printed for BENCHMARKS.md.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shadowmesh::dataplane::{alloc_probe, DataPlane, DataPlaneConfig};
+use shadowmesh::node::{Node, NodeConfig};
+use shadowmesh::tun::Tun;
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::record::Payload;
+
+struct Counting;
+static OURS: AtomicU64 = AtomicU64::new(0);
+static QUINN: AtomicU64 = AtomicU64::new(0);
+static ALL: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALL.fetch_add(1, Ordering::Relaxed);
+        // try_with: the flags' thread-local may be gone during thread teardown.
+        if alloc_probe::in_ours() {
+            OURS.fetch_add(1, Ordering::Relaxed);
+        } else if alloc_probe::in_quinn() {
+            QUINN.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+const NK: [u8; 32] = [0x42; 32];
+const PACKETS: u64 = 120_000;
+const WARMUP: u64 = 10_000;
+
+fn plane(id: &Identity) -> (NodeConfig, DataPlaneConfig) {
+    let pid = id.peer_id();
+    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
+    let v6 = overlay::ipv6(V6Prefix::default(), &pid);
+    let mut n = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), NK);
+    n.payload = Payload {
+        ipv4: Some(v4),
+        ipv4_counter: counter,
+        ipv6: Some(v6),
+        ..Payload::default()
+    };
+    let d = DataPlaneConfig {
+        me: pid,
+        ipv4: v4,
+        ipv6: Some(v6),
+        own_routes: vec![],
+        allowed: vec![],
+        network_key: NK,
+    };
+    (n, d)
+}
+
+/// A 1,000-byte IPv4/UDP packet from `src` to `dst`.
+fn packet(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        unreachable!()
+    };
+    let mut p = vec![0u8; 1000];
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0x03, 0xe8, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    p[12..16].copy_from_slice(&s.octets());
+    p[16..20].copy_from_slice(&d.octets());
+    p
+}
+
+#[test]
+fn forwarding_allocates_nothing_in_steady_state() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let (ia, ib) = (Identity::generate(), Identity::generate());
+        let (na, da) = plane(&ia);
+        let (nb, db) = plane(&ib);
+        let (a_v4, b_v4) = (da.ipv4, db.ipv4);
+        let b_id = ib.peer_id();
+        let pin = Some(ib.ed25519_public());
+        let a = Node::bind(ia, na).unwrap();
+        let b = Node::bind(ib, nb).unwrap();
+        let addr = b.local_addr().unwrap();
+        let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async {
+            b.accept().await.unwrap()
+        });
+        let dp_a = DataPlane::new(da, Tun::memory("a"), 1380);
+        let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
+        assert!(dp_a.add_link(d.unwrap()));
+        assert!(dp_b.add_link(l.unwrap()));
+
+        let pkt = packet(IpAddr::V4(a_v4), IpAddr::V4(b_v4));
+        let mut arena = DataPlane::arena();
+        let mut sent = 0u64;
+        let (mut ours0, mut quinn0, mut all0) = (0, 0, 0);
+        let mut counting_from = None;
+        while sent < PACKETS {
+            if sent >= WARMUP && counting_from.is_none() {
+                counting_from = Some(sent);
+                // Wait for the warm-up packets to land, then start counting.
+                wait_for(&dp_b, sent).await;
+                ours0 = OURS.load(Ordering::Relaxed);
+                quinn0 = QUINN.load(Ordering::Relaxed);
+                all0 = ALL.load(Ordering::Relaxed);
+            }
+            for _ in 0..32 {
+                dp_a.push_packet(&mut arena, &pkt);
+                sent += 1;
+            }
+            // Keep quinn's send queue short: let the endpoints run until the receiver is
+            // within 256 packets.
+            let behind = |r: u64| sent.saturating_sub(r) > 256;
+            let mut spins = 0;
+            while behind(dp_b.tun().memory_written().0) && spins < 2000 {
+                tokio::task::yield_now().await;
+                spins += 1;
+            }
+            if behind(dp_b.tun().memory_written().0) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let received = wait_for(&dp_b, sent).await;
+        let counted = sent - counting_from.expect("warm-up ended");
+        assert!(counted >= 100_000);
+        let ours = OURS.load(Ordering::Relaxed) - ours0;
+        let quinn = QUINN.load(Ordering::Relaxed) - quinn0;
+        let all = ALL.load(Ordering::Relaxed) - all0;
+        println!(
+            "packets sent {sent}, delivered {received}; over the {counted} after warm-up, per packet: \
+             ours {:.4}, quinn calls from our path {:.4}, whole process (quinn's driver, tokio) {:.3}",
+            ours as f64 / counted as f64,
+            quinn as f64 / counted as f64,
+            all as f64 / counted as f64
+        );
+        assert_eq!(ours, 0, "our forwarding code allocated {ours} times after warm-up");
+        assert!(
+            received >= sent * 99 / 100,
+            "only {received} of {sent} packets delivered"
+        );
+        let members = dp_b.members();
+        assert_eq!(members[0].counters.rx_spoofed, 0);
+        assert_eq!(members[0].counters.rx_packets, received);
+        assert_eq!(dp_b.tun().memory_written().1, received * 1000);
+    });
+}
+
+/// Lets the endpoints run until `dp` has written `n` packets (or 5 s pass); returns how many.
+async fn wait_for(dp: &DataPlane, n: u64) -> u64 {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while dp.tun().memory_written().0 < n && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    dp.tun().memory_written().0
+}
