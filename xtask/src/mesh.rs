@@ -537,7 +537,28 @@ pub fn run(bin: &Path, full: bool) -> Result<Report> {
     if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
         eprintln!("daemon logs:\n{}", lab.logs(&lab_nodes(&lab)));
     }
-    r
+    let tag = lab.tag.clone();
+    let mut pids: Vec<u32> = lab.daemons.iter().map(|(_, c)| c.id()).collect();
+    pids.extend(lab.others.iter().map(|c| c.id()));
+    drop(lab);
+    let mut rep = r?;
+    // Nothing left behind: no namespace of ours, none of our processes.
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let left_ns = netns.lines().filter(|l| l.starts_with(&tag)).count();
+    let left_procs = pids
+        .iter()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .count();
+    rep.check(
+        "cleanup: no namespace or process left behind",
+        left_ns == 0 && left_procs == 0,
+        format!("{left_ns} namespaces, {left_procs} processes left"),
+    );
+    Ok(rep)
 }
 
 fn lab_nodes(lab: &Lab) -> Vec<Node> {
@@ -865,6 +886,15 @@ fn failure_cases(
     sleep(Duration::from_secs(1))?;
     let t = Instant::now();
     lab.signal(&gw3.name, libc::SIGHUP)?;
+    let mut learned = None;
+    while t.elapsed() < Duration::from_secs(10) && learned.is_none() {
+        if member_of(&members(&lab.ctl(&gws[0], "peers")), &gw3.peer_id)
+            .is_some_and(|m| m.contains("192.168.33.0/24"))
+        {
+            learned = Some(t.elapsed());
+        }
+        sleep(Duration::from_millis(20))?;
+    }
     let reached = until_reachable(lab, &lan1, "192.168.33.2", Duration::from_secs(20))?;
     let out = bg.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -883,7 +913,10 @@ fn failure_cases(
         "SIGHUP adds route 192.168.33.0/24 on gw3: reachable, other traffic kept",
         reached.is_some() && lost == 0,
         format!(
-            "reachable after {}; {lost} of 60 background pings lost",
+            "gw1 had the route after {}, reachable after {}; {lost} of 60 background pings lost",
+            learned
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "never".into()),
             reached
                 .map(|_| format!("{:.2} s", t.elapsed().as_secs_f64()))
                 .unwrap_or_else(|| "never".into())

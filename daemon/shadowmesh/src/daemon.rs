@@ -324,6 +324,10 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
 async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
     let mut last = crate::netlink::local_addresses(&tunnel).unwrap_or_default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A lost address breaks the paths that used it; a new one breaks nothing by itself. But
+    // after a loss the replacement often arrives a moment later (DHCP, a moved uplink), and the
+    // re-dials made in between failed: act on additions too for a while after a loss.
+    let mut unsettled_until: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let Ok(now) = crate::netlink::local_addresses(&tunnel) else {
@@ -332,8 +336,15 @@ async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
         if now == last {
             continue;
         }
+        let lost = last.iter().any(|a| !now.contains(a));
         log::info!("local addresses changed: {last:?} -> {now:?}");
         last = now;
+        let t = tokio::time::Instant::now();
+        if lost {
+            unsettled_until = Some(t + Duration::from_secs(30));
+        } else if !unsettled_until.is_some_and(|u| t < u) {
+            continue;
+        }
         match mesh.node().refresh_record() {
             Ok(rec) => {
                 if let Some(dp) = mesh.dataplane() {
