@@ -342,7 +342,7 @@ async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
         let t = tokio::time::Instant::now();
         if lost {
             unsettled_until = Some(t + Duration::from_secs(30));
-        } else if !unsettled_until.is_some_and(|u| t < u) {
+        } else if unsettled_until.is_none_or(|u| t >= u) {
             continue;
         }
         match mesh.node().refresh_record() {
