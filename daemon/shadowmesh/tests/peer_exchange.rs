@@ -1,0 +1,121 @@
+//! Peer exchange over real QUIC on 127.0.0.1: B and C each connect only to A; A tells the
+//! newcomer who else is in the mesh, and B and C end up connected to each other without any
+//! DHT lookup, and carry a packet between them. A node with another network key that
+//! connects to A is never offered to the members, and never gets a session.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use shadowmesh::dataplane::{DataPlane, DataPlaneConfig};
+use shadowmesh::mesh::Mesh;
+use shadowmesh::node::{Node, NodeConfig};
+use shadowmesh::tun::Tun;
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::record::Payload;
+use shadowmesh_proto::PeerId;
+
+const NK: [u8; 32] = [0x31; 32];
+
+fn member(nk: [u8; 32]) -> (Rc<Mesh>, Rc<DataPlane>) {
+    let id = Identity::generate();
+    let pid = id.peer_id();
+    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
+    let v6 = overlay::ipv6(V6Prefix::default(), &pid);
+    let mut cfg = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), nk);
+    cfg.payload = Payload {
+        ipv4: Some(v4),
+        ipv4_counter: counter,
+        ipv6: Some(v6),
+        ..Payload::default()
+    };
+    cfg.handshake_timeout = Duration::from_secs(5);
+    let mesh = Mesh::new(Node::bind(id, cfg).unwrap()).unwrap();
+    let dp = DataPlane::new(
+        DataPlaneConfig {
+            me: pid,
+            ipv4: v4,
+            ipv6: Some(v6),
+            own_routes: vec![],
+            allowed: vec![],
+            network_key: nk,
+        },
+        Tun::memory("test"),
+        1380,
+    );
+    mesh.attach(dp.clone());
+    tokio::task::spawn_local(mesh.clone().run());
+    (mesh, dp)
+}
+
+fn connected(dp: &DataPlane, peer: &PeerId) -> bool {
+    dp.members()
+        .iter()
+        .any(|m| m.peer_id == *peer && m.connected)
+}
+
+async fn until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[test]
+fn members_learn_each_other_through_a_common_member() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let (a, dp_a) = member(NK);
+        let (b, dp_b) = member(NK);
+        let (c, dp_c) = member(NK);
+        let (x, dp_x) = member([0x99; 32]);
+        let (ida, idb, idc, idx) = (
+            a.contact().id,
+            b.contact().id,
+            c.contact().id,
+            x.contact().id,
+        );
+
+        b.connection(a.contact()).await.unwrap();
+        assert!(until(|| connected(&dp_a, &idb)).await);
+        // A node of another mesh reaches A's endpoint, but gets no session.
+        let _ = x.connection(a.contact()).await;
+        c.connection(a.contact()).await.unwrap();
+
+        assert!(
+            until(|| connected(&dp_b, &idc) && connected(&dp_c, &idb)).await,
+            "B and C did not learn each other from A"
+        );
+        assert!(connected(&dp_b, &ida) && connected(&dp_c, &ida));
+        for dp in [&dp_a, &dp_b, &dp_c] {
+            assert!(dp.members().iter().all(|m| m.peer_id != idx));
+        }
+        assert!(dp_x.members().is_empty());
+        assert_eq!(b.table_len(), 0, "no DHT contact was needed");
+
+        // A packet from B's overlay address to C's crosses the exchanged connection.
+        let (b4, _) = dp_b.addresses();
+        let (c4, _) = dp_c.addresses();
+        let mut pkt = vec![0u8; 100];
+        pkt[..20].copy_from_slice(&[
+            0x45, 0, 0, 100, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
+        let (IpAddr::V4(b4), IpAddr::V4(c4)) = (IpAddr::V4(b4), IpAddr::V4(c4)) else {
+            unreachable!()
+        };
+        pkt[12..16].copy_from_slice(&b4.octets());
+        pkt[16..20].copy_from_slice(&c4.octets());
+        let mut arena = DataPlane::arena();
+        dp_b.push_packet(&mut arena, &pkt);
+        assert!(until(|| dp_c.tun().memory_written().0 == 1).await);
+        assert_eq!(dp_a.tun().memory_written().0, 0);
+    });
+}
