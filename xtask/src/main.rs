@@ -14,6 +14,9 @@
 //!   NEON ChaCha20-Poly1305 and the portable RustCrypto crate, under `qemu-aarch64 -singlestep`.
 //! - `hil --backend virtual|ssh`: the hardware-in-the-loop scenario (`hw-tests/`); the virtual
 //!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces.
+//! - `bench-tunnel [--json] [--seconds N]`: iperf3 and ping through raw veth, boringtun and
+//!   ShadowMesh between two namespaces in one run, with CPU per GB and peak RSS
+//!   ([`bench_tunnel`]).
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod bench_tunnel;
 mod mesh;
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -43,7 +47,14 @@ fn main() -> ExitCode {
         Some("cross") => cross(&args[1..]),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo | fuzz [--seconds N] | bench [--quick] | sim --nodes N --seed S [...] | cross --target T [--test]>".into()),
+        Some("bench-tunnel") => release_bin().and_then(|bin| {
+            bench_tunnel::run(
+                &bin,
+                args.iter().any(|a| a == "--json"),
+                flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
+            )
+        }),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

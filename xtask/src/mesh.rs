@@ -31,7 +31,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Ctrl-C and SIGTERM set a flag instead of killing us, so cleanup always runs. (Children in
 /// our process group get the same Ctrl-C and end; we then notice the flag.)
-fn catch_signals() {
+pub(crate) fn catch_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(
@@ -45,7 +45,7 @@ fn catch_signals() {
     }
 }
 
-fn check_interrupt() -> Result {
+pub(crate) fn check_interrupt() -> Result {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err("interrupted".into())
     } else {
@@ -53,7 +53,7 @@ fn check_interrupt() -> Result {
     }
 }
 
-fn sleep(d: Duration) -> Result {
+pub(crate) fn sleep(d: Duration) -> Result {
     let end = Instant::now() + d;
     while Instant::now() < end {
         check_interrupt()?;
@@ -64,11 +64,11 @@ fn sleep(d: Duration) -> Result {
 
 /// Everything the scenario created; removed on drop.
 pub struct Lab {
-    tag: String,
+    pub(crate) tag: String,
     namespaces: Vec<String>,
     daemons: Vec<(String, Child)>,
-    others: Vec<Child>,
-    dir: PathBuf,
+    pub(crate) others: Vec<Child>,
+    pub(crate) dir: PathBuf,
     bin: PathBuf,
 }
 
@@ -89,7 +89,7 @@ impl Drop for Lab {
     }
 }
 
-fn ip(args: &[&str]) -> Result {
+pub(crate) fn ip(args: &[&str]) -> Result {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -107,17 +107,17 @@ fn ip(args: &[&str]) -> Result {
 
 /// One gateway (or the seed) of the lab.
 #[derive(Clone)]
-struct Node {
-    name: String,
-    ns: String,
-    underlay: String,
-    config: PathBuf,
-    peer_id: String,
-    lan: Option<u8>,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) ns: String,
+    pub(crate) underlay: String,
+    pub(crate) config: PathBuf,
+    pub(crate) peer_id: String,
+    pub(crate) lan: Option<u8>,
 }
 
 impl Lab {
-    fn new(bin: &Path) -> Result<Lab> {
+    pub(crate) fn new(bin: &Path) -> Result<Lab> {
         let tag = format!("sm{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("shadowmesh-lab-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -132,7 +132,7 @@ impl Lab {
         })
     }
 
-    fn ns(&mut self, name: &str) -> Result<String> {
+    pub(crate) fn ns(&mut self, name: &str) -> Result<String> {
         let ns = format!("{}{}", self.tag, name);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
@@ -140,7 +140,7 @@ impl Lab {
         Ok(ns)
     }
 
-    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+    pub(crate) fn exec(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).args(args);
         c
@@ -216,7 +216,7 @@ impl Lab {
         Ok(host)
     }
 
-    fn keygen(&self, name: &str) -> Result<(PathBuf, String)> {
+    pub(crate) fn keygen(&self, name: &str) -> Result<(PathBuf, String)> {
         let d = self.dir.join(name);
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let key = d.join("key");
@@ -234,7 +234,7 @@ impl Lab {
         Ok((key, String::from_utf8_lossy(&out.stdout).trim().to_string()))
     }
 
-    fn write_config(
+    pub(crate) fn write_config(
         &self,
         name: &str,
         key: &Path,
@@ -262,7 +262,7 @@ impl Lab {
         Ok(path)
     }
 
-    fn start(&mut self, node: &Node) -> Result {
+    pub(crate) fn start(&mut self, node: &Node) -> Result {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,7 +282,7 @@ impl Lab {
         Ok(())
     }
 
-    fn daemon_pid(&self, name: &str) -> Option<u32> {
+    pub(crate) fn daemon_pid(&self, name: &str) -> Option<u32> {
         self.daemons
             .iter()
             .rev()
@@ -311,7 +311,7 @@ impl Lab {
         Ok(())
     }
 
-    fn ctl(&self, node: &Node, cmd: &str) -> String {
+    pub(crate) fn ctl(&self, node: &Node, cmd: &str) -> String {
         Command::new(&self.bin)
             .arg(cmd)
             .arg("--config")
@@ -322,11 +322,11 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default()
     }
 
-    fn logs(&self, nodes: &[Node]) -> String {
+    pub(crate) fn logs(&self, nodes: &[Node]) -> String {
         nodes
             .iter()
             .map(|n| format!("--- {} ---\n{}", n.name, tail(&self.log(&n.name), 30)))
@@ -335,13 +335,13 @@ impl Lab {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The `peers` array of a `peers --json` answer, split per member object.
-fn members(json: &str) -> Vec<String> {
+pub(crate) fn members(json: &str) -> Vec<String> {
     let Some(start) = json.find("\"peers\":[") else {
         return vec![];
     };
@@ -370,16 +370,16 @@ fn members(json: &str) -> Vec<String> {
     out
 }
 
-fn member_of<'a>(list: &'a [String], peer_id: &str) -> Option<&'a String> {
+pub(crate) fn member_of<'a>(list: &'a [String], peer_id: &str) -> Option<&'a String> {
     list.iter()
         .find(|m| crate::field(m, "peer_id").as_deref() == Some(peer_id))
 }
 
 /// Result of a ping run.
-struct Ping {
-    sent: u32,
-    received: u32,
-    avg_ms: f64,
+pub(crate) struct Ping {
+    pub(crate) sent: u32,
+    pub(crate) received: u32,
+    pub(crate) avg_ms: f64,
 }
 
 impl Ping {
@@ -392,7 +392,7 @@ impl Ping {
     }
 }
 
-fn ping(lab: &Lab, ns: &str, dst: &str, count: u32, interval: &str) -> Result<Ping> {
+pub(crate) fn ping(lab: &Lab, ns: &str, dst: &str, count: u32, interval: &str) -> Result<Ping> {
     check_interrupt()?;
     let out = lab
         .exec(
@@ -451,7 +451,25 @@ fn until_reachable(lab: &Lab, ns: &str, dst: &str, limit: Duration) -> Result<Op
     Ok(None)
 }
 
-fn iperf3(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, secs: u32) -> Result<f64> {
+pub(crate) fn iperf3(
+    lab: &mut Lab,
+    server_ns: &str,
+    client_ns: &str,
+    dst: &str,
+    secs: u32,
+) -> Result<f64> {
+    iperf3_streams(lab, server_ns, client_ns, dst, secs, 1).map(|(mbps, _)| mbps)
+}
+
+/// One iperf3 TCP run with `streams` parallel streams; returns (Mbit/s, bytes) as received.
+pub(crate) fn iperf3_streams(
+    lab: &mut Lab,
+    server_ns: &str,
+    client_ns: &str,
+    dst: &str,
+    secs: u32,
+    streams: u32,
+) -> Result<(f64, f64)> {
     let server = lab
         .exec(server_ns, &["iperf3", "-s", "-1"])
         .stdout(Stdio::null())
@@ -463,21 +481,32 @@ fn iperf3(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, secs: u32)
     let out = lab
         .exec(
             client_ns,
-            &["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"],
+            &[
+                "iperf3",
+                "-c",
+                dst,
+                "-t",
+                &secs.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ],
         )
         .output()
         .map_err(|e| format!("iperf3: {e}"))?;
     check_interrupt()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // end.sum_received.bits_per_second
+    // end.sum_received.{bytes, bits_per_second}
     let recv = text
-        .find("\"sum_received\"")
-        .map(|i| &text[i..])
+        .rfind("\"sum_received\"")
+        .map(|i| text[i..].replace([' ', '\n', '\t'], ""))
         .ok_or_else(|| format!("iperf3 failed: {}", tail(&text, 5)))?;
-    let bps = crate::field(&recv.replace([' ', '\n', '\t'], ""), "bits_per_second")
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or("iperf3: no bits_per_second")?;
-    Ok(bps / 1e6)
+    let num = |k: &str| {
+        crate::field(&recv, k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or(format!("iperf3: no {k}"))
+    };
+    Ok((num("bits_per_second")? / 1e6, num("bytes")?))
 }
 
 /// What a demo run measured.

@@ -1,0 +1,355 @@
+//! `cargo xtask bench-tunnel [--json] [--seconds N]`: one run, three ways between the same two
+//! network namespaces joined by a veth pair:
+//!
+//! - `raw`: the veth itself (the ceiling);
+//! - `boringtun`: `boringtun-cli` from crates.io (installed on first use), configured with
+//!   Debian's `wireguard-tools`;
+//! - `shadowmesh`: two `shadowmesh run` daemons (release build), one bootstrapping from the other.
+//!
+//! For each: iperf3 TCP with 1 and 4 streams, ping RTT, the tunnel processes' CPU time per GB
+//! carried (both ends summed, from `/proc/PID/stat`) and their peak RSS (`VmHWM`, the larger
+//! end). Printed as a table with ratios to boringtun; `--json` prints
+//! `{"peers":[{name, tcp1_mbps, tcp4_mbps, ping_ms, cpu_s_per_gb, rss_mib}]}` (CPU and RSS are
+//! `null` for raw: the kernel does that work).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mesh::{self, ip, Lab, Node};
+use crate::Result;
+
+struct Row {
+    name: &'static str,
+    tcp1: f64,
+    tcp4: f64,
+    ping_ms: f64,
+    cpu_s_per_gb: Option<f64>,
+    rss_mib: Option<f64>,
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// User + system CPU seconds of `pid` so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here 0-based after the name: 11 and 12.
+    (ticks(11) + ticks(12)) / clk_tck()
+}
+
+/// Peak resident set of `pid`, MiB.
+fn hwm_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn find_boringtun() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&h).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("boringtun-cli"))
+        .find(|p| p.is_file())
+}
+
+fn ensure_tools() -> Result<PathBuf> {
+    if Command::new("wg").arg("--version").output().is_err() {
+        return Err("wg is missing: run .ci/setup (apt-get install wireguard-tools)".into());
+    }
+    if let Some(p) = find_boringtun() {
+        return Ok(p);
+    }
+    eprintln!("installing boringtun-cli from crates.io (once)");
+    crate::run(crate::cargo().args(["install", "boringtun-cli", "--locked"]))?;
+    find_boringtun().ok_or_else(|| "boringtun-cli not found after cargo install".into())
+}
+
+fn out(c: &mut Command) -> Result<String> {
+    let o = c.output().map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!(
+            "{c:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Measures one tunnel between `a` and `b` reaching `dst` (b's tunnel address), with the
+/// tunnel processes `pids`.
+fn measure(
+    lab: &mut Lab,
+    name: &'static str,
+    (a, b): (&str, &str),
+    dst: &str,
+    pids: &[u32],
+    secs: u32,
+) -> Result<Row> {
+    // Warm the path (and any on-demand connection) first.
+    let _ = mesh::ping(lab, a, dst, 3, "0.1")?;
+    let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    let (tcp1, bytes1) = mesh::iperf3_streams(lab, b, a, dst, secs, 1)?;
+    let (tcp4, bytes4) = mesh::iperf3_streams(lab, b, a, dst, secs, 4)?;
+    let cpu = pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0;
+    let p = mesh::ping(lab, a, dst, 50, "0.02")?;
+    let gb = (bytes1 + bytes4) / 1e9;
+    let row = Row {
+        name,
+        tcp1,
+        tcp4,
+        ping_ms: p.avg_ms,
+        cpu_s_per_gb: (!pids.is_empty() && gb > 0.0).then(|| cpu / gb),
+        rss_mib: (!pids.is_empty()).then(|| pids.iter().map(|p| hwm_mib(*p)).fold(0.0, f64::max)),
+    };
+    eprintln!(
+        "  {name:<10} tcp1 {tcp1:>8.0} Mbit/s  tcp4 {tcp4:>8.0} Mbit/s  ping {:.3} ms",
+        p.avg_ms
+    );
+    Ok(row)
+}
+
+fn boringtun_end(
+    lab: &mut Lab,
+    bt: &Path,
+    ns: &str,
+    dev: &str,
+    key: &str,
+    peer_pub: &str,
+    (me, peer, endpoint): (&str, &str, &str),
+) -> Result<u32> {
+    let child = lab
+        .exec(
+            ns,
+            &[
+                bt.to_str().ok_or("path")?,
+                dev,
+                "--foreground",
+                "--disable-drop-privileges",
+                "--log",
+                "/dev/null",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("boringtun-cli: {e}"))?;
+    let pid = child.id();
+    lab.others.push(child);
+    // The UAPI socket appears once the device is up.
+    let sock = Path::new("/var/run/wireguard").join(format!("{dev}.sock"));
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+        mesh::sleep(Duration::from_millis(50))?;
+    }
+    let keyfile = lab.dir.join(format!("{dev}.key"));
+    std::fs::write(&keyfile, key).map_err(|e| e.to_string())?;
+    out(&mut lab.exec(
+        ns,
+        &[
+            "wg",
+            "set",
+            dev,
+            "private-key",
+            keyfile.to_str().ok_or("path")?,
+            "listen-port",
+            "51820",
+            "peer",
+            peer_pub,
+            "allowed-ips",
+            &format!("{peer}/32"),
+            "endpoint",
+            endpoint,
+        ],
+    ))?;
+    ip(&["-n", ns, "addr", "add", &format!("{me}/24"), "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "mtu", "1420", "up"])?;
+    Ok(pid)
+}
+
+/// Entry point.
+pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
+    mesh::catch_signals();
+    let bt = ensure_tools()?;
+    let mut lab = Lab::new(bin)?;
+    let r = bench(&mut lab, &bt, secs);
+    if r.is_err() {
+        eprintln!("{}", lab.logs(&[]));
+    }
+    let rows = r?;
+    drop(lab);
+    let bt_row = rows.iter().find(|r| r.name == "boringtun");
+    let ratio = |v: f64, f: fn(&Row) -> f64| match bt_row.map(f) {
+        Some(b) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".into(),
+    };
+    let opt =
+        |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+    println!("| tunnel | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | ping (ms) | CPU s per GB | peak RSS (MiB) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} ({}) | {:.0} ({}) | {:.3} | {} | {} |",
+            r.name,
+            r.tcp1,
+            ratio(r.tcp1, |b| b.tcp1),
+            r.tcp4,
+            ratio(r.tcp4, |b| b.tcp4),
+            r.ping_ms,
+            opt(r.cpu_s_per_gb, 2),
+            opt(r.rss_mib, 1)
+        );
+    }
+    println!("(ratios in parentheses: to boringtun in the same run)");
+    if json {
+        let js = |v: Option<f64>| {
+            v.map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "null".into())
+        };
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"cpu_s_per_gb\":{},\"rss_mib\":{}}}",
+                    r.name,
+                    r.tcp1,
+                    r.tcp4,
+                    r.ping_ms,
+                    js(r.cpu_s_per_gb),
+                    js(r.rss_mib)
+                )
+            })
+            .collect();
+        println!("{{\"seconds\":{secs},\"peers\":[{}]}}", items.join(","));
+    }
+    Ok(())
+}
+
+fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
+    let a = lab.ns("a")?;
+    let b = lab.ns("b")?;
+    ip(&[
+        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])?;
+    for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    }
+    let mut rows = vec![];
+    eprintln!("bench-tunnel: {secs} s per iperf3 run, namespaces {a} and {b}");
+    rows.push(measure(lab, "raw", (&a, &b), "10.251.0.2", &[], secs)?);
+
+    // boringtun, configured with wg(8) over its UAPI socket.
+    let keys: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let private = out(Command::new("wg").arg("genkey"))?;
+            let mut c = Command::new("wg");
+            c.arg("pubkey").stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = c.spawn().map_err(|e| e.to_string())?;
+            std::io::Write::write_all(child.stdin.as_mut().ok_or("stdin")?, private.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let o = child.wait_with_output().map_err(|e| e.to_string())?;
+            Ok((
+                private,
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let tag = lab.tag.clone();
+    let (dev_a, dev_b) = (format!("{tag}a"), format!("{tag}b"));
+    let pa = boringtun_end(
+        lab,
+        bt,
+        &a,
+        &dev_a,
+        &keys[0].0,
+        &keys[1].1,
+        ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820"),
+    )?;
+    let pb = boringtun_end(
+        lab,
+        bt,
+        &b,
+        &dev_b,
+        &keys[1].0,
+        &keys[0].1,
+        ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
+    )?;
+    rows.push(measure(
+        lab,
+        "boringtun",
+        (&a, &b),
+        "10.77.0.2",
+        &[pa, pb],
+        secs,
+    )?);
+
+    // ShadowMesh: a bootstraps from b; b's overlay address is the target.
+    let nk: String = "6d".repeat(32);
+    let (key_b, id_b) = lab.keygen("smb")?;
+    let (key_a, _) = lab.keygen("sma")?;
+    let seed = format!("{id_b}@10.251.0.2:4433");
+    let node_b = Node {
+        name: "smb".into(),
+        config: lab.write_config("smb", &key_b, Some(&nk), None, &[])?,
+        ns: b.clone(),
+        underlay: "10.251.0.2".into(),
+        peer_id: id_b.clone(),
+        lan: None,
+    };
+    let node_a = Node {
+        name: "sma".into(),
+        config: lab.write_config("sma", &key_a, Some(&nk), Some(&seed), &[])?,
+        ns: a.clone(),
+        underlay: "10.251.0.1".into(),
+        peer_id: String::new(),
+        lan: None,
+    };
+    lab.start(&node_b)?;
+    lab.start(&node_a)?;
+    let t = Instant::now();
+    let mut dst = String::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        mesh::sleep(Duration::from_millis(200))?;
+        let list = mesh::members(&lab.ctl(&node_a, "peers"));
+        if mesh::member_of(&list, &id_b)
+            .is_some_and(|m| crate::field(m, "connected").as_deref() == Some("true"))
+        {
+            dst = crate::field(&lab.ctl(&node_b, "status"), "overlay_ipv4").unwrap_or_default();
+            break;
+        }
+    }
+    if dst.is_empty() {
+        return Err(format!(
+            "the two ShadowMesh daemons did not connect:\n{}",
+            lab.logs(&[node_a, node_b])
+        ));
+    }
+    let pids: Vec<u32> = ["sma", "smb"]
+        .iter()
+        .filter_map(|n| lab.daemon_pid(n))
+        .collect();
+    rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
+    Ok(rows)
+}
