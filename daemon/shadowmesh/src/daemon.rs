@@ -232,6 +232,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     }
     ncfg.payload = payload;
     ncfg.plain_udp = cfg.plain_udp;
+    ncfg.tunnel_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;

@@ -52,7 +52,14 @@ pub struct NodeConfig {
     /// Use plain `sendto`/`recvfrom` instead of quinn-udp's control messages (see
     /// [`crate::plainudp`]).
     pub plain_udp: bool,
+    /// MTU of the tunnel the connections carry; sizes quinn's UDP payload.
+    pub tunnel_mtu: u16,
 }
+
+/// What quinn adds around a DATAGRAM frame's payload in a 1-RTT packet: the short header (1 byte
+/// and a connection ID of up to 20), the frame type and a 2-byte length varint, and the AEAD
+/// tag (16). DESIGN.md quotes 38 for quinn's default 8-byte connection IDs plus room.
+pub const QUIC_DATAGRAM_OVERHEAD: usize = 38;
 
 impl NodeConfig {
     /// Defaults for a node on `listen` in the mesh of `network_key`.
@@ -77,6 +84,7 @@ impl NodeConfig {
             record_lifetime: Duration::from_secs(6 * 3600),
             handshake_timeout: Duration::from_secs(10),
             plain_udp: false,
+            tunnel_mtu: 1380,
         }
     }
 }
@@ -321,21 +329,29 @@ pub struct Node {
 }
 
 /// quinn's transport settings sized for a router (DESIGN.md, "Data plane"; quinn's defaults are
-/// sized for servers: 1.25 MB stream and connection windows, 1 MiB datagram buffers).
-pub fn router_transport() -> quinn::TransportConfig {
+/// sized for servers: 1.25 MB stream and connection windows, 1 MiB datagram buffers), for a
+/// tunnel of MTU `tunnel_mtu`.
+pub fn router_transport(tunnel_mtu: u16) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    // The UDP payload that carries one full tunnel packet: SMSH header and tag, then quinn's
+    // short header, DATAGRAM frame type and length and packet tag (38 bytes). quinn does not
+    // fragment and its path-MTU discovery starts at 1,200: set what the tunnel needs from the
+    // start, and never less (a smaller path then shows as "packet too big" to the sender).
+    let udp_payload = (tunnel_mtu as usize + FRAME_OVERHEAD + QUIC_DATAGRAM_OVERHEAD).max(1200) as u16;
     t.max_concurrent_bidi_streams(VarInt::from_u32(16))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(64 * 1024))
         .receive_window(VarInt::from_u32(256 * 1024))
         .send_window(256 * 1024)
         .datagram_receive_buffer_size(Some(256 * 1024))
+        // About one bandwidth-delay product of a router uplink (100 Mbit/s x 20 ms = 250 KB):
+        // quinn queues this much before dropping the oldest datagram. Its 1 MiB default is
+        // ~84 ms of queueing at 100 Mbit/s, which tunnelled TCP feels as bufferbloat.
         .datagram_send_buffer_size(256 * 1024)
         .keep_alive_interval(Some(KEEPALIVE_TIMEOUT))
         .max_idle_timeout(Some(VarInt::from_u32(30_000).into()))
-        // Room for a 1,428-byte SMSH frame in one datagram on a 1500-byte path.
-        .initial_mtu(1452)
-        .min_mtu(1280);
+        .initial_mtu(udp_payload)
+        .min_mtu(udp_payload);
     // Each side's first flight after TLS (HELLO with the ~7.4 KB record, INIT, two dual
     // signatures: ~19 KB) exceeds RFC 9002's initial window of 14,720 bytes, which costs one
     // extra round trip per direction (the handshake measured 4.4 RTT instead of 2.4). A 32 KiB
@@ -354,7 +370,7 @@ impl Node {
     /// Binds the endpoint and signs our record. Must be called inside a tokio runtime.
     pub fn bind(id: Identity, cfg: NodeConfig) -> std::io::Result<Node> {
         let tls = TlsContext::new(&id, cfg.kx);
-        let transport = Arc::new(router_transport());
+        let transport = Arc::new(router_transport(cfg.tunnel_mtu));
         let initial = initial_suite();
         let server_crypto = QuicServerConfig::with_initial(Arc::new(tls.server()), initial)
             .expect("AES-128-GCM initial suite");

@@ -67,6 +67,18 @@ fn two_nodes_handshake_learn_peer_ids_and_exchange_frames() {
         );
         assert_eq!(d.record.keys.ed25519, b.identity().ed25519_public());
         assert!(d.stats.udp_tx_bytes > 0 && l.stats.udp_rx_bytes > 0);
+        // A full 1,380-byte tunnel packet fits one datagram from the first packet on (quinn's
+        // own path-MTU discovery would start at 1,200).
+        for c in [&d.conn, &l.conn] {
+            let max = c.max_datagram_size().unwrap();
+            assert!(max >= 1380 + FRAME_OVERHEAD, "max datagram {max}");
+        }
+        let mut big = vec![0u8; 1380];
+        big[0] = 0x45;
+        d.send_frame(FrameType::Data, &big).unwrap();
+        let mut buf = l.conn.read_datagram().await.unwrap().to_vec();
+        let (_, r) = l.open_frame(&mut buf).unwrap();
+        assert_eq!(&buf[r], &big[..]);
 
         // Frames both ways over QUIC datagrams.
         for i in 0..50u32 {
@@ -80,7 +92,7 @@ fn two_nodes_handshake_learn_peer_ids_and_exchange_frames() {
             let (_, r) = d.open_frame(&mut buf).unwrap();
             assert_eq!(&buf[r], b"pong");
         }
-        assert_eq!(l.session.as_ref().unwrap().stats.received, 50);
+        assert_eq!(l.session.as_ref().unwrap().stats.received, 51);
     });
 }
 
