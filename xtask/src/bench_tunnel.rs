@@ -108,12 +108,12 @@ fn measure(
     secs: u32,
 ) -> Result<Row> {
     // Warm the path (and any on-demand connection) first.
-    let _ = mesh::ping(lab, a, dst, 3, "0.1")?;
+    let _ = mesh::ping(a, dst, 3, "0.1")?;
     let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
-    let (tcp1, bytes1) = mesh::iperf3_streams(lab, b, a, dst, secs, 1)?;
-    let (tcp4, bytes4) = mesh::iperf3_streams(lab, b, a, dst, secs, 4)?;
+    let (tcp1, bytes1) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 1)?;
+    let (tcp4, bytes4) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 4)?;
     let cpu = pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0;
-    let p = mesh::ping(lab, a, dst, 50, "0.02")?;
+    let p = mesh::ping(a, dst, 50, "0.02")?;
     let gb = (bytes1 + bytes4) / 1e9;
     let row = Row {
         name,

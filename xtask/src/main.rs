@@ -1110,9 +1110,6 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
         if i > 0 {
             cfg += &format!("\tlist bootstrap '{seed}'\n");
         }
-        // The report covers the DHT across architectures; tunnels under qemu-user come with
-        // the throughput matrix (issue 6).
-        cfg += "\toption tunnel '0'\n";
         if target.is_some_and(|t| t.starts_with("mips-")) {
             // qemu-mips cannot translate quinn-udp's sendmsg control messages (every send fails
             // with EINVAL): plain sendto/recvfrom there. Real ath79 boards are unaffected.
@@ -1196,7 +1193,65 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
             ));
         }
     }
-    let rss: Vec<u64> = env.procs.iter().map(|p| rss_kib(p.id())).collect();
+    // Through the tunnels: every node pings every other's overlay address, and each pair runs
+    // a short iperf3 (TCP, one stream; the emulated daemons set the pace).
+    let overlay: Vec<String> = cfgs
+        .iter()
+        .map(|c| field(&ctl(c, &["status"]), "overlay_ipv4").unwrap_or_default())
+        .collect();
+    let t_sessions = Instant::now();
+    while t_sessions.elapsed() < Duration::from_secs(60) {
+        let all = cfgs.iter().all(|c| {
+            field(&ctl(c, &["status"]), "peers_connected")
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n + 1 >= nodes.len())
+        });
+        if all {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut pings = Vec::new();
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            // The first packets may wait for a session (ML-DSA under emulation): warm up.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while mesh::ping(&a.0, &overlay[j], 1, "0.2")?.received == 0
+                && Instant::now() < deadline
+            {}
+            let mut p = mesh::ping(&a.0, &overlay[j], 5, "0.2")?;
+            if p.received < p.sent {
+                p = mesh::ping(&a.0, &overlay[j], 5, "0.2")?;
+            }
+            ok &= p.received == p.sent;
+            pings.push((a.1.clone(), b.1.clone(), p.received, p.sent, p.avg_ms));
+        }
+    }
+    let mut iperfs = Vec::new();
+    for i in 0..nodes.len() {
+        for j in i + 1..nodes.len() {
+            let r =
+                mesh::iperf3_streams(&mut env.procs, &nodes[j].0, &nodes[i].0, &overlay[j], 2, 1);
+            let mbps = match r {
+                Ok((m, _)) => Some(m),
+                Err(e) => {
+                    eprintln!("iperf3 {} -> {}: {e}", nodes[i].1, nodes[j].1);
+                    None
+                }
+            };
+            ok &= mbps.is_some_and(|m| m > 0.0);
+            iperfs.push((nodes[i].1.clone(), nodes[j].1.clone(), mbps));
+        }
+    }
+    let rss: Vec<u64> = env
+        .procs
+        .iter()
+        .take(nodes.len())
+        .map(|p| rss_kib(p.id()))
+        .collect();
     let mut md = String::from("# HIL report (virtual back end)\n\n");
     md += &format!("Four daemons in network namespaces (foreign architectures under qemu-user); DHT converged in {:.2} s.\n\n", converged.as_secs_f64());
     md += "| node | architecture | RSS (KiB, incl. qemu) |\n| --- | --- | ---: |\n";
@@ -1207,7 +1262,19 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
     for (a, b, f, ms) in &rows {
         md += &format!("| {a} | {b} | {f} | {ms} |\n");
     }
-    md += "\nTunnel throughput, latency and CPU (and kernel WireGuard beside them) come with the data plane.\n";
+    md += "\n| from | pings | received | avg ms |\n| --- | --- | ---: | ---: |\n";
+    for (a, b, r, n, ms) in &pings {
+        md += &format!("| {a} | {b} | {r}/{n} | {ms:.2} |\n");
+    }
+    md += "\n| iperf3 TCP 2 s | to | Mbit/s |\n| --- | --- | ---: |\n";
+    for (a, b, m) in &iperfs {
+        md += &format!(
+            "| {a} | {b} | {} |\n",
+            m.map(|m| format!("{m:.1}"))
+                .unwrap_or_else(|| "failed".into())
+        );
+    }
+    md += "\nForeign architectures run under qemu-user on this x86_64 host: their figures measure the emulator, not the boards.\n";
     let json_rows: Vec<String> = rows
         .iter()
         .map(|(a, b, f, ms)| {
@@ -1227,11 +1294,29 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
             )
         })
         .collect();
+    let json_pings: Vec<String> = pings
+        .iter()
+        .map(|(a, b, r, n, ms)| {
+            format!("{{\"from\":\"{a}\",\"to\":\"{b}\",\"received\":{r},\"sent\":{n},\"avg_ms\":{ms:.3}}}")
+        })
+        .collect();
+    let json_iperf: Vec<String> = iperfs
+        .iter()
+        .map(|(a, b, m)| {
+            format!(
+                "{{\"from\":\"{a}\",\"to\":\"{b}\",\"mbps\":{}}}",
+                m.map(|m| format!("{m:.1}"))
+                    .unwrap_or_else(|| "null".into())
+            )
+        })
+        .collect();
     let json = format!(
-        "{{\"backend\":\"virtual\",\"converged_s\":{:.3},\"nodes\":[{}],\"lookups\":[{}]}}",
+        "{{\"backend\":\"virtual\",\"converged_s\":{:.3},\"nodes\":[{}],\"lookups\":[{}],\"pings\":[{}],\"iperf3\":[{}]}}",
         converged.as_secs_f64(),
         json_nodes.join(","),
-        json_rows.join(",")
+        json_rows.join(","),
+        json_pings.join(","),
+        json_iperf.join(",")
     );
     let out = target_dir().join("hil");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -1245,6 +1330,6 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
     if ok {
         Ok(())
     } else {
-        Err("some lookups across architectures failed".into())
+        Err("some lookups, pings or iperf3 runs across architectures failed".into())
     }
 }

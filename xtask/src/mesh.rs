@@ -392,26 +392,25 @@ impl Ping {
     }
 }
 
-pub(crate) fn ping(lab: &Lab, ns: &str, dst: &str, count: u32, interval: &str) -> Result<Ping> {
+pub(crate) fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> Result<Ping> {
     check_interrupt()?;
-    let out = lab
-        .exec(
-            ns,
-            &[
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                interval,
-                "-W",
-                "1",
-                dst,
-            ],
-        )
-        .output()
-        .map_err(|e| format!("ping: {e}"))?;
+    let out = netns_exec(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            dst,
+        ],
+    )
+    .output()
+    .map_err(|e| format!("ping: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut p = Ping {
         sent: count,
@@ -441,10 +440,10 @@ pub(crate) fn ping(lab: &Lab, ns: &str, dst: &str, count: u32, interval: &str) -
 }
 
 /// Pings once a second until one answer comes back; returns how long it took.
-fn until_reachable(lab: &Lab, ns: &str, dst: &str, limit: Duration) -> Result<Option<Duration>> {
+fn until_reachable(ns: &str, dst: &str, limit: Duration) -> Result<Option<Duration>> {
     let t = Instant::now();
     while t.elapsed() < limit {
-        if ping(lab, ns, dst, 1, "0.2")?.received == 1 {
+        if ping(ns, dst, 1, "0.2")?.received == 1 {
             return Ok(Some(t.elapsed()));
         }
     }
@@ -458,42 +457,47 @@ pub(crate) fn iperf3(
     dst: &str,
     secs: u32,
 ) -> Result<f64> {
-    iperf3_streams(lab, server_ns, client_ns, dst, secs, 1).map(|(mbps, _)| mbps)
+    iperf3_streams(&mut lab.others, server_ns, client_ns, dst, secs, 1).map(|(mbps, _)| mbps)
+}
+
+/// `ip netns exec NS ARGS…`.
+pub(crate) fn netns_exec(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
 }
 
 /// One iperf3 TCP run with `streams` parallel streams; returns (Mbit/s, bytes) as received.
 pub(crate) fn iperf3_streams(
-    lab: &mut Lab,
+    procs: &mut Vec<Child>,
     server_ns: &str,
     client_ns: &str,
     dst: &str,
     secs: u32,
     streams: u32,
 ) -> Result<(f64, f64)> {
-    let server = lab
-        .exec(server_ns, &["iperf3", "-s", "-1"])
+    let server = netns_exec(server_ns, &["iperf3", "-s", "-1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("iperf3 (install it: apt-get install iperf3): {e}"))?;
-    lab.others.push(server);
+    procs.push(server);
     sleep(Duration::from_millis(500))?;
-    let out = lab
-        .exec(
-            client_ns,
-            &[
-                "iperf3",
-                "-c",
-                dst,
-                "-t",
-                &secs.to_string(),
-                "-P",
-                &streams.to_string(),
-                "-J",
-            ],
-        )
-        .output()
-        .map_err(|e| format!("iperf3: {e}"))?;
+    let out = netns_exec(
+        client_ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    )
+    .output()
+    .map_err(|e| format!("iperf3: {e}"))?;
     check_interrupt()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // end.sum_received.{bytes, bits_per_second}
@@ -690,8 +694,8 @@ fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {
     for dst in [2u8, 3] {
         let addr = format!("192.168.{dst}.2");
         // First packets may wait for routes to settle: not counted.
-        until_reachable(lab, &lan_ns(1), &addr, Duration::from_secs(10))?;
-        let p = ping(lab, &lan_ns(1), &addr, 50, "0.02")?;
+        until_reachable(&lan_ns(1), &addr, Duration::from_secs(10))?;
+        let p = ping(&lan_ns(1), &addr, 50, "0.02")?;
         rep.check(
             &format!("ping 192.168.1.2 -> {addr} (50 packets)"),
             p.received == p.sent,
@@ -700,7 +704,7 @@ fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {
     }
     let v6 = lab.ctl(&gws[1], "status");
     if let Some(o6) = crate::field(&v6, "overlay_ipv6").filter(|s| !s.is_empty()) {
-        let p = ping(lab, &gws[0].ns, &o6, 10, "0.05")?;
+        let p = ping(&gws[0].ns, &o6, 10, "0.05")?;
         rep.check(
             "ping gw1 -> gw2 overlay IPv6",
             p.received == p.sent,
@@ -762,7 +766,7 @@ fn failure_cases(
     }
     let gw1_status = lab.ctl(&gws[0], "status");
     let gw1_v4 = crate::field(&gw1_status, "overlay_ipv4").unwrap_or_default();
-    let p = ping(lab, &bad_ns, &gw1_v4, 5, "0.2")?;
+    let p = ping(&bad_ns, &gw1_v4, 5, "0.2")?;
     let admitted = gws
         .iter()
         .any(|g| member_of(&members(&lab.ctl(g, "peers")), &bad_id).is_some());
@@ -812,8 +816,7 @@ fn failure_cases(
     sleep(Duration::from_secs(1))?;
     let t = Instant::now();
     lab.start(&gw3)?;
-    let back =
-        until_reachable(lab, &lan1, "192.168.3.2", Duration::from_secs(30))?.map(|_| t.elapsed());
+    let back = until_reachable(&lan1, "192.168.3.2", Duration::from_secs(30))?.map(|_| t.elapsed());
     let same_id =
         crate::field(&lab.ctl(&gw3, "status"), "peer_id").as_deref() == Some(gw3.peer_id.as_str());
     rep.check(
@@ -848,7 +851,7 @@ fn failure_cases(
         "dev",
         "eth0",
     ])?;
-    let back = until_reachable(lab, &lan1, "192.168.2.2", Duration::from_secs(30))?;
+    let back = until_reachable(&lan1, "192.168.2.2", Duration::from_secs(30))?;
     let elapsed = t.elapsed();
     sleep(Duration::from_secs(1))?;
     let hs_after = last_handshakes(lab, gw2);
@@ -926,7 +929,7 @@ fn failure_cases(
         sleep(Duration::from_millis(20))?;
     }
     let reached =
-        until_reachable(lab, &lan1, "192.168.33.2", Duration::from_secs(20))?.map(|_| t.elapsed());
+        until_reachable(&lan1, "192.168.33.2", Duration::from_secs(20))?.map(|_| t.elapsed());
     let out = bg.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let lost = text

@@ -689,18 +689,24 @@ impl DataPlane {
                     break;
                 }
             }
-            if !ok {
-                if let Some(mesh) = weak.upgrade() {
-                    if let Some(dp) = mesh.dataplane() {
-                        let mut members = dp.members.borrow_mut();
-                        if let Some(m) = members.get_mut(&pid) {
-                            m.dialling = false;
-                            let dropped = m.pending.len() as u64;
-                            m.pending.clear();
-                            m.counters.tx_dropped += dropped;
-                        }
+            // Whatever happened, a member left without a live link is not "being dialled" any
+            // more: the next packet may try again. (A dial can succeed without a new link when
+            // an earlier connection won, or the peer turned out not to be a member.)
+            if let Some(dp) = weak.upgrade().and_then(|m| m.dataplane()) {
+                let mut members = dp.members.borrow_mut();
+                if let Some(m) = members.get_mut(&pid) {
+                    if m.link
+                        .as_ref()
+                        .is_none_or(|l| l.conn.close_reason().is_some())
+                    {
+                        m.dialling = false;
+                        let dropped = m.pending.len() as u64;
+                        m.pending.clear();
+                        m.counters.tx_dropped += dropped;
                     }
                 }
+            }
+            if !ok {
                 log::info!("could not reach member {}", pid.short());
             }
         });

@@ -233,8 +233,9 @@ impl Mesh {
             addr: peer.conn.remote_address(),
         };
         let conn = peer.conn.clone();
-        self.conns.borrow_mut().insert(contact.id, conn.clone());
-        // A member session goes to the data plane, which then owns the control stream.
+        // A member session goes to the data plane, which then owns the control stream. If it
+        // keeps an earlier connection to this member instead, the new one is already closed
+        // and the earlier one stays the one RPCs use.
         let dp = self.dataplane();
         let keep = match (dp, peer.session.is_some()) {
             (Some(dp), true) => {
@@ -245,6 +246,7 @@ impl Mesh {
             }
             _ => Some(peer),
         };
+        self.conns.borrow_mut().insert(contact.id, conn.clone());
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
     }
 
@@ -349,9 +351,15 @@ impl Mesh {
             .dial(to.addr, to.id, pin)
             .await
             .map_err(RpcError::Handshake)?;
-        let conn = peer.conn.clone();
+        let id = peer.peer_id;
         self.adopt(peer);
-        Ok(conn)
+        // The connection that survived adoption (ours, or an earlier one that won).
+        self.conns
+            .borrow()
+            .get(&id)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+            .ok_or(RpcError::Stream("connection replaced"))
     }
 
     /// Adds a contact known out of band (a bootstrap seed, the routing-table cache).

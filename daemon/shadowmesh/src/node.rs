@@ -337,7 +337,8 @@ pub fn router_transport(tunnel_mtu: u16) -> quinn::TransportConfig {
     // short header, DATAGRAM frame type and length and packet tag (38 bytes). quinn does not
     // fragment and its path-MTU discovery starts at 1,200: set what the tunnel needs from the
     // start, and never less (a smaller path then shows as "packet too big" to the sender).
-    let udp_payload = (tunnel_mtu as usize + FRAME_OVERHEAD + QUIC_DATAGRAM_OVERHEAD).max(1200) as u16;
+    let udp_payload =
+        (tunnel_mtu as usize + FRAME_OVERHEAD + QUIC_DATAGRAM_OVERHEAD).max(1200) as u16;
     t.max_concurrent_bidi_streams(VarInt::from_u32(16))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(64 * 1024))
