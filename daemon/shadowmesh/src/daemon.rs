@@ -291,7 +291,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         );
     }
     tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), known > 0));
-    tokio::task::spawn_local(watch_addresses(mesh.clone(), cfg.interface.clone()));
+    tokio::task::spawn_local(watch_addresses(mesh.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k| signal(k).map_err(|e| CliError::fail(format!("signal handler: {e}")));
@@ -322,8 +322,9 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
 /// new connections win over the old ones at every peer), the connections we dialled migrate by
 /// themselves (QUIC client migration: the next packets leave from the new address), and the
 /// ones we accepted are dialled again, since a QUIC server cannot migrate.
-async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
-    let mut last = crate::netlink::local_addresses(&tunnel).unwrap_or_default();
+async fn watch_addresses(mesh: Rc<Mesh>) {
+    let tunnel = mesh.dataplane().map(|d| d.tun().index()).unwrap_or(0);
+    let mut last = crate::netlink::local_addresses(tunnel).unwrap_or_default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // A lost address breaks the paths that used it; a new one breaks nothing by itself. But
     // after a loss the replacement often arrives a moment later (DHCP, a moved uplink), and the
@@ -331,7 +332,7 @@ async fn watch_addresses(mesh: Rc<Mesh>, tunnel: String) {
     let mut unsettled_until: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
-        let Ok(now) = crate::netlink::local_addresses(&tunnel) else {
+        let Ok(now) = crate::netlink::local_addresses(tunnel) else {
             continue;
         };
         if now == last {

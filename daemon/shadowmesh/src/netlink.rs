@@ -160,46 +160,162 @@ pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
     }
 }
 
-/// The IP addresses on the host's interfaces except loopback and `skip` (our tunnel), sorted:
-/// the daemon compares snapshots to notice that its underlay address changed.
-pub fn local_addresses(skip: &str) -> io::Result<Vec<IpAddr>> {
+/// The IP addresses on the host's interfaces except host-scope ones (loopback) and those of
+/// interface `skip_index` (our tunnel), sorted: the daemon compares snapshots to notice that its
+/// underlay address changed.
+///
+/// An `RTM_GETADDR` dump parsed here with every length checked, not libc's `getifaddrs`: musl's
+/// spins forever on what qemu-user's netlink translation hands a big-endian mips guest (seen in
+/// the HIL run), and a router daemon must not hang on a malformed kernel answer either.
+pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
+    const NLM_F_DUMP: u16 = 0x300;
+    const RTM_GETADDR: u16 = 22;
+    const RTM_NEWADDR_T: u16 = 20;
+    const NLMSG_DONE: u16 = 3;
+    const RT_SCOPE_HOST: u8 = 254;
+    let mut msg = Vec::with_capacity(NLMSG_HDR + 8);
+    msg.extend_from_slice(&((NLMSG_HDR + 8) as u32).to_ne_bytes());
+    msg.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[0u8; 8]); // ifaddrmsg: any family
     let mut out = Vec::new();
-    // SAFETY: getifaddrs hands us a linked list we only read and free once; every pointer is
-    // checked for null before use, and sockaddr casts follow the family field.
+    // SAFETY: as in `request`: plain syscalls on a descriptor we own, buffers valid for the
+    // lengths given, the descriptor closed on every path.
     unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-                continue;
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let result = (|| {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            if libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if name == skip {
-                continue;
-            }
-            let ip = match (*ifa.ifa_addr).sa_family as i32 {
-                libc::AF_INET => {
-                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
+            let mut buf = vec![0u8; 16 * 1024];
+            // A dump is a few datagrams; a bound keeps a broken answer from looping us.
+            for _ in 0..256 {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
                 }
-                libc::AF_INET6 => {
-                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr))
+                let mut rest = &buf[..n as usize];
+                while rest.len() >= NLMSG_HDR {
+                    let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
+                    let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                    if len < NLMSG_HDR || len > rest.len() {
+                        return Err(io::Error::other("malformed netlink answer"));
+                    }
+                    match kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => return Err(io::Error::other("netlink dump refused")),
+                        RTM_NEWADDR_T => parse_addr(&rest[NLMSG_HDR..len], skip_index, &mut out),
+                        _ => {}
+                    }
+                    let step = ((len + 3) & !3).min(rest.len());
+                    rest = &rest[step..];
                 }
-                _ => continue,
-            };
-            if !ip.is_loopback() {
-                out.push(ip);
             }
+            Err(io::Error::other("netlink dump did not end"))
+        })();
+        libc::close(fd);
+        result?;
+    }
+    fn parse_addr(m: &[u8], skip_index: u32, out: &mut Vec<IpAddr>) {
+        if m.len() < 8 {
+            return;
         }
-        libc::freeifaddrs(head);
+        let (family, scope) = (m[0], m[3]);
+        let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
+        if scope == RT_SCOPE_HOST || index == skip_index {
+            return;
+        }
+        let mut attrs = &m[8..];
+        let mut found = None;
+        while attrs.len() >= 4 {
+            let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+            let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+            if len < 4 || len > attrs.len() {
+                return;
+            }
+            let data = &attrs[4..len];
+            // IFA_LOCAL is the address itself on point-to-point links; prefer it.
+            if kind == IFA_LOCAL || (kind == IFA_ADDRESS && found.is_none()) {
+                found = match (family as i32, data.len()) {
+                    (libc::AF_INET, 4) => Some(IpAddr::V4(std::net::Ipv4Addr::new(
+                        data[0], data[1], data[2], data[3],
+                    ))),
+                    (libc::AF_INET6, 16) => {
+                        let mut b = [0u8; 16];
+                        b.copy_from_slice(data);
+                        Some(IpAddr::V6(std::net::Ipv6Addr::from(b)))
+                    }
+                    _ => found,
+                };
+            }
+            let step = (len + 3) & !3;
+            attrs = &attrs[step.min(attrs.len())..];
+        }
+        if let Some(a) = found.filter(|a| !a.is_loopback()) {
+            out.push(a);
+        }
     }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dump agrees with what `ip -o addr` lists (minus host-scope addresses).
+    #[test]
+    fn local_addresses_match_ip_addr() {
+        let Ok(o) = std::process::Command::new("ip")
+            .args(["-o", "addr", "show"])
+            .output()
+        else {
+            eprintln!("skipped: no ip(8) here");
+            return;
+        };
+        let mut want: Vec<IpAddr> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains("scope host"))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|x| *x == "inet" || *x == "inet6")?;
+                w.next()?.split('/').next()?.parse().ok()
+            })
+            .filter(|a: &IpAddr| !a.is_loopback())
+            .collect();
+        want.sort();
+        want.dedup();
+        assert_eq!(local_addresses(0).unwrap(), want);
+    }
 }

@@ -78,6 +78,11 @@ impl Tun {
         }
     }
 
+    /// The interface index (0 for a stand-in device).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
