@@ -13,7 +13,9 @@
 //! - `count-aead`: executed-instruction counts per 1,400-byte frame (seal + open) of ring's
 //!   NEON ChaCha20-Poly1305 and the portable RustCrypto crate, under `qemu-aarch64 -singlestep`.
 //! - `hil --backend virtual|ssh`: the hardware-in-the-loop scenario (`hw-tests/`); the virtual
-//!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces.
+//!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces;
+//!   `--backend ssh --inventory FILE` runs on real boards ([`hil_ssh`]), `--backend ssh --lab`
+//!   against stand-in boards (namespaces with sshd).
 //! - `bench-tunnel [--json] [--seconds N]`: iperf3 and ping through raw veth, boringtun and
 //!   ShadowMesh between two namespaces in one run, with CPU per GB and peak RSS
 //!   ([`bench_tunnel`]).
@@ -28,6 +30,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench_tunnel;
+mod hil_ssh;
 mod mesh;
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -996,9 +999,16 @@ fn hil(args: &[String]) -> Result {
         .map(String::as_str)
         .unwrap_or("virtual");
     if backend == "ssh" {
-        return Err(
-            "the ssh back end (real boards) is not built yet; see hw-tests/README.md".into(),
-        );
+        let secs = flag_value(args, "--seconds").unwrap_or(5) as u32;
+        if args.iter().any(|a| a == "--lab") {
+            return hil_ssh::lab(secs);
+        }
+        let inv = args
+            .iter()
+            .position(|a| a == "--inventory")
+            .and_then(|i| args.get(i + 1))
+            .ok_or("--backend ssh needs --inventory FILE (or --lab; see hw-tests/README.md)")?;
+        return hil_ssh::run(Path::new(inv), secs);
     }
     if backend != "virtual" {
         return Err(format!("unknown back end {backend} (virtual | ssh)"));

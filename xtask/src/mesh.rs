@@ -157,7 +157,7 @@ impl Lab {
     }
 
     /// A namespace plugged into the switch with `addr`/24.
-    fn underlay_ns(&mut self, sw: &str, name: &str, addr: &str) -> Result<String> {
+    pub(crate) fn underlay_ns(&mut self, sw: &str, name: &str, addr: &str) -> Result<String> {
         let ns = self.ns(name)?;
         let port = format!("{}p", name);
         ip(&[
