@@ -422,10 +422,12 @@ fn scenario(hosts: &[Host], secs: u32) -> Result {
                 None,
                 None,
             )),
-            Ok(false) => note = format!(
+            Ok(false) => {
+                note = format!(
                 "| {} | kernel WireGuard | unavailable (no wireguard in a kernel) | | | | | |\n",
                 b.name
-            ),
+            )
+            }
             Err(e) => {
                 note = format!(
                     "| {} | kernel WireGuard | failed: {e} | | | | | |\n",

@@ -121,3 +121,54 @@ fn bogus_contacts_do_not_stop_a_lookup() {
         "no bogus contact in the result"
     );
 }
+
+/// Records are byte strings whose first 32 bytes are the storage key, the next 32 the owner and
+/// the next 8 the sequence number (the real check with signatures lives in the crypto crate).
+struct Plain;
+impl RecordCheck for Plain {
+    type Record = Vec<u8>;
+    fn check(&self, r: &Vec<u8>, _: u64) -> Result<RecordMeta, StoreCode> {
+        if r.len() < 72 {
+            return Err(StoreCode::BadSignature);
+        }
+        Ok(RecordMeta {
+            key: r[..32].try_into().unwrap(),
+            owner: PeerId(r[32..64].try_into().unwrap()),
+            seq: u64::from_be_bytes(r[64..72].try_into().unwrap()),
+            expires_at: u64::MAX,
+        })
+    }
+}
+
+fn plain_record(key: [u8; 32], owner: PeerId, seq: u64) -> Vec<u8> {
+    let mut r = key.to_vec();
+    r.extend_from_slice(&owner.0);
+    r.extend_from_slice(&seq.to_be_bytes());
+    r
+}
+
+/// The owner answers FIND_VALUE for its own record even though it holds it for nobody else.
+#[test]
+fn the_owner_answers_for_its_own_record() {
+    let me = contact(0);
+    let mut d = Dht::new(me, Plain, 1);
+    let key = [0x55; 32];
+    let rec = plain_record(key, me.id, 7);
+    d.publish(rec.clone(), 0, Duration::ZERO).unwrap();
+    while d.poll_output().is_some() {}
+    let ask = |d: &mut Dht<Plain>, known_seq| {
+        d.handle_request(
+            contact(3),
+            shadowmesh_proto::dht::wire::Request::FindValue {
+                key,
+                owner: me.id,
+                known_seq,
+            },
+            Duration::from_secs(1),
+            0,
+        )
+    };
+    assert!(matches!(ask(&mut d, 0), Some(Response::Value { record }) if record == rec));
+    // Not newer than what the asker has: contacts instead.
+    assert!(matches!(ask(&mut d, 7), Some(Response::Nodes { .. })));
+}

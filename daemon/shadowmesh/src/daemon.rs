@@ -259,24 +259,21 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     ));
 
     let cached = read_cache(&cache_path(&cfg));
-    let mut known = 0;
-    for (peer, addr) in &cfg.bootstrap {
-        if *peer != pid {
-            mesh.add_contact(Contact {
-                id: *peer,
-                ed25519: [0; 32],
-                addr: *addr,
-            });
-            known += 1;
-        }
+    let mut initial: Vec<Contact> = cfg
+        .bootstrap
+        .iter()
+        .map(|(peer, addr)| Contact {
+            id: *peer,
+            ed25519: [0; 32],
+            addr: *addr,
+        })
+        .collect();
+    initial.extend(cached.iter().copied());
+    initial.retain(|c| c.id != pid);
+    for c in &initial {
+        mesh.add_contact(*c);
     }
-    for c in &cached {
-        if c.id != pid {
-            mesh.add_contact(*c);
-            known += 1;
-        }
-    }
-    if known == 0 {
+    if initial.is_empty() {
         log::warn!(
             "starting alone: no bootstrap nodes configured and no routing-table cache in {}; \
              other nodes can bootstrap from this one ({pid}@{})",
@@ -290,7 +287,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
             cfg.bootstrap.len()
         );
     }
-    tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), known > 0));
+    tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), initial));
     tokio::task::spawn_local(watch_addresses(mesh.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -403,11 +400,14 @@ fn own_prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {
         .collect()
 }
 
-/// Joins (retrying every 30 s while the table is empty), publishes our record, keeps the cache.
-async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
+/// Joins through `initial` (seeds and cached contacts), publishes our record, keeps the cache.
+/// A failed join is retried after 1, 2, 4, ... up to 30 s, each time with the seeds and cached
+/// contacts added again (a failed request may have evicted them from the table).
+async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, initial: Vec<Contact>) {
     let mut saved_once = false;
+    let mut backoff = Duration::from_secs(1);
     loop {
-        if has_contacts || mesh.table_len() > 0 {
+        if !initial.is_empty() || mesh.table_len() > 0 {
             if let Some(j) = mesh.bootstrap().await {
                 if !j.closest.is_empty() {
                     log::info!(
@@ -418,8 +418,15 @@ async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
                     break;
                 }
             }
-            log::warn!("could not reach any seed or cached contact; retrying in 30 s");
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            log::warn!(
+                "could not reach any seed or cached contact; retrying in {} s",
+                backoff.as_secs()
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            for c in &initial {
+                mesh.add_contact(*c);
+            }
         } else {
             // Alone: join as soon as the first node contacts us.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -430,10 +437,16 @@ async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, has_contacts: bool) {
         publish(&mesh, mesh.node().record()).await;
     }
     let mut last_publish = std::time::Instant::now();
+    let table_at_publish = mesh.table_len();
     loop {
         let pause = if saved_once { 3600 } else { 30 };
         tokio::time::sleep(Duration::from_secs(pause)).await;
         write_cache(&cache_path(&cfg), &mesh.contacts());
+        // A record published into a young network reached only the nodes there were; if the
+        // table has grown since, publish once more now rather than in an hour.
+        if member && !saved_once && mesh.table_len() > table_at_publish {
+            publish(&mesh, mesh.node().record()).await;
+        }
         saved_once = true;
         // Republish a freshly signed record hourly: the engine would otherwise republish the
         // same bytes until they expire.

@@ -172,15 +172,21 @@ fn six_daemons_find_every_record_and_rejoin_from_cache() {
         "cache written at shutdown"
     );
     daemons.0[1] = Some(start(&configs[1], &dir.join("n1-restart.log")));
-    wait_for(
-        "member 1 to rejoin from its cache",
-        Duration::from_secs(30),
-        || {
-            let r = ctl(&configs[1], &["dht", "--lookup", &ids[2]]);
-            field(&r, "found").as_deref() == Some("true")
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = ctl(&configs[1], &["dht", "--lookup", &ids[2]]);
+        if field(&last, "found").as_deref() == Some("true") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = std::fs::read_to_string(dir.join("n1-restart.log")).unwrap();
+    assert_eq!(
+        field(&last, "found").as_deref(),
+        Some("true"),
+        "member 1 did not rejoin from its cache in 30 s; last answer {last}; its log:\n{log}"
+    );
     assert!(log.contains("from the routing-table cache"), "{log}");
     drop(daemons);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -160,7 +160,7 @@ pub struct Dht<C: RecordCheck> {
     out: VecDeque<Output<C::Record>>,
     next_id: u64,
     rng: u64,
-    own: Option<C::Record>,
+    own: Option<(C::Record, RecordMeta)>,
     last_publish: Duration,
     last_refresh_check: Duration,
     rate: BTreeMap<SocketAddr, (Duration, u32)>,
@@ -249,6 +249,22 @@ impl<C: RecordCheck> Dht<C> {
         }
     }
 
+    /// A record under `key` from `owner` newer than `known_seq` that we hold: one stored for
+    /// others, or our own (its owner is always an authority for it, even when it is not among
+    /// the nodes closest to the key: a lookup that reaches the owner finds the record even if
+    /// every holder is gone). Replicating our own record to each node new to our table that is
+    /// among the k closest to its key ("store on join") was tried and cut the simulator's
+    /// 20%-Sybil lookup success from 0.973 to 0.951 (mean of seeds 1-3): it is not done.
+    fn held(&self, key: &[u8; 32], owner: &PeerId, known_seq: u64) -> Option<(C::Record, u64)> {
+        if let Some((r, m)) = self.store.get(key, owner, known_seq) {
+            return Some((r.clone(), m.seq));
+        }
+        self.own
+            .as_ref()
+            .filter(|(_, m)| m.key == *key && m.owner == *owner && m.seq > known_seq)
+            .map(|(r, m)| (r.clone(), m.seq))
+    }
+
     fn send(&mut self, to: Contact, req: Request<C::Record>, kind: ReqKind, now: Duration) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -319,8 +335,9 @@ impl<C: RecordCheck> Dht<C> {
         now_unix: u64,
         now: Duration,
     ) -> Result<Option<LookupId>, StoreCode> {
+        let meta = self.check.check(&record, now_unix)?;
         let id = self.put(record.clone(), now_unix, now)?;
-        self.own = Some(record);
+        self.own = Some((record, meta));
         self.last_publish = now;
         Ok(id)
     }
@@ -355,12 +372,10 @@ impl<C: RecordCheck> Dht<C> {
         // A record we hold ourselves is an answer like any holder's (in a small or young
         // network we may be the only holder).
         let (best, holders) = match &query {
-            Query::FindValue { owner, known_seq } => {
-                match self.store.get(&target, owner, *known_seq) {
-                    Some((r, m)) => (Some((r.clone(), m.seq)), 1),
-                    None => (None, 0),
-                }
-            }
+            Query::FindValue { owner, known_seq } => match self.held(&target, owner, *known_seq) {
+                Some((r, seq)) => (Some((r, seq)), 1),
+                None => (None, 0),
+            },
             _ => (None, 0),
         };
         self.lookups.insert(
@@ -514,8 +529,8 @@ impl<C: RecordCheck> Dht<C> {
                 key,
                 owner,
                 known_seq,
-            } => match self.store.get(&key, &owner, known_seq) {
-                Some((r, _)) => Response::Value { record: r.clone() },
+            } => match self.held(&key, &owner, known_seq) {
+                Some((record, _)) => Response::Value { record },
                 None => nodes(&self.table, &key),
             },
             Request::Store { record } => {
@@ -652,7 +667,7 @@ impl<C: RecordCheck> Dht<C> {
                     break;
                 }
             }
-            if let Some(rec) = self.own.clone() {
+            if let Some((rec, _)) = self.own.clone() {
                 if now >= self.last_publish + REPUBLISH_INTERVAL {
                     let _ = self.publish(rec, now_unix, now);
                 }
