@@ -956,6 +956,28 @@ fn failure_cases(
                 .unwrap_or_else(|| "never".into())
         ),
     );
+    // An invalid file on reload: the error is logged and the running configuration stays.
+    let good = std::fs::read_to_string(&gw3.config).map_err(|e| e.to_string())?;
+    std::fs::write(&gw3.config, good.clone() + "\toption listen_port '70000'\n")
+        .map_err(|e| e.to_string())?;
+    lab.signal(&gw3.name, libc::SIGHUP)?;
+    sleep(Duration::from_secs(1))?;
+    let alive = lab
+        .daemon_pid(&gw3.name)
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    let p = ping(&lan1, "192.168.33.2", 10, "0.05")?;
+    let logged = lab
+        .log(&gw3.name)
+        .contains("keeping the running configuration");
+    std::fs::write(&gw3.config, good).map_err(|e| e.to_string())?;
+    rep.check(
+        "SIGHUP with an invalid file: error logged, old config kept, traffic flows",
+        alive && logged && p.received == p.sent,
+        format!(
+            "daemon running: {alive}; error logged: {logged}; {} of {} pings",
+            p.received, p.sent
+        ),
+    );
     Ok(())
 }
 

@@ -19,6 +19,10 @@ use shadowmesh_proto::PeerId;
 const NK: [u8; 32] = [0x31; 32];
 
 fn member(nk: [u8; 32]) -> (Rc<Mesh>, Rc<DataPlane>) {
+    member_allowing(nk, vec![])
+}
+
+fn member_allowing(nk: [u8; 32], allowed: Vec<PeerId>) -> (Rc<Mesh>, Rc<DataPlane>) {
     let id = Identity::generate();
     let pid = id.peer_id();
     let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
@@ -38,7 +42,7 @@ fn member(nk: [u8; 32]) -> (Rc<Mesh>, Rc<DataPlane>) {
             ipv4: v4,
             ipv6: Some(v6),
             own_routes: vec![],
-            allowed: vec![],
+            allowed,
             network_key: nk,
         },
         Tun::memory("test"),
@@ -117,5 +121,33 @@ fn members_learn_each_other_through_a_common_member() {
         dp_b.push_packet(&mut arena, &pkt);
         assert!(until(|| dp_c.tun().memory_written().0 == 1).await);
         assert_eq!(dp_a.tun().memory_written().0, 0);
+    });
+}
+
+/// `list allowed_peer`: a member of the right mesh that is not on the list gets no session (and
+/// neither end counts it as a member); one that is on it does.
+#[test]
+fn the_allowlist_admits_only_listed_members() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let (b, dp_b) = member(NK);
+        let (c, dp_c) = member(NK);
+        let (a, dp_a) = member_allowing(NK, vec![b.contact().id]);
+        let (ida, idb, idc) = (a.contact().id, b.contact().id, c.contact().id);
+        b.connection(a.contact()).await.unwrap();
+        let _ = c.connection(a.contact()).await;
+        assert!(until(|| connected(&dp_a, &idb) && connected(&dp_b, &ida)).await);
+        // Give C's attempt time to settle either way.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !connected(&dp_a, &idc),
+            "A admitted a member not on its allowlist"
+        );
+        assert!(dp_a.members().iter().all(|m| m.peer_id != idc));
+        assert!(!connected(&dp_c, &ida));
     });
 }
