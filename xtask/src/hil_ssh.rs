@@ -254,20 +254,9 @@ fn measure(board: &Host, dst: &str, secs: u32) -> Measured {
     let ping = board
         .run(&format!("ping -n -q -c 20 -i 0.2 -W 2 {dst}"))
         .unwrap_or_default();
-    let loss = ping
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| {
-            let n: Vec<f64> = l
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            (n.len() >= 2 && n[0] > 0.0).then(|| 100.0 * (n[0] - n[1]) / n[0])
-        });
-    let ping_ms = ping
-        .lines()
-        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
-        .and_then(|l| l.split(" = ").nth(1)?.split('/').nth(1)?.parse().ok());
+    let p = mesh::Ping::parse(&ping);
+    let loss = (p.sent > 0).then(|| p.loss_pct());
+    let ping_ms = (p.received > 0).then_some(p.avg_ms);
     let t1 = iperf(board, dst, secs, 1);
     let t4 = iperf(board, dst, secs, 4);
     Measured {

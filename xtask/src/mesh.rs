@@ -383,7 +383,37 @@ pub(crate) struct Ping {
 }
 
 impl Ping {
-    fn loss_pct(&self) -> f64 {
+    /// Reads ping(8)'s summary: "N packets transmitted, M received" and the rtt line (iputils
+    /// and busybox both print these).
+    pub(crate) fn parse(text: &str) -> Ping {
+        let mut p = Ping {
+            sent: 0,
+            received: 0,
+            avg_ms: 0.0,
+        };
+        for line in text.lines() {
+            if line.contains("packets transmitted") {
+                let nums: Vec<u32> = line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                if nums.len() >= 2 {
+                    p.sent = nums[0];
+                    p.received = nums[1];
+                }
+            }
+            if line.starts_with("rtt") || line.starts_with("round-trip") {
+                p.avg_ms = line
+                    .split(" = ")
+                    .nth(1)
+                    .and_then(|r| r.split('/').nth(1)?.parse().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+        p
+    }
+
+    pub(crate) fn loss_pct(&self) -> f64 {
         if self.sent == 0 {
             100.0
         } else {
@@ -411,30 +441,9 @@ pub(crate) fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> Result<Pi
     )
     .output()
     .map_err(|e| format!("ping: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut p = Ping {
-        sent: count,
-        received: 0,
-        avg_ms: 0.0,
-    };
-    for line in text.lines() {
-        if line.contains("packets transmitted") {
-            let nums: Vec<u32> = line
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            if nums.len() >= 2 {
-                p.sent = nums[0];
-                p.received = nums[1];
-            }
-        }
-        if let Some(rest) = line.split(" = ").nth(1).filter(|_| line.starts_with("rtt")) {
-            p.avg_ms = rest
-                .split('/')
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-        }
+    let mut p = Ping::parse(&String::from_utf8_lossy(&out.stdout));
+    if p.sent == 0 {
+        p.sent = count;
     }
     Ok(p)
 }
@@ -931,18 +940,12 @@ fn failure_cases(
     let reached =
         until_reachable(&lan1, "192.168.33.2", Duration::from_secs(20))?.map(|_| t.elapsed());
     let out = bg.wait_with_output().map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lost = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .map(|l| {
-            let n: Vec<u32> = l
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            n[0].saturating_sub(n[1])
-        })
-        .unwrap_or(u32::MAX);
+    let bg = Ping::parse(&String::from_utf8_lossy(&out.stdout));
+    let lost = if bg.sent == 0 {
+        u32::MAX
+    } else {
+        bg.sent - bg.received
+    };
     rep.check(
         "SIGHUP adds route 192.168.33.0/24 on gw3: reachable, other traffic kept",
         reached.is_some() && lost == 0,

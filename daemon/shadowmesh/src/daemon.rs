@@ -15,7 +15,6 @@ use std::time::Duration;
 use shadowmesh_crypto::identity::write_atomic;
 use shadowmesh_crypto::Identity;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
 use shadowmesh_proto::record::Payload;
 
 use crate::cli::{CliError, Opts};
@@ -213,19 +212,13 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
 
 async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let pid = id.peer_id();
-    let mut payload = Payload {
-        addrs: cfg.advertise.clone(),
-        ipv4: None,
-        ipv4_counter: 0,
-        ipv6: None,
-        routes: cfg.routes.clone(),
+    // A seed claims no overlay addresses: it never carries packets.
+    let mut payload = match cfg.network_key {
+        Some(_) => crate::dataplane::member_payload(&pid),
+        None => Payload::default(),
     };
-    if cfg.network_key.is_some() {
-        let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
-        payload.ipv4 = Some(v4);
-        payload.ipv4_counter = counter;
-        payload.ipv6 = Some(overlay::ipv6(V6Prefix::default(), &pid));
-    }
+    payload.addrs = cfg.advertise.clone();
+    payload.routes = cfg.routes.clone();
     let mut ncfg = NodeConfig::dht_only(cfg.listen);
     if let Some(k) = cfg.network_key {
         ncfg = ncfg.member_of(k);
@@ -379,18 +372,9 @@ fn open_dataplane(
         tun.name(),
         payload.ipv6.map(|a| format!(", {a}/8")).unwrap_or_default()
     );
-    Ok(DataPlane::new(
-        DataPlaneConfig {
-            me: pid,
-            ipv4: v4,
-            ipv6: payload.ipv6,
-            own_routes: own_prefixes(&cfg.routes),
-            allowed: cfg.allowed_peers.clone(),
-            network_key: nk,
-        },
-        tun,
-        mtu,
-    ))
+    let dcfg = DataPlaneConfig::new(pid, payload, nk, cfg.allowed_peers.clone())
+        .expect("members claim an overlay IPv4 address");
+    Ok(DataPlane::new(dcfg, tun, mtu))
 }
 
 fn own_prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {

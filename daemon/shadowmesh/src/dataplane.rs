@@ -234,6 +234,43 @@ pub struct DataPlaneConfig {
     pub network_key: [u8; 32],
 }
 
+impl DataPlaneConfig {
+    /// The settings of member `me` whose record carries `payload` (its overlay addresses and
+    /// the routes it advertises); `None` if the payload claims no overlay IPv4 address.
+    pub fn new(
+        me: PeerId,
+        payload: &Payload,
+        network_key: [u8; 32],
+        allowed: Vec<PeerId>,
+    ) -> Option<Self> {
+        Some(DataPlaneConfig {
+            me,
+            ipv4: payload.ipv4?,
+            ipv6: payload.ipv6,
+            own_routes: payload
+                .routes
+                .iter()
+                .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+                .collect(),
+            allowed,
+            network_key,
+        })
+    }
+}
+
+/// The record payload of member `me` before addresses and routes: the overlay addresses it
+/// claims (IPv4 from the first rehash candidate, IPv6 from the PeerId).
+pub fn member_payload(me: &PeerId) -> Payload {
+    use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), me, 0);
+    Payload {
+        ipv4: Some(v4),
+        ipv4_counter: counter,
+        ipv6: Some(overlay::ipv6(V6Prefix::default(), me)),
+        ..Payload::default()
+    }
+}
+
 /// The data plane of one member node.
 pub struct DataPlane {
     cfg: RefCell<DataPlaneConfig>,

@@ -55,64 +55,108 @@ fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
     }
 }
 
-/// Sends one request (`body` = the family header and attributes) and waits for the ack.
-fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-    let mut msg = Vec::with_capacity(NLMSG_HDR + body.len());
-    msg.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel
-    msg.extend_from_slice(body);
-    // SAFETY: plain socket syscalls on a descriptor we own; every buffer passed is valid for the
-    // length given, and the descriptor is closed on every path.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+/// A `NETLINK_ROUTE` socket: the only unsafe code of this module, closed on drop.
+struct Socket(libc::c_int);
+
+impl Socket {
+    /// Opens a socket whose reads give up after one second (a kernel that never answers must
+    /// not hang the daemon's one thread).
+    fn open() -> io::Result<Socket> {
+        // SAFETY: socket(2) and setsockopt(2) with a valid, correctly sized timeval.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let tv = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            Ok(Socket(fd))
         }
-        let result = (|| {
+    }
+
+    /// Sends one message to the kernel.
+    fn send(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: `msg` is valid for its length; the address is a zeroed sockaddr_nl (the kernel).
+        let n = unsafe {
             let mut sa: libc::sockaddr_nl = std::mem::zeroed();
             sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            let n = libc::sendto(
-                fd,
+            libc::sendto(
+                self.0,
                 msg.as_ptr().cast(),
                 msg.len(),
                 0,
                 (&sa as *const libc::sockaddr_nl).cast(),
                 std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            );
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let n = n as usize;
-                if n < NLMSG_HDR + 4 {
-                    return Err(io::Error::other("short netlink answer"));
-                }
-                let t = u16::from_ne_bytes([buf[4], buf[5]]);
-                if t != NLMSG_ERROR {
-                    continue;
-                }
-                let errno = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
-                return if errno == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-errno))
-                };
-            }
-        })();
-        libc::close(fd);
-        result
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf`; returns its length.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor and close it once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A netlink message: header (`kind`, `flags`, sequence 1, port 0 = the kernel) and `body`.
+fn message(kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(NLMSG_HDR + body.len());
+    msg.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// Sends one request (`body` = the family header and attributes) and waits for the ack.
+fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+    let sock = Socket::open()?;
+    sock.send(&message(kind, flags | NLM_F_ACK, body))?;
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = sock.recv(&mut buf)?;
+        if n < NLMSG_HDR + 4 {
+            return Err(io::Error::other("short netlink answer"));
+        }
+        if u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
+            continue;
+        }
+        let errno = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
+        return if errno == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-errno))
+        };
     }
 }
 
@@ -170,81 +214,39 @@ pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
 pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
     const NLM_F_DUMP: u16 = 0x300;
     const RTM_GETADDR: u16 = 22;
-    const RTM_NEWADDR_T: u16 = 20;
     const NLMSG_DONE: u16 = 3;
     const RT_SCOPE_HOST: u8 = 254;
-    let mut msg = Vec::with_capacity(NLMSG_HDR + 8);
-    msg.extend_from_slice(&((NLMSG_HDR + 8) as u32).to_ne_bytes());
-    msg.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[0u8; 8]); // ifaddrmsg: any family
+    let sock = Socket::open()?;
+    // ifaddrmsg with family 0: every family.
+    sock.send(&message(RTM_GETADDR, NLM_F_DUMP, &[0u8; 8]))?;
     let mut out = Vec::new();
-    // SAFETY: as in `request`: plain syscalls on a descriptor we own, buffers valid for the
-    // lengths given, the descriptor closed on every path.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    let mut buf = vec![0u8; 16 * 1024];
+    // A dump is a few datagrams; a bound keeps a broken answer from looping us.
+    let mut done = false;
+    'dump: for _ in 0..256 {
+        let n = sock.recv(&mut buf)?;
+        let mut rest = &buf[..n];
+        while rest.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HDR || len > rest.len() {
+                return Err(io::Error::other("malformed netlink answer"));
+            }
+            match kind {
+                NLMSG_DONE => {
+                    done = true;
+                    break 'dump;
+                }
+                NLMSG_ERROR => return Err(io::Error::other("netlink dump refused")),
+                RTM_NEWADDR => parse_addr(&rest[NLMSG_HDR..len], skip_index, &mut out),
+                _ => {}
+            }
+            let step = ((len + 3) & !3).min(rest.len());
+            rest = &rest[step..];
         }
-        let tv = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        let result = (|| {
-            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            if libc::sendto(
-                fd,
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            let mut buf = vec![0u8; 16 * 1024];
-            // A dump is a few datagrams; a bound keeps a broken answer from looping us.
-            for _ in 0..256 {
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut rest = &buf[..n as usize];
-                while rest.len() >= NLMSG_HDR {
-                    let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
-                    let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                    if len < NLMSG_HDR || len > rest.len() {
-                        return Err(io::Error::other("malformed netlink answer"));
-                    }
-                    match kind {
-                        NLMSG_DONE => return Ok(()),
-                        NLMSG_ERROR => return Err(io::Error::other("netlink dump refused")),
-                        RTM_NEWADDR_T => parse_addr(&rest[NLMSG_HDR..len], skip_index, &mut out),
-                        _ => {}
-                    }
-                    let step = ((len + 3) & !3).min(rest.len());
-                    rest = &rest[step..];
-                }
-            }
-            Err(io::Error::other("netlink dump did not end"))
-        })();
-        libc::close(fd);
-        result?;
+    }
+    if !done {
+        return Err(io::Error::other("netlink dump did not end"));
     }
     fn parse_addr(m: &[u8], skip_index: u32, out: &mut Vec<IpAddr>) {
         if m.len() < 8 {

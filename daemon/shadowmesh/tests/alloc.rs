@@ -12,12 +12,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shadowmesh::dataplane::{alloc_probe, DataPlane, DataPlaneConfig};
+use shadowmesh::dataplane::{alloc_probe, member_payload, DataPlane, DataPlaneConfig};
 use shadowmesh::node::{Node, NodeConfig};
 use shadowmesh::tun::Tun;
 use shadowmesh_crypto::Identity;
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
-use shadowmesh_proto::record::Payload;
 
 struct Counting;
 static OURS: AtomicU64 = AtomicU64::new(0);
@@ -48,24 +46,9 @@ const PACKETS: u64 = 120_000;
 const WARMUP: u64 = 10_000;
 
 fn plane(id: &Identity) -> (NodeConfig, DataPlaneConfig) {
-    let pid = id.peer_id();
-    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
-    let v6 = overlay::ipv6(V6Prefix::default(), &pid);
     let mut n = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), NK);
-    n.payload = Payload {
-        ipv4: Some(v4),
-        ipv4_counter: counter,
-        ipv6: Some(v6),
-        ..Payload::default()
-    };
-    let d = DataPlaneConfig {
-        me: pid,
-        ipv4: v4,
-        ipv6: Some(v6),
-        own_routes: vec![],
-        allowed: vec![],
-        network_key: NK,
-    };
+    n.payload = member_payload(&id.peer_id());
+    let d = DataPlaneConfig::new(id.peer_id(), &n.payload, NK, vec![]).unwrap();
     (n, d)
 }
 

@@ -7,13 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use shadowmesh::dataplane::{DataPlane, DataPlaneConfig};
+use shadowmesh::dataplane::{member_payload, DataPlane, DataPlaneConfig};
 use shadowmesh::mesh::Mesh;
 use shadowmesh::node::{Node, NodeConfig};
 use shadowmesh::tun::Tun;
 use shadowmesh_crypto::Identity;
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
-use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::PeerId;
 
 const NK: [u8; 32] = [0x31; 32];
@@ -25,29 +23,12 @@ fn member(nk: [u8; 32]) -> (Rc<Mesh>, Rc<DataPlane>) {
 fn member_allowing(nk: [u8; 32], allowed: Vec<PeerId>) -> (Rc<Mesh>, Rc<DataPlane>) {
     let id = Identity::generate();
     let pid = id.peer_id();
-    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
-    let v6 = overlay::ipv6(V6Prefix::default(), &pid);
     let mut cfg = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), nk);
-    cfg.payload = Payload {
-        ipv4: Some(v4),
-        ipv4_counter: counter,
-        ipv6: Some(v6),
-        ..Payload::default()
-    };
+    cfg.payload = member_payload(&pid);
     cfg.handshake_timeout = Duration::from_secs(5);
+    let dcfg = DataPlaneConfig::new(pid, &cfg.payload, nk, allowed).unwrap();
     let mesh = Mesh::new(Node::bind(id, cfg).unwrap()).unwrap();
-    let dp = DataPlane::new(
-        DataPlaneConfig {
-            me: pid,
-            ipv4: v4,
-            ipv6: Some(v6),
-            own_routes: vec![],
-            allowed,
-            network_key: nk,
-        },
-        Tun::memory("test"),
-        1380,
-    );
+    let dp = DataPlane::new(dcfg, Tun::memory("test"), 1380);
     mesh.attach(dp.clone());
     tokio::task::spawn_local(mesh.clone().run());
     (mesh, dp)
