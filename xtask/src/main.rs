@@ -949,36 +949,6 @@ fn count_aead() -> Result {
     Ok(())
 }
 
-/// Network namespaces, links and processes a HIL run made; all removed on drop (also on error).
-struct Netns {
-    names: Vec<String>,
-    procs: Vec<Child>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result {
-    let st = Command::new("ip")
-        .args(args)
-        .status()
-        .map_err(|e| format!("ip: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {} failed", args.join(" ")))
-    }
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -1028,27 +998,15 @@ fn hil(args: &[String]) -> Result {
     }
     run(cargo().args(["build", "-p", "shadowmesh", "--bin", "shadowmesh"]))?;
     let host = bin_path();
-    let tag = std::process::id() % 100_000;
-    let dir = std::env::temp_dir().join(format!("shadowmesh-hil-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut env = Netns {
-        names: vec![],
-        procs: vec![],
-    };
-    let result = hil_virtual(&mut env, &host, &dir, tag, &foreign);
-    drop(env);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let mut lab = mesh::Lab::new(&host)?;
+    hil_virtual(&mut lab, &host, &foreign)
 }
 
-fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&str]) -> Result {
+fn hil_virtual(lab: &mut mesh::Lab, host: &Path, foreign: &[&str]) -> Result {
     // A switch namespace with a bridge; one namespace per node, a veth into the bridge each.
-    let sw = format!("smhil{tag}sw");
-    ip(&["netns", "add", &sw])?;
-    env.names.push(sw.clone());
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    let sw = lab.ns("sw")?;
+    mesh::ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    mesh::ip(&["-n", &sw, "link", "set", "br0", "up"])?;
     let archs: Vec<(&str, Option<&str>)> = std::iter::once(("x86_64", None))
         .chain(
             foreign
@@ -1058,46 +1016,10 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
         .collect();
     let nk: String = "3c".repeat(32);
     let mut nodes = Vec::new();
+    let dir = lab.dir.clone();
     for (i, (arch, target)) in archs.iter().enumerate() {
-        let ns = format!("smhil{tag}n{i}");
-        ip(&["netns", "add", &ns])?;
-        env.names.push(ns.clone());
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("p{i}"),
-            "netns",
-            &sw,
-        ])?;
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "set",
-            &format!("p{i}"),
-            "master",
-            "br0",
-            "up",
-        ])?;
         let addr = format!("10.201.0.{}", i + 1);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let ns = lab.underlay_ns(&sw, &format!("n{i}"), &addr)?;
         let d = dir.join(format!("n{i}"));
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let key = d.join("key");
@@ -1142,7 +1064,7 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
         c.arg("run").arg("--config").arg(&path);
         c.stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("log")).map_err(|e| e.to_string())?);
-        env.procs.push(c.spawn().map_err(|e| e.to_string())?);
+        lab.others.push(c.spawn().map_err(|e| e.to_string())?);
         cfgs.push(path);
     }
     let ctl = |cfg: &Path, args: &[&str]| -> String {
@@ -1243,8 +1165,19 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
     let mut iperfs = Vec::new();
     for i in 0..nodes.len() {
         for j in i + 1..nodes.len() {
-            let r =
-                mesh::iperf3_streams(&mut env.procs, &nodes[j].0, &nodes[i].0, &overlay[j], 2, 1);
+            // Emulated daemons on a busy host can miss iperf3's control handshake: one retry.
+            let mut r =
+                mesh::iperf3_streams(&mut lab.others, &nodes[j].0, &nodes[i].0, &overlay[j], 2, 1);
+            if r.is_err() {
+                r = mesh::iperf3_streams(
+                    &mut lab.others,
+                    &nodes[j].0,
+                    &nodes[i].0,
+                    &overlay[j],
+                    2,
+                    1,
+                );
+            }
             let mbps = match r {
                 Ok((m, _)) => Some(m),
                 Err(e) => {
@@ -1256,8 +1189,8 @@ fn hil_virtual(env: &mut Netns, host: &Path, dir: &Path, tag: u32, foreign: &[&s
             iperfs.push((nodes[i].1.clone(), nodes[j].1.clone(), mbps));
         }
     }
-    let rss: Vec<u64> = env
-        .procs
+    let rss: Vec<u64> = lab
+        .others
         .iter()
         .take(nodes.len())
         .map(|p| rss_kib(p.id()))
