@@ -19,6 +19,9 @@
 //! - `bench-tunnel [--json] [--seconds N]`: iperf3 and ping through raw veth, boringtun and
 //!   ShadowMesh between two namespaces in one run, with CPU per GB and peak RSS
 //!   ([`bench_tunnel`]).
+//! - `dist [--no-build]`: OpenWrt `.ipk` packages from the cross builds into `target/dist/`
+//!   ([`openwrt`]); `openwrt-test`: only the packaging, rpcd and LuCI tests ([`openwrt`],
+//!   [`luci`]), which `test` also runs.
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -31,7 +34,9 @@ use std::time::{Duration, Instant};
 
 mod bench_tunnel;
 mod hil_ssh;
+mod luci;
 mod mesh;
+mod openwrt;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -48,6 +53,13 @@ fn main() -> ExitCode {
         Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
         Some("sim") => sim(&args[1..]),
         Some("cross") => cross(&args[1..]),
+        Some("dist") => openwrt::dist(&args[1..]).map(|_| ()),
+        Some("openwrt-test") => openwrt_tests().and_then(|c| {
+            c.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| c.failures.join("\n"))
+        }),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
         Some("bench-tunnel") => release_bin().and_then(|bin| {
@@ -57,7 +69,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,12 +139,39 @@ fn test(args: &[String]) -> Result {
     } else {
         println!("skipped: the namespace mesh scenario (needs root)");
     }
+    // The OpenWrt packages (built from the cross builds), their scripts against the OpenWrt
+    // stand-ins, the rpcd backend and the LuCI views in headless Chromium.
+    let pk = openwrt_tests()?;
+    passed += pk.passed;
+    failed += pk.failures.len() as u64;
+    if !pk.failures.is_empty() {
+        println!("tests: {passed} passed, {failed} failed");
+        return Err(format!(
+            "OpenWrt package tests failed:\n  {}",
+            pk.failures.join("\n  ")
+        ));
+    }
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
     // One plain closing line with the totals over every test binary.
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// The packaging, rpcd and LuCI tests (`cargo xtask openwrt-test` runs only these).
+fn openwrt_tests() -> Result<openwrt::Checks> {
+    let bin = release_bin()?;
+    let mut pk = openwrt::Checks::default();
+    openwrt::test_packages(&mut pk, true)?;
+    openwrt::luci_static(&mut pk, &bin);
+    luci::test(&mut pk, &bin)?;
+    println!(
+        "openwrt tests: {} passed, {} failed",
+        pk.passed,
+        pk.failures.len()
+    );
+    Ok(pk)
 }
 
 /// Runs `cargo test`, passing its output through, and sums its "test result" lines.
@@ -622,6 +661,7 @@ fn sim(args: &[String]) -> Result {
 
 /// Router targets and how to build them here (see cross-toolchains/README.md).
 const CROSS_TARGETS: &[&str] = &[
+    "x86_64-unknown-linux-musl",
     "aarch64-unknown-linux-musl",
     "armv7-unknown-linux-musleabihf",
     "mipsel-unknown-linux-musl",
@@ -670,6 +710,11 @@ fn cross_cargo(t: &str, sub: &str) -> Result<Command> {
         c = Command::new("cargo");
         c.arg(sub).args(["--target", t]);
         c.env(format!("CARGO_TARGET_{up}_LINKER"), "rust-lld");
+        if t.starts_with("x86_64") {
+            // The host gcc, as for aarch64 (pqcrypto's headers use glibc's __GNUC_PREREQ, which
+            // musl-gcc lacks); the objects call only memcpy/memset-class functions musl has.
+            c.env("CC_x86_64_unknown_linux_musl", "gcc");
+        }
         if t.starts_with("aarch64") {
             c.env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc");
             c.env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
@@ -700,13 +745,7 @@ fn cross(args: &[String]) -> Result {
     };
     let mut sizes = Vec::new();
     for t in &targets {
-        let mut c = cross_cargo(t, "build")?;
-        c.args(["--release", "-p", "shadowmesh", "--bin", "shadowmesh"]);
-        eprintln!("+ {c:?}");
-        if !c.status().map_err(|e| e.to_string())?.success() {
-            return Err(format!("cross build for {t} failed"));
-        }
-        let bin = target_dir().join(t).join("release").join("shadowmesh");
+        let bin = cross_build(t)?;
         let size = std::fs::metadata(&bin)
             .map_err(|e| format!("{}: {e}", bin.display()))?
             .len();
@@ -741,6 +780,17 @@ fn cross(args: &[String]) -> Result {
         interop(&targets)?;
     }
     Ok(())
+}
+
+/// The release build of `shadowmesh` for `t`; returns the binary.
+fn cross_build(t: &str) -> Result<PathBuf> {
+    let mut c = cross_cargo(t, "build")?;
+    c.args(["--release", "-p", "shadowmesh", "--bin", "shadowmesh"]);
+    eprintln!("+ {c:?}");
+    if !c.status().map_err(|e| e.to_string())?.success() {
+        return Err(format!("cross build for {t} failed"));
+    }
+    Ok(target_dir().join(t).join("release").join("shadowmesh"))
 }
 
 /// The smallest `binary_size_budget_kib` any board file gives for `target`.

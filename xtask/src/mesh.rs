@@ -290,7 +290,7 @@ impl Lab {
             .map(|(_, c)| c.id())
     }
 
-    fn kill9(&mut self, name: &str) -> Result {
+    pub(crate) fn kill9(&mut self, name: &str) -> Result {
         let i = self
             .daemons
             .iter()

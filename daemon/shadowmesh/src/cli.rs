@@ -26,6 +26,7 @@ commands:
   dht [--config PATH] --lookup PEERID
                                ask the running daemon to look up a member's record
   keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
+  netkey                       print a new random network key (64 hex digits)
   id --key PATH [--json]       print the PeerId, public keys and overlay addresses of a key file
   probe --key PATH (--network-key HEX | --network-key-file PATH)
         --listen ADDR          accept peers, prove identities, echo their encrypted frames
@@ -33,6 +34,8 @@ commands:
         [--count N] [--size BYTES] [--rekey] [--attack] [--log-level LEVEL]
   selftest --key PATH --write DIR | --verify DIR
                                sign a record and seal a frame / check ones made by any build
+  rpcd [--config PATH] list | call METHOD
+                               the LuCI rpcd plugin's answers (JSON): status
   version                      print the version
 ";
 
@@ -255,7 +258,17 @@ pub fn run(args: Vec<String>) -> i32 {
         return 2;
     };
     let rest = &args[2..];
-    let result = Opts::parse(rest).and_then(|o| {
+    // rpcd's calling convention has positional words (`list`, `call METHOD`).
+    let parsed = if cmd == "rpcd" {
+        crate::logger::init(log::LevelFilter::Error);
+        crate::rpcd::main(rest).map(|()| Opts::default())
+    } else {
+        Opts::parse(rest)
+    };
+    let result = parsed.and_then(|o| {
+        if cmd == "rpcd" {
+            return Ok(());
+        }
         if o.flag("--help") {
             print!("{USAGE}");
             return Ok(());
@@ -269,6 +282,13 @@ pub fn run(args: Vec<String>) -> i32 {
         }
         match cmd.as_str() {
             "keygen" => keygen(&o),
+            "netkey" => {
+                o.only(&[])?;
+                let mut k = [0u8; 32];
+                shadowmesh_crypto::random_bytes(&mut k);
+                println!("{}", to_hex(&k));
+                Ok(())
+            }
             "id" => id(&o),
             "probe" => crate::probe::main(&o),
             "selftest" => crate::selftest::main(&o),

@@ -9,6 +9,7 @@
 //!     option listen_port '4433'
 //!     option interface 'smesh0'
 //!     option key_file '/etc/shadowmesh/key'
+//!     option seed '0'                           # 1: a DHT-only seed (no network key)
 //!     option network_key '<64 hex digits>'      # absent: a DHT-only seed node
 //!     option state_dir '/var/lib/shadowmesh'
 //!     option log_level 'info'
@@ -76,6 +77,9 @@ pub struct Config {
     pub key_file: PathBuf,
     /// The mesh's network key; `None` for a DHT-only seed node.
     pub network_key: Option<[u8; 32]>,
+    /// `option seed '1'`: a DHT-only seed on purpose. The OpenWrt init script generates a
+    /// network key on first start unless this is set; a `network_key` next to it is ignored.
+    pub seed: bool,
     /// Where the routing-table cache lives.
     pub state_dir: PathBuf,
     /// Log level name.
@@ -108,6 +112,7 @@ impl Default for Config {
             interface: "smesh0".into(),
             key_file: "/etc/shadowmesh/key".into(),
             network_key: None,
+            seed: false,
             state_dir: "/var/lib/shadowmesh".into(),
             log_level: log::LevelFilter::Info,
             mtu: None,
@@ -248,6 +253,10 @@ impl Config {
                     let v = single(o)?;
                     c.tunnel = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
+                "seed" => {
+                    let v = single(o)?;
+                    c.seed = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
                 "listen_port" => {
                     let v = single(o)?;
                     port = v
@@ -345,6 +354,12 @@ impl Config {
                 }
             }
         }
+        if c.seed && c.network_key.take().is_some() {
+            log::warn!(
+                "{}: option 'seed' is 1: option 'network_key' is ignored (a seed carries no packets)",
+                file.display()
+            );
+        }
         c.listen = SocketAddr::new(ip, port);
         if c.advertise.is_empty() && !ip.is_unspecified() {
             c.advertise.push(c.listen);
@@ -377,6 +392,20 @@ mod tests {
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.mtu, Some(1380));
         assert_eq!(parse("config shadowmesh\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn seed_ignores_network_key() {
+        let nk = "22".repeat(32);
+        let c = parse(&format!("config shadowmesh\n option network_key '{nk}'\n")).unwrap();
+        assert_eq!((c.seed, c.network_key), (false, Some([0x22; 32])));
+        let c = parse(&format!(
+            "config shadowmesh\n option seed '1'\n option network_key '{nk}'\n"
+        ))
+        .unwrap();
+        assert_eq!((c.seed, c.network_key), (true, None));
+        let e = parse("config shadowmesh\n option seed 'maybe'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("seed"));
     }
 
     #[test]

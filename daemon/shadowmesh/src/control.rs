@@ -1,5 +1,6 @@
 //! The control socket: one command per line in, one JSON object per line out. The CLI
-//! (`shadowmesh status`, `shadowmesh dht`) and, later, the LuCI rpcd backend talk to it.
+//! (`shadowmesh status`, `shadowmesh dht`) and the LuCI rpcd backend (`shadowmesh rpcd`, `rpcd.rs`)
+//! talk to it.
 //!
 //! Commands: `status`; `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).

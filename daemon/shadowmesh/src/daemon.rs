@@ -168,7 +168,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
     }
     let restart: Vec<&str> = [
         ("listen_address/listen_port", new.listen != cfg.listen),
-        ("network_key", new.network_key != cfg.network_key),
+        ("network_key/seed", new.network_key != cfg.network_key),
         ("key_file", new.key_file != cfg.key_file),
         ("interface", new.interface != cfg.interface),
         ("mtu", new.mtu != cfg.mtu),
@@ -206,6 +206,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         tunnel: keep.tunnel,
         state_dir: keep.state_dir,
         enabled: keep.enabled,
+        seed: keep.seed,
         ..new
     };
 }
@@ -229,6 +230,13 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
+    if cfg.network_key.is_none() && !cfg.seed {
+        log::warn!(
+            "{}: no option 'network_key': running as a DHT-only seed that carries no packets \
+             (set option seed '1' to say so, or a network_key to join a mesh)",
+            path.display()
+        );
+    }
     log::info!(
         "{} {} listening on {}",
         if cfg.network_key.is_some() {

@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod node;
 pub mod plainudp;
 pub mod probe;
+pub mod rpcd;
 pub mod selftest;
 pub mod tun;
 

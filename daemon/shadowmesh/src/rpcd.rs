@@ -1,0 +1,186 @@
+//! `shadowmesh rpcd list | call METHOD`: the real code behind the rpcd exec plugin
+//! `/usr/libexec/rpcd/shadowmesh`, which is one `exec` line. rpcd runs a plugin with `list` to
+//! learn its methods (a JSON object of method → argument signature) and with `call METHOD` to
+//! run one (arguments as JSON on stdin; none of ours takes any, so stdin is not read). The answer
+//! is one JSON object on stdout, which ubus hands to LuCI.
+//!
+//! Methods:
+//! - `status`: `running` (whether the daemon answered on its control socket), `error` (why not),
+//!   `config_error` (the UCI file does not parse: file, line, option, value), `enabled`, `seed`,
+//!   `peer_id`, `overlay_ipv4`, `overlay_ipv6`, `network_key`, `listen_port`, `interface`;
+//!   while running also `daemon` (the control socket's `status` object) and `peers` (its `peers`
+//!   list, each with a short `name`). Stopped, the identity fields come from the key file, so
+//!   the page still shows who this gateway is.
+//!
+//! A plugin's exit status is ignored by rpcd and a non-object answer is an error there, so
+//! every failure is a field of the object, never a bare message.
+
+use std::path::PathBuf;
+
+use shadowmesh_crypto::Identity;
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::peer::to_hex;
+
+use crate::cli::CliError;
+use crate::config::Config;
+use crate::json::Obj;
+
+/// The `list` answer: every method and its (empty) argument signature.
+pub const METHODS: &str = r#"{"status":{}}"#;
+
+/// Runs `rpcd [--config PATH] list|call METHOD` and prints the answer.
+pub fn main(args: &[String]) -> Result<(), CliError> {
+    let mut config = PathBuf::from(crate::daemon::DEFAULT_CONFIG);
+    let mut words = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config = it
+                    .next()
+                    .ok_or_else(|| CliError::usage("--config needs a path"))?
+                    .into()
+            }
+            w => words.push(w),
+        }
+    }
+    let answer = match words.as_slice() {
+        ["list"] => METHODS.to_string(),
+        ["call", "status"] => status(&config),
+        ["call", other] => Obj::new()
+            .str("error", &format!("unknown method '{other}'"))
+            .finish(),
+        _ => {
+            return Err(CliError::usage(
+                "usage: shadowmesh rpcd [--config PATH] list | call METHOD",
+            ))
+        }
+    };
+    println!("{answer}");
+    Ok(())
+}
+
+/// A short label for a member: the first 12 hex digits of its PeerId (records carry no names).
+pub fn short_name(peer_id: &str) -> &str {
+    peer_id.get(..12).unwrap_or(peer_id)
+}
+
+/// The `status` answer for the configuration at `path`.
+pub fn status(path: &std::path::Path) -> String {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Obj::new()
+                .bool("running", false)
+                .str("error", "the configuration does not parse")
+                .str("config_error", &e.to_string())
+                .finish()
+        }
+    };
+    let mut o = Obj::new()
+        .bool("enabled", cfg.enabled)
+        .bool("seed", cfg.seed || cfg.network_key.is_none())
+        .str(
+            "network_key",
+            &cfg.network_key.map(|k| to_hex(&k)).unwrap_or_default(),
+        )
+        .uint("listen_port", cfg.listen.port() as u64)
+        .str("interface", &cfg.interface);
+    // Who this gateway is, from its key file (readable by root, which rpcd runs as).
+    match Identity::load(&cfg.key_file) {
+        Ok(id) => {
+            let pid = id.peer_id();
+            o = o.str("peer_id", &pid.to_string());
+            if cfg.network_key.is_some() {
+                o = o
+                    .str(
+                        "overlay_ipv4",
+                        &overlay::ipv4_candidate(V4Prefix::default(), &pid, 0)
+                            .0
+                            .to_string(),
+                    )
+                    .str(
+                        "overlay_ipv6",
+                        &overlay::ipv6(V6Prefix::default(), &pid).to_string(),
+                    );
+            }
+        }
+        Err(e) => o = o.str("identity_error", &e.to_string()),
+    }
+    let sock = crate::daemon::control_path(&cfg);
+    let daemon = crate::control::request(&sock, "status");
+    let peers = daemon
+        .as_ref()
+        .ok()
+        .map(|_| crate::control::request(&sock, "peers"));
+    match (daemon, peers) {
+        (Ok(d), Some(Ok(p))) if d.starts_with('{') && p.starts_with("{\"peers\":") => {
+            // The daemon's own addresses win over the ones derived above (collision rehash).
+            let list = named_peers(&p["{\"peers\":".len()..p.len() - 1]);
+            o.bool("running", true)
+                .raw("daemon", &d)
+                .raw("peers", &list)
+                .finish()
+        }
+        (Err(e), _) | (_, Some(Err(e))) => o
+            .bool("running", false)
+            .str("error", &format!("service not running: {e}"))
+            .raw("peers", "[]")
+            .finish(),
+        _ => o
+            .bool("running", false)
+            .str("error", "the daemon gave an unexpected answer")
+            .raw("peers", "[]")
+            .finish(),
+    }
+}
+
+/// Adds `"name":"<short PeerId>"` to each object of the control socket's peer list (a JSON
+/// array of flat objects, each starting with `{"peer_id":"<64 hex>"`).
+fn named_peers(list: &str) -> String {
+    const KEY: &str = "{\"peer_id\":\"";
+    let mut out = String::with_capacity(list.len() + 32);
+    let mut rest = list;
+    while let Some(i) = rest.find(KEY) {
+        let id_start = i + KEY.len();
+        let id = rest.get(id_start..id_start + 64).unwrap_or("");
+        out.push_str(&rest[..i]);
+        out.push_str("{\"name\":\"");
+        out.push_str(short_name(id));
+        out.push_str("\",\"peer_id\":\"");
+        rest = &rest[id_start..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_added_to_each_peer() {
+        let a = "ab".repeat(32);
+        let b = "cd".repeat(32);
+        let list = format!("[{{\"peer_id\":\"{a}\",\"x\":1}},{{\"peer_id\":\"{b}\"}}]");
+        assert_eq!(
+            named_peers(&list),
+            format!(
+                "[{{\"name\":\"abababababab\",\"peer_id\":\"{a}\",\"x\":1}},{{\"name\":\"cdcdcdcdcdcd\",\"peer_id\":\"{b}\"}}]"
+            )
+        );
+        assert_eq!(named_peers("[]"), "[]");
+    }
+
+    #[test]
+    fn bad_config_is_a_field_not_a_failure() {
+        let dir = std::env::temp_dir().join(format!("sm-rpcd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("shadowmesh");
+        std::fs::write(&p, "config shadowmesh\n\toption listen_port 'x'\n").unwrap();
+        let s = status(&p);
+        assert!(s.starts_with("{\"running\":false"), "{s}");
+        assert!(s.contains("line 2: option 'listen_port'"), "{s}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,217 @@
+'use strict';
+'require view';
+'require form';
+
+// Settings: every option of /etc/config/shadowmesh (openwrt-package/README.md has the schema).
+// The validators mirror the daemon's strict parser (daemon/shadowmesh/src/config.rs), so a
+// value the daemon would refuse is refused here, before saving.
+
+function parseIPv4(s) {
+	var m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
+	if (!m)
+		return null;
+	var b = [];
+	for (var i = 1; i <= 4; i++) {
+		// Like Rust's Ipv4Addr parser: no leading zeros, each part 0-255.
+		if ((m[i].length > 1 && m[i].charAt(0) == '0') || +m[i] > 255)
+			return null;
+		b.push(+m[i]);
+	}
+	return b;
+}
+
+function parseIPv6(s) {
+	if (!/^[0-9a-fA-F:.]+$/.test(s) || s.split('::').length > 2)
+		return null;
+	var tail4 = null, m = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+	if (m) {
+		tail4 = parseIPv4(m[2]);
+		if (!tail4)
+			return null;
+		s = m[1] + '0:0';
+	}
+	var halves = s.split('::'), groups = [];
+	var head = halves[0] ? halves[0].split(':') : [];
+	var rest = halves.length > 1 && halves[1] ? halves[1].split(':') : [];
+	var all = head.concat(rest);
+	for (var i = 0; i < all.length; i++)
+		if (!/^[0-9a-fA-F]{1,4}$/.test(all[i]))
+			return null;
+	if (halves.length == 1 && all.length != 8)
+		return null;
+	if (halves.length == 2 && all.length > 7)
+		return null;
+	var fill = 8 - all.length;
+	groups = head.concat(new Array(halves.length == 2 ? fill : 0).fill('0'), rest);
+	var b = [];
+	for (var j = 0; j < 8; j++) {
+		var v = parseInt(groups[j], 16);
+		b.push(v >> 8, v & 255);
+	}
+	if (tail4)
+		b.splice(12, 4, tail4[0], tail4[1], tail4[2], tail4[3]);
+	return b;
+}
+
+function parseIP(s) {
+	return parseIPv4(s) || parseIPv6(s);
+}
+
+function isPort(s) {
+	return /^\d{1,5}$/.test(s) && +s >= 1 && +s <= 65535;
+}
+
+// IP:PORT, IPv6 in brackets.
+function parseSocket(s) {
+	var m = /^\[([^\]]+)\]:(\d+)$/.exec(s) || /^([^:\[\]]+):(\d+)$/.exec(s);
+	if (!m)
+		return null;
+	var ip = m[0].charAt(0) == '[' ? parseIPv6(m[1]) : parseIPv4(m[1]);
+	return (ip && isPort(m[2])) ? ip : null;
+}
+
+var V = {
+	port: function(v) {
+		return isPort(v) || _('Expecting a port number from 1 to 65535');
+	},
+	ip: function(v) {
+		return !!parseIP(v) || _('Expecting an IPv4 or IPv6 address');
+	},
+	ifname: function(v) {
+		return /^[A-Za-z0-9_.-]{1,15}$/.test(v) || _('An interface name is 1-15 of A-Z a-z 0-9 _ . -');
+	},
+	path: function(v) {
+		return /^\/[^\s']*$/.test(v) || _('Expecting an absolute path');
+	},
+	mtu: function(v) {
+		return (/^\d+$/.test(v) && +v >= 1280 && +v <= 9000) || _('Expecting an MTU from 1280 to 9000');
+	},
+	key: function(v) {
+		return /^[0-9a-fA-F]{64}$/.test(v) || _('Expecting 64 hexadecimal digits');
+	},
+	peerid: function(v) {
+		return /^[0-9a-fA-F]{64}$/.test(v) || _('A PeerId is 64 hexadecimal digits');
+	},
+	bootstrap: function(v) {
+		var at = v.indexOf('@');
+		if (at < 0)
+			return _('Expecting PEERID@IP:PORT');
+		if (!/^[0-9a-fA-F]{64}$/.test(v.substring(0, at)))
+			return _('The PeerId before @ must be 64 hexadecimal digits');
+		return !!parseSocket(v.substring(at + 1)) || _('Expecting IP:PORT after @ (IPv6 in brackets)');
+	},
+	socket: function(v) {
+		return !!parseSocket(v) || _('Expecting IP:PORT (IPv6 in brackets)');
+	},
+	cidr: function(v) {
+		var m = /^([^/]+)\/(\d{1,3})$/.exec(v);
+		if (!m)
+			return _('Expecting ADDRESS/PREFIX, e.g. 192.168.1.0/24');
+		var b = parseIP(m[1]);
+		if (!b)
+			return _('Not an IP address');
+		var len = +m[2];
+		if (len > b.length * 8)
+			return _('Prefix length above %d').format(b.length * 8);
+		for (var i = 0; i < b.length; i++) {
+			var keep = Math.max(0, Math.min(8, len - i * 8));
+			if (b[i] & (0xff >> keep))
+				return _('Host bits set (use the network address)');
+		}
+		return true;
+	}
+};
+
+// LuCI calls validate(section_id, value); an empty optional value is not ours to refuse.
+function check(fn) {
+	return function(section_id, value) {
+		return (value == null || value === '') ? true : fn(String(value).trim());
+	};
+}
+
+return view.extend({
+	render: function() {
+		var m, s, o;
+
+		m = new form.Map('shadowmesh', _('ShadowMesh'),
+			_('A decentralized post-quantum mesh VPN. Gateways with the same network key find each other through the DHT and carry their LANs to each other.'));
+
+		s = m.section(form.TypedSection, 'shadowmesh', _('Gateway'));
+		s.anonymous = true;
+		s.addremove = false;
+
+		o = s.option(form.Flag, 'enabled', _('Enabled'));
+		o.default = o.enabled;
+		o.rmempty = false;
+
+		o = s.option(form.Flag, 'seed', _('DHT-only seed'),
+			_('A seed helps gateways find each other but carries no packets and needs no network key.'));
+		o.default = o.disabled;
+
+		o = s.option(form.Value, 'network_key', _('Network key'),
+			_('The mesh\'s shared secret, 64 hex digits. Generated on first start; copy it to every gateway of the mesh (Status page).'));
+		o.password = true;
+		o.validate = check(V.key);
+
+		o = s.option(form.Value, 'listen_address', _('Listen address'),
+			_('UDP address of the QUIC endpoint; :: for IPv6 too.'));
+		o.placeholder = '0.0.0.0';
+		o.validate = check(V.ip);
+
+		o = s.option(form.Value, 'listen_port', _('Listen port'));
+		o.placeholder = '4433';
+		o.validate = check(V.port);
+
+		o = s.option(form.Value, 'interface', _('Interface name'), _('The TUN device.'));
+		o.placeholder = 'smesh0';
+		o.validate = check(V.ifname);
+
+		o = s.option(form.Value, 'mtu', _('Tunnel MTU'));
+		o.placeholder = '1380';
+		o.validate = check(V.mtu);
+
+		o = s.option(form.DynamicList, 'bootstrap', _('Bootstrap peers'),
+			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT.'));
+		o.validate = check(V.bootstrap);
+
+		o = s.option(form.DynamicList, 'route', _('Advertised LAN routes'),
+			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'));
+		o.validate = check(V.cidr);
+
+		o = s.option(form.DynamicList, 'advertise', _('Advertised addresses'),
+			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'));
+		o.validate = check(V.socket);
+
+		o = s.option(form.DynamicList, 'allowed_peer', _('Allowed peers'),
+			_('If any are listed, only these PeerIds get a session.'));
+		o.validate = check(V.peerid);
+
+		o = s.option(form.ListValue, 'log_level', _('Log level'));
+		['error', 'warn', 'info', 'debug', 'trace', 'off'].forEach(function(l) { o.value(l); });
+		o.default = 'info';
+
+		o = s.option(form.Flag, 'tunnel', _('Carry packets'),
+			_('Off: a member without a TUN device (DHT and sessions only).'));
+		o.default = o.enabled;
+
+		o = s.option(form.Flag, 'lan_discovery', _('LAN discovery'),
+			_('Find gateways on the LAN by multicast (not built yet: the daemon accepts and ignores it).'));
+		o.default = o.enabled;
+
+		o = s.option(form.Flag, 'plain_udp', _('Plain UDP calls'),
+			_('For platforms where UDP control messages fail (emulators).'));
+		o.default = o.disabled;
+
+		o = s.option(form.Value, 'key_file', _('Identity key file'),
+			_('Created on first start with mode 0600, never overwritten; kept across sysupgrade.'));
+		o.placeholder = '/etc/shadowmesh/key';
+		o.validate = check(V.path);
+
+		o = s.option(form.Value, 'state_dir', _('State directory'),
+			_('Routing-table cache and the control socket.'));
+		o.placeholder = '/var/lib/shadowmesh';
+		o.validate = check(V.path);
+
+		return m.render();
+	}
+});

@@ -1,0 +1,166 @@
+'use strict';
+'require view';
+'require rpc';
+'require poll';
+'require dom';
+'require uqr';
+
+// Status: this gateway, the network key (copy button and QR code for the next gateway) and the
+// live peers. Everything comes from one rpcd call, `ubus call shadowmesh status`, answered by
+// `shadowmesh rpcd call status` from the daemon's control socket; when the daemon does not
+// answer, the page says so and still shows who this gateway is.
+
+var callStatus = rpc.declare({
+	object: 'shadowmesh',
+	method: 'status'
+});
+
+function fmtBytes(n) {
+	var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
+	n = +n || 0;
+	while (n >= 1024 && i < u.length - 1) {
+		n /= 1024;
+		i++;
+	}
+	return (i ? n.toFixed(1) : n) + ' ' + u[i];
+}
+
+function fmtAgo(ts) {
+	if (!ts)
+		return '-';
+	var s = Math.max(0, Math.floor(Date.now() / 1000) - ts);
+	if (s < 60)
+		return _('%ds ago').format(s);
+	if (s < 3600)
+		return _('%dm ago').format(Math.floor(s / 60));
+	return _('%dh ago').format(Math.floor(s / 3600));
+}
+
+// What a new gateway needs: the network key and an address to bootstrap through (this one).
+function joinString(st) {
+	var host = window.location.hostname, port = st.listen_port;
+	var listen = st.daemon ? st.daemon.listen : null;
+	var m = listen ? /^\[?([^\]]*)\]?:(\d+)$/.exec(listen) : null;
+	if (m) {
+		port = m[2];
+		if (m[1] != '0.0.0.0' && m[1] != '::')
+			host = m[1];
+	}
+	if (host.indexOf(':') >= 0)
+		host = '[' + host + ']';
+	return 'shadowmesh:join?network_key=' + st.network_key + '&bootstrap=' + st.peer_id + '@' + host + ':' + port;
+}
+
+function copyText(text, button) {
+	var done = function() { button.textContent = _('Copied'); };
+	if (navigator.clipboard && window.isSecureContext)
+		return navigator.clipboard.writeText(text).then(done);
+	// LuCI is often reached over plain HTTP, where the clipboard API is missing.
+	var t = E('textarea', { 'style': 'position:absolute;left:-9999px' }, [text]);
+	document.body.appendChild(t);
+	t.select();
+	document.execCommand('copy');
+	document.body.removeChild(t);
+	done();
+}
+
+function row(label, value, id) {
+	return E('tr', { 'class': 'tr' }, [
+		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
+		E('td', { 'class': 'td left', 'id': id }, [value == null || value === '' ? '-' : String(value)])
+	]);
+}
+
+return view.extend({
+	load: function() {
+		return callStatus();
+	},
+
+	renderStatus: function(st) {
+		var out = [], d = st.daemon || {};
+
+		if (!st.running)
+			out.push(E('div', { 'class': 'alert-message warning', 'id': 'shadowmesh-not-running' }, [
+				E('strong', {}, [_('Service not running')]), ': ',
+				st.config_error || st.error || _('the daemon did not answer')
+			]));
+
+		out.push(E('h3', {}, [_('This gateway')]));
+		out.push(E('table', { 'class': 'table', 'id': 'shadowmesh-self' }, [
+			row(_('PeerId'), st.peer_id, 'shadowmesh-peer-id'),
+			row(_('Role'), st.seed ? _('DHT-only seed') : _('Member'), 'shadowmesh-role'),
+			row(_('Overlay IPv4'), d.overlay_ipv4 || st.overlay_ipv4, 'shadowmesh-ipv4'),
+			row(_('Overlay IPv6'), d.overlay_ipv6 || st.overlay_ipv6, 'shadowmesh-ipv6'),
+			row(_('Interface'), d.interface || st.interface, 'shadowmesh-interface'),
+			row(_('Listening on'), d.listen || (st.listen_port ? ':' + st.listen_port : ''), 'shadowmesh-listen'),
+			row(_('DHT size'), st.running ? d.dht_size : null, 'shadowmesh-dht-size'),
+			row(_('Peers connected'), st.running && d.peers_connected != null ? d.peers_connected + ' / ' + d.peers_known : null, 'shadowmesh-connected'),
+			row(_('Uptime'), st.running ? '%ds'.format(d.uptime_s) : null, 'shadowmesh-uptime')
+		]));
+
+		if (st.network_key) {
+			var join = joinString(st);
+			var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'width:200px;height:200px' });
+			qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
+			var btn = E('button', {
+				'class': 'cbi-button cbi-button-action',
+				'id': 'shadowmesh-copy',
+				'click': function(ev) { copyText(st.network_key, ev.target); }
+			}, [_('Copy')]);
+			out.push(E('h3', {}, [_('Network key')]));
+			out.push(E('p', {}, [_('Every gateway of this mesh needs this key. Scan the code on the next gateway, or copy the key into its Settings with this gateway as a bootstrap peer.')]));
+			out.push(E('div', { 'class': 'cbi-value' }, [
+				E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [st.network_key]), ' ', btn
+			]));
+			out.push(qr);
+		}
+
+		var peers = st.peers || [];
+		var rows = [E('tr', { 'class': 'tr table-titles' }, [
+			E('th', { 'class': 'th' }, [_('Name')]),
+			E('th', { 'class': 'th' }, [_('Overlay address')]),
+			E('th', { 'class': 'th' }, [_('Endpoint')]),
+			E('th', { 'class': 'th' }, [_('Path')]),
+			E('th', { 'class': 'th' }, [_('RTT')]),
+			E('th', { 'class': 'th' }, [_('Traffic (rx / tx)')]),
+			E('th', { 'class': 'th' }, [_('Last handshake')])
+		])];
+		peers.forEach(function(p) {
+			rows.push(E('tr', { 'class': 'tr', 'data-peer-id': p.peer_id }, [
+				E('td', { 'class': 'td', 'title': p.peer_id }, [p.name]),
+				E('td', { 'class': 'td' }, [[p.overlay_ipv4, p.overlay_ipv6].filter(Boolean).join(' ')]),
+				E('td', { 'class': 'td' }, [p.endpoint || '-']),
+				E('td', { 'class': 'td' }, [p.connected ? (p.path == 'relayed' ? _('relayed') : _('direct')) : _('not connected')]),
+				E('td', { 'class': 'td' }, [p.connected ? '%.1f ms'.format(p.rtt_ms) : '-']),
+				E('td', { 'class': 'td' }, [fmtBytes(p.rx_bytes) + ' / ' + fmtBytes(p.tx_bytes)]),
+				E('td', { 'class': 'td' }, [fmtAgo(p.last_handshake)])
+			]));
+		});
+		if (!peers.length)
+			rows.push(E('tr', { 'class': 'tr placeholder' }, [
+				E('td', { 'class': 'td', 'colspan': '7' }, [st.running ? _('No peers yet') : _('No peers: the service is not running')])
+			]));
+		out.push(E('h3', {}, [_('Peers')]));
+		out.push(E('table', { 'class': 'table', 'id': 'shadowmesh-peers' }, rows));
+		return out;
+	},
+
+	render: function(st) {
+		var box = E('div', { 'id': 'shadowmesh-status' });
+		var self = this;
+		dom.content(box, this.renderStatus(st));
+		poll.add(function() {
+			return callStatus().then(function(s) {
+				dom.content(box, self.renderStatus(s));
+			});
+		}, 5);
+		return E('div', { 'class': 'cbi-map' }, [
+			E('h2', {}, [_('ShadowMesh')]),
+			box
+		]);
+	},
+
+	handleSaveApply: null,
+	handleSave: null,
+	handleReset: null
+});

@@ -1,0 +1,287 @@
+//! The rpcd backend and the LuCI views, tested for real: the rpcd exec plugin as packaged runs
+//! the release binary against a daemon in a network namespace (running, then killed), and
+//! Debian's headless Chromium loads both views through `luci-app/tests/` (a harness page with a
+//! stand-in of the LuCI client API, since LuCI's JavaScript is in no reachable registry),
+//! whose rpc calls go to that same plugin. Screenshots land in `target/luci-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mesh::{ip, Lab, Node};
+use crate::openwrt::Checks;
+use crate::{root, Result};
+
+fn tests_dir() -> PathBuf {
+    root().join("luci-app/tests")
+}
+
+/// Where the screenshots go.
+pub fn artifacts() -> PathBuf {
+    root().join("target/luci-screenshots")
+}
+
+/// `npm ci` once (playwright-core and uqr, pinned in package-lock.json).
+fn node_modules() -> Result {
+    if tests_dir().join("node_modules/playwright-core").exists()
+        && tests_dir().join("node_modules/uqr").exists()
+    {
+        return Ok(());
+    }
+    crate::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(tests_dir()),
+    )
+}
+
+/// The rpcd plugin as packaged, on `config`.
+fn plugin(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("sh")
+        .arg(root().join("openwrt-package/shadowmesh/files/shadowmesh.rpcd"))
+        .args(args)
+        .env("SHADOWMESH_BIN", bin)
+        .env("SHADOWMESH_CONFIG", config)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !s.starts_with('{') || !s.ends_with('}') {
+        return Err(format!(
+            "plugin {args:?}: exit {}, stdout {s:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(s)
+}
+
+/// Runs one phase of `browser-test.js`, adding each of its ok/FAIL lines to `checks`.
+fn browser(checks: &mut Checks, phase: &str, envs: &[(&str, String)]) -> Result {
+    let mut c = Command::new("timeout");
+    c.args(["180", "node", "browser-test.js", phase])
+        .current_dir(tests_dir())
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = 0;
+    for l in stdout.lines() {
+        if let Some(name) = l.strip_prefix("ok   ") {
+            checks.check(&format!("chromium {phase}: {name}"), Ok(()));
+            lines += 1;
+        } else if let Some(rest) = l.strip_prefix("FAIL ") {
+            checks.check(&format!("chromium {phase}"), Err(rest.to_string()));
+            lines += 1;
+        }
+    }
+    if lines == 0 || !out.status.success() && !stdout.contains("FAIL") {
+        checks.check(
+            &format!("chromium {phase}: browser test ran"),
+            Err(format!(
+                "exit {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        );
+    }
+    Ok(())
+}
+
+fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let k = format!("\"{key}\":");
+    let i = json.find(&k)? + k.len();
+    let rest = &json[i..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.split('"').next();
+    }
+    rest.split([',', '}']).next()
+}
+
+pub fn test(checks: &mut Checks, bin: &Path) -> Result {
+    node_modules()?;
+    let work = std::env::temp_dir().join(format!("shadowmesh-luci-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("uci")).map_err(|e| e.to_string())?;
+    std::fs::copy(tests_dir().join("fixture.uci"), work.join("uci/shadowmesh"))
+        .map_err(|e| e.to_string())?;
+    let art = artifacts();
+    let base_env = vec![
+        ("SM_BIN", bin.display().to_string()),
+        ("SM_UCI_DIR", work.join("uci").display().to_string()),
+        ("SM_ARTIFACTS", art.display().to_string()),
+    ];
+    let mut env = base_env.clone();
+    env.push((
+        "SM_RPCD_CONFIG",
+        work.join("uci/shadowmesh").display().to_string(),
+    ));
+    browser(checks, "settings", &env)?;
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "skipped: rpcd backend and status view against a daemon (needs root for namespaces)"
+        );
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
+    crate::mesh::catch_signals();
+    let mut lab = Lab::new(bin)?;
+    let r = with_daemons(checks, &mut lab, bin, base_env);
+    if r.is_err() || !checks.failures.is_empty() {
+        let nodes: Vec<Node> = ["a", "b"]
+            .iter()
+            .map(|n| Node {
+                name: n.to_string(),
+                ns: String::new(),
+                underlay: String::new(),
+                config: lab.dir.join(n).join("shadowmesh.conf"),
+                peer_id: String::new(),
+                lan: None,
+            })
+            .collect();
+        eprintln!("daemon logs:\n{}", lab.logs(&nodes));
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+/// Two members in namespaces; A is the gateway whose rpcd and status page are tested.
+fn with_daemons(
+    checks: &mut Checks,
+    lab: &mut Lab,
+    bin: &Path,
+    mut env: Vec<(&'static str, String)>,
+) -> Result {
+    let sw = lab.ns("sw")?;
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    let mut nk = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
+        .map_err(|e| e.to_string())?;
+    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    let mut nodes = Vec::new();
+    for (name, addr) in [("a", "10.251.0.1"), ("b", "10.251.0.2")] {
+        let ns = lab.underlay_ns(&sw, name, addr)?;
+        let (key, peer_id) = lab.keygen(name)?;
+        let seed = (name == "b").then(|| {
+            format!(
+                "{}@10.251.0.1:4433",
+                nodes
+                    .first()
+                    .map(|n: &Node| n.peer_id.clone())
+                    .unwrap_or_default()
+            )
+        });
+        let config = lab.write_config(name, &key, Some(&nk), seed.as_deref(), &[])?;
+        let node = Node {
+            name: name.into(),
+            ns,
+            underlay: addr.into(),
+            config,
+            peer_id,
+            lan: None,
+        };
+        lab.start(&node)?;
+        nodes.push(node);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let b_id_json = Command::new(bin)
+        .args(["id", "--json", "--key"])
+        .arg(lab.dir.join("b/key"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let b_id_json = String::from_utf8_lossy(&b_id_json.stdout).to_string();
+    let b_ipv4 = json_field(&b_id_json, "ipv4")
+        .ok_or("id --json without ipv4")?
+        .to_string();
+
+    checks.check(
+        "rpcd plugin: list names the status method",
+        (|| {
+            let l = plugin(bin, &a.config, &["list"])?;
+            (l == "{\"status\":{}}")
+                .then_some(())
+                .ok_or(format!("list: {l}"))
+        })(),
+    );
+
+    // Running: A answers with itself and B as a connected peer.
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        last = plugin(bin, &a.config, &["call", "status"]).unwrap_or_else(|e| e);
+        if last.contains(&format!(
+            "\"peer_id\":\"{}\",\"overlay_ipv4\":\"{b_ipv4}",
+            b.peer_id
+        )) && last.contains("\"connected\":true")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    checks.check(
+        "rpcd plugin: call status with the daemon running (peer listed, connected)",
+        (|| {
+            for want in [
+                "\"running\":true".to_string(),
+                format!("\"peer_id\":\"{}\"", a.peer_id),
+                format!("\"network_key\":\"{nk}\""),
+                format!(
+                    "\"name\":\"{}\",\"peer_id\":\"{}\"",
+                    &b.peer_id[..12],
+                    b.peer_id
+                ),
+                "\"connected\":true".to_string(),
+                "\"dht_size\":".to_string(),
+            ] {
+                if !last.contains(&want) {
+                    return Err(format!("no {want} in {last}"));
+                }
+            }
+            Ok(())
+        })(),
+    );
+    let expect = format!(
+        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
+        a.peer_id, b.peer_id
+    );
+    env.push(("SM_RPCD_CONFIG", a.config.display().to_string()));
+    env.push(("SM_EXPECT", expect));
+    browser(checks, "status", &env)?;
+
+    // Stopped: a clear "not running", still naming the gateway from its key file.
+    lab.kill9("a")?;
+    checks.check(
+        "rpcd plugin: call status with the daemon stopped",
+        (|| {
+            let s = plugin(bin, &a.config, &["call", "status"])?;
+            for want in [
+                "\"running\":false".to_string(),
+                "service not running".to_string(),
+                format!("\"peer_id\":\"{}\"", a.peer_id),
+                "\"peers\":[]".to_string(),
+            ] {
+                if !s.contains(&want) {
+                    return Err(format!("no {want} in {s}"));
+                }
+            }
+            Ok(())
+        })(),
+    );
+    browser(checks, "stopped", &env)?;
+    // An unknown method is an error object, not a crash.
+    checks.check(
+        "rpcd plugin: unknown method answers an error object",
+        (|| {
+            let s = plugin(bin, &a.config, &["call", "nope"])?;
+            s.contains("\"error\"").then_some(()).ok_or(s)
+        })(),
+    );
+    Ok(())
+}
