@@ -28,10 +28,11 @@ fn node_modules() -> Result {
     {
         return Ok(());
     }
+    // (`run` sets the working directory to the repository root: name the folder instead.)
     crate::run(
         Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(tests_dir()),
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(tests_dir()),
     )
 }
 
