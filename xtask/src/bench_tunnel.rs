@@ -4,7 +4,9 @@
 //! - `raw`: the veth itself (the ceiling);
 //! - `boringtun`: `boringtun-cli` from crates.io (installed on first use), configured with
 //!   Debian's `wireguard-tools`;
-//! - `shadowmesh`: two `shadowmesh run` daemons (release build), one bootstrapping from the other.
+//! - `shadowmesh`: two `shadowmesh run` daemons (release build), one bootstrapping from the other,
+//!   data frames on the fast lane (plain UDP, the default);
+//! - `shadowmesh-quic`: the same with `option fast_lane '0'` (data frames in QUIC datagrams).
 //!
 //! For each: iperf3 TCP with 1 and 4 streams, ping RTT, the tunnel processes' CPU time per GB
 //! carried (both ends summed, from `/proc/PID/stat`) and their peak RSS (`VmHWM`, the larger
@@ -305,32 +307,72 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         secs,
     )?);
 
-    // ShadowMesh: a bootstraps from b; b's overlay address is the target.
+    // ShadowMesh, fast lane (the default), then with data frames in QUIC datagrams.
+    let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
+    rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
+    lab.kill9("sma")?;
+    lab.kill9("smb")?;
+    let (dst, pids) = shadowmesh_pair(
+        lab,
+        (&a, &b),
+        ("smqa", "smqb"),
+        "\toption fast_lane '0'\n",
+        &[],
+    )?;
+    rows.push(measure(
+        lab,
+        "shadowmesh-quic",
+        (&a, &b),
+        &dst,
+        &pids,
+        secs,
+    )?);
+    Ok(rows)
+}
+
+/// Two ShadowMesh daemons, `names.0` in `a` bootstrapping from `names.1` in `b`, with `extra`
+/// appended to both configs, each started under `prefix` (nothing, or valgrind); returns b's
+/// overlay address and both PIDs (a's first) once they are connected.
+pub(crate) fn shadowmesh_pair(
+    lab: &mut Lab,
+    (a, b): (&str, &str),
+    names: (&str, &str),
+    extra: &str,
+    prefix: &[&str],
+) -> Result<(String, Vec<u32>)> {
     let nk: String = "6d".repeat(32);
-    let (key_b, id_b) = lab.keygen("smb")?;
-    let (key_a, _) = lab.keygen("sma")?;
+    let (key_b, id_b) = lab.keygen(names.1)?;
+    let (key_a, _) = lab.keygen(names.0)?;
     let seed = format!("{id_b}@10.251.0.2:4433");
+    let cfg_b = lab.write_config(names.1, &key_b, Some(&nk), None, &[])?;
+    let cfg_a = lab.write_config(names.0, &key_a, Some(&nk), Some(&seed), &[])?;
+    for c in [&cfg_a, &cfg_b] {
+        let mut text = std::fs::read_to_string(c).map_err(|e| e.to_string())?;
+        text.push_str(extra);
+        std::fs::write(c, text).map_err(|e| e.to_string())?;
+    }
     let node_b = Node {
-        name: "smb".into(),
-        config: lab.write_config("smb", &key_b, Some(&nk), None, &[])?,
-        ns: b.clone(),
+        name: names.1.into(),
+        config: cfg_b.clone(),
+        ns: b.to_string(),
         underlay: "10.251.0.2".into(),
         peer_id: id_b.clone(),
         lan: None,
     };
     let node_a = Node {
-        name: "sma".into(),
-        config: lab.write_config("sma", &key_a, Some(&nk), Some(&seed), &[])?,
-        ns: a.clone(),
+        name: names.0.into(),
+        config: cfg_a.clone(),
+        ns: a.to_string(),
         underlay: "10.251.0.1".into(),
         peer_id: String::new(),
         lan: None,
     };
-    lab.start(&node_b)?;
-    lab.start(&node_a)?;
+    lab.start_with(&node_b, prefix)?;
+    lab.start_with(&node_a, prefix)?;
     let t = Instant::now();
     let mut dst = String::new();
-    while t.elapsed() < Duration::from_secs(30) {
+    let wait = if prefix.is_empty() { 30 } else { 300 };
+    while t.elapsed() < Duration::from_secs(wait) {
         mesh::sleep(Duration::from_millis(200))?;
         let list = mesh::members(&lab.ctl(&node_a, "peers"));
         if mesh::member_of(&list, &id_b)
@@ -346,10 +388,9 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
             lab.logs(&[node_a, node_b])
         ));
     }
-    let pids: Vec<u32> = ["sma", "smb"]
+    let pids: Vec<u32> = [names.0, names.1]
         .iter()
         .filter_map(|n| lab.daemon_pid(n))
         .collect();
-    rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
-    Ok(rows)
+    Ok((dst, pids))
 }

@@ -22,6 +22,9 @@
 //! - `dist [--no-build]`: OpenWrt `.ipk` packages from the cross builds into `target/dist/`
 //!   ([`openwrt`]); `openwrt-test`: only the packaging, rpcd and LuCI tests ([`openwrt`],
 //!   [`luci`]), which `test` also runs.
+//! - `profile-tunnel [--lane udp|quic] [--megabytes N] [--bin PATH]`: instructions per packet
+//!   by group (callgrind) and system calls per packet (strace) at both ends of the tunnel
+//!   ([`profile`]).
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -37,6 +40,7 @@ mod hil_ssh;
 mod luci;
 mod mesh;
 mod openwrt;
+mod profile;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -62,6 +66,16 @@ fn main() -> ExitCode {
         }),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
+        Some("profile-tunnel") => {
+            let bin = match args.iter().position(|a| a == "--bin") {
+                Some(i) => args
+                    .get(i + 1)
+                    .map(PathBuf::from)
+                    .ok_or_else(|| "--bin needs a path".to_string()),
+                None => symbols_bin(),
+            };
+            bin.and_then(|b| profile::run(&b, &args[1..]))
+        }
         Some("bench-tunnel") => release_bin().and_then(|bin| {
             bench_tunnel::run(
                 &bin,
@@ -318,6 +332,20 @@ fn release_bin() -> Result<PathBuf> {
         "shadowmesh",
     ]))?;
     Ok(target_dir().join("release").join("shadowmesh"))
+}
+
+/// The release build with symbols (`--profile profiling`), for profilers.
+fn symbols_bin() -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--profile",
+        "profiling",
+        "--package",
+        "shadowmesh",
+        "--bin",
+        "shadowmesh",
+    ]))?;
+    Ok(target_dir().join("profiling").join("shadowmesh"))
 }
 
 fn demo(args: &[String]) -> Result {

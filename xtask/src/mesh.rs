@@ -263,6 +263,11 @@ impl Lab {
     }
 
     pub(crate) fn start(&mut self, node: &Node) -> Result {
+        self.start_with(node, &[])
+    }
+
+    /// Starts `node`'s daemon under `prefix` (e.g. valgrind's command line).
+    pub(crate) fn start_with(&mut self, node: &Node, prefix: &[&str]) -> Result {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -270,6 +275,7 @@ impl Lab {
             .map_err(|e| e.to_string())?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &node.ns])
+            .args(prefix)
             .arg(&self.bin)
             .arg("run")
             .arg("--config")

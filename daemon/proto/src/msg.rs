@@ -64,6 +64,9 @@ pub enum MsgType {
     /// The sender's newly signed record (its routes or addresses changed); members replace
     /// the one they hold if the sequence number is higher.
     Record = 7,
+    /// "I accept data frames as plain UDP on this connection's path" (empty body; the fast
+    /// lane, DESIGN.md "Data plane").
+    FastLane = 8,
 }
 
 /// Most contacts one peer-exchange message may carry.
@@ -80,6 +83,7 @@ impl TryFrom<u8> for MsgType {
             5 => MsgType::RekeyResp,
             6 => MsgType::Peers,
             7 => MsgType::Record,
+            8 => MsgType::FastLane,
             t => return Err(Error::UnknownType(t)),
         })
     }

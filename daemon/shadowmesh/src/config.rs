@@ -17,6 +17,7 @@
 //!     option lan_discovery '1'
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
+//!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
 //!     list route '192.168.1.0/24'
@@ -102,6 +103,9 @@ pub struct Config {
     /// Open the TUN device and carry packets (members only). `0` makes a member that takes
     /// part in the DHT and in sessions but carries no packets (monitoring nodes, tests).
     pub tunnel: bool,
+    /// Data frames as plain UDP on the QUIC socket when the peer takes them (`fastlane.rs`);
+    /// `0` keeps them in QUIC datagrams.
+    pub fast_lane: bool,
 }
 
 impl Default for Config {
@@ -123,6 +127,7 @@ impl Default for Config {
             allowed_peers: vec![],
             plain_udp: false,
             tunnel: true,
+            fast_lane: true,
         }
     }
 }
@@ -252,6 +257,10 @@ impl Config {
                 "tunnel" => {
                     let v = single(o)?;
                     c.tunnel = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "fast_lane" => {
+                    let v = single(o)?;
+                    c.fast_lane = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "seed" => {
                     let v = single(o)?;

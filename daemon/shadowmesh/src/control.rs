@@ -158,6 +158,7 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .raw("routes", &format!("[{}]", routes.join(",")))
         .str("endpoint", &opt_str(m.endpoint))
         .str("path", "direct")
+        .str("lane", m.lane)
         .bool("connected", m.connected)
         .str("role", m.role)
         .uint("connection_id", m.connection_id)

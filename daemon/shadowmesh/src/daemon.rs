@@ -173,6 +173,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("interface", new.interface != cfg.interface),
         ("mtu", new.mtu != cfg.mtu),
         ("tunnel", new.tunnel != cfg.tunnel),
+        ("fast_lane", new.fast_lane != cfg.fast_lane),
         ("state_dir", new.state_dir != cfg.state_dir),
         ("enabled", new.enabled != cfg.enabled),
     ]
@@ -207,6 +208,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         state_dir: keep.state_dir,
         enabled: keep.enabled,
         seed: keep.seed,
+        fast_lane: keep.fast_lane,
         ..new
     };
 }
@@ -226,6 +228,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     }
     ncfg.payload = payload;
     ncfg.plain_udp = cfg.plain_udp;
+    ncfg.fast_lane = cfg.fast_lane;
     ncfg.tunnel_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;

@@ -21,7 +21,7 @@
 //! `RefCell`s that are never borrowed across an `.await`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -143,6 +143,44 @@ impl Arena {
     }
 }
 
+/// Fast-lane frames for one member waiting to leave in one `sendmsg` (UDP GSO: the kernel cuts
+/// the buffer into datagrams of `seg` bytes, the last one possibly shorter). Filled while the
+/// TUN reader drains a burst, sent when the burst ends or the destination or size changes.
+pub struct Batch {
+    buf: Vec<u8>,
+    to: Option<(SocketAddr, PeerId)>,
+    seg: usize,
+    count: usize,
+    bytes: u64,
+    /// A shorter frame was added: it must be the last.
+    closed: bool,
+}
+
+/// Bytes one GSO send may carry (the UDP length field's limit, less room for headers).
+const BATCH_BYTES: usize = 65_000;
+/// Packets the TUN reader takes per wake-up before sending what it has.
+const BURST: usize = 64;
+
+impl Batch {
+    /// An empty batch (allocates its buffer once).
+    pub fn new() -> Batch {
+        Batch {
+            buf: Vec::with_capacity(BATCH_BYTES),
+            to: None,
+            seg: 0,
+            count: 0,
+            bytes: 0,
+            closed: false,
+        }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
 /// Traffic counters of one member (and the totals).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
@@ -166,6 +204,11 @@ pub struct Counters {
 struct Link {
     conn: Connection,
     session: Session,
+    /// Where to send data frames as plain UDP, once the member said it takes them (its
+    /// connection's remote address, refreshed every tick); `None`: QUIC datagrams.
+    fast: Option<SocketAddr>,
+    /// quinn's datagram limit, refreshed every tick (asking per packet takes quinn's lock).
+    max_datagram: Option<usize>,
     precedence: (u64, bool),
     role: Role,
     control: Rc<tokio::sync::Mutex<SendStream>>,
@@ -215,6 +258,8 @@ pub struct MemberInfo {
     /// quinn's id of the live connection (unchanged across a migration; a new handshake
     /// makes a new one).
     pub connection_id: u64,
+    /// How data frames travel: "udp" (the fast lane), "quic" (QUIC datagrams), or "".
+    pub lane: &'static str,
 }
 
 /// Settings of the data plane.
@@ -281,6 +326,12 @@ pub struct DataPlane {
     /// LAN prefixes installed in the kernel, with their owner.
     kernel_routes: RefCell<BTreeMap<Prefix, PeerId>>,
     mesh: RefCell<Weak<Mesh>>,
+    /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
+    fast_socket: RefCell<Option<std::net::UdpSocket>>,
+    /// quinn-udp's sender for GSO batches (`None`: one `sendto` per frame, as on `plain_udp`).
+    gso: RefCell<Option<quinn::udp::UdpSocketState>>,
+    /// Fast-lane senders we accept frames from: remote address → member (one per link).
+    fast_peers: RefCell<HashMap<SocketAddr, PeerId>>,
 }
 
 impl DataPlane {
@@ -294,6 +345,9 @@ impl DataPlane {
             routes: RefCell::new(RouteTable::new(MAX_MEMBERS * 4)),
             kernel_routes: RefCell::new(BTreeMap::new()),
             mesh: RefCell::new(Weak::new()),
+            fast_socket: RefCell::new(None),
+            gso: RefCell::new(None),
+            fast_peers: RefCell::new(HashMap::new()),
         })
     }
 
@@ -301,7 +355,46 @@ impl DataPlane {
     /// TUN device.
     pub fn start(self: &Rc<Self>, mesh: &Rc<Mesh>) {
         *self.mesh.borrow_mut() = Rc::downgrade(mesh);
+        if mesh.node().config().fast_lane {
+            let gso = !mesh.node().config().plain_udp;
+            if let Err(e) = self.enable_fast_lane(mesh.node().socket(), gso) {
+                log::warn!("fast lane off: cannot share the socket: {e}");
+            }
+        }
         tokio::task::spawn_local(self.clone().tun_reader());
+    }
+
+    /// Sends and accepts data frames as plain UDP on `socket` (the endpoint's) with members
+    /// that do the same; links added afterwards offer it ([`crate::fastlane`]). With `gso`,
+    /// the frames of a burst to one member leave in one `sendmsg` where the kernel can.
+    pub fn enable_fast_lane(
+        self: &Rc<Self>,
+        socket: &std::net::UdpSocket,
+        gso: bool,
+    ) -> std::io::Result<()> {
+        let s = socket.try_clone()?;
+        let local = s.local_addr()?;
+        if gso {
+            let state = quinn::udp::UdpSocketState::new((&s).into())?;
+            if state.max_gso_segments() > 1 {
+                *self.gso.borrow_mut() = Some(state);
+            }
+        }
+        *self.fast_socket.borrow_mut() = Some(s);
+        let me = Rc::downgrade(self);
+        crate::fastlane::set_sink(
+            local,
+            Some(Rc::new(move |from, frame: &mut [u8]| {
+                if let Some(dp) = me.upgrade() {
+                    dp.deliver_fast(from, frame);
+                }
+            })),
+        );
+        Ok(())
+    }
+
+    fn fast_lane(&self) -> bool {
+        self.fast_socket.borrow().is_some()
     }
 
     /// The TUN device.
@@ -351,6 +444,7 @@ impl DataPlane {
                     .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
             }
         }
+        self.fast_peers.borrow_mut().retain(|_, q| q != p);
         self.routes.borrow_mut().remove_owner(*p);
         self.sync_kernel_routes();
     }
@@ -384,6 +478,8 @@ impl DataPlane {
         let link = Link {
             conn: peer.conn.clone(),
             session,
+            fast: None,
+            max_datagram: peer.conn.max_datagram_size(),
             precedence,
             role: peer.role,
             control: control.clone(),
@@ -444,6 +540,17 @@ impl DataPlane {
             }
         );
         let conn = peer.conn.clone();
+        if self.fast_lane() {
+            // Accept its frames from where its connection comes from, then say so.
+            self.fast_peers.borrow_mut().retain(|_, p| *p != pid);
+            self.fast_peers
+                .borrow_mut()
+                .insert(conn.remote_address(), pid);
+            let control = control.clone();
+            tokio::task::spawn_local(async move {
+                let _ = write_msg(&mut *control.lock().await, MsgType::FastLane, &[]).await;
+            });
+        }
         tokio::task::spawn_local(self.clone().datagram_reader(pid, conn.clone()));
         if let Some(rx) = control_rx {
             tokio::task::spawn_local(self.clone().control_reader(pid, conn.clone(), rx));
@@ -566,19 +673,95 @@ impl DataPlane {
     /// Forwards one packet as if it had been read from the TUN (what the TUN reader does after
     /// its read). For tests and benchmarks of the forwarding path.
     #[doc(hidden)]
-    pub fn push_packet(&self, arena: &mut Arena, packet: &[u8]) {
+    pub fn push_packet(&self, arena: &mut Arena, batch: &mut Batch, packet: &[u8]) {
         let _ours = alloc_probe::Ours::enter();
         let slot = self.slot();
         let arena = arena.prepare(slot);
         let n = packet.len().min(slot - FRAME_OVERHEAD);
         arena[FRAME_HEADER_LEN..FRAME_HEADER_LEN + n].copy_from_slice(&packet[..n]);
         arena.truncate(FRAME_OVERHEAD + n);
-        self.forward(arena);
+        self.forward(arena, batch);
+    }
+
+    /// Sends what `batch` holds (tests call it after [`DataPlane::push_packet`]s).
+    #[doc(hidden)]
+    pub fn flush(&self, batch: &mut Batch) {
+        if batch.count == 0 {
+            return;
+        }
+        let Some((to, pid)) = batch.to else {
+            return;
+        };
+        let sent = match (
+            self.fast_socket.borrow().as_ref(),
+            self.gso.borrow().as_ref(),
+        ) {
+            (Some(s), Some(state)) if batch.count > 1 => state
+                .send(
+                    s.into(),
+                    &quinn::udp::Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents: &batch.buf,
+                        segment_size: Some(batch.seg),
+                        src_ip: None,
+                    },
+                )
+                .is_ok(),
+            (Some(s), _) => s.send_to(&batch.buf, to).is_ok(),
+            (None, _) => false,
+        };
+        if let Some(m) = self.members.borrow_mut().get_mut(&pid) {
+            if sent {
+                m.counters.tx_packets += batch.count as u64;
+                m.counters.tx_bytes += batch.bytes;
+            } else {
+                // A full socket buffer drops, as a router queue would.
+                m.counters.tx_dropped += batch.count as u64;
+            }
+        }
+        batch.buf.clear();
+        batch.count = 0;
+        batch.bytes = 0;
+        batch.closed = false;
+        batch.to = None;
+    }
+
+    /// Adds a sealed frame for `pid` at `to` to `batch`, sending what it held first if the
+    /// frame cannot join it.
+    fn batch_push(&self, batch: &mut Batch, pid: PeerId, to: SocketAddr, frame: &[u8], n: usize) {
+        let max_segments = self
+            .gso
+            .borrow()
+            .as_ref()
+            .map_or(1, |g| g.max_gso_segments().min(BURST));
+        if batch.count > 0
+            && (batch.to != Some((to, pid))
+                || batch.closed
+                || frame.len() > batch.seg
+                || batch.count >= max_segments
+                || batch.buf.len() + frame.len() > BATCH_BYTES)
+        {
+            self.flush(batch);
+        }
+        if batch.count == 0 {
+            batch.to = Some((to, pid));
+            batch.seg = frame.len();
+        } else if frame.len() < batch.seg {
+            batch.closed = true;
+        }
+        batch.buf.extend_from_slice(frame);
+        batch.count += 1;
+        batch.bytes += n as u64;
+        if max_segments == 1 {
+            self.flush(batch);
+        }
     }
 
     /// Reads packets from the TUN and forwards them.
     async fn tun_reader(self: Rc<Self>) {
         let mut arenas = Self::arena();
+        let mut batch = Batch::new();
         let slot = self.slot();
         loop {
             let arena = arenas.prepare(slot);
@@ -596,13 +779,28 @@ impl DataPlane {
             };
             arena.truncate(FRAME_OVERHEAD + n);
             let _ours = alloc_probe::Ours::enter();
-            self.forward(arena);
+            self.forward(arena, &mut batch);
+            // Drain what else is waiting, then send the burst.
+            for _ in 1..BURST {
+                let arena = arenas.prepare(slot);
+                match self
+                    .tun
+                    .try_recv(&mut arena[FRAME_HEADER_LEN..slot - AEAD_TAG_LEN])
+                {
+                    Ok(n) => {
+                        arena.truncate(FRAME_OVERHEAD + n);
+                        self.forward(arena, &mut batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut batch);
         }
     }
 
     /// Forwards the packet in `frame[FRAME_HEADER_LEN..len - AEAD_TAG_LEN]`. `frame` is cut off
     /// the arena when it is handed to quinn.
-    fn forward(&self, frame: &mut BytesMut) {
+    fn forward(&self, frame: &mut BytesMut, batch: &mut Batch) {
         let packet = &frame[FRAME_HEADER_LEN..frame.len() - AEAD_TAG_LEN];
         let Ok(a) = route::addrs(packet) else {
             return;
@@ -616,10 +814,9 @@ impl DataPlane {
         let Some(m) = members.get_mut(&pid) else {
             return;
         };
-        let Some(link) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
+        let Some(link) = m.link.as_mut() else {
             // No connection: queue and dial.
             let copy = packet.to_vec();
-            m.link = None;
             if m.pending.len() < PENDING_MAX {
                 m.pending.push_back(copy);
             } else {
@@ -633,7 +830,22 @@ impl DataPlane {
             }
             return;
         };
-        if let Some(max) = link.conn.max_datagram_size() {
+        if let Some(to) = link.fast {
+            // Fast lane: sealed in place and copied into the burst's GSO buffer; the arena
+            // slot is reused by the next packet.
+            if link
+                .session
+                .seal(Instant::now(), FrameType::Data, &mut frame[..])
+                .is_err()
+            {
+                m.counters.tx_dropped += 1;
+                return;
+            }
+            drop(members);
+            self.batch_push(batch, pid, to, &frame[..], n);
+            return;
+        }
+        if let Some(max) = link.max_datagram {
             if n + FRAME_OVERHEAD > max {
                 let limit = (max - FRAME_OVERHEAD) as u16;
                 drop(members);
@@ -658,6 +870,11 @@ impl DataPlane {
             Ok(()) => {
                 m.counters.tx_packets += 1;
                 m.counters.tx_bytes += n as u64;
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                // Closed under us: the next packet dials again.
+                m.link = None;
+                m.counters.tx_dropped += 1;
             }
             Err(_) => m.counters.tx_dropped += 1,
         }
@@ -767,15 +984,40 @@ impl DataPlane {
         let Some(m) = members.get_mut(pid) else {
             return;
         };
-        let Some(link) = m.link.as_mut().filter(|l| l.conn.stable_id() == conn_id) else {
+        if m.link
+            .as_ref()
+            .is_none_or(|l| l.conn.stable_id() != conn_id)
+        {
             return;
-        };
+        }
         if d.len() > scratch.len() {
             m.counters.rx_invalid += 1;
             return;
         }
         let buf = &mut scratch[..d.len()];
         buf.copy_from_slice(d);
+        self.open_deliver(pid, m, buf);
+    }
+
+    /// A fast-lane frame from `from`, opened in place where the socket put it.
+    pub fn deliver_fast(&self, from: SocketAddr, frame: &mut [u8]) {
+        let _ours = alloc_probe::Ours::enter();
+        let Some(pid) = self.fast_peers.borrow().get(&from).copied() else {
+            log::trace!("fast-lane frame from {from}, which is no member's path: dropped");
+            return;
+        };
+        let mut members = self.members.borrow_mut();
+        if let Some(m) = members.get_mut(&pid) {
+            self.open_deliver(&pid, m, frame);
+        }
+    }
+
+    /// Opens `buf`, a frame from member `pid` (replay window, tag), checks that the packet's
+    /// source is the member's, and writes it to the TUN.
+    fn open_deliver(&self, pid: &PeerId, m: &mut Member, buf: &mut [u8]) {
+        let Some(link) = m.link.as_mut() else {
+            return;
+        };
         let (kind, plain) = match link.session.open(Instant::now(), buf) {
             Ok(x) => x,
             Err(_) => {
@@ -812,6 +1054,7 @@ impl DataPlane {
                 .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
             {
                 m.link = None;
+                self.fast_peers.borrow_mut().retain(|_, q| q != pid);
                 log::info!(
                     "member {} down: {}",
                     pid.short(),
@@ -868,6 +1111,17 @@ impl DataPlane {
                     }
                 }
                 MsgType::Record => self.update_record(&pid, &buf),
+                MsgType::FastLane if self.fast_lane() => {
+                    let mut members = self.members.borrow_mut();
+                    if let Some(l) = members
+                        .get_mut(&pid)
+                        .and_then(|m| m.link.as_mut())
+                        .filter(|l| l.conn.stable_id() == conn.stable_id())
+                    {
+                        l.fast = Some(l.conn.remote_address());
+                        log::debug!("{}: data frames on the fast lane", pid.short());
+                    }
+                }
                 MsgType::Peers => match parse_contact_list(&buf, PEERS_MAX) {
                     Ok(list) => self.learn(list),
                     Err(e) => log::debug!("{}: bad peer list: {e}", pid.short()),
@@ -968,6 +1222,23 @@ impl DataPlane {
                 else {
                     return;
                 };
+                // Per-packet code reads these instead of taking quinn's lock.
+                l.max_datagram = l.conn.max_datagram_size();
+                if l.fast.is_some() {
+                    let at = l.conn.remote_address();
+                    if l.fast != Some(at) {
+                        log::debug!("{}: fast lane follows the path to {at}", pid.short());
+                        l.fast = Some(at);
+                    }
+                }
+                if self.fast_lane() {
+                    let at = l.conn.remote_address();
+                    let mut fp = self.fast_peers.borrow_mut();
+                    if fp.get(&at) != Some(&pid) {
+                        fp.retain(|_, q| *q != pid);
+                        fp.insert(at, pid);
+                    }
+                }
                 if l.session.needs_keepalive(now) {
                     let mut f = [0u8; FRAME_OVERHEAD];
                     if l.session.seal(now, FrameType::Keepalive, &mut f).is_ok() {
@@ -1012,6 +1283,11 @@ impl DataPlane {
                         None => "",
                     },
                     connection_id: live.map(|l| l.conn.stable_id() as u64).unwrap_or(0),
+                    lane: match live.map(|l| l.fast.is_some()) {
+                        Some(true) => "udp",
+                        Some(false) => "quic",
+                        None => "",
+                    },
                 }
             })
             .collect()

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fastlane;
 pub mod json;
 pub mod logger;
 pub mod mesh;

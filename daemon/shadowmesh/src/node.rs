@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub plain_udp: bool,
     /// MTU of the tunnel the connections carry; sizes quinn's UDP payload.
     pub tunnel_mtu: u16,
+    /// Offer and use the plain-UDP fast lane for data frames ([`crate::fastlane`]).
+    pub fast_lane: bool,
 }
 
 /// What quinn adds around a DATAGRAM frame's payload in a 1-RTT packet: the short header (1 byte
@@ -85,6 +87,7 @@ impl NodeConfig {
             handshake_timeout: Duration::from_secs(10),
             plain_udp: false,
             tunnel_mtu: 1380,
+            fast_lane: true,
         }
     }
 }
@@ -326,6 +329,8 @@ pub struct Node {
     transport: Arc<quinn::TransportConfig>,
     in_flight: Arc<AtomicUsize>,
     retries: AtomicUsize,
+    /// The endpoint's socket, for the fast lane's sends (the same socket as quinn's).
+    socket: std::net::UdpSocket,
 }
 
 /// quinn's transport settings sized for a router (DESIGN.md, "Data plane"; quinn's defaults are
@@ -393,18 +398,24 @@ impl Node {
         // the identity too makes the new incarnation recognise, and reset, the old one's IDs.
         let cid_key = shadowmesh_crypto::hmac_sha256(&secret, &[b"shadowmesh/cid-key/v1"]);
         let cid_key = u64::from_be_bytes(cid_key[..8].try_into().expect("8 bytes"));
+        // Never an ID starting "MSH": QUIC packets to us must not look like SMSH frames.
         ep_cfg.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            Box::new(crate::fastlane::NoMagicCids(
+                quinn_proto::HashedConnectionIdGenerator::from_key(cid_key),
+            ))
         });
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let fast = socket.try_clone()?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-        let endpoint = if cfg.plain_udp {
-            let sock = crate::plainudp::PlainUdp::new(socket)?;
-            quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), sock, runtime)?
+        let inner: Arc<dyn quinn::AsyncUdpSocket> = if cfg.plain_udp {
+            crate::plainudp::PlainUdp::new(socket)?
         } else {
-            quinn::Endpoint::new(ep_cfg, Some(server), socket, runtime)?
+            runtime.wrap_udp_socket(socket)?
         };
+        let sock = crate::fastlane::DemuxSocket::new(inner)?;
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), sock, runtime)?;
         let payload = cfg.payload.clone();
         let record = sign_record(&id, &cfg, &payload, crate::unix_now())
             .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
@@ -418,7 +429,13 @@ impl Node {
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             retries: AtomicUsize::new(0),
+            socket: fast,
         })
+    }
+
+    /// The endpoint's UDP socket (shared with quinn), for sending fast-lane frames.
+    pub fn socket(&self) -> &std::net::UdpSocket {
+        &self.socket
     }
 
     /// The configuration the node was bound with.

@@ -102,6 +102,15 @@ impl Tun {
         }
     }
 
+    /// Reads one packet if one is waiting now (`WouldBlock` if none): the reader drains a burst
+    /// after each wake-up, so that the frames of a burst leave in one `sendmsg`.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.dev {
+            Dev::Real(fd) => fd.get_ref().recv(buf),
+            Dev::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     /// Writes one packet if the device takes it now; a full device queue drops the packet (as
     /// a router would) and says so with `WouldBlock`.
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {

@@ -99,7 +99,9 @@ fn members_learn_each_other_through_a_common_member() {
         pkt[12..16].copy_from_slice(&b4.octets());
         pkt[16..20].copy_from_slice(&c4.octets());
         let mut arena = DataPlane::arena();
-        dp_b.push_packet(&mut arena, &pkt);
+        let mut batch = shadowmesh::dataplane::Batch::new();
+        dp_b.push_packet(&mut arena, &mut batch, &pkt);
+        dp_b.flush(&mut batch);
         assert!(until(|| dp_c.tun().memory_written().0 == 1).await);
         assert_eq!(dp_a.tun().memory_written().0, 0);
     });

@@ -194,6 +194,10 @@ return view.extend({
 			_('Off: a member without a TUN device (DHT and sessions only).'));
 		o.default = o.enabled;
 
+		o = s.option(form.Flag, 'fast_lane', _('Fast lane'),
+			_('Data frames as plain UDP next to QUIC when the other gateway offers it too (faster); off: inside QUIC datagrams.'));
+		o.default = o.enabled;
+
 		o = s.option(form.Flag, 'lan_discovery', _('LAN discovery'),
 			_('Find gateways on the LAN by multicast (not built yet: the daemon accepts and ignores it).'));
 		o.default = o.enabled;
