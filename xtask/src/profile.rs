@@ -2,7 +2,7 @@
 //! path spends its work, per packet, for the sender and the receiver of a TCP stream through a
 //! two-daemon tunnel (the bench-tunnel namespaces).
 //!
-//! - Instructions: both daemons run under `valgrind --tool=callgrind` with collection off; it
+//! - Instructions: both daemons run under `valgrind --tool=callgrind` with instrumentation off; it
 //!   is switched on (`callgrind_control -i on`) only once the tunnel is up, so the handshake's
 //!   post-quantum cryptography is not counted, and off after iperf3 has sent N MB. Every
 //!   function's own (exclusive) count is put in one group by its symbol: AEAD (ring's ChaCha20 and
@@ -81,7 +81,7 @@ fn group(sym: &str) -> &'static str {
 /// Exclusive instruction counts per group from one callgrind output file.
 fn annotate(file: &Path) -> Result<(u64, BTreeMap<&'static str, u64>)> {
     let out = Command::new("callgrind_annotate")
-        .args(["--threshold=100", "--inclusive=no"])
+        .args(["--threshold=100", "--inclusive=no", "--auto=no"])
         .arg(file)
         .output()
         .map_err(|e| format!("callgrind_annotate: {e}"))?;
@@ -113,9 +113,13 @@ fn annotate(file: &Path) -> Result<(u64, BTreeMap<&'static str, u64>)> {
         *groups.entry(group(sym)).or_insert(0) += n;
     }
     if total == 0 {
+        let keep = std::env::temp_dir().join("shadowmesh-callgrind.out");
+        let _ = std::fs::copy(file, &keep);
         return Err(format!(
-            "{}: no totals (is valgrind installed?)",
-            file.display()
+            "{}: no totals in callgrind_annotate's output (file kept as {}):\n{}",
+            file.display(),
+            keep.display(),
+            text.lines().take(30).collect::<Vec<_>>().join("\n")
         ));
     }
     let counted: u64 = groups.values().sum();
@@ -213,7 +217,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     let prefix = [
         "valgrind",
         "--tool=callgrind",
-        "--collect-atstart=no",
+        "--instr-atstart=no",
         out_file.as_str(),
     ];
     eprintln!("profile-tunnel: lane {lane}, {mb} MB of TCP, daemons under callgrind (slow)");

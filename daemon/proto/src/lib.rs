@@ -28,6 +28,7 @@ pub mod consts;
 pub mod dht;
 pub mod error;
 pub mod frame;
+pub mod gso;
 pub mod msg;
 pub mod overlay;
 pub mod peer;

@@ -18,6 +18,7 @@
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
+//!     option offload '1'                        # 0: no TUN offload (one packet per read)
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
 //!     list route '192.168.1.0/24'
@@ -106,6 +107,8 @@ pub struct Config {
     /// Data frames as plain UDP on the QUIC socket when the peer takes them (`fastlane.rs`);
     /// `0` keeps them in QUIC datagrams.
     pub fast_lane: bool,
+    /// TUN offload (TCP super-packets cut in user space, partial checksums completed).
+    pub offload: bool,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for Config {
             plain_udp: false,
             tunnel: true,
             fast_lane: true,
+            offload: true,
         }
     }
 }
@@ -257,6 +261,10 @@ impl Config {
                 "tunnel" => {
                     let v = single(o)?;
                     c.tunnel = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "offload" => {
+                    let v = single(o)?;
+                    c.offload = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "fast_lane" => {
                     let v = single(o)?;

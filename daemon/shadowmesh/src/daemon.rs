@@ -174,6 +174,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("mtu", new.mtu != cfg.mtu),
         ("tunnel", new.tunnel != cfg.tunnel),
         ("fast_lane", new.fast_lane != cfg.fast_lane),
+        ("offload", new.offload != cfg.offload),
         ("state_dir", new.state_dir != cfg.state_dir),
         ("enabled", new.enabled != cfg.enabled),
     ]
@@ -209,6 +210,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         enabled: keep.enabled,
         seed: keep.seed,
         fast_lane: keep.fast_lane,
+        offload: keep.offload,
         ..new
     };
 }
@@ -372,16 +374,17 @@ fn open_dataplane(
 ) -> Result<Rc<DataPlane>, CliError> {
     let v4 = payload.ipv4.expect("members claim an overlay IPv4 address");
     let mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
-    let tun = Tun::open(&cfg.interface, v4, payload.ipv6, mtu).map_err(|e| {
+    let tun = Tun::open(&cfg.interface, v4, payload.ipv6, mtu, cfg.offload).map_err(|e| {
         CliError::fail(format!(
             "{e} (the tunnel needs root or CAP_NET_ADMIN and /dev/net/tun; on OpenWrt install \
              kmod-tun)"
         ))
     })?;
     log::info!(
-        "tunnel {} up: {v4}/16{} mtu {mtu}",
+        "tunnel {} up: {v4}/16{} mtu {mtu}{}",
         tun.name(),
-        payload.ipv6.map(|a| format!(", {a}/8")).unwrap_or_default()
+        payload.ipv6.map(|a| format!(", {a}/8")).unwrap_or_default(),
+        if tun.vnet() { ", offload" } else { "" }
     );
     let dcfg = DataPlaneConfig::new(pid, payload, nk, cfg.allowed_peers.clone())
         .expect("members claim an overlay IPv4 address");

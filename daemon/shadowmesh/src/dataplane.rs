@@ -32,6 +32,9 @@ use shadowmesh_crypto::session::Session;
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
 use shadowmesh_proto::frame::FrameType;
+use shadowmesh_proto::gso::{
+    complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
+};
 use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, InsertError, Prefix, RouteTable};
@@ -160,6 +163,9 @@ pub struct Batch {
 const BATCH_BYTES: usize = 65_000;
 /// Packets the TUN reader takes per wake-up before sending what it has.
 const BURST: usize = 64;
+/// Most segments one offloaded TCP packet may be cut into (64 KiB at the smallest MSS Linux
+/// uses for a 1,280-byte MTU is 55).
+const MAX_SEGMENTS: usize = 128;
 
 impl Batch {
     /// An empty batch (allocates its buffer once).
@@ -178,6 +184,25 @@ impl Batch {
 impl Default for Batch {
     fn default() -> Self {
         Batch::new()
+    }
+}
+
+/// The fast lane's receiver: frames to [`DataPlane::deliver_fast`], batch ends to the TUN
+/// coalescer.
+struct FastSink(Weak<DataPlane>);
+
+impl crate::fastlane::FrameSink for FastSink {
+    fn frame(&self, from: SocketAddr, frame: &mut [u8]) {
+        if let Some(dp) = self.0.upgrade() {
+            dp.deliver_fast(from, frame);
+        }
+    }
+
+    fn end_of_batch(&self) {
+        if let Some(dp) = self.0.upgrade() {
+            let _ours = alloc_probe::Ours::enter();
+            dp.flush_gro();
+        }
     }
 }
 
@@ -330,6 +355,9 @@ pub struct DataPlane {
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
     /// quinn-udp's sender for GSO batches (`None`: one `sendto` per frame, as on `plain_udp`).
     gso: RefCell<Option<quinn::udp::UdpSocketState>>,
+    /// With TUN offload: received TCP segments of one flow, written as one packet at the end
+    /// of each receive batch.
+    gro: RefCell<Option<Coalescer>>,
     /// Fast-lane senders we accept frames from: remote address → member (one per link).
     fast_peers: RefCell<HashMap<SocketAddr, PeerId>>,
 }
@@ -337,7 +365,9 @@ pub struct DataPlane {
 impl DataPlane {
     /// Wraps an open TUN device.
     pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
+        let gro = tun.vnet().then(Coalescer::new);
         Rc::new(DataPlane {
+            gro: RefCell::new(gro),
             cfg: RefCell::new(cfg),
             tun,
             mtu,
@@ -381,15 +411,7 @@ impl DataPlane {
             }
         }
         *self.fast_socket.borrow_mut() = Some(s);
-        let me = Rc::downgrade(self);
-        crate::fastlane::set_sink(
-            local,
-            Some(Rc::new(move |from, frame: &mut [u8]| {
-                if let Some(dp) = me.upgrade() {
-                    dp.deliver_fast(from, frame);
-                }
-            })),
-        );
+        crate::fastlane::set_sink(local, Some(Rc::new(FastSink(Rc::downgrade(self)))));
         Ok(())
     }
 
@@ -760,6 +782,9 @@ impl DataPlane {
 
     /// Reads packets from the TUN and forwards them.
     async fn tun_reader(self: Rc<Self>) {
+        if self.tun.vnet() {
+            return self.tun_reader_offload().await;
+        }
         let mut arenas = Self::arena();
         let mut batch = Batch::new();
         let slot = self.slot();
@@ -795,6 +820,79 @@ impl DataPlane {
                 }
             }
             self.flush(&mut batch);
+        }
+    }
+
+    /// The reader with TUN offload: each read is a `virtio_net_hdr` and a packet of up to
+    /// 64 KiB; TCP super-packets are cut into MTU-sized segments, partial checksums completed
+    /// (`shadowmesh_proto::gso`), and each packet forwarded as usual.
+    async fn tun_reader_offload(self: Rc<Self>) {
+        let mut arenas = Self::arena();
+        let mut batch = Batch::new();
+        let slot = self.slot();
+        let mut rx = vec![0u8; VNET_HDR_LEN + 65_535];
+        loop {
+            let n = match self.tun.recv(&mut rx).await {
+                Ok(n) => n,
+                Err(e) => {
+                    log::error!("reading {}: {e}", self.tun.name());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ours = alloc_probe::Ours::enter();
+            self.forward_offloaded(&mut rx[..n], &mut arenas, &mut batch, slot);
+            for _ in 1..BURST {
+                match self.tun.try_recv(&mut rx) {
+                    Ok(n) => self.forward_offloaded(&mut rx[..n], &mut arenas, &mut batch, slot),
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut batch);
+        }
+    }
+
+    /// One read of an offloading TUN: header and packet in `rx`.
+    fn forward_offloaded(&self, rx: &mut [u8], arenas: &mut Arena, batch: &mut Batch, slot: usize) {
+        let Ok(h) = VnetHdr::parse(rx) else {
+            return;
+        };
+        let pkt = &mut rx[VNET_HDR_LEN..];
+        let room = slot - FRAME_OVERHEAD;
+        if h.gso_type == GSO_NONE {
+            if h.flags & F_NEEDS_CSUM != 0
+                && complete_csum(pkt, h.csum_start, h.csum_offset).is_err()
+            {
+                return;
+            }
+            if pkt.len() > room {
+                return;
+            }
+            let arena = arenas.prepare(slot);
+            arena[FRAME_HEADER_LEN..FRAME_HEADER_LEN + pkt.len()].copy_from_slice(pkt);
+            arena.truncate(FRAME_OVERHEAD + pkt.len());
+            self.forward(arena, batch);
+            return;
+        }
+        let Ok(g) = TcpGso::new(&h, pkt) else {
+            log::debug!(
+                "unexpected offloaded packet (gso type {}): dropped",
+                h.gso_type
+            );
+            return;
+        };
+        if g.max_segment() > room || g.count() > MAX_SEGMENTS {
+            return;
+        }
+        for i in 0..g.count() {
+            let arena = arenas.prepare(slot);
+            match g.write(pkt, i, &mut arena[FRAME_HEADER_LEN..slot - AEAD_TAG_LEN]) {
+                Ok(n) => {
+                    arena.truncate(FRAME_OVERHEAD + n);
+                    self.forward(arena, batch);
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -996,7 +1094,7 @@ impl DataPlane {
         }
         let buf = &mut scratch[..d.len()];
         buf.copy_from_slice(d);
-        self.open_deliver(pid, m, buf);
+        self.open_deliver(pid, m, buf, false);
     }
 
     /// A fast-lane frame from `from`, opened in place where the socket put it.
@@ -1008,27 +1106,39 @@ impl DataPlane {
         };
         let mut members = self.members.borrow_mut();
         if let Some(m) = members.get_mut(&pid) {
-            self.open_deliver(&pid, m, frame);
+            self.open_deliver(&pid, m, frame, true);
+        }
+    }
+
+    /// Writes what the coalescer holds.
+    pub fn flush_gro(&self) {
+        if let Some(g) = self.gro.borrow_mut().as_mut() {
+            if let Some(w) = g.take() {
+                let _ = self.tun.try_send(w);
+            }
         }
     }
 
     /// Opens `buf`, a frame from member `pid` (replay window, tag), checks that the packet's
     /// source is the member's, and writes it to the TUN.
-    fn open_deliver(&self, pid: &PeerId, m: &mut Member, buf: &mut [u8]) {
+    /// `batched`: more frames of the same receive batch may follow (the fast lane), so TCP
+    /// segments may wait in the coalescer until [`DataPlane::flush_gro`].
+    fn open_deliver(&self, pid: &PeerId, m: &mut Member, buf: &mut [u8], batched: bool) {
         let Some(link) = m.link.as_mut() else {
             return;
         };
-        let (kind, plain) = match link.session.open(Instant::now(), buf) {
-            Ok(x) => x,
+        let n = match link.session.open(Instant::now(), buf) {
+            Ok((FrameType::Data, plain)) => plain.len(),
+            Ok(_) => return,
             Err(_) => {
                 m.counters.rx_invalid += 1;
                 return;
             }
         };
-        if kind != FrameType::Data {
-            return;
-        }
-        let Ok(a) = route::addrs(plain) else {
+        // The plaintext is `buf[FRAME_HEADER_LEN..][..n]`; the header before it is free for
+        // the TUN's virtio_net_hdr.
+        let packet = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + n];
+        let Ok(a) = route::addrs(packet) else {
             m.counters.rx_invalid += 1;
             return;
         };
@@ -1042,8 +1152,21 @@ impl DataPlane {
             return;
         }
         m.counters.rx_packets += 1;
-        m.counters.rx_bytes += plain.len() as u64;
-        let _ = self.tun.try_send(plain);
+        m.counters.rx_bytes += n as u64;
+        if let Some(g) = self.gro.borrow_mut().as_mut() {
+            if batched && g.push(packet) {
+                return;
+            }
+            if let Some(w) = g.take() {
+                let _ = self.tun.try_send(w);
+            }
+            if batched && g.push(packet) {
+                return;
+            }
+        }
+        let _ = self
+            .tun
+            .try_send_at(&mut buf[..FRAME_HEADER_LEN + n], FRAME_HEADER_LEN);
     }
 
     fn link_closed(&self, pid: &PeerId, conn: &Connection) {

@@ -405,6 +405,7 @@ impl Node {
             ))
         });
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        crate::fastlane::grow_buffers(&socket);
         let fast = socket.try_clone()?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
