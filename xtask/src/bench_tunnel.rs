@@ -23,6 +23,8 @@ use crate::Result;
 
 struct Row {
     name: &'static str,
+    /// Resident set of the larger end once connected, before any traffic (MiB).
+    idle_rss_mib: Option<f64>,
     tcp1: f64,
     tcp4: f64,
     ping_ms: f64,
@@ -109,16 +111,23 @@ fn measure(
     pids: &[u32],
     secs: u32,
 ) -> Result<Row> {
+    let idle_rss_mib = (!pids.is_empty()).then(|| {
+        pids.iter()
+            .map(|p| crate::rss_kib(*p) as f64 / 1024.0)
+            .fold(0.0, f64::max)
+    });
     // Warm the path (and any on-demand connection) first.
     let _ = mesh::ping(a, dst, 3, "0.1")?;
     let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
     let (tcp1, bytes1) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 1)?;
     let (tcp4, bytes4) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 4)?;
     let cpu = pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0;
-    let p = mesh::ping(a, dst, 50, "0.02")?;
+    // 200 echoes 10 ms apart: the average over fewer moved with the machine's noise.
+    let p = mesh::ping(a, dst, 200, "0.01")?;
     let gb = (bytes1 + bytes4) / 1e9;
     let row = Row {
         name,
+        idle_rss_mib,
         tcp1,
         tcp4,
         ping_ms: p.avg_ms,
@@ -208,18 +217,24 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
     };
     let opt =
         |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
-    println!("| tunnel | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | ping (ms) | CPU s per GB | peak RSS (MiB) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| tunnel | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | ping (ms) | CPU s per GB | idle RSS (MiB) | peak RSS (MiB) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         println!(
-            "| {} | {:.0} ({}) | {:.0} ({}) | {:.3} | {} | {} |",
+            "| {} | {:.0} ({}) | {:.0} ({}) | {:.3} ({}) | {} ({}) | {} | {} |",
             r.name,
             r.tcp1,
             ratio(r.tcp1, |b| b.tcp1),
             r.tcp4,
             ratio(r.tcp4, |b| b.tcp4),
             r.ping_ms,
+            ratio(r.ping_ms, |b| b.ping_ms),
             opt(r.cpu_s_per_gb, 2),
+            match r.cpu_s_per_gb {
+                Some(c) => ratio(c, |b| b.cpu_s_per_gb.unwrap_or(0.0)),
+                None => "-".into(),
+            },
+            opt(r.idle_rss_mib, 1),
             opt(r.rss_mib, 1)
         );
     }
@@ -233,13 +248,14 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"cpu_s_per_gb\":{},\"rss_mib\":{}}}",
+                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
                     r.name,
                     r.tcp1,
                     r.tcp4,
                     r.ping_ms,
                     js(r.cpu_s_per_gb),
-                    js(r.rss_mib)
+                    js(r.rss_mib),
+                    js(r.idle_rss_mib)
                 )
             })
             .collect();
