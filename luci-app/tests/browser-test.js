@@ -103,7 +103,13 @@ async function status(page, h, running) {
 	const join = await page.getAttribute('#shadowmesh-qr', 'title');
 	check('QR code carries the key and this gateway', join.includes(exp.network_key) && join.includes(exp.self + '@'), join);
 	await page.click('#shadowmesh-copy');
-	check('copy button copies', (await page.textContent('#shadowmesh-copy')) === 'Copied');
+	// The clipboard write is asynchronous: wait for what it put there.
+	let copied = '';
+	for (let i = 0; i < 50 && copied !== exp.network_key; i++) {
+		copied = await page.evaluate(() => navigator.clipboard.readText().catch(() => ''));
+		if (copied !== exp.network_key) await page.waitForTimeout(100);
+	}
+	check('copy button puts the network key on the clipboard', copied === exp.network_key, JSON.stringify(copied));
 	if (running) {
 		check('no "not running" banner', (await page.locator('#shadowmesh-not-running').count()) === 0);
 		check('overlay IPv4 shown', /^10\.100\.\d+\.\d+$/.test(await page.textContent('#shadowmesh-ipv4')));
@@ -138,7 +144,11 @@ async function status(page, h, running) {
 			'--disable-component-update', '--disable-sync']
 	});
 	try {
-		const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+		const context = await browser.newContext({
+			viewport: { width: 1100, height: 800 },
+			permissions: ['clipboard-read', 'clipboard-write']
+		});
+		const page = await context.newPage();
 		page.on('pageerror', (e) => check('no page error', false, String(e)));
 		if (phase === 'settings') await settings(page, h);
 		else if (phase === 'status') await status(page, h, true);

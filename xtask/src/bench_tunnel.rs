@@ -43,7 +43,7 @@ fn clk_tck() -> f64 {
 }
 
 /// User + system CPU seconds of `pid` so far.
-fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -344,6 +344,28 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         secs,
     )?);
     Ok(rows)
+}
+
+/// One member daemon's key and config in namespace `ns` (not started): its PeerId and node.
+pub(crate) fn shadowmesh_pair_config(
+    lab: &mut Lab,
+    ns: &str,
+    name: &str,
+    nk: &str,
+) -> Result<(String, Node)> {
+    let (key, id) = lab.keygen(name)?;
+    let config = lab.write_config(name, &key, Some(nk), None, &[])?;
+    Ok((
+        id.clone(),
+        Node {
+            name: name.into(),
+            config,
+            ns: ns.to_string(),
+            underlay: String::new(),
+            peer_id: id,
+            lan: None,
+        },
+    ))
 }
 
 /// Two ShadowMesh daemons, `names.0` in `a` bootstrapping from `names.1` in `b`, with `extra`

@@ -25,6 +25,9 @@
 //! - `profile-tunnel [--lane udp|quic] [--megabytes N] [--bin PATH]`: instructions per packet
 //!   by group (callgrind) and system calls per packet (strace) at both ends of the tunnel
 //!   ([`profile`]).
+//! - `load-peers [--peers N] [--hold SECONDS]`: one daemon holding N member connections from
+//!   the load generator: memory and idle CPU per peer, handshake rate and where the Retry
+//!   defence engages ([`load_peers`]).
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 
 mod bench_tunnel;
 mod hil_ssh;
+mod load_peers;
 mod luci;
 mod mesh;
 mod openwrt;
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         }),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
+        Some("load-peers") => release_bin().and_then(|b| load_peers::run(&b, &args[1..])),
         Some("profile-tunnel") => {
             let bin = match args.iter().position(|a| a == "--bin") {
                 Some(i) => args

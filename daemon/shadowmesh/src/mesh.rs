@@ -196,11 +196,16 @@ impl Mesh {
     /// Returns when the endpoint closes.
     pub async fn run(self: Rc<Self>) {
         tokio::task::spawn_local(self.clone().timer());
-        while let Some(r) = self.node.accept().await {
-            match r {
-                Ok(peer) => self.adopt(peer),
-                Err(e) => log::debug!("incoming handshake failed: {e}"),
-            }
+        // Handshakes run side by side: one slow or stalled client must not hold up the rest
+        // (the node limits how many run at once; see `Node::incoming`).
+        while let Some(p) = self.node.incoming().await {
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                match me.node.handshake(p).await {
+                    Ok(peer) => me.adopt(peer),
+                    Err(e) => log::debug!("incoming handshake failed: {e}"),
+                }
+            });
         }
     }
 
@@ -244,13 +249,15 @@ impl Mesh {
                 }
                 None
             }
-            _ => Some(peer),
+            // Boxed: the task's future would otherwise hold a whole `Peer` (record, session:
+            // ~17 KiB) inline for every connection, member or not.
+            _ => Some(Box::new(peer)),
         };
         self.conns.borrow_mut().insert(contact.id, conn.clone());
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
     }
 
-    async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Option<Peer>) {
+    async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Option<Box<Peer>>) {
         while let Ok((send, recv)) = conn.accept_bi().await {
             tokio::task::spawn_local(self.clone().answer(send, recv, from));
         }

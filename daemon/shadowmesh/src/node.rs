@@ -329,6 +329,7 @@ pub struct Node {
     transport: Arc<quinn::TransportConfig>,
     in_flight: Arc<AtomicUsize>,
     retries: AtomicUsize,
+    refused: AtomicUsize,
     /// The endpoint's socket, for the fast lane's sends (the same socket as quinn's).
     socket: std::net::UdpSocket,
 }
@@ -414,7 +415,7 @@ impl Node {
         } else {
             runtime.wrap_udp_socket(socket)?
         };
-        let sock = crate::fastlane::DemuxSocket::new(inner)?;
+        let sock = crate::fastlane::DemuxSocket::new(inner, cfg.fast_lane)?;
         let endpoint =
             quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), sock, runtime)?;
         let payload = cfg.payload.clone();
@@ -430,6 +431,7 @@ impl Node {
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             retries: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             socket: fast,
         })
     }
@@ -615,13 +617,27 @@ impl Node {
 
     /// Waits for the next incoming connection and completes its handshake. Returns `None` when
     /// the endpoint is closed. Handshake failures are returned (and the connection closed); call
-    /// again for the next one.
+    /// again for the next one. One at a time: the daemon uses [`Node::incoming`] and
+    /// [`Node::handshake`] to run handshakes side by side.
     pub async fn accept(&self) -> Option<Result<Peer, HandshakeError>> {
+        let p = self.incoming().await?;
+        Some(self.handshake(p).await)
+    }
+
+    /// Waits for the next incoming connection that gets a handshake: while [`NodeConfig::
+    /// retry_above`] handshakes are in flight, new unvalidated ones are answered with a Retry
+    /// (stateless cookie) instead; at [`MAX_IN_FLIGHT`] they are refused. `None` when the
+    /// endpoint is closed.
+    pub async fn incoming(&self) -> Option<PendingHandshake> {
         loop {
             let incoming = self.endpoint.accept().await?;
-            if !incoming.remote_address_validated()
-                && self.in_flight.load(Ordering::Relaxed) >= self.cfg.retry_above
-            {
+            let n = self.in_flight.load(Ordering::Relaxed);
+            if n >= MAX_IN_FLIGHT {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            }
+            if !incoming.remote_address_validated() && n >= self.cfg.retry_above {
                 // Under load, make the client prove its address first (stateless cookie): a
                 // spoofed flood then costs us a Retry packet, not an ML-KEM encapsulation.
                 self.retries.fetch_add(1, Ordering::Relaxed);
@@ -629,18 +645,49 @@ impl Node {
                 continue;
             }
             self.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _guard = InFlight(self.in_flight.clone());
-            let fut = async {
-                let connecting = incoming.accept().map_err(HandshakeError::Connection)?;
-                self.finish_accept(connecting).await
-            };
-            return Some(
-                match tokio::time::timeout(self.cfg.handshake_timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HandshakeError::Timeout),
-                },
-            );
+            return Some(PendingHandshake {
+                incoming,
+                _guard: InFlight(self.in_flight.clone()),
+            });
         }
+    }
+
+    /// Completes one incoming handshake (bounded by the handshake timeout).
+    pub async fn handshake(&self, p: PendingHandshake) -> Result<Peer, HandshakeError> {
+        let PendingHandshake { incoming, _guard } = p;
+        let fut = async {
+            let connecting = incoming.accept().map_err(HandshakeError::Connection)?;
+            self.finish_accept(connecting).await
+        };
+        match tokio::time::timeout(self.cfg.handshake_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Timeout),
+        }
+    }
+
+    /// Completes only the QUIC/TLS part of a dial and then stays silent (never sends HELLO): a
+    /// stalled or malicious client, for tests of the accepting side.
+    #[doc(hidden)]
+    pub async fn dial_tls_only(
+        &self,
+        addr: SocketAddr,
+        peer: PeerId,
+    ) -> Result<quinn::Connection, HandshakeError> {
+        let crypto =
+            QuicClientConfig::with_initial(Arc::new(self.tls.client(None)), initial_suite())
+                .expect("AES-128-GCM initial suite");
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(self.transport.clone());
+        Ok(self
+            .endpoint
+            .connect_with(client, addr, &server_name(&peer))
+            .map_err(HandshakeError::Connect)?
+            .await?)
+    }
+
+    /// Incoming connections refused because [`MAX_IN_FLIGHT`] handshakes were running.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     async fn finish_accept(&self, connecting: quinn::Connecting) -> Result<Peer, HandshakeError> {
@@ -772,6 +819,16 @@ fn two_msgs(a: (MsgType, &[u8]), b: (MsgType, &[u8])) -> Vec<u8> {
     }
     out
 }
+
+/// An accepted incoming connection whose handshake has not run yet; counts as in flight.
+pub struct PendingHandshake {
+    incoming: quinn::Incoming,
+    _guard: InFlight,
+}
+
+/// Handshakes run side by side at most; beyond, new connections are refused (each one costs an
+/// ML-KEM-1024 encapsulation and ML-DSA-87 verifications, and memory until it completes).
+pub const MAX_IN_FLIGHT: usize = 64;
 
 struct InFlight(Arc<AtomicUsize>);
 impl Drop for InFlight {

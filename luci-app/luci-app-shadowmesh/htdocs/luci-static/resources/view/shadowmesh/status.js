@@ -53,15 +53,18 @@ function joinString(st) {
 
 function copyText(text, button) {
 	var done = function() { button.textContent = _('Copied'); };
+	// LuCI is often reached over plain HTTP, where the clipboard API is missing (or refused).
+	var fallback = function() {
+		var t = E('textarea', { 'style': 'position:absolute;left:-9999px' }, [text]);
+		document.body.appendChild(t);
+		t.select();
+		document.execCommand('copy');
+		document.body.removeChild(t);
+		done();
+	};
 	if (navigator.clipboard && window.isSecureContext)
-		return navigator.clipboard.writeText(text).then(done);
-	// LuCI is often reached over plain HTTP, where the clipboard API is missing.
-	var t = E('textarea', { 'style': 'position:absolute;left:-9999px' }, [text]);
-	document.body.appendChild(t);
-	t.select();
-	document.execCommand('copy');
-	document.body.removeChild(t);
-	done();
+		return navigator.clipboard.writeText(text).then(done, fallback);
+	fallback();
 }
 
 function row(label, value, id) {

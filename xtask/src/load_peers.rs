@@ -1,0 +1,154 @@
+//! `cargo xtask load-peers [--peers N] [--hold SECONDS]`: one member daemon (release build,
+//! TUN and all) in a namespace, and the load generator (`daemon/shadowmesh/examples/loadgen.rs`)
+//! in another holding N member connections to it. Reports the daemon's resident memory and idle
+//! CPU with no peers and with N, the cost per peer, and the handshake rate in waves of rising
+//! concurrency with the number of Retry (stateless cookie) answers in each, which shows where
+//! the defence engages (`retry_above` in-flight handshakes, 16 by default).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bench_tunnel::{cpu_s, shadowmesh_pair_config};
+use crate::mesh::{self, ip, Lab};
+use crate::{field, Result};
+
+fn json_num(line: &str, key: &str) -> f64 {
+    field(line, key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// Entry point.
+pub fn run(bin: &Path, args: &[String]) -> Result {
+    mesh::catch_signals();
+    let peers = crate::flag_value(args, "--peers").unwrap_or(1000);
+    let hold = crate::flag_value(args, "--hold").unwrap_or(30);
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "shadowmesh",
+        "--example",
+        "loadgen",
+    ]))?;
+    let gen = crate::target_dir().join("release/examples/loadgen");
+    let mut lab = Lab::new(bin)?;
+    let a = lab.ns("a")?;
+    let b = lab.ns("b")?;
+    ip(&[
+        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])?;
+    for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    }
+    let nk: String = "6d".repeat(32);
+    let (target, node) = shadowmesh_pair_config(&mut lab, &a, "target", &nk)?;
+    lab.start(&node)?;
+    let pid = lab.daemon_pid("target").ok_or("no daemon")?;
+    let control = lab.dir.join("target").join("control.sock");
+    let t = Instant::now();
+    while !control.exists() && t.elapsed() < Duration::from_secs(10) {
+        mesh::sleep(Duration::from_millis(100))?;
+    }
+    // Idle with no peers.
+    mesh::sleep(Duration::from_secs(2))?;
+    let (c0, rss0) = (cpu_s(pid), crate::rss_kib(pid));
+    mesh::sleep(Duration::from_secs(10))?;
+    let idle0 = (cpu_s(pid) - c0) / 10.0 * 100.0;
+    eprintln!(
+        "load-peers: target {} idle: {:.1} MiB, {idle0:.2}% CPU; {peers} peers from the generator",
+        &target[..12],
+        rss0 as f64 / 1024.0
+    );
+
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &b])
+        .arg(&gen)
+        .args([
+            "--target",
+            &format!("{target}@10.251.0.1:4433"),
+            "--network-key",
+            &nk,
+            "--bind",
+            "10.251.0.2",
+            "--peers",
+            &peers.to_string(),
+            "--control",
+        ])
+        .arg(&control)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("loadgen: {e}"))?;
+    let stdin = child.stdin.take();
+    let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
+    lab.others.push(child);
+    let mut waves = Vec::new();
+    let mut connected = 0.0;
+    let t = Instant::now();
+    for l in lines.by_ref() {
+        let l = l.map_err(|e| e.to_string())?;
+        eprintln!("  {l}");
+        if l.contains("\"wave\"") {
+            waves.push(l.clone());
+        }
+        if l.contains("\"ready\"") {
+            connected = json_num(&l, "connected");
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(900) {
+            return Err("the generator did not finish in 15 minutes".into());
+        }
+        mesh::check_interrupt()?;
+    }
+    // Settle (the last handshakes' tasks, first keepalives), then measure idle with N peers.
+    mesh::sleep(Duration::from_secs(5))?;
+    let status = lab.ctl(&node, "status");
+    let (c1, rss1) = (cpu_s(pid), crate::rss_kib(pid));
+    mesh::sleep(Duration::from_secs(hold))?;
+    let idle1 = (cpu_s(pid) - c1) / hold as f64 * 100.0;
+    let rss_end = crate::rss_kib(pid);
+    let status_end = lab.ctl(&node, "status");
+    drop(stdin);
+    let end = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    drop(lab);
+
+    let per_peer = (rss1.max(rss_end) as f64 - rss0 as f64) / connected.max(1.0);
+    println!("| measure | value |");
+    println!("| --- | ---: |");
+    println!("| peers connected (generator) | {connected:.0} of {peers} |");
+    println!(
+        "| members connected (daemon), at the start and end of the hold | {:.0}, {:.0} |",
+        json_num(&status, "peers_connected"),
+        json_num(&status_end, "peers_connected")
+    );
+    println!(
+        "| still connected when the generator stopped | {:.0} |",
+        json_num(&end, "still_connected")
+    );
+    println!("| RSS, no peers | {:.1} MiB |", rss0 as f64 / 1024.0);
+    println!(
+        "| RSS, {connected:.0} peers (start / end of {hold} s hold) | {:.1} / {:.1} MiB |",
+        rss1 as f64 / 1024.0,
+        rss_end as f64 / 1024.0
+    );
+    println!("| per peer | {per_peer:.1} KiB |");
+    println!("| idle CPU, no peers | {idle0:.2}% of a core |");
+    println!("| idle CPU, {connected:.0} peers (keepalives, timers) | {idle1:.2}% of a core |");
+    println!();
+    println!("| handshakes in flight | handshakes | per second | Retry answers |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for w in &waves {
+        println!(
+            "| {:.0} | {:.0} | {:.1} | {:.0} |",
+            json_num(w, "concurrency"),
+            json_num(w, "handshakes"),
+            json_num(w, "per_second"),
+            json_num(w, "retries")
+        );
+    }
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
