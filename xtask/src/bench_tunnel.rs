@@ -23,6 +23,11 @@ use crate::Result;
 
 struct Row {
     name: &'static str,
+    /// Median echo round trip (ms) of 500 pings before any bulk traffic.
+    ping_p50_ms: f64,
+    /// Median of 800 pings taken in rounds alternating with the other tunnel (boringtun and
+    /// shadowmesh only).
+    ping_interleaved_ms: Option<f64>,
     /// Resident set of the larger end once connected, before any traffic (MiB).
     idle_rss_mib: Option<f64>,
     tcp1: f64,
@@ -101,6 +106,52 @@ fn out(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
+/// The median round trip of 500 pings from namespace `ns` to `dst`, ms.
+fn ping_median(ns: &str, dst: &str) -> Result<f64> {
+    let mut t = ping_times(ns, dst, 500)?;
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+/// Round trips (ms) of `n` pings 5 ms apart.
+fn ping_times(ns: &str, dst: &str, n: u32) -> Result<Vec<f64>> {
+    let n = n.to_string();
+    let out = mesh::netns_exec(ns, &["ping", "-n", "-c", &n, "-i", "0.005", "-W", "1", dst])
+        .output()
+        .map_err(|e| format!("ping: {e}"))?;
+    let t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if t.is_empty() {
+        return Err(format!("no echo replies from {dst}"));
+    }
+    Ok(t)
+}
+
+/// Medians of pings through two tunnels taken in alternating rounds of 100 (8 rounds each), so
+/// that both see the same moments of the machine's noise.
+fn interleaved_medians(ns: &str, dsts: [&str; 2]) -> Result<[f64; 2]> {
+    let mut all: [Vec<f64>; 2] = [vec![], vec![]];
+    for _ in 0..8 {
+        for (i, d) in dsts.iter().enumerate() {
+            all[i].extend(ping_times(ns, d, 100)?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Ok([med(&mut all[0]), med(&mut all[1])])
+}
+
 /// Measures one tunnel between `a` and `b` reaching `dst` (b's tunnel address), with the
 /// tunnel processes `pids`.
 fn measure(
@@ -118,6 +169,9 @@ fn measure(
     });
     // Warm the path (and any on-demand connection) first.
     let _ = mesh::ping(a, dst, 3, "0.1")?;
+    // Latency on a quiet tunnel: the median of 500 echoes 5 ms apart (the mean moves with the
+    // machine's scheduling noise, the median much less).
+    let ping_p50_ms = ping_median(a, dst)?;
     let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
     let (tcp1, bytes1) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 1)?;
     let (tcp4, bytes4) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 4)?;
@@ -127,6 +181,8 @@ fn measure(
     let gb = (bytes1 + bytes4) / 1e9;
     let row = Row {
         name,
+        ping_p50_ms,
+        ping_interleaved_ms: None,
         idle_rss_mib,
         tcp1,
         tcp4,
@@ -217,16 +273,18 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
     };
     let opt =
         |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
-    println!("| tunnel | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | ping (ms) | CPU s per GB | idle RSS (MiB) | peak RSS (MiB) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| tunnel | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | ping median, quiet (ms) | ping mean, after load (ms) | CPU s per GB | idle RSS (MiB) | peak RSS (MiB) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         println!(
-            "| {} | {:.0} ({}) | {:.0} ({}) | {:.3} ({}) | {} ({}) | {} | {} |",
+            "| {} | {:.0} ({}) | {:.0} ({}) | {:.3} ({}) | {:.3} ({}) | {} ({}) | {} | {} |",
             r.name,
             r.tcp1,
             ratio(r.tcp1, |b| b.tcp1),
             r.tcp4,
             ratio(r.tcp4, |b| b.tcp4),
+            r.ping_p50_ms,
+            ratio(r.ping_p50_ms, |b| b.ping_p50_ms),
             r.ping_ms,
             ratio(r.ping_ms, |b| b.ping_ms),
             opt(r.cpu_s_per_gb, 2),
@@ -239,6 +297,20 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
         );
     }
     println!("(ratios in parentheses: to boringtun in the same run)");
+    let inter: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.ping_interleaved_ms.is_some())
+        .collect();
+    if let [bt, sm] = inter[..] {
+        let (b, s) = (
+            bt.ping_interleaved_ms.unwrap_or(0.0),
+            sm.ping_interleaved_ms.unwrap_or(0.0),
+        );
+        println!(
+            "ping median, interleaved rounds (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
+            s / b
+        );
+    }
     if json {
         let js = |v: Option<f64>| {
             v.map(|x| format!("{x:.3}"))
@@ -248,11 +320,13 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
+                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"ping_p50_ms\":{:.3},\"ping_interleaved_ms\":{},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
                     r.name,
                     r.tcp1,
                     r.tcp4,
                     r.ping_ms,
+                    r.ping_p50_ms,
+                    js(r.ping_interleaved_ms),
                     js(r.cpu_s_per_gb),
                     js(r.rss_mib),
                     js(r.idle_rss_mib)
@@ -326,6 +400,16 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
     // ShadowMesh, fast lane (the default), then with data frames in QUIC datagrams.
     let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
     rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
+    let [bt_ms, sm_ms] = interleaved_medians(&a, ["10.77.0.2", &dst])?;
+    eprintln!("  interleaved ping medians: boringtun {bt_ms:.3} ms, shadowmesh {sm_ms:.3} ms");
+    for r in rows.iter_mut() {
+        if r.name == "boringtun" {
+            r.ping_interleaved_ms = Some(bt_ms);
+        }
+        if r.name == "shadowmesh" {
+            r.ping_interleaved_ms = Some(sm_ms);
+        }
+    }
     lab.kill9("sma")?;
     lab.kill9("smb")?;
     let (dst, pids) = shadowmesh_pair(

@@ -578,10 +578,11 @@ fn bench_lines(cmd: &mut Command) -> Result<Vec<(String, f64, String)>> {
 }
 
 /// OpenSSL's ChaCha20-Poly1305 seal throughput on 1,400-byte buffers, in MB/s.
-fn openssl_chacha(seconds: u32) -> Result<f64> {
+fn openssl_chacha(seconds: u32, decrypt: bool) -> Result<f64> {
     let out = Command::new("openssl")
+        .arg("speed")
+        .args(if decrypt { &["-decrypt"][..] } else { &[] })
         .args([
-            "speed",
             "-aead",
             "-bytes",
             "1400",
@@ -613,8 +614,10 @@ fn bench(quick: bool) -> Result {
             .args(["bench", "-p", "shadowmesh-crypto", "--bench", "primitives"])
             .args(q),
     )?;
-    let ossl = openssl_chacha(if quick { 1 } else { 3 })?;
+    let ossl = openssl_chacha(if quick { 1 } else { 3 }, false)?;
     all.push(("openssl_seal_1400".into(), ossl, "MB/s".into()));
+    let ossl_open = openssl_chacha(if quick { 1 } else { 3 }, true)?;
+    all.push(("openssl_open_1400".into(), ossl_open, "MB/s".into()));
     all.extend(bench_lines(
         cargo()
             .args(["bench", "-p", "shadowmesh", "--bench", "handshake"])
@@ -642,6 +645,10 @@ fn bench(quick: bool) -> Result {
         (
             "ring open / OpenSSL seal (1,400 B)",
             get("aead_open_ring_1400") / ossl,
+        ),
+        (
+            "ring open without the ciphertext restore / OpenSSL open (1,400 B)",
+            1.0 / (1.0 / get("aead_open_ring_1400") - 1.0 / get("copy_1400")) / ossl_open,
         ),
         (
             "RustCrypto seal / OpenSSL seal",

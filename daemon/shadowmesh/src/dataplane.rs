@@ -1,9 +1,13 @@
 //! The data plane: IP packets between the TUN device and the members of our mesh, one SMSH
-//! frame per QUIC DATAGRAM.
+//! frame per packet, on the fast lane (plain UDP on the QUIC socket, [`crate::fastlane`]) with
+//! members that offer it, else in a QUIC DATAGRAM.
 //!
 //! ```text
-//! TUN read -> dst -> route table (longest prefix) -> member -> session.seal -> send_datagram
-//! read_datagram -> session.open (replay, tag) -> src must belong to that member -> TUN write
+//! TUN read (offload: a 64 KiB TCP super-packet, cut into segments) -> dst -> route table
+//!   (longest prefix) -> member -> session.seal -> fast lane: GSO burst, one sendmsg
+//!                                              -> QUIC lane: send_datagram
+//! socket (GRO batch) / read_datagram -> session.open (replay, tag) -> src must belong to that
+//!   member -> TUN write (offload: consecutive TCP segments coalesced into one write)
 //! ```
 //!
 //! The route table holds each member's overlay addresses (/32, /128) and the LAN routes its

@@ -198,6 +198,10 @@ return view.extend({
 			_('Data frames as plain UDP next to QUIC when the other gateway offers it too (faster); off: inside QUIC datagrams.'));
 		o.default = o.enabled;
 
+		o = s.option(form.Flag, 'offload', _('TUN offload'),
+			_('Large TCP packets cross the kernel boundary once and are cut or joined in the daemon (x86 and ARM builds).'));
+		o.default = o.enabled;
+
 		o = s.option(form.Flag, 'lan_discovery', _('LAN discovery'),
 			_('Find gateways on the LAN by multicast (not built yet: the daemon accepts and ignores it).'));
 		o.default = o.enabled;
