@@ -339,15 +339,7 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
 }
 
 fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
-    let a = lab.ns("a")?;
-    let b = lab.ns("b")?;
-    ip(&[
-        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    }
+    let (a, b) = lab.veth_pair()?;
     let mut rows = vec![];
     eprintln!("bench-tunnel: {secs} s per iperf3 run, namespaces {a} and {b}");
     rows.push(measure(lab, "raw", (&a, &b), "10.251.0.2", &[], secs)?);

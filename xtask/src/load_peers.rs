@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench_tunnel::{cpu_s, shadowmesh_pair_config};
-use crate::mesh::{self, ip, Lab};
+use crate::mesh::{self, Lab};
 use crate::{field, Result};
 
 fn json_num(line: &str, key: &str) -> f64 {
@@ -33,15 +33,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     ]))?;
     let gen = crate::target_dir().join("release/examples/loadgen");
     let mut lab = Lab::new(bin)?;
-    let a = lab.ns("a")?;
-    let b = lab.ns("b")?;
-    ip(&[
-        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    }
+    let (a, b) = lab.veth_pair()?;
     let nk: String = "6d".repeat(32);
     let (target, node) = shadowmesh_pair_config(&mut lab, &a, "target", &nk)?;
     lab.start(&node)?;

@@ -133,17 +133,7 @@ pub fn test(checks: &mut Checks, bin: &Path) -> Result {
     let mut lab = Lab::new(bin)?;
     let r = with_daemons(checks, &mut lab, bin, base_env);
     if r.is_err() || !checks.failures.is_empty() {
-        let nodes: Vec<Node> = ["a", "b"]
-            .iter()
-            .map(|n| Node {
-                name: n.to_string(),
-                ns: String::new(),
-                underlay: String::new(),
-                config: lab.dir.join(n).join("shadowmesh.conf"),
-                peer_id: String::new(),
-                lan: None,
-            })
-            .collect();
+        let nodes: Vec<Node> = ["a", "b"].iter().map(|n| lab.node_named(n)).collect();
         eprintln!("daemon logs:\n{}", lab.logs(&nodes));
     }
     drop(lab);

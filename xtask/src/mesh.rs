@@ -140,6 +140,33 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Two namespaces joined by a veth pair, `10.251.0.1/24` and `10.251.0.2/24` on their
+    /// `eth0` (the bench-tunnel, profile and load-peers setup).
+    pub(crate) fn veth_pair(&mut self) -> Result<(String, String)> {
+        let a = self.ns("a")?;
+        let b = self.ns("b")?;
+        ip(&[
+            "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+        ])?;
+        for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok((a, b))
+    }
+
+    /// A node of this lab by name, enough to read its log and reach its control socket.
+    pub(crate) fn node_named(&self, name: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            ns: String::new(),
+            underlay: String::new(),
+            config: self.dir.join(name).join("shadowmesh.conf"),
+            peer_id: String::new(),
+            lan: None,
+        }
+    }
+
     pub(crate) fn exec(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).args(args);
@@ -568,18 +595,10 @@ impl Report {
 /// Runs the scenario with binary `bin`; `full` adds the failure cases.
 pub fn run(bin: &Path, full: bool) -> Result<Report> {
     catch_signals();
-    for tool in ["ip", "ping", "iperf3"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool} >/dev/null")])
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            return Err(format!(
-                "{tool} is missing: run .ci/setup (apt-get install iproute2 iputils-ping iperf3)"
-            ));
-        }
-    }
+    require_tools(
+        &["ip", "ping", "iperf3"],
+        "run .ci/setup (apt-get install iproute2 iputils-ping iperf3)",
+    )?;
     let mut lab = Lab::new(bin)?;
     let r = scenario(&mut lab, full);
     if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
@@ -612,15 +631,23 @@ pub fn run(bin: &Path, full: bool) -> Result<Report> {
 fn lab_nodes(lab: &Lab) -> Vec<Node> {
     ["seed", "gw1", "gw2", "gw3", "bad"]
         .iter()
-        .map(|n| Node {
-            name: n.to_string(),
-            ns: String::new(),
-            underlay: String::new(),
-            config: lab.dir.join(n).join("shadowmesh.conf"),
-            peer_id: String::new(),
-            lan: None,
-        })
+        .map(|n| lab.node_named(n))
         .collect()
+}
+
+/// Fails naming the first of `tools` that is not on PATH, with `hint`.
+pub(crate) fn require_tools(tools: &[&str], hint: &str) -> Result {
+    for tool in tools {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool} >/dev/null")])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            return Err(format!("{tool} is missing: {hint}"));
+        }
+    }
+    Ok(())
 }
 
 fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::bench_tunnel::shadowmesh_pair;
-use crate::mesh::{self, ip, Lab, Node};
+use crate::mesh::{self, Lab, Node};
 use crate::Result;
 
 const GROUPS: &[&str] = &[
@@ -155,17 +155,6 @@ fn iperf_bytes(lab: &mut Lab, server: &str, client: &str, dst: &str, mb: u32) ->
     Ok(())
 }
 
-fn node(lab: &Lab, name: &str) -> Node {
-    Node {
-        name: name.into(),
-        ns: String::new(),
-        underlay: String::new(),
-        config: lab.dir.join(name).join("shadowmesh.conf"),
-        peer_id: String::new(),
-        lan: None,
-    }
-}
-
 /// Entry point.
 pub fn run(bin: &Path, args: &[String]) -> Result {
     mesh::catch_signals();
@@ -200,15 +189,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         }
     }
     let mut lab = Lab::new(bin)?;
-    let a = lab.ns("a")?;
-    let b = lab.ns("b")?;
-    ip(&[
-        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    for (ns, addr) in [(&a, "10.251.0.1/24"), (&b, "10.251.0.2/24")] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    }
+    let (a, b) = lab.veth_pair()?;
 
     // 1. Instructions, under callgrind.
     let cg = lab.dir.join("cg");
@@ -222,7 +203,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     ];
     eprintln!("profile-tunnel: lane {lane}, {mb} MB of TCP, daemons under callgrind (slow)");
     let (dst, pids) = shadowmesh_pair(&mut lab, (&a, &b), ("pa", "pb"), extra, &prefix)?;
-    let (na, nb) = (node(&lab, "pa"), node(&lab, "pb"));
+    let (na, nb) = (lab.node_named("pa"), lab.node_named("pb"));
     let (tx0, rx0) = (
         counter(&lab, &na, "tx_packets"),
         counter(&lab, &nb, "rx_packets"),
@@ -262,7 +243,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
 
     // 2. System calls, without valgrind.
     let (dst, pids) = shadowmesh_pair(&mut lab, (&a, &b), ("sa", "sb"), extra, &[])?;
-    let (na, nb) = (node(&lab, "sa"), node(&lab, "sb"));
+    let (na, nb) = (lab.node_named("sa"), lab.node_named("sb"));
     let (tx0, rx0) = (
         counter(&lab, &na, "tx_packets"),
         counter(&lab, &nb, "rx_packets"),
