@@ -46,6 +46,18 @@ pub const OFFLOAD_SUPPORTED: bool = cfg!(all(
     )
 ));
 
+/// The device was readable; see [`Tun::wait_readable`].
+pub struct TunReady<'a>(Option<tokio::io::unix::AsyncFdReadyGuard<'a, tun::Device>>);
+
+impl TunReady<'_> {
+    /// The device was read until `WouldBlock`: forget the readiness.
+    pub fn clear(mut self) {
+        if let Some(mut g) = self.0.take() {
+            g.clear_ready();
+        }
+    }
+}
+
 enum Dev {
     Real(AsyncFd<tun::Device>),
     /// Counts what is written and never yields a packet (tests of the forwarding path).
@@ -159,6 +171,16 @@ impl Tun {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
+        }
+    }
+
+    /// Waits until the device has a packet to read. The caller drains it with
+    /// [`Tun::try_recv`] and then hands the guard back with [`TunReady::clear`] if it read
+    /// until `WouldBlock` (so the next wait sleeps until the kernel says there is more).
+    pub async fn wait_readable(&self) -> io::Result<TunReady<'_>> {
+        match &self.dev {
+            Dev::Real(fd) => Ok(TunReady(Some(fd.readable().await?))),
+            Dev::Memory(_) => std::future::pending().await,
         }
     }
 
