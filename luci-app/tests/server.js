@@ -9,7 +9,7 @@
 const http = require('http');
 const fs = require('fs');
 const path = require('path');
-const { execFileSync } = require('child_process');
+const { execFileSync, spawnSync } = require('child_process');
 
 const ROOT = path.resolve(__dirname, '../..');
 const APP = path.join(ROOT, 'luci-app/luci-app-shadowmesh');
@@ -83,11 +83,14 @@ function start(opts) {
 					const { object, method, params } = JSON.parse(body);
 					state.ubus.push(object + '.' + method);
 					if (!granted(object, method)) return send(403, { error: 'Access denied' });
-					const out = execFileSync('sh', [PLUGIN, 'call', method], {
+					// As rpcd does: the arguments on the plugin's stdin, one JSON object back.
+					const r = spawnSync('sh', [PLUGIN, 'call', method], {
 						input: JSON.stringify(params || {}), encoding: 'utf8', timeout: 40000,
 						env: Object.assign({}, process.env, { SHADOWMESH_BIN: opts.bin, SHADOWMESH_CONFIG: state.config })
 					});
-					return send(200, JSON.parse(out));
+					if (r.status !== 0 || !r.stdout)
+						return send(500, { error: 'plugin: ' + (r.error || r.stderr || r.status) });
+					return send(200, JSON.parse(r.stdout));
 				}
 				if (url.pathname === '/harness/config' && req.method === 'POST') {
 					state.config = JSON.parse(body).config;

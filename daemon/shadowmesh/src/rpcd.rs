@@ -2,7 +2,9 @@
 //! `/usr/libexec/rpcd/shadowmesh`, which is one `exec` line. rpcd runs a plugin with `list` to
 //! learn its methods (a JSON object of method → argument signature) and with `call METHOD` to
 //! run one (arguments as JSON on stdin; none of ours takes any, so stdin is not read). The answer
-//! is one JSON object on stdout, which ubus hands to LuCI.
+//! is one JSON object on stdout, which ubus hands to LuCI. The arguments rpcd writes to stdin
+//! are read (at most 64 KiB) and ignored: a plugin that exits without reading them leaves its
+//! caller a broken pipe.
 //!
 //! Methods:
 //! - `status`: `running` (whether the daemon answered on its control socket), `error` (why not),
@@ -46,7 +48,10 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
     }
     let answer = match words.as_slice() {
         ["list"] => METHODS.to_string(),
-        ["call", "status"] => status(&config),
+        ["call", "status"] => {
+            drain_stdin();
+            status(&config)
+        }
         ["call", other] => Obj::new()
             .str("error", &format!("unknown method '{other}'"))
             .finish(),
@@ -58,6 +63,25 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
     };
     println!("{answer}");
     Ok(())
+}
+
+/// Reads and drops what rpcd wrote to stdin (not when stdin is a terminal: a person typing
+/// `shadowmesh rpcd call status` would otherwise wait for end of file).
+fn drain_stdin() {
+    use std::io::Read;
+    // SAFETY: isatty only inspects descriptor 0.
+    if unsafe { libc::isatty(0) } == 1 {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut stdin = std::io::stdin().lock();
+    let mut total = 0;
+    while total < 64 * 1024 {
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 /// A short label for a member: the first 12 hex digits of its PeerId (records carry no names).
