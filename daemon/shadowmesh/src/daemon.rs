@@ -109,7 +109,13 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::fail(format!("tokio runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(path, cfg, id))
+    // The daemon runs as a task of its own: `LocalSet::block_on` polls the future it is given
+    // each time any task wakes (every packet), and this one is a select over three signals.
+    local.block_on(&rt, async move {
+        tokio::task::spawn_local(run(path, cfg, id))
+            .await
+            .unwrap_or_else(|e| Err(CliError::fail(format!("daemon task: {e}"))))
+    })
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), CliError> {

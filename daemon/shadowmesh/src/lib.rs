@@ -20,6 +20,7 @@ pub mod probe;
 pub mod rpcd;
 pub mod selftest;
 pub mod tun;
+pub mod udp;
 
 /// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
 pub fn unix_now() -> u64 {

@@ -329,9 +329,11 @@ pub struct Node {
     transport: Arc<quinn::TransportConfig>,
     in_flight: Arc<AtomicUsize>,
     retries: AtomicUsize,
+    retried: std::cell::RefCell<Retried>,
     refused: AtomicUsize,
     /// The endpoint's socket, for the fast lane's sends (the same socket as quinn's).
     socket: std::net::UdpSocket,
+    demux: Arc<crate::fastlane::DemuxSocket>,
 }
 
 /// quinn's transport settings sized for a router (DESIGN.md, "Data plane"; quinn's defaults are
@@ -412,12 +414,19 @@ impl Node {
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
         let inner: Arc<dyn quinn::AsyncUdpSocket> = if cfg.plain_udp {
             crate::plainudp::PlainUdp::new(socket)?
+        } else if cfg.fast_lane {
+            // quinn sends only the control plane: writability is asked for when it waits.
+            crate::udp::Udp::new(socket)?
         } else {
             runtime.wrap_udp_socket(socket)?
         };
-        let sock = crate::fastlane::DemuxSocket::new(inner, cfg.fast_lane)?;
-        let endpoint =
-            quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), sock, runtime)?;
+        let demux = crate::fastlane::DemuxSocket::new(inner, cfg.fast_lane)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            ep_cfg,
+            Some(server),
+            demux.clone(),
+            runtime,
+        )?;
         let payload = cfg.payload.clone();
         let record = sign_record(&id, &cfg, &payload, crate::unix_now())
             .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
@@ -431,14 +440,22 @@ impl Node {
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             retries: AtomicUsize::new(0),
+            retried: Default::default(),
             refused: AtomicUsize::new(0),
             socket: fast,
+            demux,
         })
     }
 
     /// The endpoint's UDP socket (shared with quinn), for sending fast-lane frames.
     pub fn socket(&self) -> &std::net::UdpSocket {
         &self.socket
+    }
+
+    /// The endpoint's socket as quinn sees it: the data plane starts its fast-lane receiver
+    /// on it ([`crate::fastlane::DemuxSocket::receive`]).
+    pub fn demux(&self) -> &Arc<crate::fastlane::DemuxSocket> {
+        &self.demux
     }
 
     /// The configuration the node was bound with.
@@ -640,6 +657,13 @@ impl Node {
             if !incoming.remote_address_validated() && n >= self.cfg.retry_above {
                 // Under load, make the client prove its address first (stateless cookie): a
                 // spoofed flood then costs us a Retry packet, not an ML-KEM encapsulation.
+                let key = (incoming.remote_address(), incoming.orig_dst_cid());
+                if !self.retried.borrow_mut().first_time(key, Instant::now()) {
+                    // The rest of a ClientHello we answered already (it spans two datagrams
+                    // with the post-quantum key share): one Retry per flight.
+                    incoming.ignore();
+                    continue;
+                }
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 let _ = incoming.retry();
                 continue;
@@ -830,6 +854,33 @@ pub struct PendingHandshake {
 /// ML-KEM-1024 encapsulation and ML-DSA-87 verifications, and memory until it completes).
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Initial flights answered with a Retry in the last [`Retried::WINDOW`], by source and
+/// destination connection ID. A post-quantum ClientHello spans two datagrams; when they are read
+/// apart, the second one would draw a second Retry. A retransmission of the flight (the client
+/// missed our Retry) comes a probe timeout later, outside the window, and is answered again.
+#[derive(Default)]
+struct Retried {
+    ring: [Option<(SocketAddr, quinn_proto::ConnectionId, Instant)>; 32],
+    next: usize,
+}
+
+impl Retried {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    /// Whether `key` was not answered within the window (and notes it if so).
+    fn first_time(&mut self, key: (SocketAddr, quinn_proto::ConnectionId), now: Instant) -> bool {
+        let seen =
+            self.ring.iter().flatten().any(|(a, c, t)| {
+                (*a, *c) == key && now.saturating_duration_since(*t) < Self::WINDOW
+            });
+        if !seen {
+            self.ring[self.next] = Some((key.0, key.1, now));
+            self.next = (self.next + 1) % self.ring.len();
+        }
+        !seen
+    }
+}
+
 struct InFlight(Arc<AtomicUsize>);
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -916,4 +967,31 @@ pub async fn write_msg(
     out.extend_from_slice(body);
     send.write_all(&out).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_retry_per_flight_and_again_after_the_window() {
+        let mut r = Retried::default();
+        let t0 = Instant::now();
+        let a: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let cid = quinn_proto::ConnectionId::new(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let other = quinn_proto::ConnectionId::new(&[9; 8]);
+        assert!(r.first_time((a, cid), t0));
+        // The flight's second datagram: ignored.
+        assert!(!r.first_time((a, cid), t0 + Duration::from_millis(1)));
+        // Another client, or another flight from the same address: answered.
+        assert!(r.first_time((a, other), t0));
+        // The client retransmits after a probe timeout: answered again.
+        assert!(r.first_time((a, cid), t0 + Retried::WINDOW + Duration::from_millis(1)));
+        // Bounded: after a full ring of other flights the entry is gone.
+        for i in 0..32u8 {
+            let c = quinn_proto::ConnectionId::new(&[i, 0xee, 0, 0]);
+            assert!(r.first_time((a, c), t0 + Duration::from_millis(200)));
+        }
+        assert!(r.first_time((a, cid), t0 + Duration::from_millis(201)));
+    }
 }

@@ -113,9 +113,13 @@ impl Tun {
             netlink::add_addr(index, IpAddr::V6(v6), 8)
                 .map_err(|e| io::Error::other(format!("IPv6 address on {name}: {e}")))?;
         }
+        // Readable only: writes never wait (a full device queue drops), and with EPOLLOUT
+        // asked for, the kernel reports it after every packet written (one more runtime turn
+        // per packet delivered; see `crate::udp`).
         // SAFETY: `tun::Device` owns its descriptor, keeps it open until dropped, and
         // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the device.
-        let fd = unsafe { AsyncFd::register(dev) }.map_err(|e| io::Error::other(e.to_string()))?;
+        let fd = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Tun {
             dev: Dev::Real(fd),
             name,

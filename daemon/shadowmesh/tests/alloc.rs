@@ -104,8 +104,8 @@ fn run(fast: bool) {
         let dp_a = DataPlane::new(da, Tun::memory("a"), 1380);
         let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
         if fast {
-            dp_a.enable_fast_lane(a.socket(), true).unwrap();
-            dp_b.enable_fast_lane(b.socket(), true).unwrap();
+            dp_a.enable_fast_lane(&a, true).unwrap();
+            dp_b.enable_fast_lane(&b, true).unwrap();
         }
         assert!(dp_a.add_link(d.unwrap()));
         assert!(dp_b.add_link(l.unwrap()));
