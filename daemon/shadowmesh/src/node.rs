@@ -858,10 +858,20 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// destination connection ID. A post-quantum ClientHello spans two datagrams; when they are read
 /// apart, the second one would draw a second Retry. A retransmission of the flight (the client
 /// missed our Retry) comes a probe timeout later, outside the window, and is answered again.
-#[derive(Default)]
+/// Room for two waves of [`MAX_IN_FLIGHT`] flights (measured: at 32, a wave of 64 handshakes in
+/// flight overwrote entries before the second datagrams came, 199 Retries for 160 handshakes).
 struct Retried {
-    ring: [Option<(SocketAddr, quinn_proto::ConnectionId, Instant)>; 32],
+    ring: [Option<(SocketAddr, quinn_proto::ConnectionId, Instant)>; 128],
     next: usize,
+}
+
+impl Default for Retried {
+    fn default() -> Self {
+        Retried {
+            ring: [None; 128],
+            next: 0,
+        }
+    }
 }
 
 impl Retried {
@@ -988,7 +998,7 @@ mod tests {
         // The client retransmits after a probe timeout: answered again.
         assert!(r.first_time((a, cid), t0 + Retried::WINDOW + Duration::from_millis(1)));
         // Bounded: after a full ring of other flights the entry is gone.
-        for i in 0..32u8 {
+        for i in 0..128u8 {
             let c = quinn_proto::ConnectionId::new(&[i, 0xee, 0, 0]);
             assert!(r.first_time((a, c), t0 + Duration::from_millis(200)));
         }
