@@ -83,7 +83,7 @@ fn find_boringtun() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn ensure_tools() -> Result<PathBuf> {
+pub(crate) fn ensure_tools() -> Result<PathBuf> {
     if Command::new("wg").arg("--version").output().is_err() {
         return Err("wg is missing: run .ci/setup (apt-get install wireguard-tools)".into());
     }
@@ -197,7 +197,29 @@ fn measure(
     Ok(row)
 }
 
-fn boringtun_end(
+/// Two WireGuard key pairs (private, public), from wg(8).
+pub(crate) fn wg_keys() -> Result<Vec<(String, String)>> {
+    (0..2)
+        .map(|_| {
+            let private = out(Command::new("wg").arg("genkey"))?;
+            let mut c = Command::new("wg");
+            c.arg("pubkey").stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = c.spawn().map_err(|e| e.to_string())?;
+            std::io::Write::write_all(child.stdin.as_mut().ok_or("stdin")?, private.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let o = child.wait_with_output().map_err(|e| e.to_string())?;
+            Ok((
+                private,
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// One boringtun-cli end in `ns` (started under `prefix`: nothing, or valgrind), configured
+/// with wg(8); returns its PID.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn boringtun_end(
     lab: &mut Lab,
     bt: &Path,
     ns: &str,
@@ -205,19 +227,19 @@ fn boringtun_end(
     key: &str,
     peer_pub: &str,
     (me, peer, endpoint): (&str, &str, &str),
+    prefix: &[&str],
 ) -> Result<u32> {
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        bt.to_str().ok_or("path")?,
+        dev,
+        "--foreground",
+        "--disable-drop-privileges",
+        "--log",
+        "/dev/null",
+    ]);
     let child = lab
-        .exec(
-            ns,
-            &[
-                bt.to_str().ok_or("path")?,
-                dev,
-                "--foreground",
-                "--disable-drop-privileges",
-                "--log",
-                "/dev/null",
-            ],
-        )
+        .exec(ns, &argv)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -227,7 +249,8 @@ fn boringtun_end(
     // The UAPI socket appears once the device is up.
     let sock = Path::new("/var/run/wireguard").join(format!("{dev}.sock"));
     let t = Instant::now();
-    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+    let wait = if prefix.is_empty() { 10 } else { 120 };
+    while !sock.exists() && t.elapsed() < Duration::from_secs(wait) {
         mesh::sleep(Duration::from_millis(50))?;
     }
     let keyfile = lab.dir.join(format!("{dev}.key"));
@@ -345,21 +368,7 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
     rows.push(measure(lab, "raw", (&a, &b), "10.251.0.2", &[], secs)?);
 
     // boringtun, configured with wg(8) over its UAPI socket.
-    let keys: Vec<(String, String)> = (0..2)
-        .map(|_| {
-            let private = out(Command::new("wg").arg("genkey"))?;
-            let mut c = Command::new("wg");
-            c.arg("pubkey").stdin(Stdio::piped()).stdout(Stdio::piped());
-            let mut child = c.spawn().map_err(|e| e.to_string())?;
-            std::io::Write::write_all(child.stdin.as_mut().ok_or("stdin")?, private.as_bytes())
-                .map_err(|e| e.to_string())?;
-            let o = child.wait_with_output().map_err(|e| e.to_string())?;
-            Ok((
-                private,
-                String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let keys = wg_keys()?;
     let tag = lab.tag.clone();
     let (dev_a, dev_b) = (format!("{tag}a"), format!("{tag}b"));
     let pa = boringtun_end(
@@ -370,6 +379,7 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         &keys[0].0,
         &keys[1].1,
         ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820"),
+        &[],
     )?;
     let pb = boringtun_end(
         lab,
@@ -379,6 +389,7 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         &keys[1].0,
         &keys[0].1,
         ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
+        &[],
     )?;
     rows.push(measure(
         lab,

@@ -22,9 +22,9 @@
 //! - `dist [--no-build]`: OpenWrt `.ipk` packages from the cross builds into `target/dist/`
 //!   ([`openwrt`]); `openwrt-test`: only the packaging, rpcd and LuCI tests ([`openwrt`],
 //!   [`luci`]), which `test` also runs.
-//! - `profile-tunnel [--lane udp|quic] [--megabytes N] [--bin PATH]`: instructions per packet
-//!   by group (callgrind) and system calls per packet (strace) at both ends of the tunnel
-//!   ([`profile`]).
+//! - `profile-tunnel [--lane udp|quic] [--traffic tcp|ping] [--megabytes N] [--bin PATH]`:
+//!   instructions per packet by group (callgrind) and system calls per packet (strace) at both
+//!   ends of the tunnel; with `--traffic ping`, per echo, beside boringtun's ([`profile`]).
 //! - `load-peers [--peers N] [--hold SECONDS]`: one daemon holding N member connections from
 //!   the load generator: memory and idle CPU per peer, handshake rate and where the Retry
 //!   defence engages ([`load_peers`]).

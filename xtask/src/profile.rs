@@ -15,6 +15,13 @@
 //!
 //! Packets are the daemons' own counters (`peers`: tx_packets at the sender, rx_packets at the
 //! receiver) over the measured interval.
+//!
+//! `--traffic ping`: the latency case instead of the bulk one. 200 echoes, 20 ms apart, through
+//! the tunnel; counts are per echo (one packet each way) at the pinging and the echoing end,
+//! and boringtun-cli runs the same 200 echoes under callgrind in the same run, so the user-space
+//! work of one round trip is compared with WireGuard's. (Instructions are not time: a wake-up
+//! after a quiet spell runs with cold caches, so the more code and data a round trip touches,
+//! the more it costs beyond its count.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -170,6 +177,17 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         l => return Err(format!("--lane udp|quic, not {l}")),
     };
     let mb = crate::flag_value(args, "--megabytes").unwrap_or(8) as u32;
+    let ping = match args
+        .iter()
+        .position(|a| a == "--traffic")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("tcp")
+    {
+        "tcp" => false,
+        "ping" => true,
+        t => return Err(format!("--traffic tcp|ping, not {t}")),
+    };
     for tool in [
         "valgrind",
         "callgrind_annotate",
@@ -201,45 +219,99 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         "--instr-atstart=no",
         out_file.as_str(),
     ];
-    eprintln!("profile-tunnel: lane {lane}, {mb} MB of TCP, daemons under callgrind (slow)");
+    if ping {
+        eprintln!("profile-tunnel: lane {lane}, {ECHOES} echoes, daemons under callgrind (slow)");
+    } else {
+        eprintln!("profile-tunnel: lane {lane}, {mb} MB of TCP, daemons under callgrind (slow)");
+    }
     let (dst, pids) = shadowmesh_pair(&mut lab, (&a, &b), ("pa", "pb"), extra, &prefix)?;
     let (na, nb) = (lab.node_named("pa"), lab.node_named("pb"));
     let (tx0, rx0) = (
         counter(&lab, &na, "tx_packets"),
         counter(&lab, &nb, "rx_packets"),
     );
+    if ping {
+        // Start-up work (joining the DHT, publishing the signed record: an ML-DSA-87 signature
+        // is millions of instructions) would land on a few hundred echoes; let it pass.
+        mesh::sleep(Duration::from_secs(15))?;
+        echoes(&a, &dst, 20)?;
+    }
     for p in &pids {
         crate::run(Command::new("callgrind_control").args(["-i", "on", &p.to_string()]))?;
     }
-    iperf_bytes(&mut lab, &b, &a, &dst, mb)?;
+    if ping {
+        echoes(&a, &dst, ECHOES)?;
+    } else {
+        iperf_bytes(&mut lab, &b, &a, &dst, mb)?;
+    }
     for p in &pids {
         crate::run(Command::new("callgrind_control").args(["-d", &p.to_string()]))?;
         crate::run(Command::new("callgrind_control").args(["-i", "off", &p.to_string()]))?;
     }
-    let (tx, rx) = (
-        counter(&lab, &na, "tx_packets") - tx0,
-        counter(&lab, &nb, "rx_packets") - rx0,
-    );
+    let (tx, rx) = if ping {
+        (ECHOES as u64, ECHOES as u64)
+    } else {
+        (
+            counter(&lab, &na, "tx_packets") - tx0,
+            counter(&lab, &nb, "rx_packets") - rx0,
+        )
+    };
     let mut ir = Vec::new();
-    for (role, pid, packets) in [("sender", pids[0], tx), ("receiver", pids[1], rx)] {
-        // The dump made by `-d` (the file named by PID carries the final dump at exit).
-        let mut files: Vec<_> = std::fs::read_dir(&cg)
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("cg.{pid}.")))
-            })
-            .collect();
-        files.sort();
-        let f = files
-            .last()
-            .ok_or_else(|| format!("no callgrind dump for {role} (pid {pid})"))?;
-        let (total, groups) = annotate(f)?;
+    let roles = if ping {
+        ["pinging end", "echoing end"]
+    } else {
+        ["sender", "receiver"]
+    };
+    for (role, pid, packets) in [(roles[0], pids[0], tx), (roles[1], pids[1], rx)] {
+        let (total, groups) = annotate(&last_dump(&cg, pid, role)?)?;
         ir.push((role, packets, total, groups));
     }
     lab.kill9("pa")?;
     lab.kill9("pb")?;
+    if ping {
+        // boringtun, the same echoes, under callgrind too.
+        let bt = crate::bench_tunnel::ensure_tools()?;
+        let keys = crate::bench_tunnel::wg_keys()?;
+        let tag = lab.tag.clone();
+        let (dev_a, dev_b) = (format!("{tag}a"), format!("{tag}b"));
+        let pa = crate::bench_tunnel::boringtun_end(
+            &mut lab,
+            &bt,
+            &a,
+            &dev_a,
+            &keys[0].0,
+            &keys[1].1,
+            ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820"),
+            &prefix,
+        )?;
+        let pb = crate::bench_tunnel::boringtun_end(
+            &mut lab,
+            &bt,
+            &b,
+            &dev_b,
+            &keys[1].0,
+            &keys[0].1,
+            ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
+            &prefix,
+        )?;
+        // The handshake, outside the count.
+        let _ = mesh::ping(&a, "10.77.0.2", 5, "0.2")?;
+        for p in [pa, pb] {
+            crate::run(Command::new("callgrind_control").args(["-i", "on", &p.to_string()]))?;
+        }
+        echoes(&a, "10.77.0.2", ECHOES)?;
+        for p in [pa, pb] {
+            crate::run(Command::new("callgrind_control").args(["-d", &p.to_string()]))?;
+            crate::run(Command::new("callgrind_control").args(["-i", "off", &p.to_string()]))?;
+        }
+        for (role, pid) in [
+            ("boringtun, pinging end", pa),
+            ("boringtun, echoing end", pb),
+        ] {
+            let (total, groups) = annotate(&last_dump(&cg, pid, role)?)?;
+            ir.push((role, ECHOES as u64, total, groups));
+        }
+    }
 
     // 2. System calls, without valgrind.
     let (dst, pids) = shadowmesh_pair(&mut lab, (&a, &b), ("sa", "sb"), extra, &[])?;
@@ -262,11 +334,16 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         tracers.push((c, f));
     }
     mesh::sleep(Duration::from_millis(500))?;
-    iperf_bytes(&mut lab, &b, &a, &dst, mb * 4)?;
-    let (tx, rx) = (
-        counter(&lab, &na, "tx_packets") - tx0,
-        counter(&lab, &nb, "rx_packets") - rx0,
-    );
+    let (tx, rx) = if ping {
+        echoes(&a, &dst, 2 * ECHOES)?;
+        (2 * ECHOES as u64, 2 * ECHOES as u64)
+    } else {
+        iperf_bytes(&mut lab, &b, &a, &dst, mb * 4)?;
+        (
+            counter(&lab, &na, "tx_packets") - tx0,
+            counter(&lab, &nb, "rx_packets") - rx0,
+        )
+    };
     let mut sys = Vec::new();
     for (i, (mut c, f)) in tracers.into_iter().enumerate() {
         // SAFETY: kill with a PID we spawned.
@@ -290,32 +367,51 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     }
     drop(lab);
 
-    println!("### Instructions per packet, lane `{lane}` ({mb} MB of TCP through the tunnel)\n");
-    println!("| group | sender | receiver |");
-    println!("| --- | ---: | ---: |");
-    for g in GROUPS {
-        let cell = |i: usize| {
-            let (_, p, t, gr) = &ir[i];
-            let v = gr.get(g).copied().unwrap_or(0);
-            format!(
-                "{:.0} ({:.0}%)",
-                v as f64 / (*p).max(1) as f64,
-                100.0 * v as f64 / (*t).max(1) as f64
-            )
-        };
-        println!("| {g} | {} | {} |", cell(0), cell(1));
+    let unit = if ping { "echo" } else { "packet" };
+    if ping {
+        println!("### Instructions per echo, lane `{lane}` ({ECHOES} echoes through the tunnel)\n");
+    } else {
+        println!(
+            "### Instructions per packet, lane `{lane}` ({mb} MB of TCP through the tunnel)\n"
+        );
     }
-    println!(
-        "| **total** | **{:.0}** | **{:.0}** |",
-        ir[0].2 as f64 / ir[0].1.max(1) as f64,
-        ir[1].2 as f64 / ir[1].1.max(1) as f64
-    );
-    println!(
-        "\n(packets: sender {} sent, receiver {} received)\n",
-        ir[0].1, ir[1].1
-    );
-    println!("### System calls per packet, lane `{lane}`\n");
-    println!("| call | sender | receiver |");
+    let heads: Vec<&str> = ir.iter().map(|r| r.0).collect();
+    println!("| group | {} |", heads.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(ir.len()));
+    for g in GROUPS {
+        let cells: Vec<String> = ir
+            .iter()
+            .map(|(_, p, t, gr)| {
+                let v = gr.get(g).copied().unwrap_or(0);
+                format!(
+                    "{:.0} ({:.0}%)",
+                    v as f64 / (*p).max(1) as f64,
+                    100.0 * v as f64 / (*t).max(1) as f64
+                )
+            })
+            .collect();
+        println!("| {g} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = ir
+        .iter()
+        .map(|(_, p, t, _)| format!("**{:.0}**", *t as f64 / (*p).max(1) as f64))
+        .collect();
+    println!("| **total** | {} |", totals.join(" | "));
+    if ping && ir.len() == 4 {
+        let per = |i: usize| ir[i].2 as f64 / ir[i].1.max(1) as f64;
+        println!(
+            "\n(ShadowMesh / boringtun per echo: pinging end {:.2}x, echoing end {:.2}x)\n",
+            per(0) / per(2).max(1.0),
+            per(1) / per(3).max(1.0)
+        );
+    } else {
+        println!(
+            "\n(packets: sender {} sent, receiver {} received)\n",
+            ir[0].1, ir[1].1
+        );
+    }
+    println!("### System calls per {unit}, lane `{lane}`\n");
+    println!("| call | {} | {} |", roles[0], roles[1]);
     println!("| --- | ---: | ---: |");
     let mut names: Vec<&String> = sys.iter().flat_map(|(_, c)| c.keys()).collect();
     names.sort();
@@ -335,8 +431,37 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     }
     println!("| **all** | **{:.3}** | **{:.3}** |", totals[0], totals[1]);
     println!(
-        "\n(packets: sender {} sent, receiver {} received)",
-        sys[0].0, sys[1].0
+        "\n({unit}s: {} at the {}, {} at the {})",
+        sys[0].0, roles[0], sys[1].0, roles[1]
     );
     Ok(())
+}
+
+/// Echoes in the `--traffic ping` case.
+const ECHOES: u32 = 200;
+
+/// `n` pings from namespace `ns` to `dst`, 20 ms apart; fails if one is lost.
+fn echoes(ns: &str, dst: &str, n: u32) -> Result {
+    let p = mesh::ping(ns, dst, n, "0.02")?;
+    if p.received < n {
+        return Err(format!("{} of {n} echoes from {dst} came back", p.received));
+    }
+    Ok(())
+}
+
+/// The dump `callgrind_control -d` made for `pid` (the file named by PID alone carries the
+/// final dump at exit).
+fn last_dump(dir: &Path, pid: u32, role: &str) -> Result<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("cg.{pid}.")))
+        })
+        .collect();
+    files.sort();
+    files
+        .pop()
+        .ok_or_else(|| format!("no callgrind dump for {role} (pid {pid})"))
 }
