@@ -513,9 +513,30 @@ mod tests {
         assert_eq!(seen.get(), 4);
     }
 
+    /// What quinn's driver gets from one `poll_recv` (nothing after 50 ms): (source, datagram).
+    async fn quinn_takes(demux: &DemuxSocket) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut b = [[0u8; 100]; 4];
+        let mut meta = [RecvMeta::default(); 4];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            std::future::poll_fn(|cx| {
+                let mut iovs = b.each_mut().map(|x| IoSliceMut::new(x));
+                demux.poll_recv(cx, &mut iovs, &mut meta)
+            }),
+        )
+        .await;
+        let n = match n {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        (0..n)
+            .map(|i| (meta[i].addr, b[i][..meta[i].len].to_vec()))
+            .collect()
+    }
+
     /// The receiver task on a real socket: frames reach the sink registered for that socket
     /// (and no other), QUIC datagrams wait in the stash for quinn's `poll_recv`, in order,
-    /// and a full stash drops rather than grows.
+    /// and a full stash makes the receiver wait (nothing dropped) until quinn takes from it.
     #[test]
     fn receiver_splits_frames_from_quic_datagrams() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -551,27 +572,9 @@ mod tests {
             let mut got: Vec<Vec<u8>> = vec![];
             let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             while got.len() < 3 && tokio::time::Instant::now() < end {
-                let mut b = [[0u8; 100]; 4];
-                let mut meta = [RecvMeta::default(); 4];
-                let n = tokio::time::timeout(
-                    std::time::Duration::from_millis(50),
-                    std::future::poll_fn(|cx| {
-                        let [b0, b1, b2, b3] = &mut b;
-                        let mut iovs = [
-                            IoSliceMut::new(b0),
-                            IoSliceMut::new(b1),
-                            IoSliceMut::new(b2),
-                            IoSliceMut::new(b3),
-                        ];
-                        demux.poll_recv(cx, &mut iovs, &mut meta)
-                    }),
-                )
-                .await;
-                if let Ok(Ok(n)) = n {
-                    for i in 0..n {
-                        assert_eq!(meta[i].addr, peer.local_addr().unwrap());
-                        got.push(b[i][..meta[i].len].to_vec());
-                    }
+                for (from, d) in quinn_takes(&demux).await {
+                    assert_eq!(from, peer.local_addr().unwrap());
+                    got.push(d);
                 }
             }
             assert_eq!(got, quic);
@@ -605,27 +608,9 @@ mod tests {
             let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             while (taken < STASH_LEN + extra || seen.get() < 3) && tokio::time::Instant::now() < end
             {
-                let mut b = [[0u8; 100]; 4];
-                let mut meta = [RecvMeta::default(); 4];
-                let n = tokio::time::timeout(
-                    std::time::Duration::from_millis(50),
-                    std::future::poll_fn(|cx| {
-                        let [b0, b1, b2, b3] = &mut b;
-                        let mut iovs = [
-                            IoSliceMut::new(b0),
-                            IoSliceMut::new(b1),
-                            IoSliceMut::new(b2),
-                            IoSliceMut::new(b3),
-                        ];
-                        demux.poll_recv(cx, &mut iovs, &mut meta)
-                    }),
-                )
-                .await;
-                if let Ok(Ok(n)) = n {
-                    for d in &b[..n] {
-                        assert_eq!(d[0], 0x40 | (taken % 16) as u8, "out of order");
-                        taken += 1;
-                    }
+                for (_, d) in quinn_takes(&demux).await {
+                    assert_eq!(d[0], 0x40 | (taken % 16) as u8, "out of order");
+                    taken += 1;
                 }
             }
             assert_eq!(taken, STASH_LEN + extra);
