@@ -41,12 +41,7 @@ fn main() {
             .unwrap_or(0)
     };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         // Identities and endpoints first: their ML-DSA key generation and record signatures are
         // the generator's cost, not the target's.
         let t = Instant::now();
@@ -118,5 +113,6 @@ fn main() {
             .filter(|p| p.conn.close_reason().is_none())
             .count();
         println!("{{\"phase\":\"end\",\"still_connected\":{still}}}");
-    });
+    })
+    .expect("tokio runtime");
 }

@@ -104,18 +104,14 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
     if created {
         log::info!("created a new identity in {}", cfg.key_file.display());
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::fail(format!("tokio runtime: {e}")))?;
-    let local = tokio::task::LocalSet::new();
     // The daemon runs as a task of its own: `LocalSet::block_on` polls the future it is given
     // each time any task wakes (every packet), and this one is a select over three signals.
-    local.block_on(&rt, async move {
+    crate::block_on_local(async move {
         tokio::task::spawn_local(run(path, cfg, id))
             .await
             .unwrap_or_else(|e| Err(CliError::fail(format!("daemon task: {e}"))))
     })
+    .map_err(|e| CliError::fail(format!("tokio runtime: {e}")))?
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), CliError> {

@@ -539,12 +539,7 @@ mod tests {
     /// and a full stash makes the receiver wait (nothing dropped) until quinn takes from it.
     #[test]
     fn receiver_splits_frames_from_quic_datagrams() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        crate::block_on_local(async {
             let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             let at = std_sock.local_addr().unwrap();
             let runtime = quinn::default_runtime().unwrap();
@@ -618,7 +613,8 @@ mod tests {
             assert_eq!(demux.stash_dropped(), 0);
             set_sink(at, None);
             set_sink(other, None);
-        });
+        })
+        .expect("tokio runtime");
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub mod selftest;
 pub mod tun;
 pub mod udp;
 
+/// Runs `f` as the daemon runs: on a tokio `current_thread` runtime, inside a `LocalSet` (so
+/// `spawn_local` works). For the daemon, and for tests, examples and tools that drive nodes and
+/// data planes the same way.
+pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(tokio::task::LocalSet::new().block_on(&rt, f))
+}
+
 /// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -138,11 +138,7 @@ mod tests {
     /// source. (quinn over this socket is what every daemon test runs.)
     #[test]
     fn reports_writable_and_receives() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        crate::block_on_local(async {
             let a = Udp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
             let to = a.local_addr().unwrap();
             let mut poller = a.clone().create_io_poller();
@@ -184,6 +180,7 @@ mod tests {
             assert_eq!(n, 1);
             assert_eq!(&b[..meta[0].len], b"hello");
             assert_eq!(meta[0].addr, peer.local_addr().unwrap());
-        });
+        })
+        .expect("tokio runtime");
     }
 }

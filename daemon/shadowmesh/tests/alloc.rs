@@ -83,12 +83,7 @@ fn fast_lane_allocates_nothing_at_all() {
 }
 
 fn run(fast: bool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         let (ia, ib) = (Identity::generate(), Identity::generate());
         let (na, da) = plane(&ia);
         let (nb, db) = plane(&ib);
@@ -183,7 +178,8 @@ fn run(fast: bool) {
         assert_eq!(members[0].counters.rx_spoofed, 0);
         assert_eq!(members[0].counters.rx_packets, received);
         assert_eq!(dp_b.tun().memory_written().1, received * 1000);
-    });
+    })
+    .expect("tokio runtime");
 }
 
 /// Lets the endpoints run until `dp` has written `n` packets (or 5 s pass); returns how many.

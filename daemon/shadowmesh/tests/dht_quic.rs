@@ -18,12 +18,7 @@ fn loopback() -> SocketAddr {
 
 #[test]
 fn seed_and_five_members_find_every_record() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         let seed =
             Mesh::new(Node::bind(Identity::generate(), NodeConfig::dht_only(loopback())).unwrap())
                 .unwrap();
@@ -76,5 +71,6 @@ fn seed_and_five_members_find_every_record() {
         assert!(seed.table_len() >= 5, "the seed learned every member");
         assert!(members.iter().all(|m| m.table_len() >= 3));
         eprintln!("slowest lookup on loopback: {slowest:?}");
-    });
+    })
+    .expect("tokio runtime");
 }

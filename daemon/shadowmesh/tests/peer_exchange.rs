@@ -52,12 +52,7 @@ async fn until(mut f: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn members_learn_each_other_through_a_common_member() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         let (a, dp_a) = member(NK);
         let (b, dp_b) = member(NK);
         let (c, dp_c) = member(NK);
@@ -104,19 +99,15 @@ fn members_learn_each_other_through_a_common_member() {
         dp_b.flush(&mut batch);
         assert!(until(|| dp_c.tun().memory_written().0 == 1).await);
         assert_eq!(dp_a.tun().memory_written().0, 0);
-    });
+    })
+    .expect("tokio runtime");
 }
 
 /// `list allowed_peer`: a member of the right mesh that is not on the list gets no session (and
 /// neither end counts it as a member); one that is on it does.
 #[test]
 fn the_allowlist_admits_only_listed_members() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         let (b, dp_b) = member(NK);
         let (c, dp_c) = member(NK);
         let (a, dp_a) = member_allowing(NK, vec![b.contact().id]);
@@ -132,5 +123,6 @@ fn the_allowlist_admits_only_listed_members() {
         );
         assert!(dp_a.members().iter().all(|m| m.peer_id != idc));
         assert!(!connected(&dp_c, &ida));
-    });
+    })
+    .expect("tokio runtime");
 }

@@ -13,12 +13,7 @@ const NK: [u8; 32] = [0x5a; 32];
 
 #[test]
 fn a_silent_client_does_not_block_the_next_handshake() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    shadowmesh::block_on_local(async {
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut cfg = NodeConfig::new(lo, NK);
         cfg.handshake_timeout = Duration::from_secs(10);
@@ -47,5 +42,6 @@ fn a_silent_client_does_not_block_the_next_handshake() {
         assert!(t.elapsed() < Duration::from_secs(5));
         // The silent ones are still open (their handshakes are pending, not abandoned).
         assert!(silent.iter().all(|(_, c)| c.close_reason().is_none()));
-    });
+    })
+    .expect("tokio runtime");
 }
