@@ -191,6 +191,39 @@ impl Default for Batch {
     }
 }
 
+/// Which member sends from which address on the fast lane (one address per member: where its
+/// QUIC connection comes from), with the last answer kept: the frames of a burst come from one
+/// member, and SipHash of a `SocketAddr` is ~250 instructions a frame (callgrind, ping).
+#[derive(Default)]
+struct FastPeers {
+    map: HashMap<SocketAddr, PeerId>,
+    last: Option<(SocketAddr, PeerId)>,
+}
+
+impl FastPeers {
+    fn get(&mut self, from: SocketAddr) -> Option<PeerId> {
+        match self.last {
+            Some((a, p)) if a == from => Some(p),
+            _ => {
+                let p = *self.map.get(&from)?;
+                self.last = Some((from, p));
+                Some(p)
+            }
+        }
+    }
+
+    /// `pid` sends from `at` (and from nowhere else).
+    fn set(&mut self, at: SocketAddr, pid: PeerId) {
+        self.forget(&pid);
+        self.map.insert(at, pid);
+    }
+
+    fn forget(&mut self, pid: &PeerId) {
+        self.map.retain(|_, q| q != pid);
+        self.last = None;
+    }
+}
+
 /// The fast lane's receiver: frames to [`DataPlane::deliver_fast`], batch ends to the TUN
 /// coalescer.
 struct FastSink(Weak<DataPlane>);
@@ -376,7 +409,7 @@ pub struct DataPlane {
     scratch: RefCell<Vec<u8>>,
     reader: RefCell<ReaderState>,
     /// Fast-lane senders we accept frames from: remote address → member (one per link).
-    fast_peers: RefCell<HashMap<SocketAddr, PeerId>>,
+    fast_peers: RefCell<FastPeers>,
     /// The last TUN drain found at most one packet ([`DataPlane::drain_tun`]).
     light: Cell<bool>,
 }
@@ -407,7 +440,7 @@ impl DataPlane {
             mesh: RefCell::new(Weak::new()),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
-            fast_peers: RefCell::new(HashMap::new()),
+            fast_peers: RefCell::new(FastPeers::default()),
             light: Cell::new(true),
         })
     }
@@ -495,7 +528,7 @@ impl DataPlane {
                     .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
             }
         }
-        self.fast_peers.borrow_mut().retain(|_, q| q != p);
+        self.fast_peers.borrow_mut().forget(p);
         self.routes.borrow_mut().remove_owner(*p);
         self.sync_kernel_routes();
     }
@@ -593,10 +626,7 @@ impl DataPlane {
         let conn = peer.conn.clone();
         if self.fast_lane() {
             // Accept its frames from where its connection comes from, then say so.
-            self.fast_peers.borrow_mut().retain(|_, p| *p != pid);
-            self.fast_peers
-                .borrow_mut()
-                .insert(conn.remote_address(), pid);
+            self.fast_peers.borrow_mut().set(conn.remote_address(), pid);
             let control = control.clone();
             tokio::task::spawn_local(async move {
                 let _ = write_msg(&mut *control.lock().await, MsgType::FastLane, &[]).await;
@@ -1142,7 +1172,7 @@ impl DataPlane {
     /// A fast-lane frame from `from`, opened in place where the socket put it.
     pub fn deliver_fast(&self, from: SocketAddr, frame: &mut [u8]) {
         let _ours = alloc_probe::Ours::enter();
-        let Some(pid) = self.fast_peers.borrow().get(&from).copied() else {
+        let Some(pid) = self.fast_peers.borrow_mut().get(from) else {
             log::trace!("fast-lane frame from {from}, which is no member's path: dropped");
             return;
         };
@@ -1219,7 +1249,7 @@ impl DataPlane {
                 .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
             {
                 m.link = None;
-                self.fast_peers.borrow_mut().retain(|_, q| q != pid);
+                self.fast_peers.borrow_mut().forget(pid);
                 log::info!(
                     "member {} down: {}",
                     pid.short(),
@@ -1399,9 +1429,8 @@ impl DataPlane {
                 if self.fast_lane() {
                     let at = l.conn.remote_address();
                     let mut fp = self.fast_peers.borrow_mut();
-                    if fp.get(&at) != Some(&pid) {
-                        fp.retain(|_, q| *q != pid);
-                        fp.insert(at, pid);
+                    if fp.get(at) != Some(pid) {
+                        fp.set(at, pid);
                     }
                 }
                 if l.session.needs_keepalive(now) {
@@ -1494,5 +1523,36 @@ impl DataPlane {
             }
             self.dial(p, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The remembered answer never outlives the mapping it came from.
+    #[test]
+    fn fast_peers_forget_what_they_remembered() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:4433".parse().unwrap(),
+            "10.0.0.2:4433".parse().unwrap(),
+        );
+        let (p, q) = (PeerId([1; 32]), PeerId([2; 32]));
+        let mut fp = FastPeers::default();
+        assert_eq!(fp.get(a), None);
+        fp.set(a, p);
+        fp.set(b, q);
+        assert_eq!(fp.get(a), Some(p));
+        assert_eq!(fp.get(a), Some(p), "the remembered answer");
+        assert_eq!(fp.get(b), Some(q));
+        // p moves to a new address: a is nobody's now, even though it was the last answer.
+        let c: SocketAddr = "10.0.0.3:5000".parse().unwrap();
+        fp.get(a);
+        fp.set(c, p);
+        assert_eq!(fp.get(a), None);
+        assert_eq!(fp.get(c), Some(p));
+        fp.forget(&p);
+        assert_eq!(fp.get(c), None);
+        assert_eq!(fp.get(b), Some(q));
     }
 }

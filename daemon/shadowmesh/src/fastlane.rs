@@ -125,6 +125,8 @@ pub struct DemuxSocket {
     /// [`DemuxSocket::receive`] reads the socket; quinn reads `stash`.
     owned: AtomicBool,
     stash: Mutex<Stash>,
+    /// [`Stash::full`] as of the last change, read without the lock on every receive call.
+    full: AtomicBool,
 }
 
 /// The stash is full at this many QUIC datagrams or bytes: the receiver then stops reading the
@@ -249,6 +251,7 @@ impl DemuxSocket {
             segments,
             owned: AtomicBool::new(false),
             stash: Mutex::new(Stash::default()),
+            full: AtomicBool::new(false),
         }))
     }
 
@@ -278,15 +281,17 @@ impl DemuxSocket {
         let mut meta = [RecvMeta::default(); RX_BUFS];
         loop {
             // Room in the stash first (quinn's driver frees it and wakes us).
-            std::future::poll_fn(|cx| {
-                let mut st = self.stash();
-                if st.full() {
-                    st.receiver = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Ready(())
-            })
-            .await;
+            if self.full.load(Ordering::Acquire) {
+                std::future::poll_fn(|cx| {
+                    let mut st = self.stash();
+                    if st.full() {
+                        st.receiver = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(())
+                })
+                .await;
+            }
             let r = std::future::poll_fn(|cx| {
                 let mut it = buf.chunks_mut(RX_BUF_LEN).map(IoSliceMut::new);
                 let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
@@ -316,7 +321,9 @@ impl DemuxSocket {
             let kept = take_frames(b, len, m.stride, sink.as_ref(), m.addr);
             took |= kept < len;
             if kept > 0 {
-                stashed |= self.stash().push(*m, &b[..kept]);
+                let mut st = self.stash();
+                stashed |= st.push(*m, &b[..kept]);
+                self.full.store(st.full(), Ordering::Release);
             }
         }
         if stashed {
@@ -350,6 +357,7 @@ impl AsyncUdpSocket for DemuxSocket {
         if self.owned.load(Ordering::Acquire) {
             let mut st = self.stash();
             let n = st.pop_into(bufs, meta);
+            self.full.store(st.full(), Ordering::Release);
             if n == 0 {
                 st.set_waker(cx);
                 return Poll::Pending;

@@ -58,6 +58,31 @@ impl TunReady<'_> {
     }
 }
 
+/// One `read(2)` of the device. (`tun::Device::recv` zeroes a 1.5 KiB stack buffer on every
+/// call, one it only uses for a packet-information prefix we do not ask for: ~100 instructions
+/// and 24 cache lines per packet, measured with callgrind on a ping through the tunnel.)
+fn read(fd: &AsyncFd<tun::Device>, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is open while
+    // the AsyncFd owns the device.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// One `write(2)` of a packet to the device.
+fn write(fd: &AsyncFd<tun::Device>, packet: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `packet` is valid for reads of `packet.len()` bytes; the descriptor is open.
+    let n = unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 enum Dev {
     Real(AsyncFd<tun::Device>),
     /// Counts what is written and never yields a packet (tests of the forwarding path).
@@ -171,7 +196,7 @@ impl Tun {
         };
         loop {
             let mut guard = fd.readable().await?;
-            match guard.try_io(|fd| fd.get_ref().recv(buf)) {
+            match guard.try_io(|fd| read(fd, buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
@@ -192,7 +217,7 @@ impl Tun {
     /// after each wake-up, so that the frames of a burst leave in one `sendmsg`.
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.dev {
-            Dev::Real(fd) => fd.get_ref().recv(buf),
+            Dev::Real(fd) => read(fd, buf),
             Dev::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
@@ -201,7 +226,7 @@ impl Tun {
     /// a router would) and says so with `WouldBlock`.
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.dev {
-            Dev::Real(fd) => fd.get_ref().send(packet),
+            Dev::Real(fd) => write(fd, packet),
             Dev::Memory(c) => {
                 let (n, b) = c.get();
                 c.set((n + 1, b + packet.len() as u64));
