@@ -110,9 +110,11 @@ impl AsyncUdpSocket for Udp {
                 // Fewer datagrams than asked for: recvmmsg stopped because the queue was
                 // empty, so the next read would only say so. Anything that arrives from now on
                 // is a new edge for epoll. (Saves one system call per wake-up: on a ping, the
-                // `recvmmsg` that returned EAGAIN after each frame.)
-                if matches!(r, Ok(n) if n < bufs.len().min(meta.len()).min(quinn::udp::BATCH_SIZE))
-                {
+                // `recvmmsg` that returned EAGAIN after each frame.) A pending socket error (an
+                // ICMP unreachable) does not end a batch early: Linux reports it only once the
+                // queue is empty.
+                let asked = bufs.len().min(meta.len()).min(quinn::udp::BATCH_SIZE);
+                if matches!(r, Ok(n) if n < asked) {
                     guard.clear_ready();
                 }
                 return Poll::Ready(r);
