@@ -82,7 +82,18 @@ fn main() {
                 }
                 match set.join_next().await {
                     Some(Ok(Ok(p))) => held.push(p),
-                    _ => failed += 1,
+                    other => {
+                        failed += 1;
+                        // The first few reasons, for whoever reads the run's log.
+                        if failed <= 5 {
+                            let why = match other {
+                                Some(Ok(Err(e))) => e.to_string(),
+                                Some(Err(e)) => e.to_string(),
+                                _ => "no task".into(),
+                            };
+                            eprintln!("loadgen: a handshake failed: {why}");
+                        }
+                    }
                 }
                 done += 1;
             }

@@ -412,15 +412,17 @@ impl Node {
         let fast = socket.try_clone()?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-        let inner: Arc<dyn quinn::AsyncUdpSocket> = if cfg.plain_udp {
-            crate::plainudp::PlainUdp::new(socket)?
+        let demux = if cfg.plain_udp {
+            crate::fastlane::DemuxSocket::new(
+                crate::plainudp::PlainUdp::new(socket)?,
+                cfg.fast_lane,
+            )?
         } else if cfg.fast_lane {
             // quinn sends only the control plane: writability is asked for when it waits.
-            crate::udp::Udp::new(socket)?
+            crate::fastlane::DemuxSocket::over_udp(crate::udp::Udp::new(socket)?, true)?
         } else {
-            runtime.wrap_udp_socket(socket)?
+            crate::fastlane::DemuxSocket::new(runtime.wrap_udp_socket(socket)?, false)?
         };
-        let demux = crate::fastlane::DemuxSocket::new(inner, cfg.fast_lane)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             ep_cfg,
             Some(server),
@@ -649,6 +651,19 @@ impl Node {
         loop {
             let incoming = self.endpoint.accept().await?;
             let n = self.in_flight.load(Ordering::Relaxed);
+            let key = (incoming.remote_address(), incoming.orig_dst_cid());
+            if !incoming.remote_address_validated()
+                && self.retried.borrow().answered(key, Instant::now())
+            {
+                // The rest of a ClientHello we answered with a Retry (it spans two datagrams
+                // with the post-quantum key share), read apart from its first: the client
+                // starts over with the token, whatever the load is now. Accepted, it would
+                // hold a handshake slot until the timeout; refused, its close would end the
+                // client's new attempt (same source connection ID). Found by `load-peers`
+                // once a thread of its own read the socket.
+                incoming.ignore();
+                continue;
+            }
             if n >= MAX_IN_FLIGHT {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 incoming.refuse();
@@ -657,10 +672,8 @@ impl Node {
             if !incoming.remote_address_validated() && n >= self.cfg.retry_above {
                 // Under load, make the client prove its address first (stateless cookie): a
                 // spoofed flood then costs us a Retry packet, not an ML-KEM encapsulation.
-                let key = (incoming.remote_address(), incoming.orig_dst_cid());
                 if !self.retried.borrow_mut().first_time(key, Instant::now()) {
-                    // The rest of a ClientHello we answered already (it spans two datagrams
-                    // with the post-quantum key share): one Retry per flight.
+                    // The rest of a ClientHello we answered already: one Retry per flight.
                     incoming.ignore();
                     continue;
                 }
@@ -877,12 +890,17 @@ impl Default for Retried {
 impl Retried {
     const WINDOW: Duration = Duration::from_millis(100);
 
+    /// Whether `key` was answered within the window.
+    fn answered(&self, key: (SocketAddr, quinn_proto::ConnectionId), now: Instant) -> bool {
+        self.ring
+            .iter()
+            .flatten()
+            .any(|(a, c, t)| (*a, *c) == key && now.saturating_duration_since(*t) < Self::WINDOW)
+    }
+
     /// Whether `key` was not answered within the window (and notes it if so).
     fn first_time(&mut self, key: (SocketAddr, quinn_proto::ConnectionId), now: Instant) -> bool {
-        let seen =
-            self.ring.iter().flatten().any(|(a, c, t)| {
-                (*a, *c) == key && now.saturating_duration_since(*t) < Self::WINDOW
-            });
+        let seen = self.answered(key, now);
         if !seen {
             self.ring[self.next] = Some((key.0, key.1, now));
             self.next = (self.next + 1) % self.ring.len();
