@@ -28,6 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -412,6 +413,14 @@ pub struct DataPlane {
     fast_peers: RefCell<FastPeers>,
     /// The last TUN drain found at most one packet ([`DataPlane::drain_tun`]).
     light: Cell<bool>,
+    /// The last TUN drain stopped at a full burst.
+    tun_backlog: Cell<bool>,
+    /// The data-plane thread, when it reads the TUN and the socket ([`crate::dpthread`]).
+    thread: RefCell<Option<crate::dpthread::Thread>>,
+    /// Members the data-plane thread found a packet for but no connection: the runtime dials
+    /// them (the thread spawns nothing), woken through `dialer`.
+    dial_later: RefCell<Vec<PeerId>>,
+    dialer: RefCell<Option<std::task::Waker>>,
 }
 
 impl DataPlane {
@@ -442,6 +451,10 @@ impl DataPlane {
             gso: RefCell::new(None),
             fast_peers: RefCell::new(FastPeers::default()),
             light: Cell::new(true),
+            tun_backlog: Cell::new(false),
+            thread: RefCell::new(None),
+            dial_later: RefCell::new(Vec::new()),
+            dialer: RefCell::new(None),
         })
     }
 
@@ -455,7 +468,9 @@ impl DataPlane {
                 log::warn!("fast lane off: cannot share the socket: {e}");
             }
         }
-        tokio::task::spawn_local(self.clone().tun_reader());
+        if self.thread.borrow().is_none() {
+            tokio::task::spawn_local(self.clone().tun_reader());
+        }
     }
 
     /// Sends and accepts data frames as plain UDP on `node`'s socket with members that do the
@@ -472,9 +487,49 @@ impl DataPlane {
             }
         }
         *self.fast_socket.borrow_mut() = Some(s);
-        crate::fastlane::set_sink(local, Some(Rc::new(FastSink(Rc::downgrade(self)))));
-        tokio::task::spawn_local(node.demux().clone().receive());
+        let sink: crate::fastlane::Sink = Rc::new(FastSink(Rc::downgrade(self)));
+        crate::fastlane::set_sink(local, Some(sink.clone()));
+        let demux = node.demux();
+        if let (Some(tun), true) = (self.tun.raw_fd(), demux.takeable()) {
+            match crate::dpthread::start(self, sink, demux.clone(), tun, node.socket().try_clone()?)
+            {
+                Ok(Some(t)) => {
+                    // The thread reads both from now on; the runtime stops watching them.
+                    self.tun.stop_watching();
+                    demux.take_over();
+                    *self.thread.borrow_mut() = Some(t);
+                    tokio::task::spawn_local(self.clone().dialer());
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("no data-plane thread ({e}): the runtime forwards"),
+            }
+        }
+        tokio::task::spawn_local(demux.clone().receive());
         Ok(())
+    }
+
+    /// Dials the members the data-plane thread asked for.
+    async fn dialer(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.dial_later.borrow().is_empty() {
+                    *self.dialer.borrow_mut() = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(())
+            })
+            .await;
+            let list = std::mem::take(&mut *self.dial_later.borrow_mut());
+            for pid in list {
+                self.dial(pid, false);
+            }
+        }
+    }
+
+    /// Whether the last TUN drain stopped at a full burst (for the data-plane thread).
+    pub(crate) fn tun_backlog(&self) -> bool {
+        self.tun_backlog.get()
     }
 
     fn fast_lane(&self) -> bool {
@@ -843,18 +898,18 @@ impl DataPlane {
     /// drains it ([`DataPlane::drain_tun`]).
     async fn tun_reader(self: Rc<Self>) {
         loop {
-            let ready = match self.tun.wait_readable().await {
-                Ok(r) => r,
-                Err(e) => {
-                    log::error!("reading {}: {e}", self.tun.name());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let drained = self.drain_tun();
-            if drained {
-                ready.clear();
-            } else {
+            let mut drained = true;
+            let r = std::future::poll_fn(|cx| {
+                self.tun.poll_drain(cx, || {
+                    drained = self.drain_tun();
+                    drained
+                })
+            })
+            .await;
+            if let Err(e) = r {
+                log::error!("reading {}: {e}", self.tun.name());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            } else if !drained {
                 // A full burst: let the other tasks run before the next one.
                 tokio::task::yield_now().await;
             }
@@ -865,7 +920,7 @@ impl DataPlane {
     /// burst. Returns whether it read until `WouldBlock`. Also called at the end of each
     /// fast-lane receive batch: a reply the kernel produced while we wrote (an echo, a TCP ACK)
     /// then leaves at once, without waiting for the TUN reader's next wake-up.
-    fn drain_tun(&self) -> bool {
+    pub(crate) fn drain_tun(&self) -> bool {
         let Ok(mut st) = self.reader.try_borrow_mut() else {
             return false;
         };
@@ -874,6 +929,7 @@ impl DataPlane {
         let slot = self.slot();
         let vnet = self.tun.vnet();
         let mut drained = false;
+        let mut failed = false;
         let mut reads = 0;
         for _ in 0..BURST {
             if reads == 1 && self.light.get() {
@@ -890,6 +946,7 @@ impl DataPlane {
                     }
                     Err(e) => {
                         drained = e.kind() == std::io::ErrorKind::WouldBlock;
+                        failed = !drained;
                         break;
                     }
                 }
@@ -905,6 +962,7 @@ impl DataPlane {
                     }
                     Err(e) => {
                         drained = e.kind() == std::io::ErrorKind::WouldBlock;
+                        failed = !drained;
                         break;
                     }
                 }
@@ -913,6 +971,9 @@ impl DataPlane {
         self.flush(batch);
         // `reads` counts the read that found the device empty.
         self.light.set(reads <= 2);
+        // A full burst, not a failed read: the data-plane thread carries on only after the
+        // first (a device that fails waits for its next readiness rather than spinning).
+        self.tun_backlog.set(!drained && !failed);
         drained
     }
 
@@ -996,7 +1057,14 @@ impl DataPlane {
             m.dialling = true;
             drop(members);
             if dial {
-                self.dial(pid, false);
+                if crate::dpthread::on_data_thread() {
+                    self.dial_later.borrow_mut().push(pid);
+                    if let Some(w) = self.dialer.borrow_mut().take() {
+                        w.wake();
+                    }
+                } else {
+                    self.dial(pid, false);
+                }
             }
             return;
         };

@@ -127,6 +127,8 @@ pub struct DemuxSocket {
     stash: Mutex<Stash>,
     /// [`Stash::full`] as of the last change, read without the lock on every receive call.
     full: AtomicBool,
+    /// The socket under `inner`, when it is ours: the data-plane thread can then take it over.
+    udp: Option<Arc<crate::udp::Udp>>,
 }
 
 /// The stash is full at this many QUIC datagrams or bytes: the receiver then stops reading the
@@ -222,8 +224,8 @@ impl Stash {
 
 /// Buffers one call of [`DemuxSocket::receive`] reads into, and each one's size: the largest
 /// GRO batch the kernel builds (64 segments of a 1,472-byte payload) fits in one.
-const RX_BUFS: usize = 8;
-const RX_BUF_LEN: usize = 64 * 1472;
+pub(crate) const RX_BUFS: usize = 8;
+pub(crate) const RX_BUF_LEN: usize = 64 * 1472;
 
 impl fmt::Debug for DemuxSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -239,6 +241,20 @@ impl DemuxSocket {
     /// a send buffer of (segments x MTU), 15 KiB at quinn's 10 GSO segments, which at 1,000
     /// peers was 15 MiB of a router's memory for batches the control plane never fills.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, control_only: bool) -> io::Result<Arc<Self>> {
+        Self::build(inner, control_only, None)
+    }
+
+    /// [`DemuxSocket::new`] over our own socket wrapper, which the data-plane thread can take
+    /// over.
+    pub fn over_udp(udp: Arc<crate::udp::Udp>, control_only: bool) -> io::Result<Arc<Self>> {
+        Self::build(udp.clone(), control_only, Some(udp))
+    }
+
+    fn build(
+        inner: Arc<dyn AsyncUdpSocket>,
+        control_only: bool,
+        udp: Option<Arc<crate::udp::Udp>>,
+    ) -> io::Result<Arc<Self>> {
         let local = inner.local_addr()?;
         let segments = if control_only {
             1
@@ -252,6 +268,7 @@ impl DemuxSocket {
             owned: AtomicBool::new(false),
             stash: Mutex::new(Stash::default()),
             full: AtomicBool::new(false),
+            udp,
         }))
     }
 
@@ -269,13 +286,8 @@ impl DemuxSocket {
     /// registered for this socket ([`set_sink`]), everything else to quinn through the stash.
     /// Spawn it once, on the thread the sink was registered on.
     pub async fn receive(self: Arc<Self>) {
-        if self.owned.swap(true, Ordering::AcqRel) {
+        if !self.own() {
             return;
-        }
-        // quinn's driver may be parked on the socket's readiness, which this task now takes
-        // over: wake it so that it parks on the stash instead.
-        if let Some(w) = self.stash().waker.take() {
-            w.wake();
         }
         let mut buf = vec![0u8; RX_BUFS * RX_BUF_LEN];
         let mut meta = [RecvMeta::default(); RX_BUFS];
@@ -300,7 +312,13 @@ impl DemuxSocket {
             })
             .await;
             match r {
-                Ok(n) => self.dispatch(&mut buf, &meta[..n.min(RX_BUFS)]),
+                Ok(n) => {
+                    let sink = sink(self.local);
+                    if let Some(w) = self.dispatch(&mut buf, &meta[..n.min(RX_BUFS)], sink.as_ref())
+                    {
+                        w.wake();
+                    }
+                }
                 // Unreachable ports answered with ICMP: nothing for us (and forgeable).
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
                 Err(e) => {
@@ -311,14 +329,67 @@ impl DemuxSocket {
         }
     }
 
-    /// Hands what one receive call returned to the sink and to quinn.
-    fn dispatch(&self, buf: &mut [u8], meta: &[RecvMeta]) {
-        let sink = sink(self.local);
+    /// From now on quinn reads the stash; false if someone already took the socket over.
+    fn own(&self) -> bool {
+        if self.owned.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // quinn's driver may be parked on the socket's readiness, which the new reader takes
+        // over: wake it so that it parks on the stash instead.
+        if let Some(w) = self.stash().waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Whether [`DemuxSocket::take_over`] would succeed.
+    pub(crate) fn takeable(&self) -> bool {
+        self.udp.is_some() && !self.owned.load(Ordering::Acquire)
+    }
+
+    /// For the data-plane thread: the runtime stops reading the socket (and watching it) and
+    /// quinn reads the stash. False if the socket is not our wrapper or is already taken.
+    pub(crate) fn take_over(&self) -> bool {
+        let Some(udp) = &self.udp else {
+            return false;
+        };
+        if !self.own() {
+            return false;
+        }
+        udp.stop_reading();
+        true
+    }
+
+    /// Whether the stash has room for another receive call; if not, `waker` is woken once
+    /// quinn's driver has taken some.
+    pub(crate) fn room_or_wait(&self, waker: &Waker) -> bool {
+        if !self.full.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut st = self.stash();
+        if st.full() {
+            st.receiver = Some(waker.clone());
+            return false;
+        }
+        true
+    }
+
+    /// Hands what one receive call returned to `sink` and to quinn.
+    /// Returns quinn's driver to wake if datagrams were stashed for it (the data-plane
+    /// thread wakes it after handing the baton back, so that the runtime does not wake up only
+    /// to wait for it).
+    #[must_use]
+    pub(crate) fn dispatch(
+        &self,
+        buf: &mut [u8],
+        meta: &[RecvMeta],
+        sink: Option<&Sink>,
+    ) -> Option<Waker> {
         let mut took = false;
         let mut stashed = false;
         for (m, b) in meta.iter().zip(buf.chunks_mut(RX_BUF_LEN)) {
             let len = m.len.min(b.len());
-            let kept = take_frames(b, len, m.stride, sink.as_ref(), m.addr);
+            let kept = take_frames(b, len, m.stride, sink, m.addr);
             took |= kept < len;
             if kept > 0 {
                 let mut st = self.stash();
@@ -326,15 +397,15 @@ impl DemuxSocket {
                 self.full.store(st.full(), Ordering::Release);
             }
         }
-        if stashed {
-            if let Some(w) = self.stash().waker.take() {
-                w.wake();
-            }
-        }
         if took {
             if let Some(f) = sink {
                 f.end_of_batch();
             }
+        }
+        if stashed {
+            self.stash().waker.take()
+        } else {
+            None
         }
     }
 }

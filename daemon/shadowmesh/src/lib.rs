@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod dpthread;
 pub mod fastlane;
 pub mod json;
 pub mod logger;
@@ -25,11 +26,25 @@ pub mod udp;
 /// Runs `f` as the daemon runs: on a tokio `current_thread` runtime, inside a `LocalSet` (so
 /// `spawn_local` works). For the daemon, and for tests, examples and tools that drive nodes and
 /// data planes the same way.
+///
+/// The thread holds a [`dpthread::Baton`] whenever it runs and hands it to the data plane's
+/// own thread while the runtime sleeps in `epoll_wait` (tokio's park and unpark hooks).
 pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
+    let baton = std::sync::Arc::new(dpthread::Baton::default());
+    let (park, unpark) = (baton.clone(), baton.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(move || park.give())
+        .on_thread_unpark(move || unpark.take())
         .build()?;
-    Ok(tokio::task::LocalSet::new().block_on(&rt, f))
+    baton.take();
+    let local = tokio::task::LocalSet::new();
+    let out = dpthread::with_baton(baton.clone(), || local.block_on(&rt, f));
+    // Tasks (and with them the data plane) are dropped with the baton held.
+    drop(local);
+    drop(rt);
+    baton.give();
+    Ok(out)
 }
 
 /// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.

@@ -5,9 +5,10 @@
 //! The `tun` crate's own async wrapper is not used: it pulls `futures` and `tokio-util` into a
 //! binary that counts its bytes, and `AsyncFd` over the raw descriptor is all it would add.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use shadowmesh_proto::gso::VNET_HDR_LEN;
 use shadowmesh_proto::route::Prefix;
@@ -46,25 +47,12 @@ pub const OFFLOAD_SUPPORTED: bool = cfg!(all(
     )
 ));
 
-/// The device was readable; see [`Tun::wait_readable`].
-pub struct TunReady<'a>(Option<tokio::io::unix::AsyncFdReadyGuard<'a, tun::Device>>);
-
-impl TunReady<'_> {
-    /// The device was read until `WouldBlock`: forget the readiness.
-    pub fn clear(mut self) {
-        if let Some(mut g) = self.0.take() {
-            g.clear_ready();
-        }
-    }
-}
-
 /// One `read(2)` of the device. (`tun::Device::recv` zeroes a 1.5 KiB stack buffer on every
 /// call, one it only uses for a packet-information prefix we do not ask for: ~100 instructions
 /// and 24 cache lines per packet, measured with callgrind on a ping through the tunnel.)
-fn read(fd: &AsyncFd<tun::Device>, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+fn read(fd: &tun::Device, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is open while
-    // the AsyncFd owns the device.
+    // the device is.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -73,8 +61,7 @@ fn read(fd: &AsyncFd<tun::Device>, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// One `write(2)` of a packet to the device.
-fn write(fd: &AsyncFd<tun::Device>, packet: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+fn write(fd: &tun::Device, packet: &[u8]) -> io::Result<usize> {
     // SAFETY: `packet` is valid for reads of `packet.len()` bytes; the descriptor is open.
     let n = unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
     if n < 0 {
@@ -84,7 +71,12 @@ fn write(fd: &AsyncFd<tun::Device>, packet: &[u8]) -> io::Result<usize> {
 }
 
 enum Dev {
-    Real(AsyncFd<tun::Device>),
+    Real {
+        dev: tun::Device,
+        /// A duplicate of the descriptor, registered with the runtime for readability while
+        /// the runtime's reader task reads the device ([`Tun::stop_watching`]).
+        watch: RefCell<Option<AsyncFd<OwnedFd>>>,
+    },
     /// Counts what is written and never yields a packet (tests of the forwarding path).
     Memory(Cell<(u64, u64)>),
 }
@@ -119,7 +111,6 @@ impl Tun {
         // With IFF_VNET_HDR every packet has the header, whether or not offload is granted.
         let vnet = offload;
         if offload {
-            use std::os::fd::AsRawFd;
             let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
             // SAFETY: TUNSETOFFLOAD takes an unsigned int by value; the descriptor is open.
             let r = unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETOFFLOAD as _, flags) };
@@ -141,12 +132,17 @@ impl Tun {
         // Readable only: writes never wait (a full device queue drops), and with EPOLLOUT
         // asked for, the kernel reports it after every packet written (one more runtime turn
         // per packet delivered; see `crate::udp`).
-        // SAFETY: `tun::Device` owns its descriptor, keeps it open until dropped, and
-        // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the device.
-        let fd = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
+        // SAFETY: the device's descriptor is open for the duration of this borrow.
+        let dup =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(dev.as_raw_fd()) }.try_clone_to_owned()?;
+        // SAFETY: the AsyncFd owns the duplicate, which stays open while registered.
+        let watch = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Tun {
-            dev: Dev::Real(fd),
+            dev: Dev::Real {
+                dev,
+                watch: RefCell::new(Some(watch)),
+            },
             name,
             index,
             vnet,
@@ -170,7 +166,7 @@ impl Tun {
     pub fn memory_written(&self) -> (u64, u64) {
         match &self.dev {
             Dev::Memory(c) => c.get(),
-            Dev::Real(_) => (0, 0),
+            Dev::Real { .. } => (0, 0),
         }
     }
 
@@ -189,27 +185,42 @@ impl Tun {
         &self.name
     }
 
-    /// Reads one packet into `buf`, waiting until one is there.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let Dev::Real(fd) = &self.dev else {
-            return std::future::pending().await;
+    /// Once the device is readable, calls `drain`, which reads it and says whether it read
+    /// until `WouldBlock`: then the readiness is forgotten (the next poll waits for the kernel
+    /// to report more); else the next poll calls `drain` again at once. Pending forever for a
+    /// stand-in device or once [`Tun::stop_watching`] was called.
+    pub fn poll_drain(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        drain: impl FnOnce() -> bool,
+    ) -> std::task::Poll<io::Result<()>> {
+        let Dev::Real { watch, .. } = &self.dev else {
+            return std::task::Poll::Pending;
         };
-        loop {
-            let mut guard = fd.readable().await?;
-            match guard.try_io(|fd| read(fd, buf)) {
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
+        let w = watch.borrow();
+        let Some(fd) = w.as_ref() else {
+            return std::task::Poll::Pending;
+        };
+        let mut guard = std::task::ready!(fd.poll_read_ready(cx))?;
+        if drain() {
+            guard.clear_ready();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// The device's descriptor (`None` for a stand-in device).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.dev {
+            Dev::Real { dev, .. } => Some(dev.as_raw_fd()),
+            Dev::Memory(_) => None,
         }
     }
 
-    /// Waits until the device has a packet to read. The caller drains it with
-    /// [`Tun::try_recv`] and then hands the guard back with [`TunReady::clear`] if it read
-    /// until `WouldBlock` (so the next wait sleeps until the kernel says there is more).
-    pub async fn wait_readable(&self) -> io::Result<TunReady<'_>> {
-        match &self.dev {
-            Dev::Real(fd) => Ok(TunReady(Some(fd.readable().await?))),
-            Dev::Memory(_) => std::future::pending().await,
+    /// The runtime stops watching the device (a reader of our own takes over, on its own
+    /// descriptor set: [`crate::dpthread`]); [`Tun::poll_drain`] stays pending from now on.
+    pub fn stop_watching(&self) {
+        if let Dev::Real { watch, .. } = &self.dev {
+            watch.borrow_mut().take();
         }
     }
 
@@ -217,7 +228,7 @@ impl Tun {
     /// after each wake-up, so that the frames of a burst leave in one `sendmsg`.
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.dev {
-            Dev::Real(fd) => read(fd, buf),
+            Dev::Real { dev, .. } => read(dev, buf),
             Dev::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
@@ -226,7 +237,7 @@ impl Tun {
     /// a router would) and says so with `WouldBlock`.
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.dev {
-            Dev::Real(fd) => write(fd, packet),
+            Dev::Real { dev, .. } => write(dev, packet),
             Dev::Memory(c) => {
                 let (n, b) = c.get();
                 c.set((n + 1, b + packet.len() as u64));
@@ -252,7 +263,7 @@ impl Tun {
     /// Routes `p` through this interface.
     pub fn add_route(&self, p: &Prefix) -> io::Result<()> {
         match self.dev {
-            Dev::Real(_) => netlink::add_route(self.index, p),
+            Dev::Real { .. } => netlink::add_route(self.index, p),
             Dev::Memory(_) => Ok(()),
         }
     }
@@ -260,7 +271,7 @@ impl Tun {
     /// Removes the route to `p` through this interface.
     pub fn del_route(&self, p: &Prefix) -> io::Result<()> {
         match self.dev {
-            Dev::Real(_) => netlink::del_route(self.index, p),
+            Dev::Real { .. } => netlink::del_route(self.index, p),
             Dev::Memory(_) => Ok(()),
         }
     }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
@@ -28,14 +28,17 @@ use tokio::io::Interest;
 /// A UDP socket whose readability the runtime watches, and whose writability it watches only
 /// while a sender waits for it.
 pub struct Udp {
-    io: AsyncFd<std::net::UdpSocket>,
+    socket: std::net::UdpSocket,
+    /// A duplicate of the socket's descriptor registered for readability, until a reader of
+    /// our own takes the socket over ([`Udp::stop_reading`]).
+    reader: Mutex<Option<AsyncFd<std::net::UdpSocket>>>,
     state: UdpSocketState,
 }
 
 impl fmt::Debug for Udp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Udp")
-            .field("local", &self.io.get_ref().local_addr().ok())
+            .field("local", &self.socket.local_addr().ok())
             .finish()
     }
 }
@@ -45,12 +48,23 @@ impl Udp {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<Arc<Self>> {
         let state = UdpSocketState::new((&socket).into())?;
         socket.set_nonblocking(true)?;
+        let dup = socket.try_clone()?;
         Ok(Arc::new(Udp {
-            // SAFETY: the socket owns its descriptor, which stays open while registered (the
-            // AsyncFd owns the socket and deregisters before dropping it).
-            io: unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? },
+            socket,
+            // SAFETY: the duplicate owns its descriptor, which stays open while registered
+            // (the AsyncFd owns it and deregisters before dropping it).
+            reader: Mutex::new(Some(unsafe {
+                AsyncFd::register_with_interest(dup, Interest::READABLE)?
+            })),
             state,
         }))
+    }
+
+    /// The runtime stops watching the socket for datagrams: a reader of our own, on its own
+    /// descriptor set, reads it from now on ([`crate::dpthread`]); `poll_recv` then never
+    /// returns. Sends are unaffected.
+    pub fn stop_reading(&self) {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -72,7 +86,7 @@ impl fmt::Debug for WritePoller {
 impl UdpPoller for WritePoller {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.wait.is_none() {
-            let dup = self.socket.io.get_ref().try_clone()?;
+            let dup = self.socket.socket.try_clone()?;
             // SAFETY: as in `Udp::new`: the duplicate is owned by the AsyncFd.
             self.wait = Some(unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? });
         }
@@ -94,7 +108,7 @@ impl AsyncUdpSocket for Udp {
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
-        self.state.send(self.io.get_ref().into(), t)
+        self.state.send((&self.socket).into(), t)
     }
 
     fn poll_recv(
@@ -103,8 +117,12 @@ impl AsyncUdpSocket for Udp {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(io) = reader.as_ref() else {
+            return Poll::Pending;
+        };
         loop {
-            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            let mut guard = ready!(io.poll_read_ready(cx))?;
             // A `WouldBlock` clears the readiness and the loop waits again.
             if let Ok(r) = guard.try_io(|io| self.state.recv(io.get_ref().into(), bufs, meta)) {
                 // Fewer datagrams than asked for: recvmmsg stopped because the queue was
@@ -123,7 +141,7 @@ impl AsyncUdpSocket for Udp {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.get_ref().local_addr()
+        self.socket.local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
