@@ -8,6 +8,11 @@
 //!   data frames on the fast lane (plain UDP, the default);
 //! - `shadowmesh-quic`: the same with `option fast_lane '0'` (data frames in QUIC datagrams).
 //!
+//! Latency of boringtun and shadowmesh is also compared at the same moments: pings in rounds
+//! alternating between the two tunnels, once with both just up (before any bulk traffic) and
+//! once after both carried it (`ping_fresh_ms`, `ping_interleaved_ms`); the machine's noise moves
+//! both alike. The shadowmesh daemons are up, idle, while boringtun is measured.
+//!
 //! For each: iperf3 TCP with 1 and 4 streams, ping RTT, the tunnel processes' CPU time per GB
 //! carried (both ends summed, from `/proc/PID/stat`) and their peak RSS (`VmHWM`, the larger
 //! end). Printed as a table with ratios to boringtun; `--json` prints
@@ -26,8 +31,10 @@ struct Row {
     /// Median echo round trip (ms) of 500 pings before any bulk traffic.
     ping_p50_ms: f64,
     /// Median of 800 pings taken in rounds alternating with the other tunnel (boringtun and
-    /// shadowmesh only).
+    /// shadowmesh only), after the bulk traffic.
     ping_interleaved_ms: Option<f64>,
+    /// The same, with both tunnels just up, before any bulk traffic through either.
+    ping_fresh_ms: Option<f64>,
     /// Resident set of the larger end once connected, before any traffic (MiB).
     idle_rss_mib: Option<f64>,
     tcp1: f64,
@@ -183,6 +190,7 @@ fn measure(
         name,
         ping_p50_ms,
         ping_interleaved_ms: None,
+        ping_fresh_ms: None,
         idle_rss_mib,
         tcp1,
         tcp4,
@@ -326,6 +334,14 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
         .collect();
     if let [bt, sm] = inter[..] {
         let (b, s) = (
+            bt.ping_fresh_ms.unwrap_or(0.0),
+            sm.ping_fresh_ms.unwrap_or(0.0),
+        );
+        println!(
+            "ping median, interleaved rounds before any load (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
+            s / b
+        );
+        let (b, s) = (
             bt.ping_interleaved_ms.unwrap_or(0.0),
             sm.ping_interleaved_ms.unwrap_or(0.0),
         );
@@ -343,13 +359,14 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"ping_p50_ms\":{:.3},\"ping_interleaved_ms\":{},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
+                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"ping_p50_ms\":{:.3},\"ping_interleaved_ms\":{},\"ping_fresh_ms\":{},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
                     r.name,
                     r.tcp1,
                     r.tcp4,
                     r.ping_ms,
                     r.ping_p50_ms,
                     js(r.ping_interleaved_ms),
+                    js(r.ping_fresh_ms),
                     js(r.cpu_s_per_gb),
                     js(r.rss_mib),
                     js(r.idle_rss_mib)
@@ -391,6 +408,16 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
         &[],
     )?;
+    // ShadowMesh, fast lane (the default), up beside boringtun before either carries bulk
+    // traffic: the first latency comparison is taken at the same moments for both.
+    let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
+    let _ = mesh::ping(&a, "10.77.0.2", 3, "0.1")?;
+    let _ = mesh::ping(&a, &dst, 3, "0.1")?;
+    let fresh = interleaved_medians(&a, ["10.77.0.2", &dst])?;
+    eprintln!(
+        "  interleaved ping medians before any load: boringtun {:.3} ms, shadowmesh {:.3} ms",
+        fresh[0], fresh[1]
+    );
     rows.push(measure(
         lab,
         "boringtun",
@@ -399,20 +426,23 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         &[pa, pb],
         secs,
     )?);
-
-    // ShadowMesh, fast lane (the default), then with data frames in QUIC datagrams.
-    let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
     rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
-    let [bt_ms, sm_ms] = interleaved_medians(&a, ["10.77.0.2", &dst])?;
-    eprintln!("  interleaved ping medians: boringtun {bt_ms:.3} ms, shadowmesh {sm_ms:.3} ms");
+    let after = interleaved_medians(&a, ["10.77.0.2", &dst])?;
+    eprintln!(
+        "  interleaved ping medians: boringtun {:.3} ms, shadowmesh {:.3} ms",
+        after[0], after[1]
+    );
     for r in rows.iter_mut() {
-        if r.name == "boringtun" {
-            r.ping_interleaved_ms = Some(bt_ms);
-        }
-        if r.name == "shadowmesh" {
-            r.ping_interleaved_ms = Some(sm_ms);
-        }
+        let i = match r.name {
+            "boringtun" => 0,
+            "shadowmesh" => 1,
+            _ => continue,
+        };
+        r.ping_fresh_ms = Some(fresh[i]);
+        r.ping_interleaved_ms = Some(after[i]);
     }
+
+    // Then with data frames in QUIC datagrams.
     lab.kill9("sma")?;
     lab.kill9("smb")?;
     let (dst, pids) = shadowmesh_pair(
