@@ -333,22 +333,17 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
         .filter(|r| r.ping_interleaved_ms.is_some())
         .collect();
     if let [bt, sm] = inter[..] {
-        let (b, s) = (
-            bt.ping_fresh_ms.unwrap_or(0.0),
-            sm.ping_fresh_ms.unwrap_or(0.0),
-        );
-        println!(
-            "ping median, interleaved rounds before any load (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
-            s / b
-        );
-        let (b, s) = (
-            bt.ping_interleaved_ms.unwrap_or(0.0),
-            sm.ping_interleaved_ms.unwrap_or(0.0),
-        );
-        println!(
-            "ping median, interleaved rounds (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
-            s / b
-        );
+        let figures = [
+            (" before any load", bt.ping_fresh_ms, sm.ping_fresh_ms),
+            ("", bt.ping_interleaved_ms, sm.ping_interleaved_ms),
+        ];
+        for (when, b, s) in figures {
+            let (b, s) = (b.unwrap_or(0.0), s.unwrap_or(0.0));
+            println!(
+                "ping median, interleaved rounds{when} (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
+                s / b
+            );
+        }
     }
     if json {
         let js = |v: Option<f64>| {
