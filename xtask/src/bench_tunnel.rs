@@ -206,7 +206,7 @@ fn measure(
 }
 
 /// Two WireGuard key pairs (private, public), from wg(8).
-pub(crate) fn wg_keys() -> Result<Vec<(String, String)>> {
+fn wg_keys() -> Result<Vec<(String, String)>> {
     (0..2)
         .map(|_| {
             let private = out(Command::new("wg").arg("genkey"))?;
@@ -224,10 +224,32 @@ pub(crate) fn wg_keys() -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// A boringtun tunnel between namespaces `a` (10.77.0.1) and `b` (10.77.0.2) over the veth pair
+/// (10.251.0.1 / .2), each end started under `prefix`; returns both PIDs.
+pub(crate) fn boringtun_pair(
+    lab: &mut Lab,
+    bt: &Path,
+    (a, b): (&str, &str),
+    prefix: &[&str],
+) -> Result<(u32, u32)> {
+    let keys = wg_keys()?;
+    let tag = lab.tag.clone();
+    let ends = [
+        (a, "a", 0, 1, ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820")),
+        (b, "b", 1, 0, ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820")),
+    ];
+    let mut pids = [0u32; 2];
+    for (pid, (ns, side, me, peer, addrs)) in pids.iter_mut().zip(ends) {
+        let dev = format!("{tag}{side}");
+        *pid = boringtun_end(lab, bt, ns, &dev, &keys[me].0, &keys[peer].1, addrs, prefix)?;
+    }
+    Ok((pids[0], pids[1]))
+}
+
 /// One boringtun-cli end in `ns` (started under `prefix`: nothing, or valgrind), configured
 /// with wg(8); returns its PID.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn boringtun_end(
+fn boringtun_end(
     lab: &mut Lab,
     bt: &Path,
     ns: &str,
@@ -380,29 +402,7 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
     rows.push(measure(lab, "raw", (&a, &b), "10.251.0.2", &[], secs)?);
 
     // boringtun, configured with wg(8) over its UAPI socket.
-    let keys = wg_keys()?;
-    let tag = lab.tag.clone();
-    let (dev_a, dev_b) = (format!("{tag}a"), format!("{tag}b"));
-    let pa = boringtun_end(
-        lab,
-        bt,
-        &a,
-        &dev_a,
-        &keys[0].0,
-        &keys[1].1,
-        ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820"),
-        &[],
-    )?;
-    let pb = boringtun_end(
-        lab,
-        bt,
-        &b,
-        &dev_b,
-        &keys[1].0,
-        &keys[0].1,
-        ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
-        &[],
-    )?;
+    let (pa, pb) = boringtun_pair(lab, bt, (&a, &b), &[])?;
     // ShadowMesh, fast lane (the default), up beside boringtun before either carries bulk
     // traffic: the first latency comparison is taken at the same moments for both.
     let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;

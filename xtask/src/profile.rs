@@ -271,29 +271,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     if ping {
         // boringtun, the same echoes, under callgrind too.
         let bt = crate::bench_tunnel::ensure_tools()?;
-        let keys = crate::bench_tunnel::wg_keys()?;
-        let tag = lab.tag.clone();
-        let (dev_a, dev_b) = (format!("{tag}a"), format!("{tag}b"));
-        let pa = crate::bench_tunnel::boringtun_end(
-            &mut lab,
-            &bt,
-            &a,
-            &dev_a,
-            &keys[0].0,
-            &keys[1].1,
-            ("10.77.0.1", "10.77.0.2", "10.251.0.2:51820"),
-            &prefix,
-        )?;
-        let pb = crate::bench_tunnel::boringtun_end(
-            &mut lab,
-            &bt,
-            &b,
-            &dev_b,
-            &keys[1].0,
-            &keys[0].1,
-            ("10.77.0.2", "10.77.0.1", "10.251.0.1:51820"),
-            &prefix,
-        )?;
+        let (pa, pb) = crate::bench_tunnel::boringtun_pair(&mut lab, &bt, (&a, &b), &prefix)?;
         // The handshake, outside the count.
         let _ = mesh::ping(&a, "10.77.0.2", 5, "0.2")?;
         for p in [pa, pb] {
