@@ -72,14 +72,15 @@ pub mod alloc_probe {
         static QUINN: Cell<u32> = const { Cell::new(0) };
     }
 
-    /// Whether our forwarding code (and not a quinn call inside it) is running.
+    /// Whether our forwarding code (and not a quinn call inside it) is running. (False while
+    /// the thread's locals are torn down: an allocator asks.)
     pub fn in_ours() -> bool {
-        OURS.with(|o| o.get() > 0) && QUINN.with(|q| q.get() == 0)
+        OURS.try_with(|o| o.get() > 0).unwrap_or(false) && !in_quinn()
     }
 
     /// Whether a quinn call made by the forwarding code is running.
     pub fn in_quinn() -> bool {
-        QUINN.with(|q| q.get() > 0)
+        QUINN.try_with(|q| q.get() > 0).unwrap_or(false)
     }
 
     /// Guard: our forwarding code runs.
@@ -507,6 +508,12 @@ impl DataPlane {
         }
         tokio::task::spawn_local(demux.clone().receive());
         Ok(())
+    }
+
+    /// Whether a data-plane thread reads the TUN and the socket ([`crate::dpthread`]); if not,
+    /// runtime tasks do.
+    pub fn has_thread(&self) -> bool {
+        self.thread.borrow().is_some()
     }
 
     /// Dials the members the data-plane thread asked for.

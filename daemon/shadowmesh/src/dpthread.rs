@@ -96,9 +96,10 @@ fn baton() -> Option<Arc<Baton>> {
     BATON.with(|b| b.borrow().clone())
 }
 
-/// Whether this is a data-plane thread (which must not call into the runtime).
+/// Whether this is a data-plane thread (which must not call into the runtime). False while the
+/// thread's locals are torn down (a counting allocator in a test asks then too).
 pub fn on_data_thread() -> bool {
-    DATA_THREAD.with(|d| d.get())
+    DATA_THREAD.try_with(|d| d.get()).unwrap_or(false)
 }
 
 /// Moves a value to the data-plane thread.
