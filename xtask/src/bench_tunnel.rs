@@ -9,9 +9,12 @@
 //! - `shadowmesh-quic`: the same with `option fast_lane '0'` (data frames in QUIC datagrams).
 //!
 //! Latency of boringtun and shadowmesh is also compared at the same moments: pings in rounds
-//! alternating between the two tunnels, once with both just up (before any bulk traffic) and
-//! once after both carried it (`ping_fresh_ms`, `ping_interleaved_ms`); the machine's noise moves
-//! both alike. The shadowmesh daemons are up, idle, while boringtun is measured.
+//! alternating between the two tunnels (the order swapped every round), once with both just up
+//! (before any bulk traffic) and once after both carried it (`ping_fresh_ms`,
+//! `ping_interleaved_ms`); the machine's noise moves both alike. Each round also gives a paired
+//! ratio (shadowmesh's round median over boringtun's, seconds apart); their median is
+//! `ping_fresh_round_ratio` / `ping_round_ratio` and cancels the drift over a run. The
+//! shadowmesh daemons are up, idle, while boringtun is measured.
 //!
 //! For each: iperf3 TCP with 1 and 4 streams, ping RTT, the tunnel processes' CPU time per GB
 //! carried (both ends summed, from `/proc/PID/stat`) and their peak RSS (`VmHWM`, the larger
@@ -35,6 +38,9 @@ struct Row {
     ping_interleaved_ms: Option<f64>,
     /// The same, with both tunnels just up, before any bulk traffic through either.
     ping_fresh_ms: Option<f64>,
+    /// ShadowMesh only: the median over rounds of its round median / boringtun's, and the
+    /// rounds (of [`ROUNDS`]) in which it was the lower; before load, then after.
+    ping_round_ratio: Option<[(f64, usize); 2]>,
     /// Resident set of the larger end once connected, before any traffic (MiB).
     idle_rss_mib: Option<f64>,
     tcp1: f64,
@@ -115,9 +121,7 @@ fn out(c: &mut Command) -> Result<String> {
 
 /// The median round trip of 500 pings from namespace `ns` to `dst`, ms.
 fn ping_median(ns: &str, dst: &str) -> Result<f64> {
-    let mut t = ping_times(ns, dst, 500)?;
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[t.len() / 2])
+    Ok(median(&mut ping_times(ns, dst, 500)?))
 }
 
 /// Round trips (ms) of `n` pings 5 ms apart.
@@ -143,20 +147,46 @@ fn ping_times(ns: &str, dst: &str, n: u32) -> Result<Vec<f64>> {
     Ok(t)
 }
 
-/// Medians of pings through two tunnels taken in alternating rounds of 100 (8 rounds each), so
-/// that both see the same moments of the machine's noise.
-fn interleaved_medians(ns: &str, dsts: [&str; 2]) -> Result<[f64; 2]> {
+/// Rounds of [`interleaved`] pings per tunnel.
+const ROUNDS: usize = 12;
+
+/// Pings through two tunnels taken in alternating rounds of 100, so that both see the same
+/// moments of the machine's noise.
+struct Interleaved {
+    /// The median of all echoes, per tunnel (ms).
+    medians: [f64; 2],
+    /// The median over rounds of (second tunnel's round median / first's): each round's pair
+    /// is taken seconds apart, so the machine's drift over the run cancels.
+    round_ratio: f64,
+    /// Rounds in which the second tunnel's median was the lower.
+    second_lower: usize,
+}
+
+/// Pings `dsts` from namespace `ns` in [`ROUNDS`] rounds of 100 each, the order swapped every
+/// round (ABBA: neither tunnel always follows the other).
+fn interleaved(ns: &str, dsts: [&str; 2]) -> Result<Interleaved> {
     let mut all: [Vec<f64>; 2] = [vec![], vec![]];
-    for _ in 0..8 {
-        for (i, d) in dsts.iter().enumerate() {
-            all[i].extend(ping_times(ns, d, 100)?);
+    let mut ratios = vec![];
+    for round in 0..ROUNDS {
+        let mut med = [0.0; 2];
+        for k in 0..2 {
+            let i = if round % 2 == 0 { k } else { 1 - k };
+            let mut t = ping_times(ns, dsts[i], 100)?;
+            all[i].extend_from_slice(&t);
+            med[i] = median(&mut t);
         }
+        ratios.push(med[1] / med[0]);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    Ok([med(&mut all[0]), med(&mut all[1])])
+    Ok(Interleaved {
+        medians: [median(&mut all[0]), median(&mut all[1])],
+        second_lower: ratios.iter().filter(|r| **r < 1.0).count(),
+        round_ratio: median(&mut ratios),
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// Measures one tunnel between `a` and `b` reaching `dst` (b's tunnel address), with the
@@ -191,6 +221,7 @@ fn measure(
         ping_p50_ms,
         ping_interleaved_ms: None,
         ping_fresh_ms: None,
+        ping_round_ratio: None,
         idle_rss_mib,
         tcp1,
         tcp4,
@@ -359,10 +390,11 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
             (" before any load", bt.ping_fresh_ms, sm.ping_fresh_ms),
             ("", bt.ping_interleaved_ms, sm.ping_interleaved_ms),
         ];
-        for (when, b, s) in figures {
+        let rounds = sm.ping_round_ratio.unwrap_or_default();
+        for ((when, b, s), (ratio, lower)) in figures.into_iter().zip(rounds) {
             let (b, s) = (b.unwrap_or(0.0), s.unwrap_or(0.0));
             println!(
-                "ping median, interleaved rounds{when} (8 x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x)",
+                "ping median, interleaved rounds{when} ({ROUNDS} x 100 each): boringtun {b:.3} ms, shadowmesh {s:.3} ms ({:.2}x); per round {ratio:.2}x, lower in {lower} of {ROUNDS}",
                 s / b
             );
         }
@@ -376,7 +408,7 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"ping_p50_ms\":{:.3},\"ping_interleaved_ms\":{},\"ping_fresh_ms\":{},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
+                    "{{\"name\":\"{}\",\"tcp1_mbps\":{:.1},\"tcp4_mbps\":{:.1},\"ping_ms\":{:.3},\"ping_p50_ms\":{:.3},\"ping_interleaved_ms\":{},\"ping_fresh_ms\":{},\"ping_round_ratio\":{},\"ping_fresh_round_ratio\":{},\"cpu_s_per_gb\":{},\"rss_mib\":{},\"idle_rss_mib\":{}}}",
                     r.name,
                     r.tcp1,
                     r.tcp4,
@@ -384,6 +416,8 @@ pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
                     r.ping_p50_ms,
                     js(r.ping_interleaved_ms),
                     js(r.ping_fresh_ms),
+                    js(r.ping_round_ratio.map(|x| x[1].0)),
+                    js(r.ping_round_ratio.map(|x| x[0].0)),
                     js(r.cpu_s_per_gb),
                     js(r.rss_mib),
                     js(r.idle_rss_mib)
@@ -408,10 +442,10 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
     let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
     let _ = mesh::ping(&a, "10.77.0.2", 3, "0.1")?;
     let _ = mesh::ping(&a, &dst, 3, "0.1")?;
-    let fresh = interleaved_medians(&a, ["10.77.0.2", &dst])?;
+    let fresh = interleaved(&a, ["10.77.0.2", &dst])?;
     eprintln!(
         "  interleaved ping medians before any load: boringtun {:.3} ms, shadowmesh {:.3} ms",
-        fresh[0], fresh[1]
+        fresh.medians[0], fresh.medians[1]
     );
     rows.push(measure(
         lab,
@@ -422,10 +456,10 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
         secs,
     )?);
     rows.push(measure(lab, "shadowmesh", (&a, &b), &dst, &pids, secs)?);
-    let after = interleaved_medians(&a, ["10.77.0.2", &dst])?;
+    let after = interleaved(&a, ["10.77.0.2", &dst])?;
     eprintln!(
         "  interleaved ping medians: boringtun {:.3} ms, shadowmesh {:.3} ms",
-        after[0], after[1]
+        after.medians[0], after.medians[1]
     );
     for r in rows.iter_mut() {
         let i = match r.name {
@@ -433,8 +467,14 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
             "shadowmesh" => 1,
             _ => continue,
         };
-        r.ping_fresh_ms = Some(fresh[i]);
-        r.ping_interleaved_ms = Some(after[i]);
+        r.ping_fresh_ms = Some(fresh.medians[i]);
+        r.ping_interleaved_ms = Some(after.medians[i]);
+        if i == 1 {
+            r.ping_round_ratio = Some([
+                (fresh.round_ratio, fresh.second_lower),
+                (after.round_ratio, after.second_lower),
+            ]);
+        }
     }
 
     // Then with data frames in QUIC datagrams.
