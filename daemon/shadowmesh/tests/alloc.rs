@@ -70,8 +70,11 @@ const NK: [u8; 32] = [0x42; 32];
 const PACKETS: u64 = 120_000;
 const WARMUP: u64 = 10_000;
 
-fn plane(id: &Identity) -> (NodeConfig, DataPlaneConfig) {
+/// A node and data-plane configuration; `fast`: the fast lane on (the default), or off as
+/// with `option fast_lane '0'` (QUIC then carries everything, with GSO).
+fn plane(id: &Identity, fast: bool) -> (NodeConfig, DataPlaneConfig) {
     let mut n = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), NK);
+    n.fast_lane = fast;
     n.payload = member_payload(&id.peer_id());
     let d = DataPlaneConfig::new(id.peer_id(), &n.payload, NK, vec![]).unwrap();
     (n, d)
@@ -104,8 +107,8 @@ fn fast_lane_allocates_nothing_at_all() {
 fn run(fast: bool) {
     shadowmesh::block_on_local(async {
         let (ia, ib) = (Identity::generate(), Identity::generate());
-        let (na, da) = plane(&ia);
-        let (nb, db) = plane(&ib);
+        let (na, da) = plane(&ia, fast);
+        let (nb, db) = plane(&ib, fast);
         let (a_v4, b_v4) = (da.ipv4, db.ipv4);
         let b_id = ib.peer_id();
         let pin = Some(ib.ed25519_public());
@@ -262,8 +265,8 @@ fn on_the_thread() {
     const WARM: u64 = 5_000;
     shadowmesh::block_on_local(async {
         let (ia, ib) = (Identity::generate(), Identity::generate());
-        let (na, da) = plane(&ia);
-        let (nb, db) = plane(&ib);
+        let (na, da) = plane(&ia, true);
+        let (nb, db) = plane(&ib, true);
         let (a_v4, b_v4) = (da.ipv4, db.ipv4);
         let b_id = ib.peer_id();
         let pin = Some(ib.ed25519_public());
