@@ -15,6 +15,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -94,6 +95,44 @@ fn packet(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     p
 }
 
+/// Two data planes on nodes linked over 127.0.0.1: A's on the TUN `tun_a` opens for its
+/// overlay address, B's on a stand-in; their overlay addresses. `fast`: as a daemon with the fast lane on (the default)
+/// or off; returns once A sends on the lane that implies. The nodes must outlive the planes.
+async fn linked(
+    fast: bool,
+    tun_a: impl FnOnce(Ipv4Addr) -> Tun,
+) -> ([Node; 2], Rc<DataPlane>, Rc<DataPlane>, [Ipv4Addr; 2]) {
+    let (ia, ib) = (Identity::generate(), Identity::generate());
+    let (na, da) = plane(&ia, fast);
+    let (nb, db) = plane(&ib, fast);
+    let b_id = ib.peer_id();
+    let pin = Some(ib.ed25519_public());
+    let a = Node::bind(ia, na).unwrap();
+    let b = Node::bind(ib, nb).unwrap();
+    let addr = b.local_addr().unwrap();
+    let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async { b.accept().await.unwrap() });
+    let v4 = [da.ipv4, db.ipv4];
+    let dp_a = DataPlane::new(da, tun_a(v4[0]), 1380);
+    let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
+    if fast {
+        dp_a.enable_fast_lane(&a, true).unwrap();
+        dp_b.enable_fast_lane(&b, true).unwrap();
+    }
+    assert!(dp_a.add_link(d.unwrap()));
+    assert!(dp_b.add_link(l.unwrap()));
+    if fast {
+        // Both ends say they take frames on the fast lane; wait until A heard it.
+        let t = tokio::time::Instant::now();
+        while dp_a.members()[0].lane != "udp" && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(dp_a.members()[0].lane, "udp");
+    } else {
+        assert_eq!(dp_a.members()[0].lane, "quic");
+    }
+    ([a, b], dp_a, dp_b, v4)
+}
+
 #[test]
 fn quic_lane_allocates_nothing_of_ours() {
     run(false);
@@ -106,36 +145,7 @@ fn fast_lane_allocates_nothing_at_all() {
 
 fn run(fast: bool) {
     shadowmesh::block_on_local(async {
-        let (ia, ib) = (Identity::generate(), Identity::generate());
-        let (na, da) = plane(&ia, fast);
-        let (nb, db) = plane(&ib, fast);
-        let (a_v4, b_v4) = (da.ipv4, db.ipv4);
-        let b_id = ib.peer_id();
-        let pin = Some(ib.ed25519_public());
-        let a = Node::bind(ia, na).unwrap();
-        let b = Node::bind(ib, nb).unwrap();
-        let addr = b.local_addr().unwrap();
-        let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async {
-            b.accept().await.unwrap()
-        });
-        let dp_a = DataPlane::new(da, Tun::memory("a"), 1380);
-        let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
-        if fast {
-            dp_a.enable_fast_lane(&a, true).unwrap();
-            dp_b.enable_fast_lane(&b, true).unwrap();
-        }
-        assert!(dp_a.add_link(d.unwrap()));
-        assert!(dp_b.add_link(l.unwrap()));
-        if fast {
-            // Both ends say they take frames on the fast lane; wait until A heard it.
-            let t = tokio::time::Instant::now();
-            while dp_a.members()[0].lane != "udp" && t.elapsed() < Duration::from_secs(5) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            assert_eq!(dp_a.members()[0].lane, "udp");
-        } else {
-            assert_eq!(dp_a.members()[0].lane, "quic");
-        }
+        let (_nodes, dp_a, dp_b, [a_v4, b_v4]) = linked(fast, |_| Tun::memory("a")).await;
 
         let pkt = packet(IpAddr::V4(a_v4), IpAddr::V4(b_v4));
         let mut arena = DataPlane::arena();
@@ -264,31 +274,13 @@ fn on_the_thread() {
     const EACH_WAY: u64 = 60_000;
     const WARM: u64 = 5_000;
     shadowmesh::block_on_local(async {
-        let (ia, ib) = (Identity::generate(), Identity::generate());
-        let (na, da) = plane(&ia, true);
-        let (nb, db) = plane(&ib, true);
-        let (a_v4, b_v4) = (da.ipv4, db.ipv4);
-        let b_id = ib.peer_id();
-        let pin = Some(ib.ed25519_public());
-        let a = Node::bind(ia, na).unwrap();
-        let b = Node::bind(ib, nb).unwrap();
-        let addr = b.local_addr().unwrap();
-        let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async { b.accept().await.unwrap() });
         // A: a real TUN with offload, as the daemon opens it; B: a stand-in that counts.
-        let tun = Tun::open("smalloc0", a_v4, None, 1380, true).expect("TUN device");
-        let dp_a = DataPlane::new(da, tun, 1380);
-        let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
-        dp_a.enable_fast_lane(&a, true).unwrap();
-        dp_b.enable_fast_lane(&b, true).unwrap();
+        let (_nodes, dp_a, dp_b, [a_v4, b_v4]) = linked(true, |v4| {
+            Tun::open("smalloc0", v4, None, 1380, true).expect("TUN device")
+        })
+        .await;
         assert!(dp_a.has_thread(), "A forwards on a data-plane thread");
         assert!(!dp_b.has_thread());
-        assert!(dp_a.add_link(d.unwrap()));
-        assert!(dp_b.add_link(l.unwrap()));
-        let t = tokio::time::Instant::now();
-        while dp_a.members()[0].lane != "udp" && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(dp_a.members()[0].lane, "udp");
 
         // To B: a kernel socket on A's tunnel address sends to B's (the /16 route is the TUN's).
         let tx = std::net::UdpSocket::bind((a_v4, 0)).unwrap();
