@@ -14,7 +14,7 @@
 //! received by a kernel socket. The data-plane thread must allocate nothing at all.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -81,23 +81,10 @@ fn plane(id: &Identity, fast: bool) -> (NodeConfig, DataPlaneConfig) {
     (n, d)
 }
 
-/// A 1,000-byte IPv4/UDP packet from `src` to `dst`.
-fn packet(src: IpAddr, dst: IpAddr) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        unreachable!()
-    };
-    let mut p = vec![0u8; 1000];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0x03, 0xe8, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    p[12..16].copy_from_slice(&s.octets());
-    p[16..20].copy_from_slice(&d.octets());
-    p
-}
-
-/// Two data planes on nodes linked over 127.0.0.1: A's on the TUN `tun_a` opens for its
-/// overlay address, B's on a stand-in; their overlay addresses. `fast`: as a daemon with the fast lane on (the default)
-/// or off; returns once A sends on the lane that implies. The nodes must outlive the planes.
+/// Two data planes on nodes linked over 127.0.0.1 (A's on the TUN `tun_a` opens for its
+/// overlay address, B's on a stand-in) and their overlay addresses. `fast`: as a daemon with
+/// the fast lane on (the default) or off; returns once A sends on the lane that implies. The
+/// nodes must outlive the planes.
 async fn linked(
     fast: bool,
     tun_a: impl FnOnce(Ipv4Addr) -> Tun,
@@ -147,7 +134,7 @@ fn run(fast: bool) {
     shadowmesh::block_on_local(async {
         let (_nodes, dp_a, dp_b, [a_v4, b_v4]) = linked(fast, |_| Tun::memory("a")).await;
 
-        let pkt = packet(IpAddr::V4(a_v4), IpAddr::V4(b_v4));
+        let pkt = udp_packet(a_v4, b_v4, 9, 1000);
         let mut arena = DataPlane::arena();
         let mut batch = shadowmesh::dataplane::Batch::new();
         let mut sent = 0u64;
