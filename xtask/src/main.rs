@@ -45,6 +45,7 @@ mod luci;
 mod mesh;
 mod openwrt;
 mod profile;
+mod trust;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -70,6 +71,13 @@ fn main() -> ExitCode {
         }),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
+        Some("trust") => release_bin().and_then(|bin| {
+            let rep = trust::run(&bin, &trust::build_hostile()?)?;
+            rep.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| rep.failures.join("\n"))
+        }),
         Some("load-peers") => release_bin().and_then(|b| load_peers::run(&b, &args[1..])),
         Some("profile-tunnel") => {
             let bin = match args.iter().position(|a| a == "--bin") {
@@ -88,7 +96,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,18 +153,21 @@ fn test(args: &[String]) -> Result {
     // The demo scenario with its failure cases, in network namespaces: needs root.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        let rep = mesh::run(&release_bin()?, true)?;
-        failed += rep.failures.len() as u64;
-        passed += rep.checks() - rep.failures.len() as u64;
-        if !rep.failures.is_empty() {
-            println!("tests: {passed} passed, {failed} failed");
-            return Err(format!(
-                "mesh scenario failed:\n  {}",
-                rep.failures.join("\n  ")
-            ));
+        let bin = release_bin()?;
+        let hostile = trust::build_hostile()?;
+        for (what, rep) in [
+            ("mesh scenario", mesh::run(&bin, true)?),
+            ("trust-boundary scenario", trust::run(&bin, &hostile)?),
+        ] {
+            failed += rep.failures.len() as u64;
+            passed += rep.checks() - rep.failures.len() as u64;
+            if !rep.failures.is_empty() {
+                println!("tests: {passed} passed, {failed} failed");
+                return Err(format!("{what} failed:\n  {}", rep.failures.join("\n  ")));
+            }
         }
     } else {
-        println!("skipped: the namespace mesh scenario (needs root)");
+        println!("skipped: the namespace mesh and trust-boundary scenarios (need root)");
     }
     // The OpenWrt packages (built from the cross builds), their scripts against the OpenWrt
     // stand-ins, the rpcd backend and the LuCI views in headless Chromium.

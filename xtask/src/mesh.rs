@@ -482,7 +482,7 @@ pub(crate) fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> Result<Pi
 }
 
 /// Pings once a second until one answer comes back; returns how long it took.
-fn until_reachable(ns: &str, dst: &str, limit: Duration) -> Result<Option<Duration>> {
+pub(crate) fn until_reachable(ns: &str, dst: &str, limit: Duration) -> Result<Option<Duration>> {
     let t = Instant::now();
     while t.elapsed() < limit {
         if ping(ns, dst, 1, "0.2")?.received == 1 {
@@ -556,6 +556,7 @@ pub(crate) fn iperf3_streams(
 }
 
 /// What a demo run measured.
+#[derive(Default)]
 pub struct Report {
     rows: Vec<(String, String)>,
     pub failures: Vec<String>,
@@ -567,7 +568,7 @@ impl Report {
         self.rows.push((what.into(), value));
     }
 
-    fn check(&mut self, what: &str, ok: bool, detail: String) {
+    pub(crate) fn check(&mut self, what: &str, ok: bool, detail: String) {
         let mark = if ok { "ok" } else { "FAILED" };
         self.row(what, format!("{mark} ({detail})"));
         if !ok {
@@ -583,7 +584,7 @@ impl Report {
             .count() as u64
     }
 
-    fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut s = String::from("| check | result |\n| --- | --- |\n");
         for (a, b) in &self.rows {
             s += &format!("| {a} | {b} |\n");

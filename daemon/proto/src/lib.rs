@@ -20,6 +20,7 @@
 //! - [`record`]: the canonical byte layout of signed peer records and their payload.
 //! - [`msg`]: control-stream messages (HELLO, INIT, RESP, REKEY) and their framing.
 //! - [`route`]: longest-prefix match, source filtering, IP header addresses, ICMP too-big.
+//! - [`policy`]: which prefixes advertised by members this gateway installs.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -32,6 +33,7 @@ pub mod gso;
 pub mod msg;
 pub mod overlay;
 pub mod peer;
+pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod route;

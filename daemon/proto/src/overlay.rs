@@ -7,10 +7,14 @@
 //! `SHA-256(PeerId || counter)` (counter big-endian u32, starting at 1) until it finds an
 //! address no lower PeerId claims. Host parts `.0.0` and `.255.255` are never used.
 //!
-//! IPv6 needs no collision rule: a /128 in `fd00::/8` (configurable) filled with PeerId bits.
+//! IPv6 needs no collision rule: a /128 inside the mesh's own /48, `fd` followed by 40 bits of a
+//! hash of the network key (RFC 4193's global ID, as ZeroTier derives its prefix from the
+//! network id), the remaining 80 bits from the PeerId. Never all of `fd00::/8`: OpenWrt gives
+//! every LAN its own ULA /48, and the tunnel must not swallow them.
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::route::Prefix;
 use crate::PeerId;
 
 /// The overlay IPv4 network: a /16 (`10.100.0.0/16` by default).
@@ -35,6 +39,14 @@ impl V4Prefix {
     /// Whether `a` lies in this /16.
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         a.octets()[..2] == self.net
+    }
+
+    /// The /16 as a prefix.
+    pub fn prefix(&self) -> Prefix {
+        Prefix {
+            addr: self.addr(0, 0).into(),
+            len: 16,
+        }
     }
 }
 
@@ -104,12 +116,27 @@ pub struct V6Prefix {
     pub len: u8,
 }
 
-impl Default for V6Prefix {
-    fn default() -> Self {
+impl V6Prefix {
+    /// The mesh's /48: `fd`, then the first 40 bits of
+    /// `SHA-256("shadowmesh overlay ipv6" || network_key)`.
+    pub fn for_network(network_key: &[u8; 32]) -> V6Prefix {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"shadowmesh overlay ipv6");
+        ctx.update(network_key);
+        let h = ctx.finish();
+        let mut net = [0u8; 16];
+        net[0] = 0xfd;
+        net[1..6].copy_from_slice(&h.as_ref()[..5]);
         V6Prefix {
-            net: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
-            len: 8,
+            net: Ipv6Addr::from(net),
+            len: 48,
         }
+    }
+
+    /// The prefix as a route prefix.
+    pub fn prefix(&self) -> Prefix {
+        let len = self.len.clamp(8, 64);
+        Prefix::new(self.net.into(), len).expect("8..=64 fits IPv6")
     }
 }
 
@@ -183,10 +210,16 @@ mod tests {
 
     #[test]
     fn ipv6_prefix_and_bits() {
-        let a = ipv6(V6Prefix::default(), &id(0x12, 0x34, 0x56));
+        let p = V6Prefix::for_network(&[7; 32]);
+        assert_eq!(p.len, 48);
+        assert_eq!(p.net.octets()[0], 0xfd);
+        assert_eq!(&p.net.octets()[6..], &[0; 10]);
+        assert_ne!(p, V6Prefix::for_network(&[8; 32]));
+        let a = ipv6(p, &id(0x12, 0x34, 0x56));
         let o = a.octets();
-        assert_eq!(o[0], 0xfd);
-        assert_eq!(&o[1..4], &[0x12, 0x34, 0x56]);
+        assert_eq!(&o[..6], &p.net.octets()[..6]);
+        assert_eq!(&o[6..9], &[0x12, 0x34, 0x56]);
+        assert!(p.prefix().contains(a.into()));
         let p48 = V6Prefix {
             net: "fd42:1:2::".parse().unwrap(),
             len: 48,

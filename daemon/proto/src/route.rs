@@ -49,6 +49,18 @@ impl Prefix {
     }
 }
 
+impl Prefix {
+    /// Whether the two prefixes share an address (one contains the other).
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4()
+            && if self.len <= other.len {
+                self.contains(other.addr)
+            } else {
+                other.contains(self.addr)
+            }
+    }
+}
+
 impl core::fmt::Display for Prefix {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -69,6 +81,30 @@ fn mask128(len: u8) -> u128 {
     } else {
         u128::MAX << (128 - len as u32)
     }
+}
+
+/// Parses an IPv4 or IPv6 CIDR (`list route` and friends in UCI), requiring no host bits.
+pub fn parse_cidr(v: &str) -> Result<crate::record::Route, String> {
+    let (ip, len) = v
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, e.g. 192.168.1.0/24")?;
+    let addr: IpAddr = ip.parse().map_err(|_| "not an IP address")?;
+    let prefix_len: u8 = len.parse().map_err(|_| "prefix length is not a number")?;
+    let max: u32 = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix_len as u32 > max {
+        return Err(format!("prefix length above {max}"));
+    }
+    let bits = match addr {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let host_bits = max - prefix_len as u32;
+    // `::/0` has 128 host bits: a plain `1 << 128` would overflow.
+    let host_mask = 1u128.checked_shl(host_bits).map_or(u128::MAX, |b| b - 1);
+    if bits & host_mask != 0 {
+        return Err("host bits set (use the network address)".into());
+    }
+    Ok(crate::record::Route { addr, prefix_len })
 }
 
 /// Longest-prefix-match table from prefixes to owners (`V`: a peer handle).
@@ -169,6 +205,72 @@ impl<V: Copy + PartialEq> RouteTable<V> {
         self.v6.retain(|(_, m)| !m.is_empty());
         self.len = before - n;
         n
+    }
+
+    /// A prefix held by someone other than `except` that overlaps `p`: equal to it, inside it
+    /// or containing it. (A range probe per prefix length present: no allocation.)
+    pub fn overlapping(&self, p: Prefix, except: V) -> Option<(Prefix, V)> {
+        fn probe<K: Ord + Copy, V: Copy + PartialEq>(
+            levels: &[(u8, BTreeMap<K, V>)],
+            len: u8,
+            lo: K,
+            hi: K,
+            mask: impl Fn(u8) -> K,
+            except: V,
+        ) -> Option<(u8, K, V)> {
+            levels.iter().find_map(|(l, m)| {
+                let (a, b) = if *l <= len {
+                    (mask(*l), mask(*l))
+                } else {
+                    (lo, hi)
+                };
+                m.range(a..=b)
+                    .find(|(_, v)| **v != except)
+                    .map(|(k, v)| (*l, *k, *v))
+            })
+        }
+        match p.addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                probe(
+                    &self.v4,
+                    p.len,
+                    a,
+                    a | !mask32(p.len),
+                    |l| a & mask32(l),
+                    except,
+                )
+                .map(|(l, k, v)| {
+                    (
+                        Prefix {
+                            addr: IpAddr::V4(Ipv4Addr::from(k)),
+                            len: l,
+                        },
+                        v,
+                    )
+                })
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                probe(
+                    &self.v6,
+                    p.len,
+                    a,
+                    a | !mask128(p.len),
+                    |l| a & mask128(l),
+                    except,
+                )
+                .map(|(l, k, v)| {
+                    (
+                        Prefix {
+                            addr: IpAddr::V6(Ipv6Addr::from(k)),
+                            len: l,
+                        },
+                        v,
+                    )
+                })
+            }
+        }
     }
 
     /// The owner of the longest prefix containing `addr`.
@@ -361,6 +463,20 @@ pub fn icmp_too_big(packet: &[u8], mtu: u16, from: IpAddr, out: &mut [u8]) -> Op
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cidr_parsing_is_strict_and_total() {
+        use super::parse_cidr;
+        assert!(parse_cidr("::/0").is_ok());
+        assert!(parse_cidr("0.0.0.0/0").is_ok());
+        assert!(parse_cidr("fd00::1/128").is_ok());
+        assert!(parse_cidr("1::/0").is_err());
+        assert!(parse_cidr("10.0.0.1/0").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("::/129").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
+        assert!(parse_cidr("10.0.0.0/x").is_err());
+    }
+
     use super::*;
 
     fn p(s: &str) -> Prefix {

@@ -49,7 +49,7 @@ fn main() {
         for _ in 0..n {
             let id = Identity::generate();
             let mut cfg = NodeConfig::new(SocketAddr::new(bind, 0), nk);
-            cfg.payload = member_payload(&id.peer_id());
+            cfg.payload = member_payload(&id.peer_id(), &nk);
             cfg.handshake_timeout = Duration::from_secs(30);
             nodes.push(Rc::new(Node::bind(id, cfg).expect("bind")));
         }

@@ -27,7 +27,9 @@ commands:
                                ask the running daemon to look up a member's record
   keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
   netkey                       print a new random network key (64 hex digits)
-  id --key PATH [--json]       print the PeerId, public keys and overlay addresses of a key file
+  id --key PATH [--json] [--network-key HEX | --network-key-file PATH]
+                               print the PeerId, public keys and overlay addresses of a key file
+                               (the IPv6 one lies in the mesh's /48: it needs the network key)
   probe --key PATH (--network-key HEX | --network-key-file PATH)
         --listen ADDR          accept peers, prove identities, echo their encrypted frames
         --connect PEERID@ADDR  dial a peer, send encrypted frames, report what happened
@@ -186,14 +188,23 @@ pub fn parse_peer_addr(s: &str) -> Result<(PeerId, SocketAddr), CliError> {
     Ok((id, addr))
 }
 
+/// The network key if `--network-key` or `--network-key-file` is given.
+fn optional_network_key(o: &Opts) -> Result<Option<[u8; 32]>, CliError> {
+    if o.get("--network-key").is_none() && o.get("--network-key-file").is_none() {
+        return Ok(None);
+    }
+    network_key(o).map(Some)
+}
+
 /// `shadowmesh keygen --out PATH`.
 pub fn keygen(o: &Opts) -> Result<(), CliError> {
-    o.only(&["--out", "--json"])?;
+    o.only(&["--out", "--json", "--network-key", "--network-key-file"])?;
     let path = PathBuf::from(o.need("--out")?);
+    let nk = optional_network_key(o)?;
     let id = Identity::generate();
     id.save_new(&path)?;
     if o.flag("--json") {
-        println!("{}", id_json(&id));
+        println!("{}", id_json(&id, nk.as_ref()));
     } else {
         println!("{}", id.peer_id());
     }
@@ -201,9 +212,13 @@ pub fn keygen(o: &Opts) -> Result<(), CliError> {
 }
 
 /// The `id --json` object: `peer_id`, `ed25519_public_key`, `mldsa87_public_key`, `ipv4`,
-/// `ipv6` (the interface scripts rely on; extend, never rename).
-pub fn id_json(id: &Identity) -> String {
+/// `ipv6` (the interface scripts rely on; extend, never rename). The IPv6 address lies in the
+/// mesh's /48, derived from the network key: without one, `ipv6` is empty.
+pub fn id_json(id: &Identity, network_key: Option<&[u8; 32]>) -> String {
     let pid = id.peer_id();
+    let v6 = network_key
+        .map(|k| overlay::ipv6(V6Prefix::for_network(k), &pid).to_string())
+        .unwrap_or_default();
     let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), &pid, 0);
     Obj::new()
         .str("peer_id", &pid.to_string())
@@ -211,19 +226,17 @@ pub fn id_json(id: &Identity) -> String {
         .str("mldsa87_public_key", &to_hex(id.mldsa_public()))
         .str("ipv4", &v4.to_string())
         .uint("ipv4_counter", counter as u64)
-        .str(
-            "ipv6",
-            &overlay::ipv6(V6Prefix::default(), &pid).to_string(),
-        )
+        .str("ipv6", &v6)
         .finish()
 }
 
 /// `shadowmesh id --key PATH [--json]`.
 pub fn id(o: &Opts) -> Result<(), CliError> {
-    o.only(&["--key", "--json"])?;
+    o.only(&["--key", "--json", "--network-key", "--network-key-file"])?;
+    let nk = optional_network_key(o)?;
     let id = Identity::load(&PathBuf::from(o.need("--key")?))?;
     if o.flag("--json") {
-        println!("{}", id_json(&id));
+        println!("{}", id_json(&id, nk.as_ref()));
     } else {
         let pid = id.peer_id();
         println!("peer_id    {pid}");
@@ -232,7 +245,12 @@ pub fn id(o: &Opts) -> Result<(), CliError> {
             "ipv4       {}",
             overlay::ipv4_candidate(V4Prefix::default(), &pid, 0).0
         );
-        println!("ipv6       {}", overlay::ipv6(V6Prefix::default(), &pid));
+        if let Some(k) = nk {
+            println!(
+                "ipv6       {}",
+                overlay::ipv6(V6Prefix::for_network(&k), &pid)
+            );
+        }
     }
     Ok(())
 }

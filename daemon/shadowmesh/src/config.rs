@@ -21,8 +21,10 @@
 //!     option offload '1'                        # 0: no TUN offload (one packet per read)
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
-//!     list route '192.168.1.0/24'
+//!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
 //!     list allowed_peer '<PEERID>'
+//!     option accept_routes '1'                  # 0: install no member's LAN routes
+//!     list accept_route '192.168.0.0/16'        # if set: only member routes inside these
 //! ```
 
 use std::fmt;
@@ -30,8 +32,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use shadowmesh_proto::consts::DEFAULT_PORT;
+use shadowmesh_proto::overlay::{V4Prefix, V6Prefix};
 use shadowmesh_proto::peer::decode_hex_into;
+use shadowmesh_proto::policy::RoutePolicy;
 use shadowmesh_proto::record::Route;
+use shadowmesh_proto::route::Prefix;
 use shadowmesh_proto::uci::{self, Opt, Value};
 use shadowmesh_proto::PeerId;
 
@@ -98,6 +103,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// If non-empty, only these PeerIds may exchange packets with us.
     pub allowed_peers: Vec<PeerId>,
+    /// Install members' LAN routes at all (`option accept_routes`).
+    pub accept_routes: bool,
+    /// If non-empty, members' LAN routes are installed only inside these.
+    pub accept_route: Vec<Route>,
     /// Plain UDP calls instead of quinn-udp's control messages (for platforms and emulators
     /// where `sendmsg` control messages fail; see `plainudp.rs`).
     pub plain_udp: bool,
@@ -128,6 +137,8 @@ impl Default for Config {
             advertise: vec![],
             routes: vec![],
             allowed_peers: vec![],
+            accept_routes: true,
+            accept_route: vec![],
             plain_udp: false,
             tunnel: true,
             fast_lane: true,
@@ -154,26 +165,13 @@ pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
     Ok((id, addr))
 }
 
-/// Parses an IPv4 or IPv6 CIDR, requiring no host bits.
-pub fn parse_cidr(v: &str) -> Result<Route, String> {
-    let (ip, len) = v
-        .split_once('/')
-        .ok_or("expected ADDRESS/PREFIX, e.g. 192.168.1.0/24")?;
-    let addr: IpAddr = ip.parse().map_err(|_| "not an IP address")?;
-    let prefix_len: u8 = len.parse().map_err(|_| "prefix length is not a number")?;
-    let max: u32 = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix_len as u32 > max {
-        return Err(format!("prefix length above {max}"));
-    }
-    let bits = match addr {
-        IpAddr::V4(a) => u32::from(a) as u128,
-        IpAddr::V6(a) => u128::from(a),
-    };
-    let host_bits = max - prefix_len as u32;
-    if host_bits > 0 && bits & ((1u128 << host_bits) - 1) != 0 {
-        return Err("host bits set (use the network address)".into());
-    }
-    Ok(Route { addr, prefix_len })
+pub use shadowmesh_proto::route::parse_cidr;
+
+/// The overlay prefixes: the IPv4 /16 and, in a mesh, its IPv6 /48.
+pub fn overlay_prefixes(network_key: Option<&[u8; 32]>) -> Vec<Prefix> {
+    let mut v = vec![V4Prefix::default().prefix()];
+    v.extend(network_key.map(|k| V6Prefix::for_network(k).prefix()));
+    v
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -217,6 +215,7 @@ impl Config {
                 msg: "no 'config shadowmesh' section".into(),
             })?;
         let mut c = Config::default();
+        let mut route_lines = vec![];
         let mut port = DEFAULT_PORT;
         let mut ip = c.listen.ip();
         for o in &sec.options {
@@ -266,6 +265,15 @@ impl Config {
                     let v = single(o)?;
                     c.offload = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
+                "accept_routes" => {
+                    let v = single(o)?;
+                    c.accept_routes = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "accept_route" => {
+                    for v in list(o) {
+                        c.accept_route.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
+                    }
+                }
                 "fast_lane" => {
                     let v = single(o)?;
                     c.fast_lane = parse_bool(&v).map_err(|m| bad(&v, m))?;
@@ -314,8 +322,14 @@ impl Config {
                 "network_key" => {
                     let v = single(o)?;
                     let mut k = [0u8; 32];
-                    decode_hex_into(&v, &mut k)
-                        .map_err(|_| bad(&v, "expected 64 hex digits".into()))?;
+                    // The value is a secret: the error names the option and the line, never it.
+                    decode_hex_into(&v, &mut k).map_err(|_| ConfigError {
+                        value: None,
+                        ..bad(
+                            "",
+                            format!("expected 64 hex digits (got {} characters)", v.len()),
+                        )
+                    })?;
                     c.network_key = Some(k);
                 }
                 "log_level" => {
@@ -349,7 +363,9 @@ impl Config {
                 }
                 "route" => {
                     for v in list(o) {
-                        c.routes.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
+                        let r = parse_cidr(&v).map_err(|m| bad(&v, m))?;
+                        route_lines.push((r, o.line));
+                        c.routes.push(r);
                     }
                 }
                 "allowed_peer" => {
@@ -376,6 +392,30 @@ impl Config {
                 "{}: option 'seed' is 1: option 'network_key' is ignored (a seed carries no packets)",
                 file.display()
             );
+        }
+        // What we advertise must be a LAN: never a default route, never the overlay.
+        let policy = RoutePolicy {
+            overlay: overlay_prefixes(c.network_key.as_ref()),
+            ..RoutePolicy::default()
+        };
+        for (r, line) in route_lines {
+            let p = Prefix::new(r.addr, r.prefix_len).expect("parse_cidr checked the length");
+            if let Some(why) = policy.refuse_own(p) {
+                return Err(ConfigError {
+                    file: file.into(),
+                    line,
+                    option: Some("route".into()),
+                    value: Some(p.to_string()),
+                    msg: format!(
+                        "{why}: list route names a LAN behind this gateway{}",
+                        if p.len == 0 {
+                            " (exit nodes are not routes)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
         }
         c.listen = SocketAddr::new(ip, port);
         if c.advertise.is_empty() && !ip.is_unspecified() {
@@ -447,5 +487,51 @@ mod tests {
         assert!(e.msg.contains("no 'config shadowmesh'"));
         let e = parse("config shadowmesh\n\toption network_key 'xyz'\n").unwrap_err();
         assert_eq!(e.option.as_deref(), Some("network_key"));
+    }
+
+    #[test]
+    fn a_bad_network_key_is_not_echoed() {
+        let secret = "c0ffee".repeat(10) + "zz";
+        let e = parse(&format!(
+            "config shadowmesh\n\toption network_key '{secret}'\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("network_key"));
+        assert!(!e.to_string().contains("c0ffee"), "{e}");
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn advertised_routes_must_be_lans() {
+        let nk = "11".repeat(32);
+        let refused = |r: &str| {
+            let e = parse(&format!(
+                "config shadowmesh\n\toption network_key '{nk}'\n\tlist route '192.168.1.0/24'\n\tlist route '{r}'\n"
+            ))
+            .unwrap_err();
+            // UCI gathers a list under the line of its first entry.
+            assert_eq!(
+                (e.line, e.option.as_deref()),
+                (3, Some("route")),
+                "{r}: {e}"
+            );
+            assert_eq!(e.value.as_deref(), Some(r));
+            e.msg
+        };
+        assert!(refused("0.0.0.0/0").contains("default"));
+        assert!(refused("::/0").contains("default"));
+        assert!(refused("10.100.3.0/24").contains("overlay"));
+        assert!(refused("10.0.0.0/8").contains("overlay"));
+        let v6 = V6Prefix::for_network(&[0x11; 32]).prefix();
+        assert!(refused(&format!("{}/64", v6.addr)).contains("overlay"));
+        assert!(refused("127.0.0.0/8").contains("unicast"));
+        assert!(refused("224.0.0.0/4").contains("unicast"));
+        let c = parse(&format!(
+            "config shadowmesh\n\toption network_key '{nk}'\n\tlist route 'fd00:1::/64'\n\toption accept_routes '0'\n\tlist accept_route '192.168.0.0/16'\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert!(!c.accept_routes);
+        assert_eq!(c.accept_route.len(), 1);
     }
 }

@@ -151,13 +151,25 @@ fn opt_str<T: ToString>(v: Option<T>) -> String {
 
 /// One member in `peers`: the fields `shadowmesh peers --json` promises.
 fn member_json(m: &crate::dataplane::MemberInfo) -> String {
-    let routes: Vec<String> = m.routes.iter().map(|r| format!("\"{r}\"")).collect();
+    let list =
+        |v: &mut dyn Iterator<Item = String>| format!("[{}]", v.collect::<Vec<_>>().join(","));
+    let routes = list(&mut m.routes.iter().map(|r| format!("\"{r}\"")));
+    let accepted = list(&mut m.routes_accepted.iter().map(|r| format!("\"{r}\"")));
+    let refused = list(&mut m.routes_refused.iter().map(|(p, why)| {
+        Obj::new()
+            .str("prefix", &p.to_string())
+            .str("reason", why.code())
+            .str("detail", &why.to_string())
+            .finish()
+    }));
     let c = &m.counters;
     Obj::new()
         .str("peer_id", &m.peer_id.to_string())
         .str("overlay_ipv4", &opt_str(m.ipv4))
         .str("overlay_ipv6", &opt_str(m.ipv6))
-        .raw("routes", &format!("[{}]", routes.join(",")))
+        .raw("routes", &routes)
+        .raw("routes_accepted", &accepted)
+        .raw("routes_refused", &refused)
         .str("endpoint", &opt_str(m.endpoint))
         .str("path", "direct")
         .str("lane", m.lane)

@@ -162,11 +162,20 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         }
         applied.push("route/advertise");
     }
-    if new.allowed_peers != cfg.allowed_peers || new.routes != cfg.routes {
+    if new.allowed_peers != cfg.allowed_peers
+        || new.routes != cfg.routes
+        || new.accept_routes != cfg.accept_routes
+        || new.accept_route != cfg.accept_route
+    {
         if let Some(dp) = mesh.dataplane() {
-            dp.reconfigure(new.allowed_peers.clone(), own_prefixes(&new.routes));
+            dp.reconfigure(
+                new.allowed_peers.clone(),
+                prefixes(&new.routes),
+                new.accept_routes,
+                prefixes(&new.accept_route),
+            );
         }
-        applied.push("allowed_peer");
+        applied.push("allowed_peer/accept_route(s)");
     }
     let restart: Vec<&str> = [
         ("listen_address/listen_port", new.listen != cfg.listen),
@@ -221,7 +230,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let pid = id.peer_id();
     // A seed claims no overlay addresses: it never carries packets.
     let mut payload = match cfg.network_key {
-        Some(_) => crate::dataplane::member_payload(&pid),
+        Some(nk) => crate::dataplane::member_payload(&pid, &nk),
         None => Payload::default(),
     };
     payload.addrs = cfg.advertise.clone();
@@ -385,15 +394,20 @@ fn open_dataplane(
     log::info!(
         "tunnel {} up: {v4}/16{} mtu {mtu}{}",
         tun.name(),
-        payload.ipv6.map(|a| format!(", {a}/8")).unwrap_or_default(),
+        payload
+            .ipv6
+            .map(|a| format!(", {a}/48"))
+            .unwrap_or_default(),
         if tun.vnet() { ", offload" } else { "" }
     );
-    let dcfg = DataPlaneConfig::new(pid, payload, nk, cfg.allowed_peers.clone())
+    let mut dcfg = DataPlaneConfig::new(pid, payload, nk, cfg.allowed_peers.clone())
         .expect("members claim an overlay IPv4 address");
+    dcfg.policy.accept_routes = cfg.accept_routes;
+    dcfg.policy.accept = prefixes(&cfg.accept_route);
     Ok(DataPlane::new(dcfg, tun, mtu))
 }
 
-fn own_prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {
+fn prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {
     routes
         .iter()
         .filter_map(|r| Prefix::new(r.addr, r.prefix_len))

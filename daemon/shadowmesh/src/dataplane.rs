@@ -41,6 +41,8 @@ use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
 };
 use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::policy::{Refusal, RoutePolicy};
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, InsertError, Prefix, RouteTable};
 use shadowmesh_proto::PeerId;
@@ -60,6 +62,10 @@ const ARENA: usize = 384 * 1024;
 const MAX_PACKET: usize = 9000;
 /// How often each link checks keepalive and rekey.
 const TICK: Duration = Duration::from_secs(1);
+/// Peer-exchange dials in flight at once (each is a handshake: ML-DSA work and ~50 KiB).
+const LEARN_IN_FLIGHT: usize = 8;
+/// A member named in peer exchange is dialled at most this often.
+const LEARN_AGAIN: Duration = Duration::from_secs(60);
 
 /// Marks which code runs, so that a counting allocator in a test can tell allocations of our
 /// forwarding code from quinn's (`tests/alloc.rs`). Two thread-local flags; nothing else.
@@ -301,6 +307,19 @@ struct Member {
     last_handshake: u64,
     pending: VecDeque<Vec<u8>>,
     dialling: bool,
+    /// When it first joined, in arrival order: on a conflict the earlier member keeps its
+    /// prefix.
+    arrived: u64,
+    /// What became of the prefixes of its record.
+    judged: Judged,
+}
+
+/// A member's record prefixes (overlay addresses and LAN routes): installed, and refused with
+/// why.
+#[derive(Debug, Default)]
+struct Judged {
+    accepted: Vec<Prefix>,
+    refused: Vec<(Prefix, Refusal)>,
 }
 
 /// What `peers` reports for one member.
@@ -314,6 +333,10 @@ pub struct MemberInfo {
     pub ipv6: Option<Ipv6Addr>,
     /// Advertised LAN routes.
     pub routes: Vec<Prefix>,
+    /// Its prefixes (overlay addresses and LAN routes) this gateway installed.
+    pub routes_accepted: Vec<Prefix>,
+    /// Its prefixes this gateway refused, with the reason.
+    pub routes_refused: Vec<(Prefix, Refusal)>,
     /// Remote UDP address of the live connection (or the last one).
     pub endpoint: Option<SocketAddr>,
     /// Whether a session is up.
@@ -344,8 +367,12 @@ pub struct DataPlaneConfig {
     pub ipv4: Ipv4Addr,
     /// Our overlay IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
-    /// The routes we advertise (never installed towards others).
-    pub own_routes: Vec<Prefix>,
+    /// What we install from members: our own routes, the overlay prefixes, `accept_route(s)`.
+    pub policy: RoutePolicy,
+    /// The overlay IPv4 /16 (members' claims are checked against it).
+    pub v4_prefix: V4Prefix,
+    /// The mesh's overlay IPv6 /48.
+    pub v6_prefix: V6Prefix,
     /// If not empty, the only PeerIds admitted.
     pub allowed: Vec<PeerId>,
     /// The network key (opens members' record payloads).
@@ -361,30 +388,40 @@ impl DataPlaneConfig {
         network_key: [u8; 32],
         allowed: Vec<PeerId>,
     ) -> Option<Self> {
+        let v4_prefix = V4Prefix::default();
+        let v6_prefix = V6Prefix::for_network(&network_key);
         Some(DataPlaneConfig {
             me,
             ipv4: payload.ipv4?,
             ipv6: payload.ipv6,
-            own_routes: payload
-                .routes
-                .iter()
-                .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
-                .collect(),
+            policy: RoutePolicy {
+                accept_routes: true,
+                accept: vec![],
+                overlay: vec![v4_prefix.prefix(), v6_prefix.prefix()],
+                own: payload
+                    .routes
+                    .iter()
+                    .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+                    .collect(),
+                local: vec![],
+            },
+            v4_prefix,
+            v6_prefix,
             allowed,
             network_key,
         })
     }
 }
 
-/// The record payload of member `me` before addresses and routes: the overlay addresses it
-/// claims (IPv4 from the first rehash candidate, IPv6 from the PeerId).
-pub fn member_payload(me: &PeerId) -> Payload {
-    use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+/// The record payload of member `me` of the mesh with `network_key`, before addresses and
+/// routes: the overlay addresses it claims (IPv4 from the first rehash candidate, IPv6 from the
+/// PeerId inside the mesh's /48).
+pub fn member_payload(me: &PeerId, network_key: &[u8; 32]) -> Payload {
     let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), me, 0);
     Payload {
         ipv4: Some(v4),
         ipv4_counter: counter,
-        ipv6: Some(overlay::ipv6(V6Prefix::default(), me)),
+        ipv6: Some(overlay::ipv6(V6Prefix::for_network(network_key), me)),
         ..Payload::default()
     }
 }
@@ -398,6 +435,14 @@ pub struct DataPlane {
     routes: RefCell<RouteTable<PeerId>>,
     /// LAN prefixes installed in the kernel, with their owner.
     kernel_routes: RefCell<BTreeMap<Prefix, PeerId>>,
+    /// The host's own routes as last read (kept when a read fails).
+    local_routes: RefCell<Vec<Prefix>>,
+    /// Arrival counter for [`Member::arrived`].
+    arrivals: Cell<u64>,
+    /// Peer-exchange dials: when each PeerId was last tried (at most [`MAX_MEMBERS`]), and how
+    /// many are in flight.
+    learned: RefCell<HashMap<PeerId, Instant>>,
+    learning: Cell<usize>,
     mesh: RefCell<Weak<Mesh>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
@@ -447,6 +492,10 @@ impl DataPlane {
             members: RefCell::new(BTreeMap::new()),
             routes: RefCell::new(RouteTable::new(MAX_MEMBERS * 4)),
             kernel_routes: RefCell::new(BTreeMap::new()),
+            local_routes: RefCell::new(Vec::new()),
+            arrivals: Cell::new(0),
+            learned: RefCell::new(HashMap::new()),
+            learning: Cell::new(0),
             mesh: RefCell::new(Weak::new()),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
@@ -558,13 +607,22 @@ impl DataPlane {
         self.mtu
     }
 
-    /// Replaces the admission allowlist and our own routes (config reload); members no longer
-    /// allowed are disconnected and forgotten.
-    pub fn reconfigure(&self, allowed: Vec<PeerId>, own_routes: Vec<Prefix>) {
+    /// Replaces the admission allowlist and the route policy (config reload); members no
+    /// longer allowed are disconnected and forgotten, and every member's prefixes are judged
+    /// again.
+    pub fn reconfigure(
+        &self,
+        allowed: Vec<PeerId>,
+        own_routes: Vec<Prefix>,
+        accept_routes: bool,
+        accept: Vec<Prefix>,
+    ) {
         {
             let mut c = self.cfg.borrow_mut();
             c.allowed = allowed;
-            c.own_routes = own_routes;
+            c.policy.own = own_routes;
+            c.policy.accept_routes = accept_routes;
+            c.policy.accept = accept;
         }
         let gone: Vec<PeerId> = self
             .members
@@ -576,6 +634,7 @@ impl DataPlane {
         for p in gone {
             self.forget(&p);
         }
+        self.rebuild_routes();
     }
 
     fn admitted(&self, p: &PeerId) -> bool {
@@ -591,8 +650,7 @@ impl DataPlane {
             }
         }
         self.fast_peers.borrow_mut().forget(p);
-        self.routes.borrow_mut().remove_owner(*p);
-        self.sync_kernel_routes();
+        self.rebuild_routes();
     }
 
     /// Takes over the session of a freshly authenticated member connection. Returns `false`
@@ -641,6 +699,8 @@ impl DataPlane {
                 );
                 return false;
             }
+            let arrived = self.arrivals.get();
+            self.arrivals.set(arrived + 1);
             let m = members.entry(pid).or_insert_with(|| Member {
                 payload: Payload::default(),
                 ed25519: peer.record.keys.ed25519,
@@ -651,6 +711,8 @@ impl DataPlane {
                 last_handshake: 0,
                 pending: VecDeque::new(),
                 dialling: false,
+                arrived,
+                judged: Judged::default(),
             });
             if let Some(old) = &m.link {
                 if old.conn.close_reason().is_none() && old.precedence > precedence {
@@ -675,7 +737,7 @@ impl DataPlane {
             }
             pending = std::mem::take(&mut m.pending);
         }
-        self.install_routes(&pid);
+        self.rebuild_routes();
         log::info!(
             "member {} up via {} ({})",
             pid.short(),
@@ -731,55 +793,105 @@ impl DataPlane {
             .collect()
     }
 
-    /// Puts `pid`'s overlay addresses and routes into the table (and LAN routes into the
-    /// kernel).
-    fn install_routes(&self, pid: &PeerId) {
-        let prefixes: Vec<Prefix> = {
-            let members = self.members.borrow();
-            let Some(m) = members.get(pid) else { return };
-            let mut v = Vec::new();
-            if let Some(a) = m.payload.ipv4 {
-                v.push(Prefix::host(IpAddr::V4(a)));
-            }
-            if let Some(a) = m.payload.ipv6 {
-                v.push(Prefix::host(IpAddr::V6(a)));
-            }
-            v.extend(
-                m.payload
-                    .routes
-                    .iter()
-                    .filter_map(|r| Prefix::new(r.addr, r.prefix_len)),
-            );
-            v
+    /// Judges every member's overlay addresses and LAN routes again and rebuilds the route
+    /// table from what passes (DESIGN.md, "Routing a LAN"): a record's prefixes are requests.
+    /// Overlay claims must be what the claimant's PeerId derives; a contested overlay address
+    /// goes to the lower PeerId; a LAN prefix must pass [`RoutePolicy::judge`], and of two
+    /// members with overlapping prefixes the one that joined first keeps its own. Runs when a
+    /// member arrives, leaves or changes its record, and on reload: never per packet.
+    fn rebuild_routes(&self) {
+        let mut policy = self.cfg.borrow().policy.clone();
+        policy.local = self.read_local_routes();
+        let (me, my_v4, my_v6, v4p, v6p) = {
+            let c = self.cfg.borrow();
+            (c.me, c.ipv4, c.ipv6, c.v4_prefix, c.v6_prefix)
         };
-        let own = self.cfg.borrow().own_routes.clone();
-        let mut table = self.routes.borrow_mut();
-        table.remove_owner(*pid);
-        for p in prefixes {
-            if own.contains(&p) {
-                log::warn!(
-                    "{} advertises {p}, which is our own LAN: ignored",
-                    pid.short()
-                );
-                continue;
-            }
-            match table.insert(p, *pid) {
-                Ok(()) => {}
-                Err(InsertError::Taken(other)) => log::warn!(
-                    "{} and {} both claim {p}: {} keeps it",
-                    pid.short(),
-                    other.short(),
-                    other.short()
-                ),
-                Err(InsertError::Full) => log::warn!("route table full: {p} ignored"),
+        let mut members = self.members.borrow_mut();
+        // The underlay paths to members: a route over one of them would loop the tunnel.
+        policy.local.extend(
+            members
+                .values()
+                .filter_map(|m| m.endpoint)
+                .map(|e| Prefix::host(e.ip())),
+        );
+        let mut table = RouteTable::new(MAX_MEMBERS * 4);
+        let mut verdicts: BTreeMap<PeerId, Judged> = BTreeMap::new();
+        // Overlay addresses, lower PeerId first (the map's order): it keeps a contested one.
+        for (pid, m) in members.iter() {
+            let j = verdicts.entry(*pid).or_default();
+            let v4 = m.payload.ipv4.map(|a| {
+                let valid = overlay::ipv4_claim_valid(v4p, pid, a, m.payload.ipv4_counter);
+                (IpAddr::V4(a), valid, Some(a) == Some(my_v4))
+            });
+            let v6 = m.payload.ipv6.map(|a| {
+                (
+                    IpAddr::V6(a),
+                    overlay::ipv6(v6p, pid) == a,
+                    Some(a) == my_v6,
+                )
+            });
+            for (a, valid, ours) in v4.into_iter().chain(v6) {
+                let p = Prefix::host(a);
+                let verdict = if !valid {
+                    Err(Refusal::Claim)
+                } else if ours {
+                    Err(Refusal::Held(p, me))
+                } else {
+                    table.insert(p, *pid).map_err(|e| refusal(p, e))
+                };
+                match verdict {
+                    Ok(()) => j.accepted.push(p),
+                    Err(why) => j.refused.push((p, why)),
+                }
             }
         }
-        drop(table);
+        // LAN routes, in the order members arrived.
+        let mut order: Vec<(u64, PeerId)> = members.iter().map(|(p, m)| (m.arrived, *p)).collect();
+        order.sort_unstable();
+        for (_, pid) in order {
+            let m = &members[&pid];
+            let j = verdicts.entry(pid).or_default();
+            for p in m
+                .payload
+                .routes
+                .iter()
+                .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+            {
+                match policy
+                    .judge(p, pid, &table)
+                    .and_then(|()| table.insert(p, pid).map_err(|e| refusal(p, e)))
+                {
+                    Ok(()) => j.accepted.push(p),
+                    Err(why) => j.refused.push((p, why)),
+                }
+            }
+        }
+        for (pid, j) in verdicts {
+            let m = members.get_mut(&pid).expect("judged members exist");
+            for (p, why) in &j.refused {
+                if !m.judged.refused.contains(&(*p, *why)) {
+                    log::warn!("{}: {p} refused: {why}", pid.short());
+                }
+            }
+            m.judged = j;
+        }
+        drop(members);
+        *self.routes.borrow_mut() = table;
         self.sync_kernel_routes();
     }
 
+    /// The host's routes other than ours (see [`netlink::local_routes`]); the last good read if
+    /// this one fails.
+    fn read_local_routes(&self) -> Vec<Prefix> {
+        match crate::netlink::local_routes(self.tun.index()) {
+            Ok(v) => *self.local_routes.borrow_mut() = v,
+            Err(e) => log::warn!("reading the host's routes: {e} (using the last read)"),
+        }
+        self.local_routes.borrow().clone()
+    }
+
     /// Makes the kernel's LAN routes through our TUN match the table (overlay addresses are
-    /// covered by the interface's own /16 and /8).
+    /// covered by the interface's own /16 and /48).
     fn sync_kernel_routes(&self) {
         let want: BTreeMap<Prefix, PeerId> = self
             .routes
@@ -1044,7 +1156,7 @@ impl DataPlane {
             return;
         };
         let Some(pid) = self.routes.borrow().lookup(a.dst) else {
-            // Not ours to carry (the kernel routed it here through the /16 or /8): drop.
+            // Not ours to carry (the kernel routed it here through the /16 or /48): drop.
             return;
         };
         let n = packet.len();
@@ -1422,7 +1534,7 @@ impl DataPlane {
                     m.payload = payload;
                 }
                 log::info!("{} updated its record (seq {seq})", pid.short());
-                self.install_routes(pid);
+                self.rebuild_routes();
             }
             Ok(_) => log::warn!("{} sent another node's record", pid.short()),
             Err(e) => log::warn!("{} sent a bad record: {e}", pid.short()),
@@ -1445,12 +1557,16 @@ impl DataPlane {
         }
     }
 
-    /// Dials the members a peer told us about that we are not connected to.
-    fn learn(&self, list: Vec<Contact>) {
+    /// Dials the members a peer told us about that we are not connected to: each PeerId at
+    /// most once per [`LEARN_AGAIN`], at most [`LEARN_IN_FLIGHT`] at a time, so a member's
+    /// `Peers` messages cannot make us dial in bulk (the addresses themselves are checked where
+    /// every dial passes, [`Mesh::dial_new`]).
+    fn learn(self: &Rc<Self>, list: Vec<Contact>) {
         let Some(mesh) = self.mesh.borrow().upgrade() else {
             return;
         };
         let me = self.cfg.borrow().me;
+        let now = Instant::now();
         for c in list {
             let known = self
                 .members
@@ -1460,11 +1576,33 @@ impl DataPlane {
             if c.id == me || known || !self.admitted(&c.id) {
                 continue;
             }
-            let mesh = mesh.clone();
+            if self.learning.get() >= LEARN_IN_FLIGHT {
+                log::debug!("peer exchange: {LEARN_IN_FLIGHT} dials in flight, the rest wait");
+                return;
+            }
+            {
+                let mut tried = self.learned.borrow_mut();
+                if tried
+                    .get(&c.id)
+                    .is_some_and(|t| now.duration_since(*t) < LEARN_AGAIN)
+                {
+                    continue;
+                }
+                if tried.len() >= MAX_MEMBERS {
+                    tried.retain(|_, t| now.duration_since(*t) < LEARN_AGAIN);
+                    if tried.len() >= MAX_MEMBERS {
+                        return;
+                    }
+                }
+                tried.insert(c.id, now);
+            }
+            self.learning.set(self.learning.get() + 1);
+            let (mesh, dp) = (mesh.clone(), self.clone());
             tokio::task::spawn_local(async move {
                 if let Err(e) = mesh.connection(c).await {
                     log::debug!("peer exchange: could not reach {}: {e}", c.id.short());
                 }
+                dp.learning.set(dp.learning.get() - 1);
             });
         }
     }
@@ -1534,6 +1672,8 @@ impl DataPlane {
                     peer_id: *p,
                     ipv4: m.payload.ipv4,
                     ipv6: m.payload.ipv6,
+                    routes_accepted: m.judged.accepted.clone(),
+                    routes_refused: m.judged.refused.clone(),
                     routes: m
                         .payload
                         .routes
@@ -1598,6 +1738,14 @@ impl DataPlane {
             }
             self.dial(p, true);
         }
+    }
+}
+
+/// A route table's refusal as a policy refusal.
+fn refusal(p: Prefix, e: InsertError<PeerId>) -> Refusal {
+    match e {
+        InsertError::Full => Refusal::Full,
+        InsertError::Taken(other) => Refusal::Held(p, other),
     }
 }
 

@@ -38,6 +38,8 @@ pub enum RpcError {
     Malformed,
     /// No answer in time.
     Timeout,
+    /// An address we never dial (unspecified, loopback, multicast, broadcast, port 0).
+    Undialable(std::net::SocketAddr),
 }
 
 impl std::fmt::Display for RpcError {
@@ -47,6 +49,7 @@ impl std::fmt::Display for RpcError {
             RpcError::Stream(w) => write!(f, "stream: {w}"),
             RpcError::Malformed => f.write_str("malformed message"),
             RpcError::Timeout => f.write_str("timed out"),
+            RpcError::Undialable(a) => write!(f, "{a} is not an address we dial"),
         }
     }
 }
@@ -61,7 +64,11 @@ pub async fn write_frame(send: &mut SendStream, msg: &[u8]) -> Result<(), RpcErr
         .map_err(|_| RpcError::Stream("write"))
 }
 
-/// Reads one length-prefixed message of at most `max` bytes.
+/// How much of an announced message is allocated ahead of the bytes that fill it: a peer that
+/// announces 64 KiB and sends nothing holds 4 KiB, not 64.
+const READ_STEP: usize = 4096;
+
+/// Reads one length-prefixed message of at most `max` bytes, allocating as the bytes arrive.
 pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, RpcError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len)
@@ -71,10 +78,14 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, Rp
     if len > max {
         return Err(RpcError::Malformed);
     }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf)
-        .await
-        .map_err(|_| RpcError::Stream("read"))?;
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let start = buf.len();
+        buf.resize(start + (len - start).min(READ_STEP), 0);
+        recv.read_exact(&mut buf[start..])
+            .await
+            .map_err(|_| RpcError::Stream("read"))?;
+    }
     Ok(buf)
 }
 
@@ -271,7 +282,10 @@ impl Mesh {
     }
 
     async fn answer(self: Rc<Self>, mut send: SendStream, mut recv: RecvStream, from: Contact) {
-        let Ok(bytes) = read_frame(&mut recv, DHT_MAX_MSG).await else {
+        // A request that does not arrive in time is dropped with its stream.
+        let Ok(Ok(bytes)) =
+            tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, DHT_MAX_MSG)).await
+        else {
             return;
         };
         let Ok(req) = Request::parse(&bytes) else {
@@ -350,8 +364,14 @@ impl Mesh {
         self.dial_new(to).await
     }
 
-    /// Dials `to` even if a connection exists (it replaces the old one).
+    /// Dials `to` even if a connection exists (it replaces the old one). Every dial passes here:
+    /// addresses a peer could use to turn us into a reflector are refused
+    /// ([`shadowmesh_proto::policy::dialable`]).
     pub async fn dial_new(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
+        let loopback_ok = self.node.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        if !shadowmesh_proto::policy::dialable(to.addr, loopback_ok) {
+            return Err(RpcError::Undialable(to.addr));
+        }
         let pin = (to.ed25519 != [0; 32]).then_some(to.ed25519);
         let peer = self
             .node

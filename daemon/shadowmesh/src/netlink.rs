@@ -1,5 +1,5 @@
-//! The few rtnetlink requests the data plane needs: an IPv6 address on the tunnel and LAN
-//! routes through it. Written against the kernel ABI (`linux/rtnetlink.h`) in ~150 lines
+//! The few rtnetlink requests the data plane needs: an IPv6 address on the tunnel, LAN routes
+//! through it, and dumps of the host's addresses and routes (what a member may not take over). Written against the kernel ABI (`linux/rtnetlink.h`) in ~150 lines
 //! instead of pulling a netlink crate family (and without shelling out to `ip`, which OpenWrt
 //! may ship as the cut-down `ip-tiny` or not at all).
 //!
@@ -17,7 +17,6 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_REPLACE: u16 = 0x100;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_NEWADDR: u16 = 20;
@@ -26,7 +25,12 @@ const RTA_OIF: u16 = 4;
 const IFA_LOCAL: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const RT_TABLE_MAIN: u8 = 254;
-const RTPROT_STATIC: u8 = 4;
+/// The protocol number our routes carry (`ip route show proto 83`; unassigned in iproute2's
+/// `rt_protos`). Routes are created with `NLM_F_EXCL` and deleted with this protocol set, so the
+/// daemon never replaces or removes a route it did not create.
+pub const RTPROT_SHADOWMESH: u8 = 83;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RTN_UNICAST: u8 = 1;
@@ -167,7 +171,7 @@ fn rtmsg(p: &Prefix, ifindex: u32) -> Vec<u8> {
         0, // src_len
         0, // tos
         RT_TABLE_MAIN,
-        RTPROT_STATIC,
+        RTPROT_SHADOWMESH,
         RT_SCOPE_LINK,
         RTN_UNICAST,
     ];
@@ -177,16 +181,13 @@ fn rtmsg(p: &Prefix, ifindex: u32) -> Vec<u8> {
     b
 }
 
-/// Routes `p` through interface `ifindex` (replacing a route to the same prefix).
+/// Routes `p` through interface `ifindex`; fails with `EEXIST` rather than replace a route to
+/// the same prefix that someone else made.
 pub fn add_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
-    request(
-        RTM_NEWROUTE,
-        NLM_F_CREATE | NLM_F_REPLACE,
-        &rtmsg(p, ifindex),
-    )
+    request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &rtmsg(p, ifindex))
 }
 
-/// Removes the route to `p` through `ifindex`.
+/// Removes our route to `p` through `ifindex` (the kernel matches the protocol too).
 pub fn del_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
     request(RTM_DELROUTE, 0, &rtmsg(p, ifindex))
 }
@@ -212,42 +213,13 @@ pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
 /// spins forever on what qemu-user's netlink translation hands a big-endian mips guest (seen in
 /// the HIL run), and a router daemon must not hang on a malformed kernel answer either.
 pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
-    const NLM_F_DUMP: u16 = 0x300;
     const RTM_GETADDR: u16 = 22;
-    const NLMSG_DONE: u16 = 3;
     const RT_SCOPE_HOST: u8 = 254;
-    let sock = Socket::open()?;
-    // ifaddrmsg with family 0: every family.
-    sock.send(&message(RTM_GETADDR, NLM_F_DUMP, &[0u8; 8]))?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    // A dump is a few datagrams; a bound keeps a broken answer from looping us.
-    let mut done = false;
-    'dump: for _ in 0..256 {
-        let n = sock.recv(&mut buf)?;
-        let mut rest = &buf[..n];
-        while rest.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < NLMSG_HDR || len > rest.len() {
-                return Err(io::Error::other("malformed netlink answer"));
-            }
-            match kind {
-                NLMSG_DONE => {
-                    done = true;
-                    break 'dump;
-                }
-                NLMSG_ERROR => return Err(io::Error::other("netlink dump refused")),
-                RTM_NEWADDR => parse_addr(&rest[NLMSG_HDR..len], skip_index, &mut out),
-                _ => {}
-            }
-            let step = ((len + 3) & !3).min(rest.len());
-            rest = &rest[step..];
-        }
-    }
-    if !done {
-        return Err(io::Error::other("netlink dump did not end"));
-    }
+    // ifaddrmsg with family 0: every family.
+    dump(RTM_GETADDR, &[0u8; 8], RTM_NEWADDR, |m| {
+        parse_addr(m, skip_index, &mut out)
+    })?;
     fn parse_addr(m: &[u8], skip_index: u32, out: &mut Vec<IpAddr>) {
         if m.len() < 8 {
             return;
@@ -292,6 +264,93 @@ pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Sends a dump request and hands each answer message of type `kind` (its body, after the
+/// netlink header) to `each`, every length checked.
+fn dump(request: u16, body: &[u8], kind: u16, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    let sock = Socket::open()?;
+    sock.send(&message(request, NLM_F_DUMP, body))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // A dump is a few datagrams; a bound keeps a broken answer from looping us.
+    for _ in 0..4096 {
+        let n = sock.recv(&mut buf)?;
+        let mut rest = &buf[..n];
+        while rest.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
+            let k = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HDR || len > rest.len() {
+                return Err(io::Error::other("malformed netlink answer"));
+            }
+            match k {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => return Err(io::Error::other("netlink dump refused")),
+                k if k == kind => each(&rest[NLMSG_HDR..len]),
+                _ => {}
+            }
+            let step = ((len + 3) & !3).min(rest.len());
+            rest = &rest[step..];
+        }
+    }
+    Err(io::Error::other("netlink dump did not end"))
+}
+
+/// The destinations of every route of the host in every table, except default routes, routes
+/// through interface `skip_index` (our tunnel) and routes of our own protocol: the prefixes a
+/// member must not take over (connected LANs, the WAN, static and dynamic routes, other VPNs).
+pub fn local_routes(skip_index: u32) -> io::Result<Vec<Prefix>> {
+    const RTM_GETROUTE: u16 = 26;
+    let mut out = Vec::new();
+    // rtmsg with family 0: every family, every table.
+    dump(RTM_GETROUTE, &[0u8; 12], RTM_NEWROUTE, |m| {
+        if let Some(p) = parse_route(m, skip_index) {
+            out.push(p);
+        }
+    })?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn parse_route(m: &[u8], skip_index: u32) -> Option<Prefix> {
+    const RTN_MULTICAST: u8 = 5;
+    if m.len() < 12 {
+        return None;
+    }
+    let (family, dst_len, protocol, kind) = (m[0], m[1], m[5], m[7]);
+    if dst_len == 0 || protocol == RTPROT_SHADOWMESH || kind == RTN_MULTICAST {
+        return None;
+    }
+    let mut attrs = &m[12..];
+    let (mut dst, mut oif) = (None, 0u32);
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        let data = &attrs[4..len];
+        match (kind, family as i32, data.len()) {
+            (RTA_DST, libc::AF_INET, 4) => {
+                dst = Some(IpAddr::V4(std::net::Ipv4Addr::new(
+                    data[0], data[1], data[2], data[3],
+                )))
+            }
+            (RTA_DST, libc::AF_INET6, 16) => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(data);
+                dst = Some(IpAddr::V6(std::net::Ipv6Addr::from(b)));
+            }
+            (RTA_OIF, _, 4) => oif = u32::from_ne_bytes(data.try_into().expect("4")),
+            _ => {}
+        }
+        let step = (len + 3) & !3;
+        attrs = &attrs[step.min(attrs.len())..];
+    }
+    if skip_index != 0 && oif == skip_index {
+        return None;
+    }
+    Prefix::new(dst?, dst_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +378,52 @@ mod tests {
         want.sort();
         want.dedup();
         assert_eq!(local_addresses(0).unwrap(), want);
+    }
+
+    /// The dump agrees with what `ip route show table all` lists (minus default and multicast
+    /// routes).
+    #[test]
+    fn local_routes_match_ip_route() {
+        let mut want: Vec<Prefix> = Vec::new();
+        for fam in ["-4", "-6"] {
+            let Ok(o) = std::process::Command::new("ip")
+                .args([fam, "route", "show", "table", "all"])
+                .output()
+            else {
+                eprintln!("skipped: no ip(8) here");
+                return;
+            };
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                let mut w = l.split_whitespace();
+                let mut first = w.next().unwrap_or("");
+                if [
+                    "local",
+                    "broadcast",
+                    "unreachable",
+                    "prohibit",
+                    "blackhole",
+                    "throw",
+                    "anycast",
+                    "unicast",
+                ]
+                .contains(&first)
+                {
+                    first = w.next().unwrap_or("");
+                }
+                if first == "default" || l.starts_with("multicast") {
+                    continue;
+                }
+                let (a, len) = match first.split_once('/') {
+                    Some((a, l)) => (a, l.parse().unwrap()),
+                    None => (first, if fam == "-4" { 32 } else { 128 }),
+                };
+                if let Some(p) = a.parse().ok().and_then(|a| Prefix::new(a, len)) {
+                    want.push(p);
+                }
+            }
+        }
+        want.sort();
+        want.dedup();
+        assert_eq!(local_routes(0).unwrap(), want);
     }
 }

@@ -115,7 +115,7 @@ pub fn status(path: &std::path::Path) -> String {
         Ok(id) => {
             let pid = id.peer_id();
             o = o.str("peer_id", &pid.to_string());
-            if cfg.network_key.is_some() {
+            if let Some(nk) = cfg.network_key {
                 o = o
                     .str(
                         "overlay_ipv4",
@@ -125,7 +125,7 @@ pub fn status(path: &std::path::Path) -> String {
                     )
                     .str(
                         "overlay_ipv6",
-                        &overlay::ipv6(V6Prefix::default(), &pid).to_string(),
+                        &overlay::ipv6(V6Prefix::for_network(&nk), &pid).to_string(),
                     );
             }
         }

@@ -82,8 +82,8 @@ enum Dev {
 }
 
 impl Tun {
-    /// Creates (or attaches to) interface `name` with `v4/16` and `v6/8` (the overlay
-    /// prefixes), MTU `mtu`, and brings it up. Needs CAP_NET_ADMIN and `/dev/net/tun`. With
+    /// Creates (or attaches to) interface `name` with `v4/16` and `v6/48` (the overlay
+    /// prefixes: the IPv6 one is the mesh's own /48, never all of `fd00::/8`), MTU `mtu`, and brings it up. Needs CAP_NET_ADMIN and `/dev/net/tun`. With
     /// `offload` (and [`OFFLOAD_SUPPORTED`]), the kernel hands over TCP super-packets of up to
     /// 64 KiB and partial checksums, each packet behind a `virtio_net_hdr`; if the kernel refuses,
     /// the device works without.
@@ -126,7 +126,7 @@ impl Tun {
             .tun_index()
             .map_err(|e| io::Error::other(format!("TUN {name}: {e}")))? as u32;
         if let Some(v6) = v6 {
-            netlink::add_addr(index, IpAddr::V6(v6), 8)
+            netlink::add_addr(index, IpAddr::V6(v6), 48)
                 .map_err(|e| io::Error::other(format!("IPv6 address on {name}: {e}")))?;
         }
         // Readable only: writes never wait (a full device queue drops), and with EPOLLOUT

@@ -76,7 +76,7 @@ const WARMUP: u64 = 10_000;
 fn plane(id: &Identity, fast: bool) -> (NodeConfig, DataPlaneConfig) {
     let mut n = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), NK);
     n.fast_lane = fast;
-    n.payload = member_payload(&id.peer_id());
+    n.payload = member_payload(&id.peer_id(), &NK);
     let d = DataPlaneConfig::new(id.peer_id(), &n.payload, NK, vec![]).unwrap();
     (n, d)
 }

@@ -59,7 +59,29 @@ fn keygen_then_id_json_and_refusals() {
     if (x, y) != (0, 0) && (x, y) != (255, 255) {
         assert_eq!(field(&j, "ipv4"), format!("10.100.{x}.{y}"));
     }
-    assert!(field(&j, "ipv6").starts_with("fd"));
+    // IPv6 lies in the mesh's /48, derived from the network key: empty without one.
+    assert_eq!(field(&j, "ipv6"), "");
+    let in_mesh = |nk: &str| {
+        let out = bin()
+            .args(["id", "--json", "--network-key", nk, "--key"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        field(&String::from_utf8(out.stdout).unwrap(), "ipv6").to_string()
+    };
+    let (a, b) = (in_mesh(&"11".repeat(32)), in_mesh(&"22".repeat(32)));
+    let a6: std::net::Ipv6Addr = a.parse().unwrap();
+    assert_eq!(a6.octets()[0], 0xfd);
+    // The last 80 bits are the PeerId's first 80; the /48 differs between meshes.
+    let want: Vec<u8> = (0..20)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&pid[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(&a6.octets()[6..], &want[..]);
+    let b6: std::net::Ipv6Addr = b.parse().unwrap();
+    assert_eq!(&b6.octets()[6..], &want[..]);
+    assert_ne!(a6.octets()[..6], b6.octets()[..6]);
 
     // Never overwrite an identity.
     let out = bin().args(["keygen", "--out"]).arg(&key).output().unwrap();

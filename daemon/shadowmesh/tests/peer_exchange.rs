@@ -24,7 +24,7 @@ fn member_allowing(nk: [u8; 32], allowed: Vec<PeerId>) -> (Rc<Mesh>, Rc<DataPlan
     let id = Identity::generate();
     let pid = id.peer_id();
     let mut cfg = NodeConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), nk);
-    cfg.payload = member_payload(&pid);
+    cfg.payload = member_payload(&pid, &nk);
     cfg.handshake_timeout = Duration::from_secs(5);
     let dcfg = DataPlaneConfig::new(pid, &cfg.payload, nk, allowed).unwrap();
     let mesh = Mesh::new(Node::bind(id, cfg).unwrap()).unwrap();
