@@ -178,6 +178,14 @@ return view.extend({
 			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'));
 		o.validate = check(V.cidr);
 
+		o = s.option(form.Flag, 'accept_routes', _('Accept members\' routes'),
+			_('Install the LAN routes other gateways advertise. Never a default route, the overlay, this router\'s own networks, or a prefix another gateway already holds.'));
+		o.default = o.enabled;
+
+		o = s.option(form.DynamicList, 'accept_route', _('Accept routes only inside'),
+			_('If any are listed, a member\'s LAN route is installed only when it lies inside one of these, e.g. 192.168.0.0/16.'));
+		o.validate = check(V.cidr);
+
 		o = s.option(form.DynamicList, 'advertise', _('Advertised addresses'),
 			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'));
 		o.validate = check(V.socket);
