@@ -354,6 +354,10 @@ async fn watch_addresses(mesh: Rc<Mesh>) {
         }
         let lost = last.iter().any(|a| !now.contains(a));
         log::info!("local addresses changed: {last:?} -> {now:?}");
+        // An authenticated frame from our new address moves members' fast lanes to it.
+        if let Some(dp) = mesh.dataplane() {
+            dp.keepalive_all();
+        }
         last = now;
         let t = tokio::time::Instant::now();
         if lost {

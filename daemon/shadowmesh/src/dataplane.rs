@@ -226,6 +226,15 @@ impl FastPeers {
         self.map.insert(at, pid);
     }
 
+    /// `pid` may also send from `at` (where quinn now sees it, not yet proven): frames from
+    /// there are opened too, and the first one that authenticates moves the member there
+    /// ([`DataPlane::open_deliver`]). Its other addresses but `keep` are dropped.
+    fn candidate(&mut self, at: SocketAddr, pid: PeerId, keep: Option<SocketAddr>) {
+        self.map.retain(|a, q| *q != pid || Some(*a) == keep);
+        self.last = None;
+        self.map.insert(at, pid);
+    }
+
     fn forget(&mut self, pid: &PeerId) {
         self.map.retain(|_, q| q != pid);
         self.last = None;
@@ -1353,7 +1362,7 @@ impl DataPlane {
         }
         let buf = &mut scratch[..d.len()];
         buf.copy_from_slice(d);
-        self.open_deliver(pid, m, buf, false);
+        self.open_deliver(pid, m, buf, None);
     }
 
     /// A fast-lane frame from `from`, opened in place where the socket put it.
@@ -1365,7 +1374,7 @@ impl DataPlane {
         };
         let mut members = self.members.borrow_mut();
         if let Some(m) = members.get_mut(&pid) {
-            self.open_deliver(&pid, m, frame, true);
+            self.open_deliver(&pid, m, frame, Some(from));
         }
     }
 
@@ -1380,13 +1389,36 @@ impl DataPlane {
 
     /// Opens `buf`, a frame from member `pid` (replay window, tag), checks that the packet's
     /// source is the member's, and writes it to the TUN.
-    /// `batched`: more frames of the same receive batch may follow (the fast lane), so TCP
-    /// segments may wait in the coalescer until [`DataPlane::flush_gro`].
-    fn open_deliver(&self, pid: &PeerId, m: &mut Member, buf: &mut [u8], batched: bool) {
+    /// `fast`: the address a fast-lane frame came from; more frames of the same receive batch
+    /// may follow, so TCP segments may wait in the coalescer until [`DataPlane::flush_gro`].
+    /// A frame that authenticates from another address than the member's fast-lane one moves
+    /// our frames there (a path changes only on an authenticated, unreplayed frame).
+    fn open_deliver(&self, pid: &PeerId, m: &mut Member, buf: &mut [u8], fast: Option<SocketAddr>) {
+        let batched = fast.is_some();
         let Some(link) = m.link.as_mut() else {
             return;
         };
-        let n = match link.session.open(Instant::now(), buf) {
+        let opened = link.session.open(Instant::now(), buf);
+        if opened.is_ok() {
+            match (fast, link.fast) {
+                (Some(from), Some(to)) if from != to => {
+                    log::debug!("{}: fast lane moves to {from}", pid.short());
+                    link.fast = Some(from);
+                    self.fast_peers.borrow_mut().set(from, *pid);
+                }
+                (None, Some(to)) => {
+                    // A QUIC datagram from a member on the fast lane (a keepalive): if quinn
+                    // now sees it elsewhere, hear fast-lane frames from there too.
+                    let at = link.conn.remote_address();
+                    let mut fp = self.fast_peers.borrow_mut();
+                    if at != to && fp.get(at) != Some(*pid) {
+                        fp.candidate(at, *pid, Some(to));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let n = match opened {
             Ok((FrameType::Data, plain)) => plain.len(),
             Ok(_) => return,
             Err(_) => {
@@ -1607,6 +1639,49 @@ impl DataPlane {
         }
     }
 
+    /// Sends `l` a keepalive: on the fast lane when it takes frames there (so that it also
+    /// proves our path to it), in a QUIC datagram otherwise.
+    fn keepalive(&self, l: &mut Link, now: Instant) {
+        let mut f = [0u8; FRAME_OVERHEAD];
+        if l.session.seal(now, FrameType::Keepalive, &mut f).is_err() {
+            return;
+        }
+        match (l.fast, self.fast_socket.borrow().as_ref()) {
+            (Some(to), Some(s)) => {
+                let _ = s.send_to(&f, to);
+            }
+            _ => {
+                let _ = l.conn.send_datagram(bytes::Bytes::copy_from_slice(&f));
+            }
+        }
+    }
+
+    /// Our addresses changed: tells every member at once, so that they move their fast lane
+    /// to our new address without waiting for traffic. First a keepalive in a QUIC datagram
+    /// (quinn moves the connection; the authenticated frame makes its new address a
+    /// candidate, see `open_deliver`), then one on the fast lane, which proves the path.
+    pub fn keepalive_all(self: &Rc<Self>) {
+        let now = Instant::now();
+        for m in self.members.borrow_mut().values_mut() {
+            if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
+                let mut f = [0u8; FRAME_OVERHEAD];
+                if l.session.seal(now, FrameType::Keepalive, &mut f).is_ok() {
+                    let _ = l.conn.send_datagram(bytes::Bytes::copy_from_slice(&f));
+                }
+            }
+        }
+        let dp = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = Instant::now();
+            for m in dp.members.borrow_mut().values_mut() {
+                if let Some(l) = m.link.as_mut().filter(|l| l.fast.is_some()) {
+                    dp.keepalive(l, now);
+                }
+            }
+        });
+    }
+
     /// Keepalives and rekeys for one link.
     async fn ticker(
         self: Rc<Self>,
@@ -1632,25 +1707,19 @@ impl DataPlane {
                 };
                 // Per-packet code reads these instead of taking quinn's lock.
                 l.max_datagram = l.conn.max_datagram_size();
-                if l.fast.is_some() {
-                    let at = l.conn.remote_address();
-                    if l.fast != Some(at) {
-                        log::debug!("{}: fast lane follows the path to {at}", pid.short());
-                        l.fast = Some(at);
-                    }
-                }
                 if self.fast_lane() {
+                    // quinn moves a connection to where its packets come from before it has
+                    // validated the path: one replayed packet from a victim's address would
+                    // move it there. Frames from there are accepted (each is authenticated);
+                    // ours follow only once one has arrived (`open_deliver`).
                     let at = l.conn.remote_address();
                     let mut fp = self.fast_peers.borrow_mut();
                     if fp.get(at) != Some(pid) {
-                        fp.set(at, pid);
+                        fp.candidate(at, pid, l.fast);
                     }
                 }
                 if l.session.needs_keepalive(now) {
-                    let mut f = [0u8; FRAME_OVERHEAD];
-                    if l.session.seal(now, FrameType::Keepalive, &mut f).is_ok() {
-                        let _ = l.conn.send_datagram(bytes::Bytes::copy_from_slice(&f));
-                    }
+                    self.keepalive(l, now);
                 }
                 l.session.needs_rekey(now).then(|| l.session.start_rekey())
             };
@@ -1777,5 +1846,25 @@ mod tests {
         fp.forget(&p);
         assert_eq!(fp.get(c), None);
         assert_eq!(fp.get(b), Some(q));
+    }
+
+    #[test]
+    fn a_candidate_path_is_heard_beside_the_proven_one() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let p = PeerId([1; 32]);
+        let mut fp = FastPeers::default();
+        fp.set(at("10.0.0.1:4433"), p);
+        // quinn now sees p at a new address: both are heard until a frame proves the new one.
+        fp.candidate(at("10.0.0.9:4433"), p, Some(at("10.0.0.1:4433")));
+        assert_eq!(fp.get(at("10.0.0.1:4433")), Some(p));
+        assert_eq!(fp.get(at("10.0.0.9:4433")), Some(p));
+        // Another candidate replaces the first, never the proven address.
+        fp.candidate(at("10.0.0.7:4433"), p, Some(at("10.0.0.1:4433")));
+        assert_eq!(fp.get(at("10.0.0.9:4433")), None);
+        assert_eq!(fp.get(at("10.0.0.1:4433")), Some(p));
+        // Proven: only the new address is heard.
+        fp.set(at("10.0.0.7:4433"), p);
+        assert_eq!(fp.get(at("10.0.0.1:4433")), None);
+        assert_eq!(fp.get(at("10.0.0.7:4433")), Some(p));
     }
 }
