@@ -203,3 +203,105 @@ fn find_value_answers_from_the_local_store() {
         "our own copy is the answer when nobody else has it"
     );
 }
+
+/// A STORE flood from throwaway identities on one host: at most a sixteenth of the store is
+/// theirs, the records held before survive, and other hosts still store.
+#[test]
+fn a_store_flood_from_throwaway_identities_leaves_the_real_records() {
+    let holder = Identity::generate();
+    let mut d = Dht::new(contact(holder.peer_id(), 1), DhtRecordCheck, 1);
+    let owner = Identity::generate();
+    let real = record(&owner, 7, NOW, NOW + 3600);
+    assert_eq!(
+        store(&mut d, contact(owner.peer_id(), 2), real),
+        StoreCode::Ok
+    );
+    let mut ok = 0;
+    for i in 0..100u16 {
+        let junk = Identity::generate();
+        // One host (one IP), each identity from its own port: the rate limiter lets each in.
+        let code = store(
+            &mut d,
+            contact(junk.peer_id(), 10_000 + i),
+            record(&junk, 1, NOW, NOW + 3600),
+        );
+        ok += (code == StoreCode::Ok) as usize;
+    }
+    // (Fewer than the quota when the flooders, now in our table, are closer to some keys.)
+    assert!(ok <= shadowmesh_proto::dht::store::MAX_PER_SOURCE, "{ok}");
+    let key = shadowmesh_crypto::storage_key(&NK, &owner.peer_id());
+    assert!(d.store().get(&key, &owner.peer_id(), 0).is_some());
+    assert_eq!(d.store().len(), 1 + ok);
+}
+
+/// A FIND_NODE answer that names a real peer at an attacker's address and key: the request
+/// to it travels over the existing connection to the real peer, and the table learns the
+/// connection's address and key, never the ones in the answer; failures at the made-up address
+/// do not evict the real entry.
+#[test]
+fn poisoned_contacts_do_not_replace_or_evict_real_entries() {
+    let me = Identity::generate();
+    let liar = Identity::generate();
+    let real = Identity::generate();
+    let mut d = Dht::new(contact(me.peer_id(), 1), DhtRecordCheck, 1);
+    let real_c = Contact {
+        id: real.peer_id(),
+        ed25519: [7; 32],
+        addr: "192.0.2.7:4433".parse().unwrap(),
+    };
+    let evil = Contact {
+        id: real.peer_id(),
+        ed25519: [6; 32],
+        addr: "203.0.113.66:4433".parse().unwrap(),
+    };
+    d.add_contact(contact(liar.peer_id(), 2), Duration::ZERO);
+    let entry = |d: &Dht<DhtRecordCheck>| {
+        d.table()
+            .entries()
+            .find(|e| e.contact.id == real.peer_id())
+            .map(|e| e.contact)
+    };
+    let t = |ms| Duration::from_millis(ms);
+    for round in 0..3u64 {
+        d.find_node(real.peer_id().0, t(round * 100)).unwrap();
+        // Everyone asked answers: the liar with the poisoned contact; the real peer (asked at
+        // the made-up address) over its real connection the first time, then the made-up
+        // address fails.
+        let mut asked_evil = false;
+        for step in 0..4 {
+            let now = t(round * 100 + 10 * (step + 1));
+            let mut sends = vec![];
+            while let Some(o) = d.poll_output() {
+                if let Output::Send { id, to, .. } = o {
+                    sends.push((id, to));
+                }
+            }
+            for (id, to) in sends {
+                if to.id == liar.peer_id() {
+                    let contacts = vec![evil];
+                    d.handle_response(id, Response::Nodes { contacts }, now, NOW);
+                } else if to == evil && round == 0 {
+                    asked_evil = true;
+                    let nodes = Response::Nodes { contacts: vec![] };
+                    d.handle_response_via(id, real_c, nodes, now, NOW);
+                } else if to == evil {
+                    asked_evil = true;
+                    d.handle_failure(id, now);
+                } else {
+                    d.handle_response(id, Response::Nodes { contacts: vec![] }, now, NOW);
+                }
+            }
+        }
+        if round == 0 {
+            assert!(
+                asked_evil,
+                "the lookup asks the named peer at the made-up address"
+            );
+        }
+        assert_eq!(
+            entry(&d),
+            Some(real_c),
+            "round {round}: the real entry, as proven"
+        );
+    }
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream};
 use shadowmesh_crypto::record::DhtRecordCheck;
+use shadowmesh_proto::consts::CLOSE_REPLACED;
 use shadowmesh_proto::dht::node::{Dht, LookupId, LookupOutcome, Output, RequestId};
 use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode, DHT_MAX_MSG};
 use shadowmesh_proto::dht::REQUEST_TIMEOUT;
@@ -131,7 +132,8 @@ fn owned_response(r: Response<&[u8]>) -> Response<Rec> {
 pub struct Mesh {
     node: Node,
     dht: RefCell<Dht<DhtRecordCheck>>,
-    conns: RefCell<BTreeMap<PeerId, Connection>>,
+    /// The live connection to each peer, with the Ed25519 key its handshake proved.
+    conns: RefCell<BTreeMap<PeerId, (Connection, [u8; 32])>>,
     waiters: RefCell<BTreeMap<LookupId, oneshot::Sender<LookupOutcome<Rec>>>>,
     epoch: Instant,
     wake: Notify,
@@ -264,7 +266,17 @@ impl Mesh {
             // ~17 KiB) inline for every connection, member or not.
             _ => Some(Box::new(peer)),
         };
-        self.conns.borrow_mut().insert(contact.id, conn.clone());
+        let old = self
+            .conns
+            .borrow_mut()
+            .insert(contact.id, (conn.clone(), contact.ed25519));
+        // A stranger's (DHT-only) earlier connection is closed, not left holding memory until
+        // its idle timeout; a member's was settled by the data plane.
+        if let (Some((old, _)), true) = (old, keep.is_some()) {
+            if old.stable_id() != conn.stable_id() {
+                old.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+            }
+        }
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
     }
 
@@ -275,7 +287,7 @@ impl Mesh {
         let mut conns = self.conns.borrow_mut();
         if conns
             .get(&from.id)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
+            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
         {
             conns.remove(&from.id);
         }
@@ -331,22 +343,27 @@ impl Mesh {
         let result = match req.emit(&mut bytes) {
             Ok(()) => tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let conn = self.connection(to).await?;
-                rpc(&conn, &bytes).await
+                // Who answered: the PeerId, key and address of the connection it came over
+                // (not necessarily `to`'s address: an existing connection to that PeerId is
+                // reused).
+                let via = self.via(to.id, &conn);
+                Ok((rpc(&conn, &bytes).await?, via))
             })
             .await
             .unwrap_or(Err(RpcError::Timeout)),
             Err(_) => Err(RpcError::Malformed),
         };
         let now = self.now();
-        match result.and_then(|b| {
+        match result.and_then(|(b, via)| {
             Response::parse(&b)
-                .map(owned_response)
+                .map(|r| (owned_response(r), via))
                 .map_err(|_| RpcError::Malformed)
         }) {
-            Ok(resp) => self
-                .dht
-                .borrow_mut()
-                .handle_response(id, resp, now, crate::unix_now()),
+            Ok((resp, via)) => {
+                self.dht
+                    .borrow_mut()
+                    .handle_response_via(id, via, resp, now, crate::unix_now())
+            }
             Err(e) => {
                 log::debug!("DHT request to {} failed: {e}", to.id.short());
                 self.dht.borrow_mut().handle_failure(id, now);
@@ -357,11 +374,27 @@ impl Mesh {
 
     /// A live connection to `to`, dialling it if needed.
     pub async fn connection(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
-        let existing = self.conns.borrow().get(&to.id).cloned();
+        let existing = self.conns.borrow().get(&to.id).map(|(c, _)| c.clone());
         if let Some(c) = existing.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
         self.dial_new(to).await
+    }
+
+    /// The authenticated contact behind `conn`, a connection to `id`: the Ed25519 key its
+    /// handshake proved and the address quinn sees it at now.
+    fn via(&self, id: PeerId, conn: &Connection) -> Contact {
+        let ed25519 = self
+            .conns
+            .borrow()
+            .get(&id)
+            .filter(|(c, _)| c.stable_id() == conn.stable_id())
+            .map_or([0; 32], |(_, k)| *k);
+        Contact {
+            id,
+            ed25519,
+            addr: conn.remote_address(),
+        }
     }
 
     /// Dials `to` even if a connection exists (it replaces the old one). Every dial passes here:
@@ -384,8 +417,8 @@ impl Mesh {
         self.conns
             .borrow()
             .get(&id)
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
+            .filter(|(c, _)| c.close_reason().is_none())
+            .map(|(c, _)| c.clone())
             .ok_or(RpcError::Stream("connection replaced"))
     }
 

@@ -74,3 +74,44 @@ fn seed_and_five_members_find_every_record() {
     })
     .expect("tokio runtime");
 }
+
+/// Table poisoning over QUIC: a liar's FIND_NODE answers name a real peer at an address of the
+/// liar's choosing. The asker reaches the real peer over the connection it already has, and its
+/// table keeps the real peer's address.
+#[test]
+fn a_poisoned_contact_does_not_move_a_real_peer() {
+    shadowmesh::block_on_local(async {
+        let node = || {
+            let m = Mesh::new(
+                Node::bind(Identity::generate(), NodeConfig::dht_only(loopback())).unwrap(),
+            )
+            .unwrap();
+            tokio::task::spawn_local(m.clone().run());
+            m
+        };
+        let (me, liar, real) = (node(), node(), node());
+        let real_c = real.contact();
+        // The liar believes (and tells) that the real peer lives at a port where nobody is.
+        let mut evil = real_c;
+        evil.addr.set_port(9);
+        evil.ed25519 = [6; 32];
+        liar.add_contact(evil);
+        me.add_contact(liar.contact());
+        // `me` holds a connection to the real peer already (a member link, say), and learns
+        // of it in the DHT only through the liar.
+        me.connection(real_c)
+            .await
+            .expect("connect to the real peer");
+        for _ in 0..3 {
+            me.find_node(real_c.id.0).await.expect("lookup ran");
+        }
+        let seen = me
+            .contacts()
+            .into_iter()
+            .find(|c| c.id == real_c.id)
+            .expect("the real peer stays in the table");
+        assert_eq!(seen.addr, real_c.addr, "the real address, not the liar's");
+        assert_ne!(seen.ed25519, [6; 32]);
+    })
+    .expect("tokio runtime");
+}

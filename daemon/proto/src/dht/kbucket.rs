@@ -231,9 +231,22 @@ impl RoutingTable {
         }
     }
 
-    /// Records that `id` did not answer. An entry that failed twice in a row, or once while a
-    /// replacement is waiting, is dropped and the newest replacement promoted. Returns whether
-    /// it was dropped.
+    /// Records that `id` did not answer at `addr`: charged to the entry only if the entry has
+    /// that address (a contact some peer made up, with a real PeerId and another address, must
+    /// not evict the real one when it fails). An entry that failed twice in a row, or once
+    /// while a replacement is waiting, is dropped and the newest replacement promoted. Returns
+    /// whether it was dropped.
+    pub fn failed_at(&mut self, id: &PeerId, addr: &SocketAddr, now: Duration) -> bool {
+        match self.find(id) {
+            Some((b, i)) if self.buckets[b].entries[i].contact.addr == *addr => {
+                self.failed(id, now)
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that `id` did not answer (whatever address it was tried at); see
+    /// [`RoutingTable::failed_at`].
     pub fn failed(&mut self, id: &PeerId, now: Duration) -> bool {
         let Some((b, i)) = self.find(id) else {
             return false;

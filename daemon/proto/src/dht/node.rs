@@ -186,7 +186,7 @@ impl<C: RecordCheck> Dht<C> {
         Dht {
             local,
             table: RoutingTable::new(local.id),
-            store: RecordStore::default(),
+            store: RecordStore::near(local.id),
             check,
             lookups: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -535,7 +535,10 @@ impl<C: RecordCheck> Dht<C> {
             },
             Request::Store { record } => {
                 let code = match self.check.check(&record, now_unix) {
-                    Ok(meta) => self.store.put(record, meta, now, now_unix),
+                    // Only for keys we are among the k closest to (that we know of): anyone
+                    // else's throwaway records would fill the store for nothing.
+                    Ok(meta) if !self.among_closest(&meta.key) => StoreCode::Full,
+                    Ok(meta) => self.store.put(record, meta, from.addr.ip(), now, now_unix),
                     Err(code) => code,
                 };
                 if code != StoreCode::Ok {
@@ -546,7 +549,21 @@ impl<C: RecordCheck> Dht<C> {
         })
     }
 
-    /// Delivers the answer to request `id`.
+    /// Whether we are among the [`K`] nodes closest to `key` that our table knows.
+    fn among_closest(&self, key: &[u8; 32]) -> bool {
+        let t = PeerId(*key);
+        let mine = self.local.id.distance(&t);
+        self.table
+            .closest(key, K)
+            .iter()
+            .filter(|c| c.id.distance(&t) < mine)
+            .count()
+            < K
+    }
+
+    /// Delivers the answer to request `id`, which came from exactly the contact it was sent
+    /// to (the simulator's network). The daemon says where it came from instead:
+    /// [`Dht::handle_response_via`].
     pub fn handle_response(
         &mut self,
         id: RequestId,
@@ -554,10 +571,34 @@ impl<C: RecordCheck> Dht<C> {
         now: Duration,
         now_unix: u64,
     ) {
+        let Some(to) = self.pending.get(&id).map(|p| p.to) else {
+            return;
+        };
+        self.handle_response_via(id, to, resp, now, now_unix);
+    }
+
+    /// Delivers the answer to request `id` that arrived over an authenticated connection to
+    /// `via` (its PeerId as the handshake proved it, the address and key of that connection).
+    /// The routing table learns `via`, never the contact the request was addressed to: a
+    /// FIND_NODE answer may name a real PeerId at an attacker's address, and a request to it
+    /// that travelled over an existing connection to the real peer proves nothing about that
+    /// address. An answer from another PeerId than the one asked is a failure.
+    pub fn handle_response_via(
+        &mut self,
+        id: RequestId,
+        via: Contact,
+        resp: Response<C::Record>,
+        now: Duration,
+        now_unix: u64,
+    ) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
-        self.heard_from(p.to, now);
+        if via.id != p.to.id {
+            self.failed(p, now);
+            return;
+        }
+        self.heard_from(via, now);
         match p.kind {
             ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, true, now),
             ReqKind::Ping { lru: false } | ReqKind::Store => {}
@@ -618,7 +659,7 @@ impl<C: RecordCheck> Dht<C> {
         match p.kind {
             ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, false, now),
             _ => {
-                self.table.failed(&p.to.id, now);
+                self.table.failed_at(&p.to.id, &p.to.addr, now);
             }
         }
         if let ReqKind::Lookup(lid) = p.kind {

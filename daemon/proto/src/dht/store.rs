@@ -1,9 +1,12 @@
 //! The record store: signed records held for others, per (storage key, owner).
 //!
-//! Bounded three ways: at most [`MAX_RECORDS`] in all, at most [`MAX_OWNERS_PER_KEY`] owners
-//! under one storage key (nobody can squat a key with throwaway identities), and each record is
+//! Bounded four ways: at most [`MAX_RECORDS`] in all (when full, a record for a key closer to
+//! this node replaces the farthest one), at most [`MAX_OWNERS_PER_KEY`] owners under one storage
+//! key (nobody can squat a key with throwaway identities), at most [`MAX_PER_SOURCE`] records
+//! last stored from one IP address (nobody fills the store from one host), and each record is
 //! dropped [`RECORD_HOLD`] after its last STORE or at its expiry, whichever comes first.
 
+use core::net::IpAddr;
 use core::time::Duration;
 use std::collections::BTreeMap;
 
@@ -13,6 +16,10 @@ use crate::PeerId;
 
 /// Most owners whose records one storage key holds.
 pub const MAX_OWNERS_PER_KEY: usize = 4;
+
+/// Most records whose last STORE came from one IP address: a sixteenth of the store (64 records
+/// of ~7.5 KB, ~480 KB).
+pub const MAX_PER_SOURCE: usize = super::MAX_RECORDS / 16;
 
 /// What the engine needs to know of a verified record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +40,7 @@ struct Held<R> {
     meta: RecordMeta,
     stored_at: Duration,
     replicated_at: Duration,
+    source: IpAddr,
 }
 
 /// Records held for others.
@@ -40,6 +48,8 @@ struct Held<R> {
 pub struct RecordStore<R> {
     map: BTreeMap<([u8; 32], PeerId), Held<R>>,
     max: usize,
+    /// The node's own id: when full, the record whose key is farthest from it goes first.
+    local: PeerId,
 }
 
 impl<R: Clone> Default for RecordStore<R> {
@@ -54,6 +64,15 @@ impl<R: Clone> RecordStore<R> {
         RecordStore {
             map: BTreeMap::new(),
             max,
+            local: PeerId([0; 32]),
+        }
+    }
+
+    /// A store of [`MAX_RECORDS`] for the node `local`.
+    pub fn near(local: PeerId) -> Self {
+        RecordStore {
+            local,
+            ..Self::new(MAX_RECORDS)
         }
     }
 
@@ -67,8 +86,16 @@ impl<R: Clone> RecordStore<R> {
         self.map.is_empty()
     }
 
-    /// Stores a verified record. Equal sequence refreshes the hold time; lower is refused.
-    pub fn put(&mut self, record: R, meta: RecordMeta, now: Duration, now_unix: u64) -> StoreCode {
+    /// Stores a verified record that `source` sent. Equal sequence refreshes the hold time;
+    /// lower is refused.
+    pub fn put(
+        &mut self,
+        record: R,
+        meta: RecordMeta,
+        source: IpAddr,
+        now: Duration,
+        now_unix: u64,
+    ) -> StoreCode {
         if meta.expires_at <= now_unix {
             return StoreCode::Expired;
         }
@@ -86,6 +113,7 @@ impl<R: Clone> RecordStore<R> {
                 meta,
                 stored_at: now,
                 replicated_at: now,
+                source,
             };
             return StoreCode::Ok;
         }
@@ -93,8 +121,21 @@ impl<R: Clone> RecordStore<R> {
             .map
             .range((meta.key, PeerId([0; 32]))..=(meta.key, PeerId([0xff; 32])))
             .count();
-        if owners >= MAX_OWNERS_PER_KEY || self.map.len() >= self.max {
+        if owners >= MAX_OWNERS_PER_KEY
+            || self.map.values().filter(|h| h.source == source).count() >= MAX_PER_SOURCE
+        {
             return StoreCode::Full;
+        }
+        if self.map.len() >= self.max {
+            // Full: the record farthest from us leaves, if the new one is closer.
+            let far = |key: &[u8; 32]| self.local.distance(&PeerId(*key));
+            let Some((&victim, _)) = self.map.iter().max_by_key(|(k, _)| far(&k.0)) else {
+                return StoreCode::Full;
+            };
+            if far(&victim.0) <= far(&meta.key) {
+                return StoreCode::Full;
+            }
+            self.map.remove(&victim);
         }
         self.map.insert(
             k,
@@ -103,6 +144,7 @@ impl<R: Clone> RecordStore<R> {
                 meta,
                 stored_at: now,
                 replicated_at: now,
+                source,
             },
         );
         StoreCode::Ok
@@ -150,6 +192,10 @@ impl<R: Clone> RecordStore<R> {
 mod tests {
     use super::*;
 
+    fn src(n: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, n])
+    }
+
     fn meta(key: u8, owner: u8, seq: u64) -> RecordMeta {
         RecordMeta {
             key: [key; 32],
@@ -163,19 +209,25 @@ mod tests {
     fn sequence_rules_per_key_and_owner() {
         let mut s = RecordStore::new(10);
         let t = Duration::ZERO;
-        assert_eq!(s.put("a1", meta(1, 1, 5), t, 0), StoreCode::Ok);
-        assert_eq!(s.put("a0", meta(1, 1, 4), t, 0), StoreCode::Outdated);
-        assert_eq!(s.put("a1", meta(1, 1, 5), t, 0), StoreCode::Ok);
-        assert_eq!(s.put("a2", meta(1, 1, 6), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("a1", meta(1, 1, 5), src(1), t, 0), StoreCode::Ok);
+        assert_eq!(
+            s.put("a0", meta(1, 1, 4), src(1), t, 0),
+            StoreCode::Outdated
+        );
+        assert_eq!(s.put("a1", meta(1, 1, 5), src(1), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("a2", meta(1, 1, 6), src(1), t, 0), StoreCode::Ok);
         // Another owner's record under the same key does not displace the first.
-        assert_eq!(s.put("x9", meta(1, 2, 99), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("x9", meta(1, 2, 99), src(1), t, 0), StoreCode::Ok);
         assert_eq!(s.get(&[1; 32], &PeerId([1; 32]), 0).unwrap().0, &"a2");
         assert!(s.get(&[1; 32], &PeerId([1; 32]), 6).is_none());
         for o in 3..=4 {
-            assert_eq!(s.put("y", meta(1, o, 1), t, 0), StoreCode::Ok);
+            assert_eq!(s.put("y", meta(1, o, 1), src(1), t, 0), StoreCode::Ok);
         }
-        assert_eq!(s.put("z", meta(1, 5, 1), t, 0), StoreCode::Full);
-        assert_eq!(s.put("e", meta(2, 1, 1), t, 1000), StoreCode::Expired);
+        assert_eq!(s.put("z", meta(1, 5, 1), src(1), t, 0), StoreCode::Full);
+        assert_eq!(
+            s.put("e", meta(2, 1, 1), src(1), t, 1000),
+            StoreCode::Expired
+        );
         s.expire(RECORD_HOLD, 0);
         assert!(s.is_empty());
     }
@@ -184,7 +236,7 @@ mod tests {
     fn replication_is_due_hourly_and_bounded() {
         let mut s = RecordStore::new(10);
         for k in 0..5 {
-            s.put(k, meta(k, 1, 1), Duration::ZERO, 0);
+            s.put(k, meta(k, 1, 1), src(k), Duration::ZERO, 0);
         }
         let hour = Duration::from_secs(3600);
         assert!(s.due_for_replication(hour / 2, hour, 10).is_empty());
@@ -192,7 +244,7 @@ mod tests {
         assert_eq!(s.due_for_replication(hour, hour, 10).len(), 2);
         assert!(s.due_for_replication(hour + hour / 2, hour, 10).is_empty());
         // A fresh STORE postpones it.
-        s.put(0, meta(0, 1, 1), 2 * hour, 0);
+        s.put(0, meta(0, 1, 1), src(0), 2 * hour, 0);
         assert_eq!(s.due_for_replication(2 * hour, hour, 10).len(), 4);
     }
 
@@ -200,8 +252,45 @@ mod tests {
     fn total_bound() {
         let mut s = RecordStore::new(3);
         for k in 0..3 {
-            assert_eq!(s.put(k, meta(k, 1, 1), Duration::ZERO, 0), StoreCode::Ok);
+            assert_eq!(
+                s.put(k, meta(k, 1, 1), src(k), Duration::ZERO, 0),
+                StoreCode::Ok
+            );
         }
-        assert_eq!(s.put(9, meta(9, 1, 1), Duration::ZERO, 0), StoreCode::Full);
+        assert_eq!(
+            s.put(9, meta(9, 1, 1), src(9), Duration::ZERO, 0),
+            StoreCode::Full
+        );
+    }
+
+    #[test]
+    fn full_store_keeps_the_keys_closest_to_us() {
+        let mut s = RecordStore::near(PeerId([0; 32]));
+        s.max = 3;
+        let t = Duration::ZERO;
+        // Distance from us is the key itself: 0x40.. is farther than 0x10...
+        for (i, k) in [0x40u8, 0x20, 0x30].into_iter().enumerate() {
+            assert_eq!(s.put("r", meta(k, 1, 1), src(i as u8), t, 0), StoreCode::Ok);
+        }
+        // Farther than everything held: refused.
+        assert_eq!(s.put("r", meta(0x50, 1, 1), src(9), t, 0), StoreCode::Full);
+        // Closer: the farthest (0x40) leaves.
+        assert_eq!(s.put("r", meta(0x10, 1, 1), src(9), t, 0), StoreCode::Ok);
+        assert_eq!(s.len(), 3);
+        assert!(s.get(&[0x40; 32], &PeerId([1; 32]), 0).is_none());
+        assert!(s.get(&[0x10; 32], &PeerId([1; 32]), 0).is_some());
+    }
+
+    #[test]
+    fn one_source_fills_a_sixteenth_at_most() {
+        let mut s = RecordStore::new(MAX_RECORDS);
+        let t = Duration::ZERO;
+        for k in 0..MAX_PER_SOURCE {
+            assert_eq!(s.put("r", meta(k as u8, 1, 1), src(1), t, 0), StoreCode::Ok);
+        }
+        assert_eq!(s.put("r", meta(200, 1, 1), src(1), t, 0), StoreCode::Full);
+        // Another host still stores; a record already held may still be renewed.
+        assert_eq!(s.put("r", meta(200, 1, 1), src(2), t, 0), StoreCode::Ok);
+        assert_eq!(s.put("r", meta(0, 1, 2), src(1), t, 0), StoreCode::Ok);
     }
 }
