@@ -82,6 +82,11 @@ pub const CLOSE_WRONG_NETWORK: u32 = 0x5302;
 pub const CLOSE_REPLACED: u32 = 0x5303;
 /// QUIC application error code: protocol violation on the control stream.
 pub const CLOSE_PROTOCOL: u32 = 0x5304;
+/// QUIC application error code: this node holds as many connections of this kind (or from
+/// this source) as it takes.
+pub const CLOSE_BUSY: u32 = 0x5305;
+/// QUIC application error code: a stranger's connection carried no DHT request for a while.
+pub const CLOSE_IDLE: u32 = 0x5306;
 /// QUIC application error code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0x5300;
 

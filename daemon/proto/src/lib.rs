@@ -21,6 +21,7 @@
 //! - [`msg`]: control-stream messages (HELLO, INIT, RESP, REKEY) and their framing.
 //! - [`route`]: longest-prefix match, source filtering, IP header addresses, ICMP too-big.
 //! - [`policy`]: which prefixes advertised by members this gateway installs.
+//! - [`limit`]: per-source token buckets and in-flight counts, bounded.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ pub mod dht;
 pub mod error;
 pub mod frame;
 pub mod gso;
+pub mod limit;
 pub mod msg;
 pub mod overlay;
 pub mod peer;

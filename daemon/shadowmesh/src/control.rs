@@ -73,6 +73,11 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                 .uint("records_held", mesh.records_held() as u64)
                 .uint("handshake_retries", mesh.node().retries_sent() as u64)
                 .uint("handshakes_refused", mesh.node().refused() as u64)
+                .uint(
+                    "handshakes_refused_source",
+                    mesh.node().refused_source() as u64,
+                )
+                .uint("strangers", mesh.strangers() as u64)
                 .uint("uptime_s", started.elapsed().as_secs());
             if let Some(dp) = mesh.dataplane() {
                 let (v4, v6) = dp.addresses();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream};
 use shadowmesh_crypto::record::DhtRecordCheck;
-use shadowmesh_proto::consts::CLOSE_REPLACED;
+use shadowmesh_proto::consts::{CLOSE_BUSY, CLOSE_IDLE, CLOSE_REPLACED};
 use shadowmesh_proto::dht::node::{Dht, LookupId, LookupOutcome, Output, RequestId};
 use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode, DHT_MAX_MSG};
 use shadowmesh_proto::dht::REQUEST_TIMEOUT;
@@ -128,12 +128,30 @@ fn owned_response(r: Response<&[u8]>) -> Response<Rec> {
     }
 }
 
+/// Connections to strangers (peers without our network key: seeds, other meshes' members,
+/// anyone) held at once; each is ~20-40 KiB of quinn state, so 256 stay under 10 MiB.
+pub const MAX_STRANGERS: usize = 256;
+/// ... and from one source ([`shadowmesh_proto::limit::source_key`]).
+pub const MAX_STRANGERS_PER_SOURCE: usize = 8;
+/// A stranger's connection that carried no DHT request either way for this long is closed
+/// (quinn's keepalives would hold it open forever).
+pub const STRANGER_IDLE: Duration = Duration::from_secs(60);
+
+/// One live connection: the Ed25519 key its handshake proved, whether the peer is a stranger,
+/// and when a DHT request last used it.
+struct Conn {
+    conn: Connection,
+    ed25519: [u8; 32],
+    stranger: bool,
+    last_used: std::cell::Cell<Duration>,
+}
+
 /// A node's DHT over its QUIC endpoint.
 pub struct Mesh {
     node: Node,
     dht: RefCell<Dht<DhtRecordCheck>>,
-    /// The live connection to each peer, with the Ed25519 key its handshake proved.
-    conns: RefCell<BTreeMap<PeerId, (Connection, [u8; 32])>>,
+    /// The live connection to each peer.
+    conns: RefCell<BTreeMap<PeerId, Conn>>,
     waiters: RefCell<BTreeMap<LookupId, oneshot::Sender<LookupOutcome<Rec>>>>,
     epoch: Instant,
     wake: Notify,
@@ -209,6 +227,7 @@ impl Mesh {
     /// Returns when the endpoint closes.
     pub async fn run(self: Rc<Self>) {
         tokio::task::spawn_local(self.clone().timer());
+        tokio::task::spawn_local(self.clone().close_idle_strangers());
         // Handshakes run side by side: one slow or stalled client must not hold up the rest
         // (the node limits how many run at once; see `Node::incoming`).
         while let Some(p) = self.node.incoming().await {
@@ -241,6 +260,43 @@ impl Mesh {
         }
     }
 
+    /// Stranger connections held now.
+    pub fn strangers(&self) -> usize {
+        self.conns.borrow().values().filter(|c| c.stranger).count()
+    }
+
+    /// Whether a new connection from stranger `c` fits under [`MAX_STRANGERS`] and
+    /// [`MAX_STRANGERS_PER_SOURCE`] (its own earlier connection, which it replaces, not
+    /// counted).
+    fn room_for_stranger(&self, c: &Contact) -> bool {
+        let source = shadowmesh_proto::limit::source_key(c.addr);
+        let conns = self.conns.borrow();
+        let others = conns
+            .iter()
+            .filter(|(id, k)| k.stranger && **id != c.id && k.conn.close_reason().is_none());
+        let (mut all, mut same) = (0, 0);
+        for (_, k) in others {
+            all += 1;
+            same +=
+                (shadowmesh_proto::limit::source_key(k.conn.remote_address()) == source) as usize;
+        }
+        all < MAX_STRANGERS && same < MAX_STRANGERS_PER_SOURCE
+    }
+
+    /// Closes strangers' connections idle for [`STRANGER_IDLE`], every quarter of it.
+    async fn close_idle_strangers(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(STRANGER_IDLE / 4);
+        loop {
+            tick.tick().await;
+            let now = self.now();
+            for c in self.conns.borrow().values() {
+                if c.stranger && now.saturating_sub(c.last_used.get()) >= STRANGER_IDLE {
+                    c.conn.close(quinn::VarInt::from_u32(CLOSE_IDLE), b"idle");
+                }
+            }
+        }
+    }
+
     /// Registers an authenticated connection and serves the RPCs the peer opens on it.
     fn adopt(self: &Rc<Self>, peer: Peer) {
         let contact = Contact {
@@ -266,15 +322,32 @@ impl Mesh {
             // ~17 KiB) inline for every connection, member or not.
             _ => Some(Box::new(peer)),
         };
-        let old = self
-            .conns
-            .borrow_mut()
-            .insert(contact.id, (conn.clone(), contact.ed25519));
-        // A stranger's (DHT-only) earlier connection is closed, not left holding memory until
-        // its idle timeout; a member's was settled by the data plane.
-        if let (Some((old, _)), true) = (old, keep.is_some()) {
-            if old.stable_id() != conn.stable_id() {
-                old.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+        let stranger = keep.is_some();
+        if stranger && !self.room_for_stranger(&contact) {
+            log::debug!(
+                "closing a connection from stranger {} at {}: {} strangers held",
+                contact.id.short(),
+                contact.addr,
+                self.strangers()
+            );
+            conn.close(quinn::VarInt::from_u32(CLOSE_BUSY), b"busy");
+            return;
+        }
+        let old = self.conns.borrow_mut().insert(
+            contact.id,
+            Conn {
+                conn: conn.clone(),
+                ed25519: contact.ed25519,
+                stranger,
+                last_used: std::cell::Cell::new(self.now()),
+            },
+        );
+        // A stranger's earlier connection is closed, not left holding memory until its idle
+        // timeout; a member's was settled by the data plane.
+        if let (Some(old), true) = (old, stranger) {
+            if old.conn.stable_id() != conn.stable_id() {
+                old.conn
+                    .close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
             }
         }
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
@@ -287,7 +360,7 @@ impl Mesh {
         let mut conns = self.conns.borrow_mut();
         if conns
             .get(&from.id)
-            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
+            .is_some_and(|c| c.conn.stable_id() == conn.stable_id())
         {
             conns.remove(&from.id);
         }
@@ -304,6 +377,9 @@ impl Mesh {
             log::debug!("malformed DHT request from {}", from.id.short());
             return;
         };
+        if let Some(c) = self.conns.borrow().get(&from.id) {
+            c.last_used.set(self.now());
+        }
         let now = self.now();
         let resp =
             self.dht
@@ -374,7 +450,10 @@ impl Mesh {
 
     /// A live connection to `to`, dialling it if needed.
     pub async fn connection(self: &Rc<Self>, to: Contact) -> Result<Connection, RpcError> {
-        let existing = self.conns.borrow().get(&to.id).map(|(c, _)| c.clone());
+        let existing = self.conns.borrow().get(&to.id).map(|c| {
+            c.last_used.set(self.now());
+            c.conn.clone()
+        });
         if let Some(c) = existing.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
@@ -388,8 +467,8 @@ impl Mesh {
             .conns
             .borrow()
             .get(&id)
-            .filter(|(c, _)| c.stable_id() == conn.stable_id())
-            .map_or([0; 32], |(_, k)| *k);
+            .filter(|c| c.conn.stable_id() == conn.stable_id())
+            .map_or([0; 32], |c| c.ed25519);
         Contact {
             id,
             ed25519,
@@ -417,8 +496,8 @@ impl Mesh {
         self.conns
             .borrow()
             .get(&id)
-            .filter(|(c, _)| c.close_reason().is_none())
-            .map(|(c, _)| c.clone())
+            .filter(|c| c.conn.close_reason().is_none())
+            .map(|c| c.conn.clone())
             .ok_or(RpcError::Stream("connection replaced"))
     }
 

@@ -26,6 +26,7 @@ use shadowmesh_crypto::tls::{ed25519_from_spki, KxPolicy, TlsContext};
 use shadowmesh_crypto::Identity;
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::FrameType;
+use shadowmesh_proto::limit::{InFlight as SourceCounts, TokenBuckets};
 use shadowmesh_proto::msg::{self, MsgType, RecordRefOrSeq, Role, EXPORTER_LABEL};
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::PeerId;
@@ -331,6 +332,12 @@ pub struct Node {
     retries: AtomicUsize,
     retried: std::cell::RefCell<Retried>,
     refused: AtomicUsize,
+    /// Handshakes in flight per source, and each source's budget of new ones.
+    sources: std::rc::Rc<std::cell::RefCell<SourceCounts<SocketAddr>>>,
+    buckets: std::cell::RefCell<TokenBuckets<SocketAddr>>,
+    /// Incoming connections refused because their (proven) source was over its limits.
+    refused_source: AtomicUsize,
+    epoch: Instant,
     /// The endpoint's socket, for the fast lane's sends (the same socket as quinn's).
     socket: std::net::UdpSocket,
     demux: Arc<crate::fastlane::DemuxSocket>,
@@ -444,6 +451,17 @@ impl Node {
             retries: AtomicUsize::new(0),
             retried: Default::default(),
             refused: AtomicUsize::new(0),
+            sources: std::rc::Rc::new(std::cell::RefCell::new(SourceCounts::new(
+                MAX_IN_FLIGHT_PER_SOURCE,
+                MAX_IN_FLIGHT,
+            ))),
+            buckets: std::cell::RefCell::new(TokenBuckets::new(
+                HANDSHAKE_BURST,
+                HANDSHAKES_PER_SEC,
+                SOURCES_TRACKED,
+            )),
+            refused_source: AtomicUsize::new(0),
+            epoch: Instant::now(),
             socket: fast,
             demux,
         })
@@ -669,6 +687,29 @@ impl Node {
                 incoming.refuse();
                 continue;
             }
+            // Per source: a slot count for everyone, a rate only for proven addresses (a
+            // spoofed Initial must not spend a real gateway's budget). A source over either
+            // limit is asked to prove its address first, and refused once it has.
+            let source = shadowmesh_proto::limit::source_key(incoming.remote_address());
+            let validated = incoming.remote_address_validated();
+            let room = self.sources.borrow().has_room(&source)
+                && (!validated
+                    || self
+                        .buckets
+                        .borrow_mut()
+                        .allow(source, self.epoch.elapsed()));
+            if !room {
+                if validated {
+                    self.refused_source.fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                } else if self.retried.borrow_mut().first_time(key, Instant::now()) {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    let _ = incoming.retry();
+                } else {
+                    incoming.ignore();
+                }
+                continue;
+            }
             if !incoming.remote_address_validated() && n >= self.cfg.retry_above {
                 // Under load, make the client prove its address first (stateless cookie): a
                 // spoofed flood then costs us a Retry packet, not an ML-KEM encapsulation.
@@ -682,9 +723,14 @@ impl Node {
                 continue;
             }
             self.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.sources.borrow_mut().start(source);
             return Some(PendingHandshake {
                 incoming,
-                _guard: InFlight(self.in_flight.clone()),
+                _guard: InFlight {
+                    total: self.in_flight.clone(),
+                    sources: self.sources.clone(),
+                    source,
+                },
             });
         }
     }
@@ -725,6 +771,12 @@ impl Node {
     /// Incoming connections refused because [`MAX_IN_FLIGHT`] handshakes were running.
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Incoming connections refused because their proven source was over its limits
+    /// ([`MAX_IN_FLIGHT_PER_SOURCE`], [`HANDSHAKES_PER_SEC`]).
+    pub fn refused_source(&self) -> usize {
+        self.refused_source.load(Ordering::Relaxed)
     }
 
     async fn finish_accept(&self, connecting: quinn::Connecting) -> Result<Peer, HandshakeError> {
@@ -867,6 +919,21 @@ pub struct PendingHandshake {
 /// ML-KEM-1024 encapsulation and ML-DSA-87 verifications, and memory until it completes).
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Handshakes in flight from one source ([`shadowmesh_proto::limit::source_key`]: a public
+/// /24 or /48, a private address itself): one source holds at most an eighth of the slots,
+/// whether or not it has proven its address.
+pub const MAX_IN_FLIGHT_PER_SOURCE: usize = 8;
+
+/// New handshakes one source may start at once, from a proven address...
+pub const HANDSHAKE_BURST: u32 = 16;
+/// ...and per second after that: each costs the listener an ML-KEM-1024 decapsulation, two
+/// ML-DSA-87 verifications and a signature (~5 ms of a router core), so one source can take at
+/// most ~2% of a core.
+pub const HANDSHAKES_PER_SEC: u32 = 4;
+
+/// Sources whose handshake budget is tracked (~64 B each: 256 KiB at most).
+pub const SOURCES_TRACKED: usize = 4096;
+
 /// Initial flights answered with a Retry in the last [`Retried::WINDOW`], by source and
 /// destination connection ID. A post-quantum ClientHello spans two datagrams; when they are read
 /// apart, the second one would draw a second Retry. A retransmission of the flight (the client
@@ -909,10 +976,17 @@ impl Retried {
     }
 }
 
-struct InFlight(Arc<AtomicUsize>);
+/// One handshake in flight: counted in all and for its source until dropped.
+struct InFlight {
+    total: Arc<AtomicUsize>,
+    sources: std::rc::Rc<std::cell::RefCell<SourceCounts<SocketAddr>>>,
+    source: SocketAddr,
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        self.sources.borrow_mut().end(&self.source);
     }
 }
 

@@ -22,6 +22,7 @@ use super::lookup::{Lookup, Step};
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
 use super::{K, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT, VALUE_QUORUM};
+use crate::limit::TokenBuckets;
 use crate::PeerId;
 
 /// Verifies records for the engine: signatures, PeerId binding, time window.
@@ -163,7 +164,7 @@ pub struct Dht<C: RecordCheck> {
     own: Option<(C::Record, RecordMeta)>,
     last_publish: Duration,
     last_refresh_check: Duration,
-    rate: BTreeMap<SocketAddr, (Duration, u32)>,
+    rate: TokenBuckets<SocketAddr>,
     joining: Option<LookupId>,
     /// Counters.
     pub stats: DhtStats,
@@ -196,7 +197,7 @@ impl<C: RecordCheck> Dht<C> {
             own: None,
             last_publish: Duration::ZERO,
             last_refresh_check: Duration::ZERO,
-            rate: BTreeMap::new(),
+            rate: TokenBuckets::new(RATE_BURST, RATE_PER_SEC, RATE_TRACKED),
             joining: None,
             stats: DhtStats::default(),
         }
@@ -477,24 +478,7 @@ impl<C: RecordCheck> Dht<C> {
         } else {
             *from
         };
-        if !self.rate.contains_key(&key) && self.rate.len() >= RATE_TRACKED {
-            // Forget the source whose bucket refilled longest ago (it is full again anyway).
-            if let Some(oldest) = self.rate.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
-                self.rate.remove(&oldest);
-            }
-        }
-        let (last, tokens) = self.rate.entry(key).or_insert((now, RATE_BURST));
-        let refill =
-            (now.saturating_sub(*last).as_millis() as u64 * RATE_PER_SEC as u64 / 1000) as u32;
-        if refill > 0 {
-            *tokens = (*tokens + refill).min(RATE_BURST);
-            *last = now;
-        }
-        if *tokens == 0 {
-            return false;
-        }
-        *tokens -= 1;
-        true
+        self.rate.allow(key, now)
     }
 
     /// Answers a request from `from` (whose PeerId the transport authenticated). `None`: the
