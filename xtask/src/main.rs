@@ -39,6 +39,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench_tunnel;
+mod flood;
 mod hil_ssh;
 mod load_peers;
 mod luci;
@@ -71,6 +72,14 @@ fn main() -> ExitCode {
         }),
         Some("count-aead") => count_aead(),
         Some("hil") => hil(&args[1..]),
+        Some("flood") => release_bin().and_then(|bin| {
+            let secs = flag_value(&args[1..], "--seconds").unwrap_or(30);
+            let rep = flood::run(&bin, &flood::build()?, secs)?;
+            rep.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| rep.failures.join("\n"))
+        }),
         Some("trust") => release_bin().and_then(|bin| {
             let rep = trust::run(&bin, &trust::build_hostile()?)?;
             rep.failures
@@ -96,7 +105,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,9 +164,11 @@ fn test(args: &[String]) -> Result {
     if unsafe { libc::geteuid() } == 0 {
         let bin = release_bin()?;
         let hostile = trust::build_hostile()?;
+        let flooder = flood::build()?;
         for (what, rep) in [
             ("mesh scenario", mesh::run(&bin, true)?),
             ("trust-boundary scenario", trust::run(&bin, &hostile)?),
+            ("stranger flood scenario", flood::run(&bin, &flooder, 30)?),
         ] {
             failed += rep.failures.len() as u64;
             passed += rep.checks() - rep.failures.len() as u64;
