@@ -54,6 +54,15 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         rss0 as f64 / 1024.0
     );
 
+    // One address per few peers, as real gateways have (a gateway limits handshakes per
+    // source address): 10.251.0.2-251 on the generator's side of the link.
+    let mut binds = vec!["10.251.0.2".to_string()];
+    for i in 3..=251 {
+        let a = format!("10.251.0.{i}");
+        crate::mesh::ip(&["-n", &b, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+        binds.push(a);
+    }
+    let binds = binds.join(",");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &b])
         .arg(&gen)
@@ -63,7 +72,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
             "--network-key",
             &nk,
             "--bind",
-            "10.251.0.2",
+            &binds,
             "--peers",
             &peers.to_string(),
             "--control",

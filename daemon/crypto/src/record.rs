@@ -145,7 +145,9 @@ impl shadowmesh_proto::dht::node::RecordCheck for DhtRecordCheck {
                 expires_at: r.expires_at,
             }),
             Err(Error::Wire(
-                shadowmesh_proto::Error::Expired | shadowmesh_proto::Error::BadLifetime,
+                shadowmesh_proto::Error::Expired
+                | shadowmesh_proto::Error::BadLifetime
+                | shadowmesh_proto::Error::NotYetValid,
             )) => Err(StoreCode::Expired),
             Err(Error::Wire(shadowmesh_proto::Error::TooLarge { .. })) => Err(StoreCode::TooBig),
             Err(_) => Err(StoreCode::BadSignature),
@@ -226,7 +228,11 @@ mod tests {
         assert_eq!(v.open_payload(&nk).unwrap(), payload());
         assert_eq!(v.open_payload(&[8u8; 32]), Err(Error::WrongStorageKey));
         assert_eq!(
-            verify_record(&rec, NOW + 3600).unwrap_err(),
+            verify_record(
+                &rec,
+                NOW + 3600 + shadowmesh_proto::consts::CLOCK_TOLERANCE_SECS
+            )
+            .unwrap_err(),
             Error::Wire(shadowmesh_proto::Error::Expired)
         );
     }

@@ -62,6 +62,10 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Peer records expire at most this far in the future (DESIGN.md, "DHT").
 pub const RECORD_MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// How far two clocks may disagree before a record looks expired or not yet issued: ten
+/// minutes, well inside a record's hourly refresh and 6 h lifetime.
+pub const CLOCK_TOLERANCE_SECS: u64 = 600;
 /// Largest record accepted anywhere (the fixed part is ~7.4 KB; the payload is bounded).
 pub const RECORD_MAX_LEN: usize = 8 * 1024;
 /// Largest encrypted record payload.

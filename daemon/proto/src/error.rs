@@ -42,6 +42,8 @@ pub enum Error {
     Expired,
     /// A record claims to live longer than allowed, or was issued after it expires.
     BadLifetime,
+    /// A record was issued later than now plus the clock tolerance.
+    NotYetValid,
 }
 
 impl fmt::Display for Error {
@@ -58,6 +60,7 @@ impl fmt::Display for Error {
             Error::CounterExhausted => write!(f, "message counter exhausted for this key"),
             Error::Expired => write!(f, "record expired"),
             Error::BadLifetime => write!(f, "record lifetime out of range"),
+            Error::NotYetValid => write!(f, "record issued in the future (check the clock)"),
         }
     }
 }

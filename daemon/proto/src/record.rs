@@ -134,14 +134,18 @@ impl<'a> RecordRef<'a> {
         self.bytes
     }
 
-    /// Checks the time fields against `now` (Unix seconds): not expired, issued no later than
-    /// it expires, and expiring at most [`RECORD_MAX_LIFETIME_SECS`] after `now`.
+    /// Checks the time fields against `now` (Unix seconds), each with
+    /// [`CLOCK_TOLERANCE_SECS`] of slack for the two clocks: not expired, not issued in the
+    /// future, issued no later than it expires, living at most [`RECORD_MAX_LIFETIME_SECS`].
     pub fn check_times(&self, now: u64) -> Result<(), Error> {
-        if self.expires_at <= now {
+        if self.expires_at.saturating_add(CLOCK_TOLERANCE_SECS) <= now {
             return Err(Error::Expired);
         }
+        if self.issued_at > now.saturating_add(CLOCK_TOLERANCE_SECS) {
+            return Err(Error::NotYetValid);
+        }
         if self.issued_at > self.expires_at
-            || self.expires_at - now > RECORD_MAX_LIFETIME_SECS
+            || self.expires_at.saturating_sub(now) > RECORD_MAX_LIFETIME_SECS + CLOCK_TOLERANCE_SECS
             || self.expires_at - self.issued_at > RECORD_MAX_LIFETIME_SECS
         {
             return Err(Error::BadLifetime);
@@ -410,9 +414,14 @@ mod tests {
     fn record_times() {
         let bytes = sample_record(b"");
         let r = RecordRef::parse(&bytes).unwrap();
+        // Issued at 1000, expires at 2000; ten minutes of slack either way.
         assert!(r.check_times(1500).is_ok());
-        assert_eq!(r.check_times(2000), Err(Error::Expired));
-        assert!(r.check_times(0).is_ok());
+        assert!(r.check_times(2000).is_ok());
+        assert!(r.check_times(2599).is_ok());
+        assert_eq!(r.check_times(2600), Err(Error::Expired));
+        assert!(r.check_times(400).is_ok());
+        assert_eq!(r.check_times(399), Err(Error::NotYetValid));
+        assert_eq!(r.check_times(0), Err(Error::NotYetValid));
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! before and after; then the rest of the N peers; then `ready` and the connections are held
 //! until stdin closes. One JSON object per line on stdout.
 //!
-//! usage: loadgen --target PEERID@IP:PORT --network-key HEX --bind IP --peers N
+//! usage: loadgen --target PEERID@IP:PORT --network-key HEX --bind IP[,IP...] --peers N
 //!        --control PATH
+//!
+//! Peer `i` binds to the `i`-th address of `--bind`, round robin: a gateway limits handshakes
+//! per source address, and 1,000 real gateways have 1,000 addresses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -32,7 +35,12 @@ fn main() {
     let o = Opts::parse(&args).unwrap_or_else(|e| panic!("{}", e.msg));
     let (target, addr) = parse_peer_addr(o.need("--target").unwrap()).unwrap();
     let nk = network_key(&o).unwrap_or_else(|e| panic!("{}", e.msg));
-    let bind: IpAddr = o.need("--bind").unwrap().parse().unwrap();
+    let binds: Vec<IpAddr> = o
+        .need("--bind")
+        .unwrap()
+        .split(',')
+        .map(|a| a.parse().unwrap())
+        .collect();
     let n: usize = o.parse_or("--peers", 1000).unwrap();
     let control = std::path::PathBuf::from(o.need("--control").unwrap());
     let retries = || {
@@ -46,9 +54,9 @@ fn main() {
         // the generator's cost, not the target's.
         let t = Instant::now();
         let mut nodes = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let id = Identity::generate();
-            let mut cfg = NodeConfig::new(SocketAddr::new(bind, 0), nk);
+            let mut cfg = NodeConfig::new(SocketAddr::new(binds[i % binds.len()], 0), nk);
             cfg.payload = member_payload(&id.peer_id(), &nk);
             cfg.handshake_timeout = Duration::from_secs(30);
             nodes.push(Rc::new(Node::bind(id, cfg).expect("bind")));

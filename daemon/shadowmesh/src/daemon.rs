@@ -240,6 +240,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         ncfg = ncfg.member_of(k);
     }
     ncfg.payload = payload;
+    ncfg.seq_file = Some(cfg.state_dir.join("seq"));
     ncfg.plain_udp = cfg.plain_udp;
     ncfg.fast_lane = cfg.fast_lane;
     ncfg.tunnel_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);

@@ -48,6 +48,10 @@ pub struct NodeConfig {
     pub payload: Payload,
     /// How long our record is valid.
     pub record_lifetime: Duration,
+    /// Where the floor of our record sequence numbers is kept (the state directory's `seq`),
+    /// so that a record signed after a restart with the clock set back still wins over every
+    /// earlier one; `None`: kept in memory only (tests, tools).
+    pub seq_file: Option<std::path::PathBuf>,
     /// Bound on how long one connection handshake may take.
     pub handshake_timeout: Duration,
     /// Use plain `sendto`/`recvfrom` instead of quinn-udp's control messages (see
@@ -85,6 +89,7 @@ impl NodeConfig {
             retry_above: 16,
             payload: Payload::default(),
             record_lifetime: Duration::from_secs(6 * 3600),
+            seq_file: None,
             handshake_timeout: Duration::from_secs(10),
             plain_udp: false,
             tunnel_mtu: 1380,
@@ -332,6 +337,8 @@ pub struct Node {
     retries: AtomicUsize,
     retried: std::cell::RefCell<Retried>,
     refused: AtomicUsize,
+    /// Hands out our record sequence numbers.
+    seqs: SeqFloor,
     /// Handshakes in flight per source, and each source's budget of new ones.
     sources: std::rc::Rc<std::cell::RefCell<SourceCounts<SocketAddr>>>,
     buckets: std::cell::RefCell<TokenBuckets<SocketAddr>>,
@@ -437,7 +444,9 @@ impl Node {
             runtime,
         )?;
         let payload = cfg.payload.clone();
-        let record = sign_record(&id, &cfg, &payload, crate::unix_now())
+        let seqs = SeqFloor::load(cfg.seq_file.clone());
+        let now = crate::unix_now();
+        let record = sign_record(&id, &cfg, &payload, seqs.next(0, now), now)
             .map_err(|e| std::io::Error::other(format!("building our record: {e}")))?;
         Ok(Node {
             id: Arc::new(id),
@@ -445,6 +454,7 @@ impl Node {
             endpoint,
             cfg,
             record: std::cell::RefCell::new(record.into()),
+            seqs,
             payload: std::cell::RefCell::new(payload),
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -514,8 +524,10 @@ impl Node {
     /// republishing the same bytes would let it expire everywhere.
     pub fn refresh_record(&self) -> Result<Arc<[u8]>, shadowmesh_crypto::Error> {
         let old_seq = record_seq(&self.record.borrow());
-        let now = crate::unix_now().max(old_seq + 1);
-        let rec: Arc<[u8]> = sign_record(&self.id, &self.cfg, &self.payload.borrow(), now)?.into();
+        let now = crate::unix_now();
+        let seq = self.seqs.next(old_seq, now);
+        let rec: Arc<[u8]> =
+            sign_record(&self.id, &self.cfg, &self.payload.borrow(), seq, now)?.into();
         *self.record.borrow_mut() = rec.clone();
         Ok(rec)
     }
@@ -865,24 +877,97 @@ impl HandshakeStats {
     }
 }
 
-/// Signs this node's record with sequence number (and issue time) `seq` (Unix seconds). A
+/// Signs this node's record with sequence number `seq`, issued at `now` (Unix seconds). A
 /// seed's record has no mesh: its (public) payload is sealed under the all-zero key.
 fn sign_record(
     id: &Identity,
     cfg: &NodeConfig,
     payload: &Payload,
     seq: u64,
+    now: u64,
 ) -> Result<Vec<u8>, shadowmesh_crypto::Error> {
     build_record(
         id,
         &cfg.network_key.unwrap_or([0; 32]),
         &RecordParams {
             seq,
-            issued_at: seq,
-            expires_at: seq + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
+            issued_at: now,
+            expires_at: now + cfg.record_lifetime.as_secs().min(RECORD_MAX_LIFETIME_SECS),
             payload,
         },
     )
+}
+
+/// Sequence numbers are reserved this far ahead on flash: the `seq` file is written at start
+/// and then at most once a day (records are re-signed hourly), not at every record.
+pub const SEQ_RESERVE: u64 = 86_400;
+
+/// Our record sequence numbers: above every one issued before, also across restarts with the
+/// clock set back (a router without a real-time clock boots at its image's build date), and
+/// following the clock when it is ahead. Numbers below the floor in the `seq` file were never
+/// handed out past it: the file always holds a number above every one issued.
+#[derive(Debug)]
+struct SeqFloor {
+    path: Option<std::path::PathBuf>,
+    /// What the file held at start: no number of this run is below it.
+    floor: u64,
+    /// What the file holds now: every number issued is below it.
+    reserved: std::cell::Cell<u64>,
+}
+
+impl SeqFloor {
+    fn load(path: Option<std::path::PathBuf>) -> SeqFloor {
+        let reserved = path
+            .as_ref()
+            .and_then(|p| match std::fs::read_to_string(p) {
+                Ok(t) => t
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| {
+                        log::warn!(
+                            "{}: not a sequence number ({e}); starting from the clock",
+                            p.display()
+                        );
+                    })
+                    .ok(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    log::warn!("reading {}: {e}; starting from the clock", p.display());
+                    None
+                }
+            })
+            .unwrap_or(0);
+        SeqFloor {
+            path,
+            floor: reserved,
+            reserved: std::cell::Cell::new(reserved),
+        }
+    }
+
+    /// The sequence number of a record signed at `now` after one numbered `prev`.
+    fn next(&self, prev: u64, now: u64) -> u64 {
+        let seq = now.max(prev + 1).max(self.floor);
+        if seq >= self.reserved.get() {
+            let ahead = seq + SEQ_RESERVE;
+            if let Some(p) = &self.path {
+                if let Err(e) = write_atomically(p, ahead.to_string().as_bytes()) {
+                    log::warn!(
+                        "writing {}: {e} (sequence numbers kept in memory)",
+                        p.display()
+                    );
+                }
+            }
+            self.reserved.set(ahead);
+        }
+        seq
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (never a torn file).
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn record_seq(record: &[u8]) -> u64 {
@@ -1095,5 +1180,36 @@ mod tests {
             assert!(r.first_time((a, c), t0 + Duration::from_millis(200)));
         }
         assert!(r.first_time((a, cid), t0 + Duration::from_millis(201)));
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_survive_a_restart_with_the_clock_set_back() {
+        let dir = std::env::temp_dir().join(format!("sm-seq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("seq");
+        let a = SeqFloor::load(Some(file.clone()));
+        let t = 1_800_000_000;
+        let s1 = a.next(0, t);
+        let s2 = a.next(s1, t + 3600);
+        assert_eq!((s1, s2), (t, t + 3600), "the clock, when it is ahead");
+        // Hourly records within the reserve write nothing new.
+        let on_disk = std::fs::read_to_string(&file).unwrap();
+        let s3 = a.next(s2, t + 7200);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), on_disk);
+        // A restart five years back: still above everything issued.
+        let b = SeqFloor::load(Some(file.clone()));
+        let back = t - 5 * 365 * 86_400;
+        let s4 = b.next(0, back);
+        assert!(s4 > s3, "{s4} > {s3}");
+        assert!(b.next(s4, back + 60) > s4);
+        // Garbage in the file: start from the clock, and say so.
+        std::fs::write(&file, "not a number").unwrap();
+        assert_eq!(SeqFloor::load(Some(file)).next(0, t), t);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -288,8 +288,8 @@ fn forged_records_are_refused_over_the_wire() {
             &NK,
             &RecordParams {
                 seq: 1,
-                issued_at: now - 100,
-                expires_at: now - 1,
+                issued_at: now - 2000,
+                expires_at: now - 1000,
                 payload: &p,
             },
         )
