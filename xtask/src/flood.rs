@@ -218,16 +218,3 @@ fn scenario(lab: &mut Lab, flood: &Path, seconds: u64) -> Result<Report> {
     println!("took {:.1} s", t0.elapsed().as_secs_f64());
     Ok(rep)
 }
-
-/// Builds the flood tool (release, like the daemon under test).
-pub fn build() -> Result<std::path::PathBuf> {
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "shadowmesh",
-        "--example",
-        "flood",
-    ]))?;
-    Ok(crate::target_dir().join("release/examples/flood"))
-}

@@ -23,15 +23,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     mesh::catch_signals();
     let peers = crate::flag_value(args, "--peers").unwrap_or(1000);
     let hold = crate::flag_value(args, "--hold").unwrap_or(30);
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "shadowmesh",
-        "--example",
-        "loadgen",
-    ]))?;
-    let gen = crate::target_dir().join("release/examples/loadgen");
+    let gen = crate::release_example("loadgen")?;
     let mut lab = Lab::new(bin)?;
     let (a, b) = lab.veth_pair()?;
     let nk: String = "6d".repeat(32);

@@ -74,14 +74,14 @@ fn main() -> ExitCode {
         Some("hil") => hil(&args[1..]),
         Some("flood") => release_bin().and_then(|bin| {
             let secs = flag_value(&args[1..], "--seconds").unwrap_or(30);
-            let rep = flood::run(&bin, &flood::build()?, secs)?;
+            let rep = flood::run(&bin, &release_example("flood")?, secs)?;
             rep.failures
                 .is_empty()
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
         Some("trust") => release_bin().and_then(|bin| {
-            let rep = trust::run(&bin, &trust::build_hostile()?)?;
+            let rep = trust::run(&bin, &release_example("hostile")?)?;
             rep.failures
                 .is_empty()
                 .then_some(())
@@ -163,8 +163,8 @@ fn test(args: &[String]) -> Result {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let bin = release_bin()?;
-        let hostile = trust::build_hostile()?;
-        let flooder = flood::build()?;
+        let hostile = release_example("hostile")?;
+        let flooder = release_example("flood")?;
         for (what, rep) in [
             ("mesh scenario", mesh::run(&bin, true)?),
             ("trust-boundary scenario", trust::run(&bin, &hostile)?),
@@ -347,6 +347,13 @@ fn bin_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     target.join("debug").join("shadowmesh")
+}
+
+/// Builds `daemon/shadowmesh/examples/NAME.rs` (release, like the daemon under test) and
+/// returns its path: the load generator, the hostile member, the flood tool.
+pub(crate) fn release_example(name: &str) -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "shadowmesh", "--example", name]))?;
+    Ok(target_dir().join("release/examples").join(name))
 }
 
 fn release_bin() -> Result<PathBuf> {

@@ -459,16 +459,3 @@ fn scenario(lab: &mut Lab, hostile: &Path) -> Result<Report> {
     println!("took {:.1} s", t0.elapsed().as_secs_f64());
     Ok(rep)
 }
-
-/// Builds the hostile member (release, like the daemon under test).
-pub fn build_hostile() -> Result<std::path::PathBuf> {
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "shadowmesh",
-        "--example",
-        "hostile",
-    ]))?;
-    Ok(crate::target_dir().join("release/examples/hostile"))
-}

@@ -64,13 +64,7 @@ fn main() {
                 "{{\"phase\":\"connections\",\"connected\":{still},\"failed\":{failed},\"seconds\":{:.2}}}",
                 t.elapsed().as_secs_f64()
             );
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
-                let _ = tx.send(());
-            });
-            let _ = rx.await;
+            shadowmesh::until_stdin_closes().await;
             drop(held);
         } else if let Some(secs) = o.get("--initials") {
             let secs: f64 = secs.parse().unwrap();

@@ -86,13 +86,7 @@ fn main() {
             node.peer_id(),
             peers.len()
         );
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
-            let _ = tx.send(());
-        });
-        let _ = rx.await;
+        shadowmesh::until_stdin_closes().await;
         drop(peer);
     })
     .expect("tokio runtime");

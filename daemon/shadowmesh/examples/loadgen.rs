@@ -120,13 +120,7 @@ fn main() {
             held.len()
         );
         // Hold every connection until the driver closes our stdin.
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
-            let _ = tx.send(());
-        });
-        let _ = rx.await;
+        shadowmesh::until_stdin_closes().await;
         let still = held
             .iter()
             .filter(|p| p.conn.close_reason().is_none())

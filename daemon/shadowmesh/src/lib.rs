@@ -54,3 +54,16 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Resolves when standard input closes (or yields anything): how the test tools in
+/// `examples/` are told to let go of the connections they hold.
+#[doc(hidden)]
+pub async fn until_stdin_closes() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
