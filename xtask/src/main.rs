@@ -39,6 +39,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench_tunnel;
+mod clock;
 mod flood;
 mod hil_ssh;
 mod load_peers;

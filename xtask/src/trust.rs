@@ -12,6 +12,7 @@
 //! A and the hostile member join and after; every refusal must show in `peers --json`; B's LAN
 //! hosts must still reach each other and C's LAN; A must keep its overlay addresses at B and C;
 //! and nftables in B's namespace must count no packet sent to the addresses of the peer list.
+//! Then a gateway whose clock is five years behind ([`crate::clock`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -53,7 +54,12 @@ pub fn run(bin: &Path, hostile: &Path) -> Result<Report> {
         let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| lab.node_named(n)).collect();
         eprintln!("daemon logs:\n{}", lab.logs(&nodes));
     }
-    r
+    drop(lab);
+    let mut rep = r?;
+    crate::clock::run(bin, &mut rep)?;
+    println!();
+    println!("{}", rep.table());
+    Ok(rep)
 }
 
 /// Every route of namespace `ns`, both families, all tables.

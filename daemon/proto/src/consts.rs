@@ -63,6 +63,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peer records expire at most this far in the future (DESIGN.md, "DHT").
 pub const RECORD_MAX_LIFETIME_SECS: u64 = 24 * 3600;
 
+/// No correct clock reads earlier than this (2026-11-01, before this version was written): a
+/// router without a real-time clock that boots at its image's build date, or at 1970, reads
+/// earlier, says so, and takes the time its peers tell it until the clock is set.
+pub const MIN_PLAUSIBLE_UNIX: u64 = 1_793_491_200;
+
 /// How far two clocks may disagree before a record looks expired or not yet issued: ten
 /// minutes, well inside a record's hourly refresh and 6 h lifetime.
 pub const CLOCK_TOLERANCE_SECS: u64 = 600;
@@ -91,6 +96,10 @@ pub const CLOSE_PROTOCOL: u32 = 0x5304;
 pub const CLOSE_BUSY: u32 = 0x5305;
 /// QUIC application error code: a stranger's connection carried no DHT request for a while.
 pub const CLOSE_IDLE: u32 = 0x5306;
+/// QUIC application error code: the HELLO's record is expired or not yet valid by our clock;
+/// the reason carries our clock (Unix seconds, u64 big-endian), which a node whose own clock is
+/// unset uses to learn the time ([`MIN_PLAUSIBLE_UNIX`]).
+pub const CLOSE_CLOCK: u32 = 0x5307;
 /// QUIC application error code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0x5300;
 

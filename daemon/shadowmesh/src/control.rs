@@ -78,7 +78,9 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                     mesh.node().refused_source() as u64,
                 )
                 .uint("strangers", mesh.strangers() as u64)
-                .uint("uptime_s", started.elapsed().as_secs());
+                .uint("uptime_s", started.elapsed().as_secs())
+                .bool("clock_unset", crate::clock_unset())
+                .num("clock_offset_s", crate::clock_offset() as f64);
             if let Some(dp) = mesh.dataplane() {
                 let (v4, v6) = dp.addresses();
                 let members = dp.members();
@@ -175,6 +177,7 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .raw("routes", &routes)
         .raw("routes_accepted", &accepted)
         .raw("routes_refused", &refused)
+        .uint("record_seq", m.record_seq)
         .str("endpoint", &opt_str(m.endpoint))
         .str("path", "direct")
         .str("lane", m.lane)

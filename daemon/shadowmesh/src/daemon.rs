@@ -247,6 +247,15 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
+    if crate::clock_unset() {
+        log::warn!(
+            "the system clock reads {} (Unix seconds), earlier than any correct clock: records \
+             are signed with the time peers report until it is set (NTP)",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        );
+    }
     if cfg.network_key.is_none() && !cfg.seed {
         log::warn!(
             "{}: no option 'network_key': running as a DHT-only seed that carries no packets \

@@ -346,6 +346,8 @@ pub struct MemberInfo {
     pub routes_accepted: Vec<Prefix>,
     /// Its prefixes this gateway refused, with the reason.
     pub routes_refused: Vec<(Prefix, Refusal)>,
+    /// The sequence number of its record we hold.
+    pub record_seq: u64,
     /// Remote UDP address of the live connection (or the last one).
     pub endpoint: Option<SocketAddr>,
     /// Whether a session is up.
@@ -1743,6 +1745,7 @@ impl DataPlane {
                     ipv6: m.payload.ipv6,
                     routes_accepted: m.judged.accepted.clone(),
                     routes_refused: m.judged.refused.clone(),
+                    record_seq: m.seq,
                     routes: m
                         .payload
                         .routes

@@ -47,12 +47,62 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output
     Ok(out)
 }
 
-/// Now as Unix seconds (for record times). The one place the daemon reads the wall clock.
-pub fn unix_now() -> u64 {
+/// What the system clock reads, Unix seconds.
+fn system_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Seconds added to an unset system clock, learnt from peers ([`learn_time`]). A mutex, not an
+/// `AtomicI64`: 32-bit MIPS has no 64-bit atomics, and this is read per record, not per packet.
+static CLOCK_OFFSET: std::sync::Mutex<i64> = std::sync::Mutex::new(0);
+
+/// Now as Unix seconds (for record times). The one place the daemon reads the wall clock:
+/// the system clock when it is plausible, else the system clock plus the offset learnt from
+/// peers ([`learn_time`]).
+pub fn unix_now() -> u64 {
+    let sys = system_now();
+    if !clock_unset() {
+        return sys;
+    }
+    let off = *CLOCK_OFFSET.lock().unwrap_or_else(|e| e.into_inner());
+    (sys as i64).saturating_add(off).max(0) as u64
+}
+
+/// Whether the system clock reads earlier than any correct clock can
+/// ([`shadowmesh_proto::consts::MIN_PLAUSIBLE_UNIX`]).
+pub fn clock_unset() -> bool {
+    system_now() < shadowmesh_proto::consts::MIN_PLAUSIBLE_UNIX
+}
+
+/// The offset [`unix_now`] adds to the unset system clock (0 once the clock is set).
+pub fn clock_offset() -> i64 {
+    if clock_unset() {
+        *CLOCK_OFFSET.lock().unwrap_or_else(|e| e.into_inner())
+    } else {
+        0
+    }
+}
+
+/// Takes `peer_now`, a peer's clock, as the time while ours is unset (and `peer_now` is
+/// plausible); returns whether our notion of now moved by more than the clock tolerance.
+pub fn learn_time(peer_now: u64) -> bool {
+    use shadowmesh_proto::consts::{CLOCK_TOLERANCE_SECS, MIN_PLAUSIBLE_UNIX};
+    if !clock_unset() || peer_now < MIN_PLAUSIBLE_UNIX {
+        return false;
+    }
+    let before = unix_now();
+    *CLOCK_OFFSET.lock().unwrap_or_else(|e| e.into_inner()) = peer_now as i64 - system_now() as i64;
+    let moved = before.abs_diff(peer_now) > CLOCK_TOLERANCE_SECS;
+    if moved {
+        log::warn!(
+            "the system clock is unset: taking a peer's time, {} s ahead of it, until it is set",
+            peer_now as i64 - system_now() as i64
+        );
+    }
+    moved
 }
 
 /// Resolves when standard input closes (or yields anything): how the test tools in

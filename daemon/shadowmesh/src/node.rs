@@ -116,6 +116,11 @@ pub enum HandshakeError {
     Protocol(&'static str),
     /// The handshake did not finish in time.
     Timeout,
+    /// The peer found our record expired or not yet valid by its clock, which it told us.
+    ClockRejected {
+        /// The peer's clock, Unix seconds.
+        peer_now: u64,
+    },
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -129,6 +134,10 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Verify(e) => write!(f, "peer failed verification: {e}"),
             HandshakeError::Protocol(what) => write!(f, "protocol error: {what}"),
             HandshakeError::Timeout => f.write_str("handshake timed out"),
+            HandshakeError::ClockRejected { peer_now } => write!(
+                f,
+                "closed by peer: our record is expired or not yet valid by its clock ({peer_now})"
+            ),
         }
     }
 }
@@ -143,6 +152,9 @@ pub fn close_reason(code: u32) -> &'static str {
         CLOSE_REPLACED => "replaced by a newer connection",
         CLOSE_PROTOCOL => "protocol violation",
         CLOSE_SHUTDOWN => "shutdown",
+        CLOSE_CLOCK => "record expired or not yet valid by the peer's clock",
+        CLOSE_BUSY => "busy",
+        CLOSE_IDLE => "idle",
         _ => "unknown reason",
     }
 }
@@ -152,6 +164,9 @@ impl From<quinn::ConnectionError> for HandshakeError {
         match &e {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 match u32::try_from(c.error_code.into_inner()) {
+                    Ok(CLOSE_CLOCK) if c.reason.len() == 8 => HandshakeError::ClockRejected {
+                        peer_now: u64::from_be_bytes(c.reason[..].try_into().expect("8 bytes")),
+                    },
                     Ok(code) => HandshakeError::Rejected { code },
                     Err(_) => HandshakeError::Connection(e),
                 }
@@ -574,6 +589,16 @@ impl Node {
         )
         .await
         {
+            Ok(Err(HandshakeError::ClockRejected { peer_now })) => {
+                // Our clock is unset and the peer's is not: take its time and sign a record
+                // that it will accept at the next dial.
+                if crate::learn_time(peer_now) {
+                    if let Err(e) = self.refresh_record() {
+                        log::error!("re-signing our record: {e}");
+                    }
+                }
+                Err(HandshakeError::ClockRejected { peer_now })
+            }
             Ok(r) => r,
             Err(_) => Err(HandshakeError::Timeout),
         }
@@ -1087,6 +1112,15 @@ pub fn server_name(peer: &PeerId) -> String {
 fn fail(conn: &Connection, e: shadowmesh_crypto::Error) -> HandshakeError {
     use shadowmesh_crypto::Error as C;
     use shadowmesh_proto::Error as W;
+    // A record that is wrong only by our clock: tell the peer what our clock says (it may be
+    // a router whose own clock is unset), unless ours is unset too.
+    if matches!(e, C::Wire(W::Expired | W::NotYetValid | W::BadLifetime)) && !crate::clock_unset() {
+        conn.close(
+            VarInt::from_u32(CLOSE_CLOCK),
+            &crate::unix_now().to_be_bytes(),
+        );
+        return HandshakeError::Verify(e);
+    }
     let code = match e {
         C::WrongNetworkKey => CLOSE_WRONG_NETWORK,
         C::Wire(W::Expired | W::BadLifetime | W::Replayed(_) | W::CounterExhausted) => {
