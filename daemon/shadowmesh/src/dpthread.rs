@@ -3,10 +3,11 @@
 //! while the tokio `current_thread` runtime keeps everything else (QUIC, the DHT, the control
 //! plane, timers).
 //!
-//! Why (BENCHMARKS.md, "Latency: the cold wake-up, and a data-plane thread"): a ping through the tunnel wakes each daemon after
-//! a quiet spell. Through the runtime, the time from `epoll_wait` returning to the first `read`
-//! was 14 us at the pinging end and 11 us at the echoing end, against boringtun's 6 and 6: the
-//! runtime's I/O driver, timer wheel and scheduler run with cold caches before our code does.
+//! Why (BENCHMARKS.md, "Latency: the cold wake-up, and a data-plane thread"): a ping through
+//! the tunnel wakes each daemon after a quiet spell. Through the runtime, the time from
+//! `epoll_wait` returning to the first `read` was 14 us at the pinging end and 11 us at the
+//! echoing end, against boringtun's 6 and 6: the runtime's I/O driver, timer wheel and
+//! scheduler run with cold caches before our code does.
 //! Here the thread returns from `epoll_wait` into the forwarding code, as boringtun's workers
 //! do: 5 and 4 us, as boringtun's.
 //!
