@@ -220,25 +220,7 @@ impl Lab {
             "lan0",
         ])?;
         ip(&["-n", gw, "link", "set", "lan0", "up"])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("192.168.{i}.2/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &host, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("192.168.{i}.1"),
-        ])?;
+        lan_host(&host, &format!("192.168.{i}.2"), &format!("192.168.{i}.1"))?;
         self.sysctl(gw, "net.ipv4.ip_forward=1")?;
         Ok(host)
     }
@@ -366,6 +348,21 @@ impl Lab {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// A LAN host in namespace `host`: `addr/24` on its `eth0`, up, default route via `gateway`.
+pub(crate) fn lan_host(host: &str, addr: &str, gateway: &str) -> Result {
+    ip(&[
+        "-n",
+        host,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", host, "link", "set", "eth0", "up"])?;
+    ip(&["-n", host, "route", "add", "default", "via", gateway])
 }
 
 pub(crate) fn tail(s: &str, n: usize) -> String {

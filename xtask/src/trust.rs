@@ -110,26 +110,7 @@ fn gateway(
             "-n", &ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host,
         ])?;
         ip(&["-n", &ns, "link", "set", &port, "master", "br-lan", "up"])?;
-        let addr = format!("{net}.{}", h + 2);
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &host, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("{net}.1"),
-        ])?;
+        mesh::lan_host(&host, &format!("{net}.{}", h + 2), &format!("{net}.1"))?;
         lan.push(host);
     }
     Ok((ns, lan))

@@ -210,65 +210,45 @@ impl<V: Copy + PartialEq> RouteTable<V> {
     /// A prefix held by someone other than `except` that overlaps `p`: equal to it, inside it
     /// or containing it. (A range probe per prefix length present: no allocation.)
     pub fn overlapping(&self, p: Prefix, except: V) -> Option<(Prefix, V)> {
+        /// Per length present: the prefix containing `p` at that length (shorter ones), or
+        /// any inside `lo..=hi` (longer ones).
         fn probe<K: Ord + Copy, V: Copy + PartialEq>(
             levels: &[(u8, BTreeMap<K, V>)],
             len: u8,
-            lo: K,
-            hi: K,
+            (lo, hi): (K, K),
             mask: impl Fn(u8) -> K,
+            addr: impl Fn(K) -> IpAddr,
             except: V,
-        ) -> Option<(u8, K, V)> {
+        ) -> Option<(Prefix, V)> {
             levels.iter().find_map(|(l, m)| {
                 let (a, b) = if *l <= len {
                     (mask(*l), mask(*l))
                 } else {
                     (lo, hi)
                 };
-                m.range(a..=b)
-                    .find(|(_, v)| **v != except)
-                    .map(|(k, v)| (*l, *k, *v))
+                m.range(a..=b).find(|(_, v)| **v != except).map(|(k, v)| {
+                    (
+                        Prefix {
+                            addr: addr(*k),
+                            len: *l,
+                        },
+                        *v,
+                    )
+                })
             })
         }
         match p.addr {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                probe(
-                    &self.v4,
-                    p.len,
-                    a,
-                    a | !mask32(p.len),
-                    |l| a & mask32(l),
-                    except,
-                )
-                .map(|(l, k, v)| {
-                    (
-                        Prefix {
-                            addr: IpAddr::V4(Ipv4Addr::from(k)),
-                            len: l,
-                        },
-                        v,
-                    )
-                })
+                let range = (a, a | !mask32(p.len));
+                let to_addr = |k| IpAddr::V4(Ipv4Addr::from(k));
+                probe(&self.v4, p.len, range, |l| a & mask32(l), to_addr, except)
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                probe(
-                    &self.v6,
-                    p.len,
-                    a,
-                    a | !mask128(p.len),
-                    |l| a & mask128(l),
-                    except,
-                )
-                .map(|(l, k, v)| {
-                    (
-                        Prefix {
-                            addr: IpAddr::V6(Ipv6Addr::from(k)),
-                            len: l,
-                        },
-                        v,
-                    )
-                })
+                let range = (a, a | !mask128(p.len));
+                let to_addr = |k| IpAddr::V6(Ipv6Addr::from(k));
+                probe(&self.v6, p.len, range, |l| a & mask128(l), to_addr, except)
             }
         }
     }
