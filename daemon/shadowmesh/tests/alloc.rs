@@ -344,8 +344,13 @@ fn on_the_thread() {
             received >= sent * 99 / 100,
             "the socket got {received} of {sent}"
         );
-        let a_members = dp_a.members();
-        assert_eq!(a_members[0].counters.rx_packets, received);
+        // A counts what it wrote to its TUN; the kernel may still drop a few on the way to the
+        // socket when the machine is busy, so the count lies between the two ends.
+        let a_rx = dp_a.members()[0].counters.rx_packets;
+        assert!(
+            (received..=sent).contains(&a_rx),
+            "A counted {a_rx} received; the socket got {received} of {sent}"
+        );
         assert_eq!(dp_b.members()[0].counters.rx_spoofed, 0);
     })
     .expect("tokio runtime");
