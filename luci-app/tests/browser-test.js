@@ -57,6 +57,9 @@ async function settings(page, h) {
 	await page.fill('input[name=listen_port]', '70000');
 	await page.dispatchEvent('input[name=listen_port]', 'input');
 	check('invalid port is marked', (await page.locator('input[name=listen_port].cbi-input-invalid').count()) === 1);
+	await page.fill('input[name=overlay_ipv4]', '10.100.0.0/24');
+	await page.dispatchEvent('input[name=overlay_ipv4]', 'input');
+	check('an overlay that is not a /16 is marked', (await page.locator('input[name=overlay_ipv4].cbi-input-invalid').count()) === 1);
 	await page.screenshot({ path: path.join(artifacts, 'luci-settings-invalid.png'), fullPage: true });
 	await page.evaluate(() => { window.__saved = null; });
 	await page.click('#save');
@@ -71,6 +74,8 @@ async function settings(page, h) {
 	await page.locator('.cbi-dynlist[data-name=bootstrap] .item').last().locator('.cbi-button-remove').click();
 	await bad.locator('input').fill('192.168.20.0/24');
 	await page.fill('input[name=listen_port]', '4501');
+	await page.fill('input[name=overlay_ipv4]', '');
+	await page.dispatchEvent('input[name=overlay_ipv4]', 'input');
 	await page.selectOption('select[name=log_level]', 'info');
 	await page.evaluate(() => { window.__saved = null; document.getElementById('notifications').innerHTML = ''; });
 	await page.click('#save');

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 mod bench_tunnel;
 mod clock;
+mod collide;
 mod flood;
 mod hil_ssh;
 mod load_peers;

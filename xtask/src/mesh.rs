@@ -69,7 +69,7 @@ pub struct Lab {
     daemons: Vec<(String, Child)>,
     pub(crate) others: Vec<Child>,
     pub(crate) dir: PathBuf,
-    bin: PathBuf,
+    pub(crate) bin: PathBuf,
 }
 
 impl Drop for Lab {

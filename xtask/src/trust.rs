@@ -12,7 +12,8 @@
 //! A and the hostile member join and after; every refusal must show in `peers --json`; B's LAN
 //! hosts must still reach each other and C's LAN; A must keep its overlay addresses at B and C;
 //! and nftables in B's namespace must count no packet sent to the addresses of the peer list.
-//! Then a gateway whose clock is five years behind ([`crate::clock`]).
+//! Then a gateway whose clock is five years behind ([`crate::clock`]), and two gateways whose
+//! PeerIds collide on their overlay IPv4 address ([`crate::collide`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -57,6 +58,7 @@ pub fn run(bin: &Path, hostile: &Path) -> Result<Report> {
     drop(lab);
     let mut rep = r?;
     crate::clock::run(bin, &mut rep)?;
+    crate::collide::run(bin, &mut rep)?;
     println!();
     println!("{}", rep.table());
     Ok(rep)

@@ -25,6 +25,7 @@ use shadowmesh_proto::consts::{
     ED25519_SIGNATURE_LEN, MLDSA87_PUBLIC_KEY_LEN, MLDSA87_SECRET_KEY_LEN, MLDSA87_SIGNATURE_LEN,
 };
 use shadowmesh_proto::PeerId;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::sign::{concat, PeerKeys};
 
@@ -40,6 +41,15 @@ pub struct Identity {
     mldsa_sk: mldsa87::SecretKey,
     ed25519_seed: [u8; 32],
     ed25519: ring::signature::Ed25519KeyPair,
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        self.ed25519_seed.zeroize();
+        let zero = mldsa87::SecretKey::from_bytes(&[0u8; MLDSA87_SECRET_KEY_LEN])
+            .expect("ML-DSA-87 secret key length");
+        crate::secret::wipe(&mut self.mldsa_sk, zero);
+    }
 }
 
 impl fmt::Debug for Identity {
@@ -117,9 +127,9 @@ impl Identity {
     /// Generates a fresh identity from the OS random number generator.
     pub fn generate() -> Self {
         let (pk, sk) = mldsa87::keypair();
-        let mut seed = [0u8; 32];
-        crate::random_bytes(&mut seed);
-        Self::from_parts(pk, sk, seed)
+        let mut seed = Zeroizing::new([0u8; 32]);
+        crate::random_bytes(&mut seed[..]);
+        Self::from_parts(pk, sk, *seed)
     }
 
     fn from_parts(
@@ -161,7 +171,7 @@ impl Identity {
             .expect("Ed25519 public key length")
     }
 
-    /// The Ed25519 private key as PKCS#8 v1 DER, for rustls.
+    /// The Ed25519 private key as PKCS#8 v1 DER, for rustls (the caller wipes it).
     pub fn ed25519_pkcs8(&self) -> Vec<u8> {
         // RFC 8410 OneAsymmetricKey v1: SEQUENCE { INTEGER 0, AlgorithmIdentifier id-Ed25519,
         // OCTET STRING { OCTET STRING seed } }.
@@ -210,9 +220,9 @@ impl Identity {
         out
     }
 
-    /// Serialises the key file.
-    pub fn to_key_file(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(KEY_FILE_LEN);
+    /// Serialises the key file (wiped when dropped).
+    pub fn to_key_file(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(KEY_FILE_LEN));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&self.ed25519_seed);
@@ -241,14 +251,14 @@ impl Identity {
         if !crate::ct_eq(&crate::sha256(&[body]), sum) {
             return Err(KeyFileProblem::Checksum);
         }
-        let seed: [u8; 32] = body[10..42].try_into().expect("length checked");
+        let seed = Zeroizing::new(<[u8; 32]>::try_from(&body[10..42]).expect("length checked"));
         let pk = &body[42..42 + MLDSA87_PUBLIC_KEY_LEN];
         let sk = &body[42 + MLDSA87_PUBLIC_KEY_LEN..];
         let pk = mldsa87::PublicKey::from_bytes(pk)
             .map_err(|_| KeyFileProblem::Inconsistent("malformed ML-DSA-87 public key"))?;
         let sk = mldsa87::SecretKey::from_bytes(sk)
             .map_err(|_| KeyFileProblem::Inconsistent("malformed ML-DSA-87 secret key"))?;
-        let id = Self::from_parts(pk, sk, seed);
+        let id = Self::from_parts(pk, sk, *seed);
         // A file assembled from two different key pairs would pass the checksum; a signature
         // round trip proves the halves belong together.
         let probe = b"shadowmesh/key-file-self-test";
@@ -278,7 +288,7 @@ impl Identity {
         if meta.len() > 2 * KEY_FILE_LEN as u64 {
             return Err(err(KeyFileProblem::Length(meta.len() as usize)));
         }
-        let bytes = std::fs::read(path).map_err(|e| err(KeyFileProblem::Io(e)))?;
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| err(KeyFileProblem::Io(e)))?);
         Self::from_key_file(&bytes).map_err(err)
     }
 

@@ -8,11 +8,12 @@
 //! The secret is secure if either component is.
 
 use pqcrypto_mlkem::mlkem1024;
-use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SharedSecret as _};
+use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SecretKey as _, SharedSecret as _};
 use ring::agreement;
 use shadowmesh_proto::consts::{
     MLKEM1024_CIPHERTEXT_LEN, MLKEM1024_ENCAPS_KEY_LEN, X25519_PUBLIC_KEY_LEN,
 };
+use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -23,9 +24,30 @@ pub const RESP_SHARE_LEN: usize = MLKEM1024_CIPHERTEXT_LEN + X25519_PUBLIC_KEY_L
 /// Length of the combined secret.
 pub const SECRET_LEN: usize = 64;
 
+/// The combined secret, wiped when dropped.
+pub type Secret = Zeroizing<[u8; SECRET_LEN]>;
+
+/// An ML-KEM-1024 decapsulation key, wiped when dropped.
+struct MlKemSecret(mlkem1024::SecretKey);
+
+impl Drop for MlKemSecret {
+    fn drop(&mut self) {
+        let zero = mlkem1024::SecretKey::from_bytes(&[0u8; mlkem1024::secret_key_bytes()])
+            .expect("ML-KEM-1024 secret key length");
+        crate::secret::wipe(&mut self.0, zero);
+    }
+}
+
+/// Copies a pqcrypto shared secret into `out` and wipes it.
+fn take_shared(mut ss: mlkem1024::SharedSecret, out: &mut [u8]) {
+    out.copy_from_slice(ss.as_bytes());
+    let zero = mlkem1024::SharedSecret::from_bytes(&[0u8; 32]).expect("shared secret length");
+    crate::secret::wipe(&mut ss, zero);
+}
+
 /// The initiator's half-finished exchange.
 pub struct Initiator {
-    mlkem_sk: mlkem1024::SecretKey,
+    mlkem_sk: MlKemSecret,
     x25519: agreement::EphemeralPrivateKey,
     share: Box<[u8; INIT_SHARE_LEN]>,
 }
@@ -42,7 +64,7 @@ impl Initiator {
         share[..MLKEM1024_ENCAPS_KEY_LEN].copy_from_slice(pk.as_bytes());
         share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(xpk.as_ref());
         Initiator {
-            mlkem_sk: sk,
+            mlkem_sk: MlKemSecret(sk),
             x25519: x,
             share,
         }
@@ -68,15 +90,15 @@ impl Initiator {
     }
 
     /// Completes the exchange with the responder's share.
-    pub fn finish(self, resp_share: &[u8]) -> Result<[u8; SECRET_LEN], Error> {
+    pub fn finish(self, resp_share: &[u8]) -> Result<Secret, Error> {
         if resp_share.len() != RESP_SHARE_LEN {
             return Err(Error::KeyExchange);
         }
         let (ct, xpk) = resp_share.split_at(MLKEM1024_CIPHERTEXT_LEN);
         let ct = mlkem1024::Ciphertext::from_bytes(ct).map_err(|_| Error::KeyExchange)?;
-        let ss = mlkem1024::decapsulate(&ct, &self.mlkem_sk);
-        let mut out = [0u8; SECRET_LEN];
-        out[..32].copy_from_slice(ss.as_bytes());
+        let ss = mlkem1024::decapsulate(&ct, &self.mlkem_sk.0);
+        let mut out = Zeroizing::new([0u8; SECRET_LEN]);
+        take_shared(ss, &mut out[..32]);
         agreement::agree_ephemeral(
             self.x25519,
             &agreement::UnparsedPublicKey::new(&agreement::X25519, xpk),
@@ -88,7 +110,7 @@ impl Initiator {
 }
 
 /// Answers an initiator's share: returns our share and the combined secret.
-pub fn respond(init_share: &[u8]) -> Result<(Box<[u8; RESP_SHARE_LEN]>, [u8; SECRET_LEN]), Error> {
+pub fn respond(init_share: &[u8]) -> Result<(Box<[u8; RESP_SHARE_LEN]>, Secret), Error> {
     if init_share.len() != INIT_SHARE_LEN {
         return Err(Error::KeyExchange);
     }
@@ -99,8 +121,8 @@ pub fn respond(init_share: &[u8]) -> Result<(Box<[u8; RESP_SHARE_LEN]>, [u8; SEC
     let x = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
         .expect("the OS random number generator failed");
     let my_xpk = x.compute_public_key().expect("X25519 public key");
-    let mut secret = [0u8; SECRET_LEN];
-    secret[..32].copy_from_slice(ss.as_bytes());
+    let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+    take_shared(ss, &mut secret[..32]);
     agreement::agree_ephemeral(
         x,
         &agreement::UnparsedPublicKey::new(&agreement::X25519, xpk),

@@ -9,6 +9,7 @@
 //! - [`hello`]: HELLO, binding the QUIC session to the PeerId and the network key.
 //! - [`aead`]: the SMSH frame AEAD.
 //! - [`session`]: the end-to-end session: INIT/RESP, per-direction keys, replay, rekey.
+//! - [`secret`]: the network key, wiped on drop.
 //!
 //! Primitive choices: ML-KEM and ML-DSA come from pqcrypto (PQClean, 5-7x faster than the pure
 //! Rust crates, which stay as the independent cross-check in tests). Everything classical comes
@@ -26,12 +27,14 @@ pub mod hello;
 pub mod identity;
 pub mod kx;
 pub mod record;
+pub mod secret;
 pub mod session;
 pub mod sign;
 pub mod tls;
 
 pub use error::Error;
 pub use identity::Identity;
+pub use secret::NetworkKey;
 
 /// Fills `out` from the operating system's CSPRNG.
 pub fn random_bytes(out: &mut [u8]) {

@@ -29,6 +29,7 @@ use crate::aead::FrameKey;
 use crate::kx;
 use crate::sign::PeerKeys;
 use crate::{Error, Identity};
+use zeroize::{Zeroize, Zeroizing};
 
 struct Keys {
     send: FrameKey,
@@ -44,14 +45,28 @@ struct Derived {
     chain: [u8; 32],
 }
 
+impl Drop for Derived {
+    fn drop(&mut self) {
+        self.send.zeroize();
+        self.recv.zeroize();
+        self.chain.zeroize();
+    }
+}
+
 fn derive(salt: &[u8], secret: &[u8], info: &[&[u8]], initiator: bool) -> Derived {
-    let mut okm = [0u8; 96];
-    crate::hkdf(salt, secret, info, &mut okm);
-    let i2r: [u8; 32] = okm[..32].try_into().expect("32");
-    let r2i: [u8; 32] = okm[32..64].try_into().expect("32");
-    let chain: [u8; 32] = okm[64..].try_into().expect("32");
+    let mut okm = Zeroizing::new([0u8; 96]);
+    crate::hkdf(salt, secret, info, &mut okm[..]);
+    let mut d = Derived {
+        send: [0; 32],
+        recv: [0; 32],
+        chain: [0; 32],
+    };
+    let (i2r, r2i) = (&okm[..32], &okm[32..64]);
     let (send, recv) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
-    Derived { send, recv, chain }
+    d.send.copy_from_slice(send);
+    d.recv.copy_from_slice(recv);
+    d.chain.copy_from_slice(&okm[64..]);
+    d
 }
 
 impl Keys {
@@ -189,7 +204,7 @@ impl Initiating {
         let resp_hash = crate::sha256(&[resp_body]);
         let d = derive(
             &e2e_salt(network_key),
-            &secret,
+            &secret[..],
             &[&init_hash, &resp_hash],
             true,
         );
@@ -239,15 +254,21 @@ pub fn respond(
     let resp_hash = crate::sha256(&[&body]);
     let d = derive(
         &e2e_salt(network_key),
-        &secret,
+        &secret[..],
         &[&init_hash, &resp_hash],
         false,
     );
     Ok((Session::new(d, false, now), body))
 }
 
-fn rekey_mac_key(chain: &[u8; 32]) -> [u8; 32] {
-    crate::hmac_sha256(chain, &[b"shadowmesh/rekey-mac/v1"])
+fn rekey_mac_key(chain: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(crate::hmac_sha256(chain, &[b"shadowmesh/rekey-mac/v1"]))
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.chain.zeroize();
+    }
 }
 
 impl Session {
@@ -368,7 +389,7 @@ impl Session {
         let k = kx::Initiator::generate();
         let mut body = Vec::new();
         Rekey::emit_unmaced(epoch, k.x25519_pk(), k.mlkem_ek(), &mut body);
-        let mac = crate::hmac_sha256(&rekey_mac_key(&self.chain), &[REKEY_INIT_DOMAIN, &body]);
+        let mac = crate::hmac_sha256(&rekey_mac_key(&self.chain)[..], &[REKEY_INIT_DOMAIN, &body]);
         body.extend_from_slice(&mac);
         self.pending = Some(Box::new(PendingRekey {
             epoch,
@@ -394,7 +415,7 @@ impl Session {
             return Err(Error::BadRekey);
         }
         let mac_key = rekey_mac_key(&self.chain);
-        let mac = crate::hmac_sha256(&mac_key, &[REKEY_INIT_DOMAIN, r.maced]);
+        let mac = crate::hmac_sha256(&mac_key[..], &[REKEY_INIT_DOMAIN, r.maced]);
         if !crate::ct_eq(&mac, r.mac) {
             return Err(Error::BadRekey);
         }
@@ -410,12 +431,12 @@ impl Session {
             .try_into()
             .expect("len");
         Rekey::emit_unmaced(r.epoch, x, kem, &mut out);
-        let mac = crate::hmac_sha256(&mac_key, &[REKEY_RESP_DOMAIN, &out]);
+        let mac = crate::hmac_sha256(&mac_key[..], &[REKEY_RESP_DOMAIN, &out]);
         out.extend_from_slice(&mac);
         let epoch = r.epoch.to_be_bytes();
         let d = derive(
             &self.chain,
-            &secret,
+            &secret[..],
             &[
                 b"rekey",
                 &epoch,
@@ -439,7 +460,10 @@ impl Session {
             self.pending = Some(p);
             return Err(Error::BadRekey);
         }
-        let mac = crate::hmac_sha256(&rekey_mac_key(&self.chain), &[REKEY_RESP_DOMAIN, r.maced]);
+        let mac = crate::hmac_sha256(
+            &rekey_mac_key(&self.chain)[..],
+            &[REKEY_RESP_DOMAIN, r.maced],
+        );
         if !crate::ct_eq(&mac, r.mac) {
             return Err(Error::BadRekey);
         }
@@ -450,7 +474,7 @@ impl Session {
         let epoch = r.epoch.to_be_bytes();
         let d = derive(
             &self.chain,
-            &secret,
+            &secret[..],
             &[
                 b"rekey",
                 &epoch,

@@ -134,9 +134,9 @@ pub fn ed25519_from_spki(der: &[u8]) -> Option<[u8; 32]> {
 }
 
 fn certified_key(id: &Identity) -> Arc<CertifiedKey> {
-    let der = id.ed25519_pkcs8();
-    let key = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(der))
-        .expect("valid Ed25519 PKCS#8");
+    let mut der = PrivatePkcs8KeyDer::from(id.ed25519_pkcs8());
+    let key = rustls::crypto::ring::sign::any_eddsa_type(&der).expect("valid Ed25519 PKCS#8");
+    zeroize::Zeroize::zeroize(&mut der);
     Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(ed25519_spki(&id.ed25519_public()))],
         key,

@@ -14,6 +14,8 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
+use std::collections::BTreeMap;
+
 use crate::route::Prefix;
 use crate::PeerId;
 
@@ -77,27 +79,97 @@ pub fn ipv4_candidate(prefix: V4Prefix, id: &PeerId, mut counter: u32) -> (Ipv4A
     }
 }
 
-/// Chooses `me`'s overlay IPv4 address given what other peers claim.
-///
-/// `claimant(addr)` returns the PeerId that claims `addr` (from verified records), if any. An
-/// address claimed by a lower PeerId is skipped; one claimed by a higher PeerId is ours (that
-/// peer must move). Returns the address and the counter to put in our record.
-pub fn choose_ipv4(
+/// Rehash rounds a claim may use. With 1,000 members in the 65,534 addresses a PeerId needs a
+/// second round with probability 1.5%, and a 64th practically never; the bound keeps one
+/// rebuild's hashing to at most 64 SHA-256 per member whatever the records say.
+pub const MAX_REHASH: u32 = 64;
+
+/// What became of one member's overlay IPv4 claim under the collision rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Verdict {
+    /// The address the rule gives the claimant: it owns it.
+    Owner,
+    /// A lower PeerId owns the address: the claimant must rehash.
+    Held(PeerId),
+    /// Not what the claimant's PeerId derives with the claimed counter.
+    NotDerived,
+    /// Derived, but with a counter past an address that was free to the claimant: a low PeerId
+    /// could otherwise search counters until it lands on any address it wants to take.
+    Skipped,
+}
+
+/// Settles overlay IPv4 claims by the collision rule, the same way at every node that knows the
+/// same members: in ascending PeerId order, each PeerId owns the first usable candidate
+/// (counter 0, 1, ...) that no lower PeerId owns. `claims` are `(PeerId, address, counter)` in
+/// ascending PeerId order (a `BTreeMap`'s); `me`, if given, takes its place in that order without
+/// a claim. `verdict` hears each claim's outcome. Returns the address and counter `me` owns
+/// (`None` only past [`MAX_REHASH`] rounds).
+pub fn settle_ipv4(
     prefix: V4Prefix,
-    me: &PeerId,
-    mut claimant: impl FnMut(Ipv4Addr) -> Option<PeerId>,
-) -> (Ipv4Addr, u32) {
-    let mut counter = 0;
-    // 65,534 usable hosts: if every one were held by a lower id we would loop forever, so bound
-    // the search; past the bound the last candidate is returned and the collision persists.
-    for _ in 0..=u16::MAX as u32 {
-        let (addr, used) = ipv4_candidate(prefix, me, counter);
-        match claimant(addr) {
-            Some(other) if other < *me => counter = used + 1,
-            _ => return (addr, used),
+    me: Option<&PeerId>,
+    claims: impl IntoIterator<Item = (PeerId, Ipv4Addr, u32)>,
+    mut verdict: impl FnMut(PeerId, Ipv4Addr, Ipv4Verdict),
+) -> Option<(Ipv4Addr, u32)> {
+    let mut owned: BTreeMap<Ipv4Addr, PeerId> = BTreeMap::new();
+    let mut mine = None;
+    let mut me = me.copied();
+    let mut last: Option<PeerId> = None;
+    let own_turn = |owned: &mut BTreeMap<Ipv4Addr, PeerId>, me: PeerId| {
+        let r = first_free(prefix, &me, owned);
+        if let Some((a, _)) = r {
+            owned.insert(a, me);
         }
+        r
+    };
+    for (id, addr, counter) in claims {
+        debug_assert!(
+            last.is_none_or(|l| l < id),
+            "claims in ascending PeerId order"
+        );
+        last = Some(id);
+        if let Some(m) = me.filter(|m| *m < id) {
+            mine = own_turn(&mut owned, m);
+            me = None;
+        }
+        if me == Some(id) {
+            continue;
+        }
+        let v = if first_free(prefix, &id, &owned) == Some((addr, counter)) {
+            owned.insert(addr, id);
+            Ipv4Verdict::Owner
+        } else if !ipv4_claim_valid(prefix, &id, addr, counter) {
+            Ipv4Verdict::NotDerived
+        } else if let Some(o) = owned.get(&addr) {
+            Ipv4Verdict::Held(*o)
+        } else {
+            Ipv4Verdict::Skipped
+        };
+        verdict(id, addr, v);
     }
-    ipv4_candidate(prefix, me, counter)
+    if let Some(m) = me {
+        mine = own_turn(&mut owned, m);
+    }
+    mine
+}
+
+/// `id`'s first usable candidate that nobody in `owned` holds, within [`MAX_REHASH`] rounds.
+fn first_free(
+    prefix: V4Prefix,
+    id: &PeerId,
+    owned: &BTreeMap<Ipv4Addr, PeerId>,
+) -> Option<(Ipv4Addr, u32)> {
+    let mut counter = 0;
+    while counter < MAX_REHASH {
+        let (addr, used) = ipv4_candidate(prefix, id, counter);
+        if used >= MAX_REHASH {
+            return None;
+        }
+        if !owned.contains_key(&addr) {
+            return Some((addr, used));
+        }
+        counter = used + 1;
+    }
+    None
 }
 
 /// Checks that `(addr, counter)` is what `id` derives for that counter: a record claiming any
@@ -189,23 +261,114 @@ mod tests {
         }
     }
 
+    /// Settles `claims` (any order) as a node that is `me` would.
+    fn settle(
+        me: Option<&PeerId>,
+        claims: &[(PeerId, Ipv4Addr, u32)],
+    ) -> (Option<(Ipv4Addr, u32)>, BTreeMap<PeerId, Ipv4Verdict>) {
+        let mut sorted = claims.to_vec();
+        sorted.sort();
+        let mut out = BTreeMap::new();
+        let mine = settle_ipv4(V4Prefix::default(), me, sorted, |id, _, v| {
+            out.insert(id, v);
+        });
+        (mine, out)
+    }
+
     #[test]
     fn collision_lower_id_keeps_higher_rehashes() {
         let p = V4Prefix::default();
         let low = id(5, 5, 0);
         let high = id(5, 5, 1);
-        let mut claims = BTreeMap::new();
-        claims.insert(Ipv4Addr::new(10, 100, 5, 5), low);
-        let (a_low, c_low) = choose_ipv4(p, &low, |a| claims.get(&a).copied());
-        assert_eq!((a_low, c_low), (Ipv4Addr::new(10, 100, 5, 5), 0));
-        let (a_high, c_high) = choose_ipv4(p, &high, |a| claims.get(&a).copied());
-        assert_ne!(a_high, a_low);
-        assert!(c_high >= 1);
-        assert!(ipv4_claim_valid(p, &high, a_high, c_high));
-        // Symmetric: if the high id claimed first, the low id still keeps the address.
-        let mut claims2 = BTreeMap::new();
-        claims2.insert(Ipv4Addr::new(10, 100, 5, 5), high);
-        assert_eq!(choose_ipv4(p, &low, |a| claims2.get(&a).copied()).0, a_low);
+        let x = Ipv4Addr::new(10, 100, 5, 5);
+        // Both claim counter 0: the low one owns it, the high one is told to move.
+        let (_, v) = settle(None, &[(high, x, 0), (low, x, 0)]);
+        assert_eq!(v[&low], Ipv4Verdict::Owner);
+        assert_eq!(v[&high], Ipv4Verdict::Held(low));
+        // The high one, settling for itself, moves to its first free rehash.
+        let (mine, v) = settle(Some(&high), &[(low, x, 0)]);
+        let (a, c) = mine.unwrap();
+        assert_ne!(a, x);
+        assert!(c >= 1);
+        assert!(ipv4_claim_valid(p, &high, a, c));
+        assert_eq!(v[&low], Ipv4Verdict::Owner);
+        // The low one keeps the address whoever claimed first, and refuses the high one's claim
+        // to it; the high one's rehashed claim is accepted everywhere.
+        let (mine, v) = settle(Some(&low), &[(high, x, 0)]);
+        assert_eq!(mine, Some((x, 0)));
+        assert_eq!(v[&high], Ipv4Verdict::Held(low));
+        let (mine, v) = settle(Some(&low), &[(high, a, c)]);
+        assert_eq!(mine, Some((x, 0)));
+        assert_eq!(v[&high], Ipv4Verdict::Owner);
+        let (_, v) = settle(None, &[(high, a, c), (low, x, 0)]);
+        assert_eq!(
+            (v[&low], v[&high]),
+            (Ipv4Verdict::Owner, Ipv4Verdict::Owner)
+        );
+    }
+
+    #[test]
+    fn a_counter_cannot_be_chosen_to_take_an_address() {
+        let p = V4Prefix::default();
+        // A lower PeerId searches counters until one derives the victim's address (here the
+        // victim is made to fit the thief's 1,000th candidate).
+        let thief = id(1, 2, 3);
+        let (target, c) = ipv4_candidate(p, &thief, 1000);
+        let o = target.octets();
+        let victim = id(o[2], o[3], 9);
+        assert!(thief < victim);
+        let (_, v) = settle(None, &[(thief, target, c), (victim, target, 0)]);
+        assert!(matches!(
+            v[&thief],
+            Ipv4Verdict::Skipped | Ipv4Verdict::NotDerived
+        ));
+        assert_eq!(v[&victim], Ipv4Verdict::Owner);
+        // An address the PeerId does not derive at all.
+        let (_, v) = settle(None, &[(thief, Ipv4Addr::new(10, 100, 9, 9), 0)]);
+        assert_eq!(v[&thief], Ipv4Verdict::NotDerived);
+        // The victim settling for itself keeps its address.
+        let (mine, _) = settle(Some(&victim), &[(thief, target, c)]);
+        assert_eq!(mine, Some((target, 0)));
+    }
+
+    #[test]
+    fn chains_of_collisions_settle_alike_at_every_node() {
+        // Ids sharing their first two bytes, so all collide at counter 0; then each must move
+        // past what every lower one owns.
+        let ids: Vec<PeerId> = (0..6).map(|i| id(9, 9, i)).collect();
+        // What each PeerId ends up owning when every one settles for itself knowing the others'
+        // settled claims, iterated to a fixed point from everyone claiming counter 0.
+        let mut claims: Vec<(PeerId, Ipv4Addr, u32)> = ids
+            .iter()
+            .map(|i| {
+                let (a, c) = ipv4_candidate(V4Prefix::default(), i, 0);
+                (*i, a, c)
+            })
+            .collect();
+        for _ in 0..ids.len() {
+            claims = ids
+                .iter()
+                .map(|me| {
+                    let others: Vec<_> = claims.iter().filter(|c| c.0 != *me).copied().collect();
+                    let (a, c) = settle(Some(me), &others).0.unwrap();
+                    (*me, a, c)
+                })
+                .collect();
+        }
+        let addrs: std::collections::BTreeSet<Ipv4Addr> = claims.iter().map(|c| c.1).collect();
+        assert_eq!(addrs.len(), ids.len(), "distinct addresses");
+        // An observer accepts every final claim, and so does each member for the others.
+        let (_, v) = settle(None, &claims);
+        assert!(v.values().all(|v| *v == Ipv4Verdict::Owner), "{v:?}");
+        for me in &ids {
+            let others: Vec<_> = claims.iter().filter(|c| c.0 != *me).copied().collect();
+            let (mine, v) = settle(Some(me), &others);
+            assert_eq!(
+                mine.map(|m| (*me, m.0, m.1)),
+                claims.iter().find(|c| c.0 == *me).copied()
+            );
+            assert!(v.values().all(|v| *v == Ipv4Verdict::Owner));
+        }
     }
 
     #[test]

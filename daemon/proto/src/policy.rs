@@ -39,6 +39,8 @@ pub enum Refusal {
     Full,
     /// An overlay address its PeerId does not derive.
     Claim,
+    /// An overlay address its PeerId derives only after rehashing past one that was free to it.
+    Rehash,
 }
 
 impl Refusal {
@@ -55,6 +57,7 @@ impl Refusal {
             Refusal::NotAccepted => "not_accepted",
             Refusal::Full => "full",
             Refusal::Claim => "claim",
+            Refusal::Rehash => "rehash",
         }
     }
 }
@@ -72,6 +75,7 @@ impl fmt::Display for Refusal {
             Refusal::NotAccepted => write!(f, "outside every accept_route"),
             Refusal::Full => write!(f, "route table full"),
             Refusal::Claim => write!(f, "not an overlay address its PeerId derives"),
+            Refusal::Rehash => write!(f, "rehashed past an overlay address free to it"),
         }
     }
 }

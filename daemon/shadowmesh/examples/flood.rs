@@ -102,7 +102,7 @@ fn main() {
             let n: usize = o.parse_or("--member-dials", 10).unwrap();
             let nk = network_key(&o).unwrap_or_else(|e| panic!("{}", e.msg));
             let id = Identity::generate();
-            let mut cfg = NodeConfig::new(local, nk);
+            let mut cfg = NodeConfig::new(local, nk.clone());
             cfg.payload = member_payload(&id.peer_id(), &nk);
             cfg.handshake_timeout = Duration::from_secs(5);
             let node = Node::bind(id, cfg).expect("bind");

@@ -56,7 +56,7 @@ fn main() {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let id = Identity::generate();
-            let mut cfg = NodeConfig::new(SocketAddr::new(binds[i % binds.len()], 0), nk);
+            let mut cfg = NodeConfig::new(SocketAddr::new(binds[i % binds.len()], 0), nk.clone());
             cfg.payload = member_payload(&id.peer_id(), &nk);
             cfg.handshake_timeout = Duration::from_secs(30);
             nodes.push(Rc::new(Node::bind(id, cfg).expect("bind")));

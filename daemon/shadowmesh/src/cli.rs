@@ -2,14 +2,16 @@
 //!
 //! Hand-rolled argument parsing: a parser crate would cost more flash than the whole CLI.
 
+use shadowmesh_crypto::NetworkKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shadowmesh_crypto::identity::KeyFileError;
 use shadowmesh_crypto::Identity;
 use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
-use shadowmesh_proto::peer::{decode_hex_into, to_hex};
+use shadowmesh_proto::peer::to_hex;
 use shadowmesh_proto::PeerId;
+use zeroize::Zeroizing;
 
 use crate::json::Obj;
 
@@ -147,14 +149,14 @@ impl Opts {
 }
 
 /// Reads the network key from `--network-key HEX` or `--network-key-file PATH`.
-pub fn network_key(o: &Opts) -> Result<[u8; 32], CliError> {
+pub fn network_key(o: &Opts) -> Result<NetworkKey, CliError> {
     let (hex, origin) = match (o.get("--network-key"), o.get("--network-key-file")) {
-        (Some(h), None) => (h.trim().to_string(), "--network-key".to_string()),
+        (Some(h), None) => (Zeroizing::new(h.to_string()), "--network-key".to_string()),
         (None, Some(p)) => (
-            std::fs::read_to_string(p)
-                .map_err(|e| CliError::fail(format!("network key file {p}: {e}")))?
-                .trim()
-                .to_string(),
+            Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| CliError::fail(format!("network key file {p}: {e}")))?,
+            ),
             format!("network key file {p}"),
         ),
         (Some(_), Some(_)) => {
@@ -168,10 +170,8 @@ pub fn network_key(o: &Opts) -> Result<[u8; 32], CliError> {
             ))
         }
     };
-    let mut k = [0u8; 32];
-    decode_hex_into(&hex, &mut k)
-        .map_err(|_| CliError::usage(format!("{origin}: expected 64 hex digits")))?;
-    Ok(k)
+    NetworkKey::from_hex(hex.trim())
+        .ok_or_else(|| CliError::usage(format!("{origin}: expected 64 hex digits")))
 }
 
 /// Parses `PEERID@HOST:PORT` (the UCI bootstrap syntax).
@@ -189,7 +189,7 @@ pub fn parse_peer_addr(s: &str) -> Result<(PeerId, SocketAddr), CliError> {
 }
 
 /// The network key if `--network-key` or `--network-key-file` is given.
-fn optional_network_key(o: &Opts) -> Result<Option<[u8; 32]>, CliError> {
+fn optional_network_key(o: &Opts) -> Result<Option<NetworkKey>, CliError> {
     if o.get("--network-key").is_none() && o.get("--network-key-file").is_none() {
         return Ok(None);
     }
@@ -204,7 +204,7 @@ pub fn keygen(o: &Opts) -> Result<(), CliError> {
     let id = Identity::generate();
     id.save_new(&path)?;
     if o.flag("--json") {
-        println!("{}", id_json(&id, nk.as_ref()));
+        println!("{}", id_json(&id, nk.as_deref()));
     } else {
         println!("{}", id.peer_id());
     }
@@ -236,7 +236,7 @@ pub fn id(o: &Opts) -> Result<(), CliError> {
     let nk = optional_network_key(o)?;
     let id = Identity::load(&PathBuf::from(o.need("--key")?))?;
     if o.flag("--json") {
-        println!("{}", id_json(&id, nk.as_ref()));
+        println!("{}", id_json(&id, nk.as_deref()));
     } else {
         let pid = id.peer_id();
         println!("peer_id    {pid}");

@@ -27,13 +27,13 @@
 //!     list accept_route '192.168.0.0/16'        # if set: only member routes inside these
 //! ```
 
+use shadowmesh_crypto::NetworkKey;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use shadowmesh_proto::consts::DEFAULT_PORT;
 use shadowmesh_proto::overlay::{V4Prefix, V6Prefix};
-use shadowmesh_proto::peer::decode_hex_into;
 use shadowmesh_proto::policy::RoutePolicy;
 use shadowmesh_proto::record::Route;
 use shadowmesh_proto::route::Prefix;
@@ -83,7 +83,7 @@ pub struct Config {
     /// Identity key file.
     pub key_file: PathBuf,
     /// The mesh's network key; `None` for a DHT-only seed node.
-    pub network_key: Option<[u8; 32]>,
+    pub network_key: Option<NetworkKey>,
     /// `option seed '1'`: a DHT-only seed on purpose. The OpenWrt init script generates a
     /// network key on first start unless this is set; a `network_key` next to it is ignored.
     pub seed: bool,
@@ -118,6 +118,9 @@ pub struct Config {
     pub fast_lane: bool,
     /// TUN offload (TCP super-packets cut in user space, partial checksums completed).
     pub offload: bool,
+    /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
+    /// a mesh must use the same.
+    pub overlay_ipv4: V4Prefix,
 }
 
 impl Default for Config {
@@ -143,6 +146,7 @@ impl Default for Config {
             tunnel: true,
             fast_lane: true,
             offload: true,
+            overlay_ipv4: V4Prefix::default(),
         }
     }
 }
@@ -167,11 +171,29 @@ pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
 
 pub use shadowmesh_proto::route::parse_cidr;
 
-/// The overlay prefixes: the IPv4 /16 and, in a mesh, its IPv6 /48.
-pub fn overlay_prefixes(network_key: Option<&[u8; 32]>) -> Vec<Prefix> {
-    let mut v = vec![V4Prefix::default().prefix()];
+/// The overlay prefixes: the IPv4 /16 `v4` and, in a mesh, its IPv6 /48.
+pub fn overlay_prefixes(v4: V4Prefix, network_key: Option<&[u8; 32]>) -> Vec<Prefix> {
+    let mut v = vec![v4.prefix()];
     v.extend(network_key.map(|k| V6Prefix::for_network(k).prefix()));
     v
+}
+
+/// `option overlay_ipv4`: a unicast IPv4 /16 with its host part zero (members' addresses are
+/// `A.B.X.Y` with `X.Y` from the PeerId).
+fn parse_overlay_ipv4(v: &str) -> Result<V4Prefix, String> {
+    let r = parse_cidr(v)?;
+    let std::net::IpAddr::V4(a) = r.addr else {
+        return Err("an IPv4 /16 such as 10.100.0.0/16".into());
+    };
+    let o = a.octets();
+    if r.prefix_len != 16 || o[2..] != [0, 0] {
+        return Err("must be a /16 with a zero host part, such as 10.100.0.0/16".into());
+    }
+    let p = Prefix::new(r.addr, 16).expect("16 fits IPv4");
+    if shadowmesh_proto::policy::not_unicast(&p) || o[0] == 255 {
+        return Err("not a unicast range".into());
+    }
+    Ok(V4Prefix { net: [o[0], o[1]] })
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -269,6 +291,10 @@ impl Config {
                     let v = single(o)?;
                     c.accept_routes = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
+                "overlay_ipv4" => {
+                    let v = single(o)?;
+                    c.overlay_ipv4 = parse_overlay_ipv4(&v).map_err(|m| bad(&v, m))?;
+                }
                 "accept_route" => {
                     for v in list(o) {
                         c.accept_route.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
@@ -320,10 +346,9 @@ impl Config {
                     }
                 }
                 "network_key" => {
-                    let v = single(o)?;
-                    let mut k = [0u8; 32];
+                    let v = zeroize::Zeroizing::new(single(o)?);
                     // The value is a secret: the error names the option and the line, never it.
-                    decode_hex_into(&v, &mut k).map_err(|_| ConfigError {
+                    let k = NetworkKey::from_hex(&v).ok_or_else(|| ConfigError {
                         value: None,
                         ..bad(
                             "",
@@ -395,7 +420,7 @@ impl Config {
         }
         // What we advertise must be a LAN: never a default route, never the overlay.
         let policy = RoutePolicy {
-            overlay: overlay_prefixes(c.network_key.as_ref()),
+            overlay: overlay_prefixes(c.overlay_ipv4, c.network_key.as_deref()),
             ..RoutePolicy::default()
         };
         for (r, line) in route_lines {
@@ -444,7 +469,7 @@ mod tests {
         let c = parse(&t).unwrap();
         assert_eq!(c.listen, "127.0.0.1:5000".parse().unwrap());
         assert_eq!(c.advertise, vec![c.listen]);
-        assert_eq!(c.network_key, Some([0x11; 32]));
+        assert_eq!(c.network_key.as_deref(), Some(&[0x11; 32]));
         assert_eq!(c.bootstrap.len(), 1);
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.mtu, Some(1380));
@@ -455,7 +480,10 @@ mod tests {
     fn seed_ignores_network_key() {
         let nk = "22".repeat(32);
         let c = parse(&format!("config shadowmesh\n option network_key '{nk}'\n")).unwrap();
-        assert_eq!((c.seed, c.network_key), (false, Some([0x22; 32])));
+        assert_eq!(
+            (c.seed, c.network_key.as_deref()),
+            (false, Some(&[0x22; 32]))
+        );
         let c = parse(&format!(
             "config shadowmesh\n option seed '1'\n option network_key '{nk}'\n"
         ))
@@ -533,5 +561,35 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         assert!(!c.accept_routes);
         assert_eq!(c.accept_route.len(), 1);
+    }
+
+    #[test]
+    fn overlay_ipv4_is_a_unicast_slash_16() {
+        let with = |v: &str, route: &str| {
+            parse(&format!(
+                "config shadowmesh\n\toption overlay_ipv4 '{v}'\n\tlist route '{route}'\n"
+            ))
+        };
+        let c = with("100.64.0.0/16", "10.100.0.0/16").unwrap();
+        assert_eq!(c.overlay_ipv4, V4Prefix { net: [100, 64] });
+        assert_eq!(
+            parse("config shadowmesh\n").unwrap().overlay_ipv4,
+            V4Prefix::default()
+        );
+        for bad in [
+            "10.100.0.0/24",
+            "10.100.1.0/16",
+            "fd00::/16",
+            "224.1.0.0/16",
+            "127.0.0.0/16",
+            "255.255.0.0/16",
+            "10.100.0.0",
+        ] {
+            let e = with(bad, "192.168.1.0/24").unwrap_err();
+            assert_eq!(e.option.as_deref(), Some("overlay_ipv4"), "{bad}: {e}");
+        }
+        // Our own routes are checked against the overlay we chose, not the default one.
+        let e = with("172.20.0.0/16", "172.20.5.0/24").unwrap_err();
+        assert!(e.msg.contains("overlay"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! Commands: `status`; `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
+use shadowmesh_crypto::NetworkKey;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ fn error(msg: &str) -> String {
 }
 
 /// Serves the control socket at `path` until the process ends.
-pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<[u8; 32]>) {
+pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<NetworkKey>) {
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
@@ -40,18 +41,18 @@ pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<[u8; 32]>)
     }
     let started = Instant::now();
     while let Ok((stream, _)) = listener.accept().await {
-        tokio::task::spawn_local(client(mesh.clone(), stream, network_key, started));
+        tokio::task::spawn_local(client(mesh.clone(), stream, network_key.clone(), started));
     }
 }
 
-async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<[u8; 32]>, started: Instant) {
+async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<NetworkKey>, started: Instant) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(64 * MAX_LINE as u64)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = if line.len() > MAX_LINE {
             error("command too long")
         } else {
-            answer(&mesh, line.trim(), nk, started).await
+            answer(&mesh, line.trim(), nk.as_ref(), started).await
         };
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             break;
@@ -59,7 +60,7 @@ async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<[u8; 32]>, starte
     }
 }
 
-async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Instant) -> String {
+async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<&NetworkKey>, started: Instant) -> String {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("status"), None, _) => {
@@ -82,12 +83,13 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                 .bool("clock_unset", crate::clock_unset())
                 .num("clock_offset_s", crate::clock_offset() as f64);
             if let Some(dp) = mesh.dataplane() {
-                let (v4, v6) = dp.addresses();
+                let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();
                 o = o
                     .str("interface", dp.interface())
                     .uint("mtu", dp.mtu() as u64)
                     .str("overlay_ipv4", &v4.to_string())
+                    .uint("overlay_ipv4_counter", counter as u64)
                     .str(
                         "overlay_ipv6",
                         &v6.map(|a| a.to_string()).unwrap_or_default(),
@@ -115,7 +117,7 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                     "this node has no network key: it cannot name or read members' records",
                 );
             };
-            let key = shadowmesh_crypto::storage_key(&nk, &owner);
+            let key = shadowmesh_crypto::storage_key(nk, &owner);
             let t = Instant::now();
             let Some(out) = mesh.find_value(key, owner).await else {
                 return error("busy: too many lookups running");
@@ -130,7 +132,7 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<[u8; 32]>, started: Inst
                 return base.bool("found", false).finish();
             };
             match shadowmesh_crypto::record::verify_record(&rec, crate::unix_now()).and_then(|v| {
-                let p = v.open_payload(&nk)?;
+                let p = v.open_payload(nk)?;
                 Ok((v, p))
             }) {
                 Ok((v, p)) => {
@@ -173,6 +175,7 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
     Obj::new()
         .str("peer_id", &m.peer_id.to_string())
         .str("overlay_ipv4", &opt_str(m.ipv4))
+        .uint("overlay_ipv4_counter", m.ipv4_counter as u64)
         .str("overlay_ipv6", &opt_str(m.ipv6))
         .raw("routes", &routes)
         .raw("routes_accepted", &accepted)

@@ -8,6 +8,7 @@
 //! The routing-table cache (`<state_dir>/dht.cache`) is written sparingly, because flash wears
 //! out: once 30 s after the first successful join, then at most hourly, and at clean shutdown.
 
+use shadowmesh_crypto::NetworkKey;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -186,6 +187,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("tunnel", new.tunnel != cfg.tunnel),
         ("fast_lane", new.fast_lane != cfg.fast_lane),
         ("offload", new.offload != cfg.offload),
+        ("overlay_ipv4", new.overlay_ipv4 != cfg.overlay_ipv4),
         ("state_dir", new.state_dir != cfg.state_dir),
         ("enabled", new.enabled != cfg.enabled),
     ]
@@ -222,6 +224,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         seed: keep.seed,
         fast_lane: keep.fast_lane,
         offload: keep.offload,
+        overlay_ipv4: keep.overlay_ipv4,
         ..new
     };
 }
@@ -229,15 +232,15 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
 async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let pid = id.peer_id();
     // A seed claims no overlay addresses: it never carries packets.
-    let mut payload = match cfg.network_key {
-        Some(nk) => crate::dataplane::member_payload(&pid, &nk),
+    let mut payload = match &cfg.network_key {
+        Some(nk) => crate::dataplane::member_payload_in(&pid, nk, cfg.overlay_ipv4),
         None => Payload::default(),
     };
     payload.addrs = cfg.advertise.clone();
     payload.routes = cfg.routes.clone();
     let mut ncfg = NodeConfig::dht_only(cfg.listen);
-    if let Some(k) = cfg.network_key {
-        ncfg = ncfg.member_of(k);
+    if let Some(k) = &cfg.network_key {
+        ncfg = ncfg.member_of(k.clone());
     }
     ncfg.payload = payload;
     ncfg.seq_file = Some(cfg.state_dir.join("seq"));
@@ -273,8 +276,8 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         pid,
         mesh.contact().addr
     );
-    if let (Some(nk), true) = (cfg.network_key, cfg.tunnel) {
-        let dp = open_dataplane(&cfg, pid, nk, &mesh.node().config().payload)?;
+    if let (Some(nk), true) = (&cfg.network_key, cfg.tunnel) {
+        let dp = open_dataplane(&cfg, pid, nk.clone(), &mesh.node().config().payload)?;
         mesh.attach(dp);
     }
     tokio::task::spawn_local(mesh.clone().run());
@@ -282,7 +285,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     tokio::task::spawn_local(crate::control::serve(
         mesh.clone(),
         control.clone(),
-        cfg.network_key,
+        cfg.network_key.clone(),
     ));
 
     let cached = read_cache(&cache_path(&cfg));
@@ -394,10 +397,14 @@ async fn watch_addresses(mesh: Rc<Mesh>) {
 fn open_dataplane(
     cfg: &Config,
     pid: shadowmesh_proto::PeerId,
-    nk: [u8; 32],
+    nk: NetworkKey,
     payload: &Payload,
 ) -> Result<Rc<DataPlane>, CliError> {
     let v4 = payload.ipv4.expect("members claim an overlay IPv4 address");
+    check_overlay_free(&crate::config::overlay_prefixes(
+        cfg.overlay_ipv4,
+        Some(&nk),
+    ))?;
     let mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
     let tun = Tun::open(&cfg.interface, v4, payload.ipv6, mtu, cfg.offload).map_err(|e| {
         CliError::fail(format!(
@@ -419,6 +426,42 @@ fn open_dataplane(
     dcfg.policy.accept_routes = cfg.accept_routes;
     dcfg.policy.accept = prefixes(&cfg.accept_route);
     Ok(DataPlane::new(dcfg, tun, mtu))
+}
+
+/// Refuses to open the tunnel when an overlay prefix would take space this host already uses:
+/// an address of the host inside it, or a route (a LAN, another VPN) inside or equal to it,
+/// would make members unreachable or cut the host off from its own network. A route that only
+/// covers it (a `10.0.0.0/8` towards a company network) loses the overlay's part, with a
+/// warning.
+fn check_overlay_free(overlay: &[Prefix]) -> Result<(), CliError> {
+    let routes = crate::netlink::local_routes(0).unwrap_or_else(|e| {
+        log::warn!("reading the host's routes: {e}");
+        vec![]
+    });
+    let addrs = crate::netlink::local_addresses(0).unwrap_or_default();
+    for o in overlay {
+        let option = if o.addr.is_ipv4() {
+            "choose another /16 with option overlay_ipv4, the same for every member"
+        } else {
+            "the IPv6 overlay is derived from the network key"
+        };
+        for r in routes.iter().filter(|r| r.overlaps(o)) {
+            if r.len >= o.len {
+                return Err(CliError::fail(format!(
+                    "the overlay {o} overlaps this host's route to {r}: {option}"
+                )));
+            }
+            log::warn!(
+                "this host's route to {r} covers the overlay {o}: the overlay takes its part"
+            );
+        }
+        if let Some(a) = addrs.iter().find(|a| o.contains(**a)) {
+            return Err(CliError::fail(format!(
+                "the overlay {o} holds {a}, an address of this host: {option}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {

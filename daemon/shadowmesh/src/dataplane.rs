@@ -24,6 +24,7 @@
 //! Everything runs on one thread (tokio `current_thread` + `LocalSet`); state lives in
 //! `RefCell`s that are never borrowed across an `.await`.
 
+use shadowmesh_crypto::NetworkKey;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,7 +42,7 @@ use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
 };
 use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::overlay::{self, Ipv4Verdict, V4Prefix, V6Prefix};
 use shadowmesh_proto::policy::{Refusal, RoutePolicy};
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, InsertError, Prefix, RouteTable};
@@ -338,6 +339,8 @@ pub struct MemberInfo {
     pub peer_id: PeerId,
     /// Overlay IPv4.
     pub ipv4: Option<Ipv4Addr>,
+    /// The rehash counter its record gives for it.
+    pub ipv4_counter: u32,
     /// Overlay IPv6.
     pub ipv6: Option<Ipv6Addr>,
     /// Advertised LAN routes.
@@ -376,6 +379,8 @@ pub struct DataPlaneConfig {
     pub me: PeerId,
     /// Our overlay IPv4 address.
     pub ipv4: Ipv4Addr,
+    /// The rehash counter that derives it (0 unless a lower PeerId holds our first choice).
+    pub ipv4_counter: u32,
     /// Our overlay IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
     /// What we install from members: our own routes, the overlay prefixes, `accept_route(s)`.
@@ -387,23 +392,27 @@ pub struct DataPlaneConfig {
     /// If not empty, the only PeerIds admitted.
     pub allowed: Vec<PeerId>,
     /// The network key (opens members' record payloads).
-    pub network_key: [u8; 32],
+    pub network_key: NetworkKey,
 }
 
 impl DataPlaneConfig {
     /// The settings of member `me` whose record carries `payload` (its overlay addresses and
-    /// the routes it advertises); `None` if the payload claims no overlay IPv4 address.
+    /// the routes it advertises; the overlay IPv4 /16 is the one its address lies in); `None`
+    /// if the payload claims no overlay IPv4 address.
     pub fn new(
         me: PeerId,
         payload: &Payload,
-        network_key: [u8; 32],
+        network_key: impl Into<NetworkKey>,
         allowed: Vec<PeerId>,
     ) -> Option<Self> {
-        let v4_prefix = V4Prefix::default();
+        let network_key = network_key.into();
+        let o = payload.ipv4?.octets();
+        let v4_prefix = V4Prefix { net: [o[0], o[1]] };
         let v6_prefix = V6Prefix::for_network(&network_key);
         Some(DataPlaneConfig {
             me,
             ipv4: payload.ipv4?,
+            ipv4_counter: payload.ipv4_counter,
             ipv6: payload.ipv6,
             policy: RoutePolicy {
                 accept_routes: true,
@@ -425,12 +434,17 @@ impl DataPlaneConfig {
 }
 
 /// The record payload of member `me` of the mesh with `network_key`, before addresses and
-/// routes: the overlay addresses it claims (IPv4 from the first rehash candidate, IPv6 from the
-/// PeerId inside the mesh's /48).
+/// routes: the overlay addresses it claims (IPv4 from the first rehash candidate in the default
+/// `10.100.0.0/16`, IPv6 from the PeerId inside the mesh's /48).
 pub fn member_payload(me: &PeerId, network_key: &[u8; 32]) -> Payload {
-    let (v4, counter) = overlay::ipv4_candidate(V4Prefix::default(), me, 0);
+    member_payload_in(me, network_key, V4Prefix::default())
+}
+
+/// [`member_payload`] with the overlay IPv4 /16 `v4` (`option overlay_ipv4`).
+pub fn member_payload_in(me: &PeerId, network_key: &[u8; 32], v4: V4Prefix) -> Payload {
+    let (addr, counter) = overlay::ipv4_candidate(v4, me, 0);
     Payload {
-        ipv4: Some(v4),
+        ipv4: Some(addr),
         ipv4_counter: counter,
         ipv6: Some(overlay::ipv6(V6Prefix::for_network(network_key), me)),
         ..Payload::default()
@@ -677,7 +691,7 @@ impl DataPlane {
                 .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not on the allowlist");
             return false;
         }
-        let nk = self.cfg.borrow().network_key;
+        let nk = self.cfg.borrow().network_key.clone();
         let payload = match peer.record.open_payload(&nk) {
             Ok(p) => p,
             Err(e) => {
@@ -815,7 +829,13 @@ impl DataPlane {
         policy.local = self.read_local_routes();
         let (me, my_v4, my_v6, v4p, v6p) = {
             let c = self.cfg.borrow();
-            (c.me, c.ipv4, c.ipv6, c.v4_prefix, c.v6_prefix)
+            (
+                c.me,
+                (c.ipv4, c.ipv4_counter),
+                c.ipv6,
+                c.v4_prefix,
+                c.v6_prefix,
+            )
         };
         let mut members = self.members.borrow_mut();
         // The underlay paths to members: a route over one of them would loop the tunnel.
@@ -827,33 +847,40 @@ impl DataPlane {
         );
         let mut table = RouteTable::new(MAX_MEMBERS * 4);
         let mut verdicts: BTreeMap<PeerId, Judged> = BTreeMap::new();
-        // Overlay addresses, lower PeerId first (the map's order): it keeps a contested one.
+        // Overlay IPv4 by the collision rule, settled alike at every node; we take part.
+        let claims = members
+            .iter()
+            .filter_map(|(p, m)| Some((*p, m.payload.ipv4?, m.payload.ipv4_counter)));
+        let mine = overlay::settle_ipv4(v4p, Some(&me), claims, |pid, a, v| {
+            let p = Prefix::host(IpAddr::V4(a));
+            let verdict = match v {
+                Ipv4Verdict::Owner => table.insert(p, pid).map_err(|e| refusal(p, e)),
+                Ipv4Verdict::Held(owner) => Err(Refusal::Held(p, owner)),
+                Ipv4Verdict::NotDerived => Err(Refusal::Claim),
+                Ipv4Verdict::Skipped => Err(Refusal::Rehash),
+            };
+            let j = verdicts.entry(pid).or_default();
+            match verdict {
+                Ok(()) => j.accepted.push(p),
+                Err(why) => j.refused.push((p, why)),
+            }
+        });
+        let moved = mine.filter(|m| *m != my_v4);
+        // Overlay IPv6: the PeerId's bits in the mesh's /48 (80 bits: no collision rule).
         for (pid, m) in members.iter() {
+            let Some(a) = m.payload.ipv6 else { continue };
+            let p = Prefix::host(IpAddr::V6(a));
+            let verdict = if overlay::ipv6(v6p, pid) != a {
+                Err(Refusal::Claim)
+            } else if Some(a) == my_v6 {
+                Err(Refusal::Held(p, me))
+            } else {
+                table.insert(p, *pid).map_err(|e| refusal(p, e))
+            };
             let j = verdicts.entry(*pid).or_default();
-            let v4 = m.payload.ipv4.map(|a| {
-                let valid = overlay::ipv4_claim_valid(v4p, pid, a, m.payload.ipv4_counter);
-                (IpAddr::V4(a), valid, Some(a) == Some(my_v4))
-            });
-            let v6 = m.payload.ipv6.map(|a| {
-                (
-                    IpAddr::V6(a),
-                    overlay::ipv6(v6p, pid) == a,
-                    Some(a) == my_v6,
-                )
-            });
-            for (a, valid, ours) in v4.into_iter().chain(v6) {
-                let p = Prefix::host(a);
-                let verdict = if !valid {
-                    Err(Refusal::Claim)
-                } else if ours {
-                    Err(Refusal::Held(p, me))
-                } else {
-                    table.insert(p, *pid).map_err(|e| refusal(p, e))
-                };
-                match verdict {
-                    Ok(()) => j.accepted.push(p),
-                    Err(why) => j.refused.push((p, why)),
-                }
+            match verdict {
+                Ok(()) => j.accepted.push(p),
+                Err(why) => j.refused.push((p, why)),
             }
         }
         // LAN routes, in the order members arrived.
@@ -887,6 +914,9 @@ impl DataPlane {
             m.judged = j;
         }
         drop(members);
+        if let Some(new) = moved {
+            self.readdress(new);
+        }
         *self.routes.borrow_mut() = table;
         self.sync_kernel_routes();
     }
@@ -899,6 +929,44 @@ impl DataPlane {
             Err(e) => log::warn!("reading the host's routes: {e} (using the last read)"),
         }
         self.local_routes.borrow().clone()
+    }
+
+    /// Moves our overlay IPv4 to `(addr, counter)` (the collision rule gave our address to a
+    /// lower PeerId, or gave it back): the TUN's address, the record we present and publish, and
+    /// every member's copy of it.
+    fn readdress(&self, (addr, counter): (Ipv4Addr, u32)) {
+        let old = {
+            let mut c = self.cfg.borrow_mut();
+            let old = c.ipv4;
+            c.ipv4 = addr;
+            c.ipv4_counter = counter;
+            old
+        };
+        log::warn!(
+            "overlay address {old} belongs to a lower PeerId: moving to {addr} (rehash {counter})"
+        );
+        if let Err(e) = self.tun.set_ipv4(old, addr) {
+            log::error!("moving the tunnel's address to {addr}: {e}");
+        }
+        let Some(mesh) = self.mesh.borrow().upgrade() else {
+            return;
+        };
+        let node = mesh.node();
+        let mut p = node.payload();
+        p.ipv4 = Some(addr);
+        p.ipv4_counter = counter;
+        node.set_payload(p);
+        match node.refresh_record() {
+            Ok(rec) => {
+                self.announce_record(&rec);
+                tokio::task::spawn_local(async move {
+                    if let Err(code) = mesh.publish(rec).await {
+                        log::error!("our own record was refused: {code:?}");
+                    }
+                });
+            }
+            Err(e) => log::error!("re-signing our record failed: {e}"),
+        }
     }
 
     /// Makes the kernel's LAN routes through our TUN match the table (overlay addresses are
@@ -1551,7 +1619,7 @@ impl DataPlane {
 
     /// A member sent its newly signed record: check it and take its routes.
     fn update_record(&self, pid: &PeerId, bytes: &[u8]) {
-        let nk = self.cfg.borrow().network_key;
+        let nk = self.cfg.borrow().network_key.clone();
         let checked = shadowmesh_crypto::record::verify_record(bytes, crate::unix_now())
             .and_then(|r| Ok((r.peer_id(), r.seq, r.open_payload(&nk)?)));
         match checked {
@@ -1742,6 +1810,7 @@ impl DataPlane {
                 MemberInfo {
                     peer_id: *p,
                     ipv4: m.payload.ipv4,
+                    ipv4_counter: m.payload.ipv4_counter,
                     ipv6: m.payload.ipv6,
                     routes_accepted: m.judged.accepted.clone(),
                     routes_refused: m.judged.refused.clone(),
@@ -1787,10 +1856,10 @@ impl DataPlane {
             .count()
     }
 
-    /// Our overlay addresses.
-    pub fn addresses(&self) -> (Ipv4Addr, Option<Ipv6Addr>) {
+    /// Our overlay addresses, and the rehash counter of the IPv4 one.
+    pub fn addresses(&self) -> (Ipv4Addr, u32, Option<Ipv6Addr>) {
         let c = self.cfg.borrow();
-        (c.ipv4, c.ipv6)
+        (c.ipv4, c.ipv4_counter, c.ipv6)
     }
 
     /// Re-dials the members whose connections we accepted (after our address changed: a QUIC

@@ -20,6 +20,7 @@ const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const IFA_LOCAL: u16 = 2;
@@ -195,14 +196,27 @@ pub fn del_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
 /// Adds `addr/len` to interface `ifindex` (no duplicate address detection: the address is
 /// ours by construction).
 pub fn add_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
+    match request(
+        RTM_NEWADDR,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &ifaddrmsg(ifindex, addr, len),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    }
+}
+
+/// Removes `addr/len` from interface `ifindex`.
+pub fn del_addr(ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
+    request(RTM_DELADDR, 0, &ifaddrmsg(ifindex, addr, len))
+}
+
+fn ifaddrmsg(ifindex: u32, addr: IpAddr, len: u8) -> Vec<u8> {
     let mut b = vec![family(&addr), len, IFA_F_NODAD, RT_SCOPE_UNIVERSE];
     b.extend_from_slice(&ifindex.to_ne_bytes());
     attr(&mut b, IFA_LOCAL, &octets(&addr));
     attr(&mut b, IFA_ADDRESS, &octets(&addr));
-    match request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &b) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        r => r,
-    }
+    b
 }
 
 /// The IP addresses on the host's interfaces except host-scope ones (loopback) and those of

@@ -12,6 +12,7 @@
 //! The listener checks the dialler before revealing anything of its own; a peer that fails is
 //! closed with a specific application error code before any frame flows.
 
+use shadowmesh_crypto::NetworkKey;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The mesh's 32-byte network key; `None` for a DHT-only seed node (it never carries
     /// packets, so it needs no key).
-    pub network_key: Option<[u8; 32]>,
+    pub network_key: Option<NetworkKey>,
     /// Key exchange policy (always [`KxPolicy::Hybrid`] outside benchmarks and tests).
     pub kx: KxPolicy,
     /// Not-yet-validated handshakes in flight above which new ones must first answer a Retry
@@ -70,13 +71,13 @@ pub const QUIC_DATAGRAM_OVERHEAD: usize = 38;
 
 impl NodeConfig {
     /// Defaults for a node on `listen` in the mesh of `network_key`.
-    pub fn new(listen: SocketAddr, network_key: [u8; 32]) -> Self {
+    pub fn new(listen: SocketAddr, network_key: impl Into<NetworkKey>) -> Self {
         Self::dht_only(listen).member_of(network_key)
     }
 
     /// The same node as a member of the mesh of `network_key`.
-    pub fn member_of(mut self, network_key: [u8; 32]) -> Self {
-        self.network_key = Some(network_key);
+    pub fn member_of(mut self, network_key: impl Into<NetworkKey>) -> Self {
+        self.network_key = Some(network_key.into());
         self
     }
 
@@ -632,7 +633,7 @@ impl Node {
             &peer,
             RecordRefOrSeq::Full(&my_record),
             &exporter,
-            self.cfg.network_key.as_ref(),
+            self.cfg.network_key.as_deref(),
         )
         .map_err(HandshakeError::Verify)?;
         // A member offers the end-to-end session at once, in the same flight as HELLO.
@@ -656,7 +657,7 @@ impl Node {
             sender_role: Role::Listener,
             expected_peer: Some(peer),
             exporter: &exporter,
-            network_key: self.cfg.network_key.as_ref(),
+            network_key: self.cfg.network_key.as_deref(),
             tls_ed25519: &tls_key,
             known: None,
             now_unix: crate::unix_now(),
@@ -829,7 +830,7 @@ impl Node {
             sender_role: Role::Dialler,
             expected_peer: None,
             exporter: &exporter,
-            network_key: self.cfg.network_key.as_ref(),
+            network_key: self.cfg.network_key.as_deref(),
             tls_ed25519: &tls_key,
             known: None,
             now_unix: crate::unix_now(),
@@ -844,7 +845,7 @@ impl Node {
             &peer,
             RecordRefOrSeq::Full(&my_record),
             &exporter,
-            self.cfg.network_key.as_ref(),
+            self.cfg.network_key.as_deref(),
         )
         .map_err(HandshakeError::Verify)?;
         // A dialler claiming membership sent INIT after its HELLO: read it even if we cannot
@@ -913,7 +914,7 @@ fn sign_record(
 ) -> Result<Vec<u8>, shadowmesh_crypto::Error> {
     build_record(
         id,
-        &cfg.network_key.unwrap_or([0; 32]),
+        cfg.network_key.as_deref().unwrap_or(&[0; 32]),
         &RecordParams {
             seq,
             issued_at: now,

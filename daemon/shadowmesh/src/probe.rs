@@ -6,6 +6,7 @@
 //! frame, which the listener must refuse), and reports. Output is one JSON object per line on
 //! stdout, so scripts (and `cargo xtask demo`) can read it.
 
+use shadowmesh_crypto::NetworkKey;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,7 +104,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
     }
 }
 
-async fn listen(id: Identity, addr: SocketAddr, nk: [u8; 32]) -> Result<(), CliError> {
+async fn listen(id: Identity, addr: SocketAddr, nk: NetworkKey) -> Result<(), CliError> {
     let node = Node::bind(id, NodeConfig::new(addr, nk))
         .map_err(|e| CliError::fail(format!("binding {addr}: {e}")))?;
     let local = node
@@ -203,7 +204,7 @@ async fn echo(mut peer: Peer) {
 #[allow(clippy::too_many_arguments)]
 async fn connect(
     id: Identity,
-    nk: [u8; 32],
+    nk: NetworkKey,
     peer_id: shadowmesh_proto::PeerId,
     addr: SocketAddr,
     count: u32,

@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 
 use shadowmesh_crypto::Identity;
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::overlay::{self, V6Prefix};
 use shadowmesh_proto::peer::to_hex;
 
 use crate::cli::CliError;
@@ -106,7 +106,10 @@ pub fn status(path: &std::path::Path) -> String {
         .bool("seed", cfg.seed || cfg.network_key.is_none())
         .str(
             "network_key",
-            &cfg.network_key.map(|k| to_hex(&k)).unwrap_or_default(),
+            &cfg.network_key
+                .as_deref()
+                .map(|k| to_hex(k))
+                .unwrap_or_default(),
         )
         .uint("listen_port", cfg.listen.port() as u64)
         .str("interface", &cfg.interface);
@@ -115,17 +118,17 @@ pub fn status(path: &std::path::Path) -> String {
         Ok(id) => {
             let pid = id.peer_id();
             o = o.str("peer_id", &pid.to_string());
-            if let Some(nk) = cfg.network_key {
+            if let Some(nk) = &cfg.network_key {
                 o = o
                     .str(
                         "overlay_ipv4",
-                        &overlay::ipv4_candidate(V4Prefix::default(), &pid, 0)
+                        &overlay::ipv4_candidate(cfg.overlay_ipv4, &pid, 0)
                             .0
                             .to_string(),
                     )
                     .str(
                         "overlay_ipv6",
-                        &overlay::ipv6(V6Prefix::for_network(&nk), &pid).to_string(),
+                        &overlay::ipv6(V6Prefix::for_network(nk), &pid).to_string(),
                     );
             }
         }

@@ -275,4 +275,20 @@ impl Tun {
             Dev::Memory(_) => Ok(()),
         }
     }
+
+    /// Moves the interface's overlay IPv4 from `old/16` to `new/16` (the old one first: with
+    /// `promote_secondaries` off, deleting a primary address would take a secondary with it).
+    pub fn set_ipv4(&self, old: Ipv4Addr, new: Ipv4Addr) -> io::Result<()> {
+        match self.dev {
+            Dev::Real { .. } => {
+                if let Err(e) = netlink::del_addr(self.index, IpAddr::V4(old), 16) {
+                    if e.raw_os_error() != Some(libc::EADDRNOTAVAIL) {
+                        return Err(e);
+                    }
+                }
+                netlink::add_addr(self.index, IpAddr::V4(new), 16)
+            }
+            Dev::Memory(_) => Ok(()),
+        }
+    }
 }

@@ -136,7 +136,7 @@ fn wrong_expected_peer_id_fails_after_hello() {
 #[test]
 fn wrong_network_key_is_refused_before_any_frame() {
     rt().block_on(async {
-        let a = node_with(|c| c.network_key = Some([0x99; 32]));
+        let a = node_with(|c| c.network_key = Some([0x99; 32].into()));
         let b = node();
         let (d, l) = connect(&a, &b, b.peer_id(), None).await;
         assert!(

@@ -82,8 +82,8 @@ fn members_learn_each_other_through_a_common_member() {
         assert_eq!(b.table_len(), 0, "no DHT contact was needed");
 
         // A packet from B's overlay address to C's crosses the exchanged connection.
-        let (b4, _) = dp_b.addresses();
-        let (c4, _) = dp_c.addresses();
+        let (b4, _, _) = dp_b.addresses();
+        let (c4, _, _) = dp_c.addresses();
         let mut pkt = vec![0u8; 100];
         pkt[..20].copy_from_slice(&[
             0x45, 0, 0, 100, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

@@ -119,6 +119,14 @@ var V = {
 				return _('Host bits set (use the network address)');
 		}
 		return true;
+	},
+	overlay4: function(v) {
+		var m = /^(\d+\.\d+)\.0\.0\/16$/.exec(v);
+		var b = m && parseIPv4(m[1] + '.0.0');
+		if (!b)
+			return _('Expecting a /16 with a zero host part, e.g. 10.100.0.0/16');
+		return (b[0] != 0 && b[0] != 127 && b[0] < 224 && !(b[0] == 169 && b[1] == 254)) ||
+			_('Not a unicast range');
 	}
 };
 
@@ -185,6 +193,11 @@ return view.extend({
 		o = s.option(form.DynamicList, 'accept_route', _('Accept routes only inside'),
 			_('If any are listed, a member\'s LAN route is installed only when it lies inside one of these, e.g. 192.168.0.0/16.'));
 		o.validate = check(V.cidr);
+
+		o = s.option(form.Value, 'overlay_ipv4', _('Overlay IPv4 network'),
+			_('The /16 members\' tunnel addresses come from; the same on every gateway of the mesh, and none of this router\'s own networks. The daemon refuses to start if it overlaps a LAN.'));
+		o.placeholder = '10.100.0.0/16';
+		o.validate = check(V.overlay4);
 
 		o = s.option(form.DynamicList, 'advertise', _('Advertised addresses'),
 			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'));
