@@ -46,9 +46,7 @@ pub struct Identity {
 impl Drop for Identity {
     fn drop(&mut self) {
         self.ed25519_seed.zeroize();
-        let zero = mldsa87::SecretKey::from_bytes(&[0u8; MLDSA87_SECRET_KEY_LEN])
-            .expect("ML-DSA-87 secret key length");
-        crate::secret::wipe(&mut self.mldsa_sk, zero);
+        crate::secret::wipe(&mut self.mldsa_sk);
     }
 }
 

@@ -8,7 +8,7 @@
 //! The secret is secure if either component is.
 
 use pqcrypto_mlkem::mlkem1024;
-use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SecretKey as _, SharedSecret as _};
+use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SharedSecret as _};
 use ring::agreement;
 use shadowmesh_proto::consts::{
     MLKEM1024_CIPHERTEXT_LEN, MLKEM1024_ENCAPS_KEY_LEN, X25519_PUBLIC_KEY_LEN,
@@ -32,17 +32,14 @@ struct MlKemSecret(mlkem1024::SecretKey);
 
 impl Drop for MlKemSecret {
     fn drop(&mut self) {
-        let zero = mlkem1024::SecretKey::from_bytes(&[0u8; mlkem1024::secret_key_bytes()])
-            .expect("ML-KEM-1024 secret key length");
-        crate::secret::wipe(&mut self.0, zero);
+        crate::secret::wipe(&mut self.0);
     }
 }
 
 /// Copies a pqcrypto shared secret into `out` and wipes it.
 fn take_shared(mut ss: mlkem1024::SharedSecret, out: &mut [u8]) {
     out.copy_from_slice(ss.as_bytes());
-    let zero = mlkem1024::SharedSecret::from_bytes(&[0u8; 32]).expect("shared secret length");
-    crate::secret::wipe(&mut ss, zero);
+    crate::secret::wipe(&mut ss);
 }
 
 /// The initiator's half-finished exchange.

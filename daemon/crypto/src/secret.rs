@@ -57,13 +57,17 @@ impl fmt::Debug for NetworkKey {
     }
 }
 
-/// Overwrites `v` with `zero`, volatile so the store is not removed as dead. For pqcrypto's keys
-/// and shared secrets: `Copy` newtypes whose bytes are private, so `Zeroize` cannot reach them.
-pub(crate) fn wipe<T: Copy>(v: &mut T, zero: T) {
-    // SAFETY: the pointer comes from a live `&mut T`, so it is valid and aligned; `T: Copy` has
-    // no drop glue, so overwriting without dropping the old value loses nothing.
-    unsafe { core::ptr::write_volatile(v, zero) };
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+/// Zeroes `v`'s bytes, volatile so the stores are not removed as dead. For pqcrypto's keys and
+/// shared secrets: `Copy` newtypes over byte arrays whose bytes are private, so `Zeroize`
+/// cannot reach them.
+pub(crate) fn wipe<T: Copy>(v: &mut T) {
+    // SAFETY: the slice covers exactly `v`, which is live, exclusively borrowed and initialised;
+    // `T: Copy` has no drop glue, and the types this is used for are byte arrays, for which all
+    // zeroes is a valid value.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(v as *mut T as *mut u8, core::mem::size_of::<T>())
+    };
+    bytes.zeroize();
 }
 
 #[cfg(test)]
@@ -81,7 +85,7 @@ mod tests {
     #[test]
     fn wipe_overwrites() {
         let mut k = [7u8; 48];
-        wipe(&mut k, [0; 48]);
+        wipe(&mut k);
         assert_eq!(k, [0; 48]);
     }
 }

@@ -14,8 +14,6 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use std::collections::BTreeMap;
-
 use crate::route::Prefix;
 use crate::PeerId;
 
@@ -110,11 +108,13 @@ pub fn settle_ipv4(
     claims: impl IntoIterator<Item = (PeerId, Ipv4Addr, u32)>,
     mut verdict: impl FnMut(PeerId, Ipv4Addr, Ipv4Verdict),
 ) -> Option<(Ipv4Addr, u32)> {
-    let mut owned: BTreeMap<Ipv4Addr, PeerId> = BTreeMap::new();
+    // Addresses owned so far, sorted (a Vec: one more BTreeMap instantiation costs a router's
+    // flash more than the binary searches cost time at a rebuild).
+    let mut owned = Owned(Vec::new());
     let mut mine = None;
     let mut me = me.copied();
     let mut last: Option<PeerId> = None;
-    let own_turn = |owned: &mut BTreeMap<Ipv4Addr, PeerId>, me: PeerId| {
+    let own_turn = |owned: &mut Owned, me: PeerId| {
         let r = first_free(prefix, &me, owned);
         if let Some((a, _)) = r {
             owned.insert(a, me);
@@ -139,8 +139,8 @@ pub fn settle_ipv4(
             Ipv4Verdict::Owner
         } else if !ipv4_claim_valid(prefix, &id, addr, counter) {
             Ipv4Verdict::NotDerived
-        } else if let Some(o) = owned.get(&addr) {
-            Ipv4Verdict::Held(*o)
+        } else if let Some(o) = owned.get(addr) {
+            Ipv4Verdict::Held(o)
         } else {
             Ipv4Verdict::Skipped
         };
@@ -152,19 +152,31 @@ pub fn settle_ipv4(
     mine
 }
 
+/// Owned overlay IPv4 addresses, sorted by address.
+struct Owned(Vec<(Ipv4Addr, PeerId)>);
+
+impl Owned {
+    fn get(&self, a: Ipv4Addr) -> Option<PeerId> {
+        let i = self.0.binary_search_by_key(&a, |e| e.0).ok()?;
+        Some(self.0[i].1)
+    }
+
+    fn insert(&mut self, a: Ipv4Addr, id: PeerId) {
+        if let Err(i) = self.0.binary_search_by_key(&a, |e| e.0) {
+            self.0.insert(i, (a, id));
+        }
+    }
+}
+
 /// `id`'s first usable candidate that nobody in `owned` holds, within [`MAX_REHASH`] rounds.
-fn first_free(
-    prefix: V4Prefix,
-    id: &PeerId,
-    owned: &BTreeMap<Ipv4Addr, PeerId>,
-) -> Option<(Ipv4Addr, u32)> {
+fn first_free(prefix: V4Prefix, id: &PeerId, owned: &Owned) -> Option<(Ipv4Addr, u32)> {
     let mut counter = 0;
     while counter < MAX_REHASH {
         let (addr, used) = ipv4_candidate(prefix, id, counter);
         if used >= MAX_REHASH {
             return None;
         }
-        if !owned.contains_key(&addr) {
+        if owned.get(addr).is_none() {
             return Some((addr, used));
         }
         counter = used + 1;
