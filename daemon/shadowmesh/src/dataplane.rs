@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
+use shadowmesh_link::exchange::{Exchange, Verdict};
+use shadowmesh_link::roster::Update;
+use shadowmesh_link::{Output, Roster};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
 use shadowmesh_proto::frame::FrameType;
@@ -42,10 +45,10 @@ use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
 };
 use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
-use shadowmesh_proto::overlay::{self, Ipv4Verdict, V4Prefix, V6Prefix};
+use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
 use shadowmesh_proto::policy::{Refusal, RoutePolicy};
 use shadowmesh_proto::record::Payload;
-use shadowmesh_proto::route::{self, InsertError, Prefix, RouteTable};
+use shadowmesh_proto::route::{self, Prefix};
 use shadowmesh_proto::PeerId;
 
 use crate::mesh::Mesh;
@@ -61,7 +64,7 @@ pub const PENDING_MAX: usize = 16;
 const ARENA: usize = 384 * 1024;
 /// Largest inner packet we accept from the TUN (jumbo packets are refused by its MTU anyway).
 const MAX_PACKET: usize = 9000;
-/// How often each link checks keepalive and rekey.
+/// How often the links are checked for keepalive and rekey (one timer for all of them).
 const TICK: Duration = Duration::from_secs(1);
 /// Peer-exchange dials in flight at once (each is a handshake: ML-DSA work and ~50 KiB).
 const LEARN_IN_FLIGHT: usize = 8;
@@ -304,32 +307,15 @@ struct Link {
     since: u64,
 }
 
-/// A member of our mesh we know of.
+/// What the data plane holds for a member beside its record (which the [`Roster`] keeps):
+/// the live link, counters and the packets waiting for a link.
 struct Member {
-    payload: Payload,
-    ed25519: [u8; 32],
-    seq: u64,
-    /// Where we last reached it (the connection's remote address).
-    endpoint: Option<SocketAddr>,
     link: Option<Link>,
     counters: Counters,
     /// Unix time of the last completed handshake.
     last_handshake: u64,
     pending: VecDeque<Vec<u8>>,
     dialling: bool,
-    /// When it first joined, in arrival order: on a conflict the earlier member keeps its
-    /// prefix.
-    arrived: u64,
-    /// What became of the prefixes of its record.
-    judged: Judged,
-}
-
-/// A member's record prefixes (overlay addresses and LAN routes): installed, and refused with
-/// why.
-#[derive(Debug, Default)]
-struct Judged {
-    accepted: Vec<Prefix>,
-    refused: Vec<(Prefix, Refusal)>,
 }
 
 /// What `peers` reports for one member.
@@ -456,18 +442,17 @@ pub struct DataPlane {
     cfg: RefCell<DataPlaneConfig>,
     tun: Tun,
     mtu: u16,
+    /// Runtime state per member; its keys are exactly the roster's members.
     members: RefCell<BTreeMap<PeerId, Member>>,
-    routes: RefCell<RouteTable<PeerId>>,
-    /// LAN prefixes installed in the kernel, with their owner.
-    kernel_routes: RefCell<BTreeMap<Prefix, PeerId>>,
+    /// The members' records and the routes they hold (the sans-IO core).
+    roster: RefCell<Roster>,
     /// The host's own routes as last read (kept when a read fails).
     local_routes: RefCell<Vec<Prefix>>,
-    /// Arrival counter for [`Member::arrived`].
-    arrivals: Cell<u64>,
     /// Peer-exchange dials: when each PeerId was last tried (at most [`MAX_MEMBERS`]), and how
     /// many are in flight.
-    learned: RefCell<HashMap<PeerId, Instant>>,
-    learning: Cell<usize>,
+    learned: RefCell<Exchange>,
+    /// The monotonic clock the link core's timers read (time since the data plane started).
+    epoch: Instant,
     mesh: RefCell<Weak<Mesh>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
@@ -497,6 +482,15 @@ pub struct DataPlane {
 impl DataPlane {
     /// Wraps an open TUN device.
     pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
+        let roster = Roster::new(
+            cfg.me,
+            (cfg.ipv4, cfg.ipv4_counter),
+            cfg.ipv6,
+            cfg.v4_prefix,
+            cfg.v6_prefix,
+            cfg.policy.clone(),
+            MAX_MEMBERS,
+        );
         let gro = tun.vnet().then(Coalescer::new);
         let vnet = tun.vnet();
         Rc::new(DataPlane {
@@ -515,12 +509,10 @@ impl DataPlane {
             tun,
             mtu,
             members: RefCell::new(BTreeMap::new()),
-            routes: RefCell::new(RouteTable::new(MAX_MEMBERS * 4)),
-            kernel_routes: RefCell::new(BTreeMap::new()),
+            roster: RefCell::new(roster),
             local_routes: RefCell::new(Vec::new()),
-            arrivals: Cell::new(0),
-            learned: RefCell::new(HashMap::new()),
-            learning: Cell::new(0),
+            learned: RefCell::new(Exchange::new(LEARN_IN_FLIGHT, LEARN_AGAIN, MAX_MEMBERS)),
+            epoch: Instant::now(),
             mesh: RefCell::new(Weak::new()),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
@@ -546,6 +538,7 @@ impl DataPlane {
         if self.thread.borrow().is_none() {
             tokio::task::spawn_local(self.clone().tun_reader());
         }
+        tokio::task::spawn_local(self.clone().ticker(Rc::downgrade(mesh)));
     }
 
     /// Sends and accepts data frames as plain UDP on `node`'s socket with members that do the
@@ -642,13 +635,10 @@ impl DataPlane {
         accept_routes: bool,
         accept: Vec<Prefix>,
     ) {
-        {
-            let mut c = self.cfg.borrow_mut();
-            c.allowed = allowed;
-            c.policy.own = own_routes;
-            c.policy.accept_routes = accept_routes;
-            c.policy.accept = accept;
-        }
+        self.cfg.borrow_mut().allowed = allowed;
+        self.roster
+            .borrow_mut()
+            .reconfigure(own_routes, accept_routes, accept);
         let gone: Vec<PeerId> = self
             .members
             .borrow()
@@ -668,6 +658,7 @@ impl DataPlane {
     }
 
     fn forget(&self, p: &PeerId) {
+        self.roster.borrow_mut().remove(p);
         if let Some(m) = self.members.borrow_mut().remove(p) {
             if let Some(l) = m.link {
                 l.conn
@@ -717,27 +708,20 @@ impl DataPlane {
         let pending;
         {
             let mut members = self.members.borrow_mut();
-            if members.len() >= MAX_MEMBERS && !members.contains_key(&pid) {
+            let known = members.contains_key(&pid);
+            if !known && members.len() >= MAX_MEMBERS {
                 log::warn!(
                     "member table full ({MAX_MEMBERS}): ignoring {}",
                     pid.short()
                 );
                 return false;
             }
-            let arrived = self.arrivals.get();
-            self.arrivals.set(arrived + 1);
             let m = members.entry(pid).or_insert_with(|| Member {
-                payload: Payload::default(),
-                ed25519: peer.record.keys.ed25519,
-                seq: 0,
-                endpoint: None,
                 link: None,
                 counters: Counters::default(),
                 last_handshake: 0,
                 pending: VecDeque::new(),
                 dialling: false,
-                arrived,
-                judged: Judged::default(),
             });
             if let Some(old) = &m.link {
                 if old.conn.close_reason().is_none() && old.precedence > precedence {
@@ -751,16 +735,13 @@ impl DataPlane {
                         .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
                 }
             }
-            m.ed25519 = peer.record.keys.ed25519;
-            m.endpoint = Some(peer.conn.remote_address());
             m.last_handshake = link.since;
             m.dialling = false;
             m.link = Some(link);
-            if peer.record.seq >= m.seq {
-                m.seq = peer.record.seq;
-                m.payload = payload;
-            }
             pending = std::mem::take(&mut m.pending);
+            let mut roster = self.roster.borrow_mut();
+            roster.record(pid, payload, peer.record.keys.ed25519, peer.record.seq);
+            roster.set_endpoint(&pid, peer.conn.remote_address());
         }
         self.rebuild_routes();
         log::info!(
@@ -785,7 +766,6 @@ impl DataPlane {
         if let Some(rx) = control_rx {
             tokio::task::spawn_local(self.clone().control_reader(pid, conn.clone(), rx));
         }
-        tokio::task::spawn_local(self.clone().ticker(pid, conn.clone(), control.clone()));
         // Tell the new member who else is in the mesh (peer exchange).
         let list = self.member_contacts(Some(&pid));
         if !list.is_empty() {
@@ -803,122 +783,49 @@ impl DataPlane {
 
     /// Contacts of the members we hold live links with, except `except`.
     fn member_contacts(&self, except: Option<&PeerId>) -> Vec<Contact> {
+        let roster = self.roster.borrow();
         self.members
             .borrow()
             .iter()
             .filter(|(p, m)| Some(*p) != except && m.link.is_some())
-            .filter_map(|(p, m)| {
+            .filter_map(|(p, _)| {
+                let e = roster.get(p)?;
                 Some(Contact {
                     id: *p,
-                    ed25519: m.ed25519,
-                    addr: m.endpoint?,
+                    ed25519: e.ed25519,
+                    addr: e.endpoint?,
                 })
             })
             .take(PEERS_MAX)
             .collect()
     }
 
-    /// Judges every member's overlay addresses and LAN routes again and rebuilds the route
-    /// table from what passes (DESIGN.md, "Routing a LAN"): a record's prefixes are requests.
-    /// Overlay claims must be what the claimant's PeerId derives; a contested overlay address
-    /// goes to the lower PeerId; a LAN prefix must pass [`RoutePolicy::judge`], and of two
-    /// members with overlapping prefixes the one that joined first keeps its own. Runs when a
-    /// member arrives, leaves or changes its record, and on reload: never per packet.
+    /// Judges every member's overlay addresses and LAN routes again ([`Roster::judge`]) and
+    /// carries out what that asks for: log new refusals, move our address, install and
+    /// withdraw kernel routes. Runs when a member arrives, leaves or changes its record, and on
+    /// reload: never per packet.
     fn rebuild_routes(&self) {
-        let mut policy = self.cfg.borrow().policy.clone();
-        policy.local = self.read_local_routes();
-        let (me, my_v4, my_v6, v4p, v6p) = {
-            let c = self.cfg.borrow();
-            (
-                c.me,
-                (c.ipv4, c.ipv4_counter),
-                c.ipv6,
-                c.v4_prefix,
-                c.v6_prefix,
-            )
+        let local = self.read_local_routes();
+        let outputs: Vec<Output> = {
+            let mut roster = self.roster.borrow_mut();
+            roster.judge(local);
+            std::iter::from_fn(|| roster.poll_output()).collect()
         };
-        let mut members = self.members.borrow_mut();
-        // The underlay paths to members: a route over one of them would loop the tunnel.
-        policy.local.extend(
-            members
-                .values()
-                .filter_map(|m| m.endpoint)
-                .map(|e| Prefix::host(e.ip())),
-        );
-        let mut table = RouteTable::new(MAX_MEMBERS * 4);
-        let mut verdicts: BTreeMap<PeerId, Judged> = BTreeMap::new();
-        // Overlay IPv4 by the collision rule, settled alike at every node; we take part.
-        let claims = members
-            .iter()
-            .filter_map(|(p, m)| Some((*p, m.payload.ipv4?, m.payload.ipv4_counter)));
-        let mine = overlay::settle_ipv4(v4p, Some(&me), claims, |pid, a, v| {
-            let p = Prefix::host(IpAddr::V4(a));
-            let verdict = match v {
-                Ipv4Verdict::Owner => table.insert(p, pid).map_err(|e| refusal(p, e)),
-                Ipv4Verdict::Held(owner) => Err(Refusal::Held(p, owner)),
-                Ipv4Verdict::NotDerived => Err(Refusal::Claim),
-                Ipv4Verdict::Skipped => Err(Refusal::Rehash),
-            };
-            let j = verdicts.entry(pid).or_default();
-            match verdict {
-                Ok(()) => j.accepted.push(p),
-                Err(why) => j.refused.push((p, why)),
-            }
-        });
-        let moved = mine.filter(|m| *m != my_v4);
-        // Overlay IPv6: the PeerId's bits in the mesh's /48 (80 bits: no collision rule).
-        for (pid, m) in members.iter() {
-            let Some(a) = m.payload.ipv6 else { continue };
-            let p = Prefix::host(IpAddr::V6(a));
-            let verdict = if overlay::ipv6(v6p, pid) != a {
-                Err(Refusal::Claim)
-            } else if Some(a) == my_v6 {
-                Err(Refusal::Held(p, me))
-            } else {
-                table.insert(p, *pid).map_err(|e| refusal(p, e))
-            };
-            let j = verdicts.entry(*pid).or_default();
-            match verdict {
-                Ok(()) => j.accepted.push(p),
-                Err(why) => j.refused.push((p, why)),
-            }
-        }
-        // LAN routes, in the order members arrived.
-        let mut order: Vec<(u64, PeerId)> = members.iter().map(|(p, m)| (m.arrived, *p)).collect();
-        order.sort_unstable();
-        for (_, pid) in order {
-            let m = &members[&pid];
-            let j = verdicts.entry(pid).or_default();
-            for p in m
-                .payload
-                .routes
-                .iter()
-                .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
-            {
-                match policy
-                    .judge(p, pid, &table)
-                    .and_then(|()| table.insert(p, pid).map_err(|e| refusal(p, e)))
-                {
-                    Ok(()) => j.accepted.push(p),
-                    Err(why) => j.refused.push((p, why)),
+        for o in outputs {
+            match o {
+                Output::Refused(pid, p, why) => log::warn!("{}: {p} refused: {why}", pid.short()),
+                Output::Readdress { from, to, counter } => self.readdress(from, to, counter),
+                Output::InstallRoute(p, owner) => match self.tun.add_route(&p) {
+                    Ok(()) => log::info!("route {p} via {} on {}", owner.short(), self.tun.name()),
+                    Err(e) => log::warn!("adding route {p}: {e}"),
+                },
+                Output::WithdrawRoute(p) => {
+                    if let Err(e) = self.tun.del_route(&p) {
+                        log::warn!("removing route {p}: {e}");
+                    }
                 }
             }
         }
-        for (pid, j) in verdicts {
-            let m = members.get_mut(&pid).expect("judged members exist");
-            for (p, why) in &j.refused {
-                if !m.judged.refused.contains(&(*p, *why)) {
-                    log::warn!("{}: {p} refused: {why}", pid.short());
-                }
-            }
-            m.judged = j;
-        }
-        drop(members);
-        if let Some(new) = moved {
-            self.readdress(new);
-        }
-        *self.routes.borrow_mut() = table;
-        self.sync_kernel_routes();
     }
 
     /// The host's routes other than ours (see [`netlink::local_routes`]); the last good read if
@@ -934,14 +841,7 @@ impl DataPlane {
     /// Moves our overlay IPv4 to `(addr, counter)` (the collision rule gave our address to a
     /// lower PeerId, or gave it back): the TUN's address, the record we present and publish, and
     /// every member's copy of it.
-    fn readdress(&self, (addr, counter): (Ipv4Addr, u32)) {
-        let old = {
-            let mut c = self.cfg.borrow_mut();
-            let old = c.ipv4;
-            c.ipv4 = addr;
-            c.ipv4_counter = counter;
-            old
-        };
+    fn readdress(&self, old: Ipv4Addr, addr: Ipv4Addr, counter: u32) {
         log::warn!(
             "overlay address {old} belongs to a lower PeerId: moving to {addr} (rehash {counter})"
         );
@@ -967,32 +867,6 @@ impl DataPlane {
             }
             Err(e) => log::error!("re-signing our record failed: {e}"),
         }
-    }
-
-    /// Makes the kernel's LAN routes through our TUN match the table (overlay addresses are
-    /// covered by the interface's own /16 and /48).
-    fn sync_kernel_routes(&self) {
-        let want: BTreeMap<Prefix, PeerId> = self
-            .routes
-            .borrow()
-            .iter()
-            .filter(|(p, _)| !(p.len == 32 && p.addr.is_ipv4() || p.len == 128 && p.addr.is_ipv6()))
-            .collect();
-        let mut have = self.kernel_routes.borrow_mut();
-        for p in have.keys().filter(|p| !want.contains_key(p)) {
-            if let Err(e) = self.tun.del_route(p) {
-                log::warn!("removing route {p}: {e}");
-            }
-        }
-        for (p, owner) in &want {
-            if !have.contains_key(p) {
-                match self.tun.add_route(p) {
-                    Ok(()) => log::info!("route {p} via {} on {}", owner.short(), self.tun.name()),
-                    Err(e) => log::warn!("adding route {p}: {e}"),
-                }
-            }
-        }
-        *have = want;
     }
 
     /// A fresh arena for outgoing frames (see [`DataPlane::push_packet`]).
@@ -1234,7 +1108,7 @@ impl DataPlane {
         let Ok(a) = route::addrs(packet) else {
             return;
         };
-        let Some(pid) = self.routes.borrow().lookup(a.dst) else {
+        let Some(pid) = self.roster.borrow().lookup(a.dst) else {
             // Not ours to carry (the kernel routed it here through the /16 or /48): drop.
             return;
         };
@@ -1335,12 +1209,10 @@ impl DataPlane {
 
     /// Answers a packet that does not fit the path with ICMP "packet too big".
     fn too_big(&self, packet: &[u8], mtu: u16) {
-        let from = {
-            let c = self.cfg.borrow();
-            match (packet.first().map(|b| b >> 4), c.ipv6) {
-                (Some(6), Some(v6)) => IpAddr::V6(v6),
-                _ => IpAddr::V4(c.ipv4),
-            }
+        let (v4, _, v6) = self.addresses();
+        let from = match (packet.first().map(|b| b >> 4), v6) {
+            (Some(6), Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(v4),
         };
         let mut out = [0u8; 1280];
         if let Some(n) = route::icmp_too_big(packet, mtu, from, &mut out) {
@@ -1354,8 +1226,8 @@ impl DataPlane {
             return;
         };
         let (addrs, ed) = {
-            let members = self.members.borrow();
-            let Some(m) = members.get(&pid) else { return };
+            let roster = self.roster.borrow();
+            let Some(m) = roster.get(&pid) else { return };
             let mut a: Vec<SocketAddr> = m.endpoint.into_iter().collect();
             a.extend(m.payload.addrs.iter().filter(|x| Some(**x) != m.endpoint));
             (a, m.ed25519)
@@ -1503,7 +1375,7 @@ impl DataPlane {
             m.counters.rx_invalid += 1;
             return;
         };
-        if self.routes.borrow().lookup(a.src) != Some(*pid) {
+        if self.roster.borrow().lookup(a.src) != Some(*pid) {
             m.counters.rx_spoofed += 1;
             log::debug!(
                 "{}: dropped a packet from {} (not theirs)",
@@ -1624,16 +1496,15 @@ impl DataPlane {
             .and_then(|r| Ok((r.peer_id(), r.seq, r.open_payload(&nk)?)));
         match checked {
             Ok((owner, seq, payload)) if owner == *pid => {
-                {
-                    let mut members = self.members.borrow_mut();
-                    let Some(m) = members.get_mut(pid) else {
+                let replaced = {
+                    let mut roster = self.roster.borrow_mut();
+                    let Some(ed) = roster.get(pid).map(|e| e.ed25519) else {
                         return;
                     };
-                    if seq <= m.seq {
-                        return;
-                    }
-                    m.seq = seq;
-                    m.payload = payload;
+                    roster.record(*pid, payload, ed, seq) == Update::Replaced
+                };
+                if !replaced {
+                    return;
                 }
                 log::info!("{} updated its record (seq {seq})", pid.short());
                 self.rebuild_routes();
@@ -1668,7 +1539,7 @@ impl DataPlane {
             return;
         };
         let me = self.cfg.borrow().me;
-        let now = Instant::now();
+        let now = self.epoch.elapsed();
         for c in list {
             let known = self
                 .members
@@ -1678,33 +1549,23 @@ impl DataPlane {
             if c.id == me || known || !self.admitted(&c.id) {
                 continue;
             }
-            if self.learning.get() >= LEARN_IN_FLIGHT {
-                log::debug!("peer exchange: {LEARN_IN_FLIGHT} dials in flight, the rest wait");
-                return;
-            }
-            {
-                let mut tried = self.learned.borrow_mut();
-                if tried
-                    .get(&c.id)
-                    .is_some_and(|t| now.duration_since(*t) < LEARN_AGAIN)
-                {
-                    continue;
+            // Bound first: the scrutinee's borrow would last through the arms.
+            let verdict = self.learned.borrow_mut().offer(now, c.id);
+            match verdict {
+                Verdict::Dial => {}
+                Verdict::Recent => continue,
+                Verdict::Busy => {
+                    let n = self.learned.borrow().in_flight();
+                    log::debug!("peer exchange: busy ({n} dials in flight), the rest wait");
+                    return;
                 }
-                if tried.len() >= MAX_MEMBERS {
-                    tried.retain(|_, t| now.duration_since(*t) < LEARN_AGAIN);
-                    if tried.len() >= MAX_MEMBERS {
-                        return;
-                    }
-                }
-                tried.insert(c.id, now);
             }
-            self.learning.set(self.learning.get() + 1);
             let (mesh, dp) = (mesh.clone(), self.clone());
             tokio::task::spawn_local(async move {
                 if let Err(e) = mesh.connection(c).await {
                     log::debug!("peer exchange: could not reach {}: {e}", c.id.short());
                 }
-                dp.learning.set(dp.learning.get() - 1);
+                dp.learned.borrow_mut().finished();
             });
         }
     }
@@ -1752,76 +1613,77 @@ impl DataPlane {
         });
     }
 
-    /// Keepalives and rekeys for one link.
-    async fn ticker(
-        self: Rc<Self>,
-        pid: PeerId,
-        conn: Connection,
-        control: Rc<tokio::sync::Mutex<SendStream>>,
-    ) {
+    /// Keepalives and rekeys for every link, on one timer: a task and an interval per link
+    /// cost memory at a thousand members for a check that takes microseconds. Ends with the
+    /// mesh.
+    async fn ticker(self: Rc<Self>, mesh: Weak<Mesh>) {
         let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if conn.close_reason().is_some() {
+            if mesh.strong_count() == 0 {
                 return;
             }
             let now = Instant::now();
-            let rekey = {
-                let mut members = self.members.borrow_mut();
-                let Some(l) = members
-                    .get_mut(&pid)
-                    .and_then(|m| m.link.as_mut())
-                    .filter(|l| l.conn.stable_id() == conn.stable_id())
-                else {
-                    return;
+            let fast = self.fast_lane();
+            let mut rekeys = vec![];
+            for (pid, m) in self.members.borrow_mut().iter_mut() {
+                let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
+                    continue;
                 };
                 // Per-packet code reads these instead of taking quinn's lock.
                 l.max_datagram = l.conn.max_datagram_size();
-                if self.fast_lane() {
+                if fast {
                     // quinn moves a connection to where its packets come from before it has
                     // validated the path: one replayed packet from a victim's address would
                     // move it there. Frames from there are accepted (each is authenticated);
                     // ours follow only once one has arrived (`open_deliver`).
                     let at = l.conn.remote_address();
                     let mut fp = self.fast_peers.borrow_mut();
-                    if fp.get(at) != Some(pid) {
-                        fp.candidate(at, pid, l.fast);
+                    if fp.get(at) != Some(*pid) {
+                        fp.candidate(at, *pid, l.fast);
                     }
                 }
                 if l.session.needs_keepalive(now) {
                     self.keepalive(l, now);
                 }
-                l.session.needs_rekey(now).then(|| l.session.start_rekey())
-            };
-            if let Some(body) = rekey {
+                if l.session.needs_rekey(now) {
+                    rekeys.push((*pid, l.control.clone(), l.session.start_rekey()));
+                }
+            }
+            for (pid, control, body) in rekeys {
                 log::debug!("{}: rekeying", pid.short());
-                let _ = write_msg(&mut *control.lock().await, MsgType::RekeyInit, &body).await;
+                tokio::task::spawn_local(async move {
+                    let _ = write_msg(&mut *control.lock().await, MsgType::RekeyInit, &body).await;
+                });
             }
         }
     }
 
     /// Every member, for `shadowmesh peers`.
     pub fn members(&self) -> Vec<MemberInfo> {
+        let roster = self.roster.borrow();
         self.members
             .borrow()
             .iter()
-            .map(|(p, m)| {
+            .filter_map(|(p, m)| Some((p, m, roster.get(p)?)))
+            .map(|(p, m, e)| {
                 let live = m.link.as_ref().filter(|l| l.conn.close_reason().is_none());
                 MemberInfo {
                     peer_id: *p,
-                    ipv4: m.payload.ipv4,
-                    ipv4_counter: m.payload.ipv4_counter,
-                    ipv6: m.payload.ipv6,
-                    routes_accepted: m.judged.accepted.clone(),
-                    routes_refused: m.judged.refused.clone(),
-                    record_seq: m.seq,
-                    routes: m
+                    ipv4: e.payload.ipv4,
+                    ipv4_counter: e.payload.ipv4_counter,
+                    ipv6: e.payload.ipv6,
+                    routes_accepted: e.judged().accepted.clone(),
+                    routes_refused: e.judged().refused.clone(),
+                    record_seq: e.seq,
+                    routes: e
                         .payload
                         .routes
                         .iter()
                         .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
                         .collect(),
-                    endpoint: live.map(|l| l.conn.remote_address()).or(m.endpoint),
+                    endpoint: live.map(|l| l.conn.remote_address()).or(e.endpoint),
                     connected: live.is_some(),
                     rtt: live.map(|l| l.conn.rtt()),
                     counters: m.counters,
@@ -1858,8 +1720,7 @@ impl DataPlane {
 
     /// Our overlay addresses, and the rehash counter of the IPv4 one.
     pub fn addresses(&self) -> (Ipv4Addr, u32, Option<Ipv6Addr>) {
-        let c = self.cfg.borrow();
-        (c.ipv4, c.ipv4_counter, c.ipv6)
+        self.roster.borrow().addresses()
     }
 
     /// Re-dials the members whose connections we accepted (after our address changed: a QUIC
@@ -1879,14 +1740,6 @@ impl DataPlane {
             }
             self.dial(p, true);
         }
-    }
-}
-
-/// A route table's refusal as a policy refusal.
-fn refusal(p: Prefix, e: InsertError<PeerId>) -> Refusal {
-    match e {
-        InsertError::Full => Refusal::Full,
-        InsertError::Taken(other) => Refusal::Held(p, other),
     }
 }
 

@@ -1,0 +1,18 @@
+//! The ShadowMesh link core, sans-IO: what a gateway knows about the other members of its mesh
+//! and what it does about it, with no socket, TUN, runtime or clock of its own. The daemon's data
+//! plane feeds it what happened (a member's record arrived, a member went, the host's routes
+//! were read) and carries out what it asks for (install or withdraw a kernel route, move our
+//! overlay address); tests drive it directly.
+//!
+//! - [`roster`]: the members, their records (a newer sequence number replaces an older one), the
+//!   order they joined in, and the judgement of every prefix they claim: overlay addresses by
+//!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
+//! - [`exchange`]: which members named in peer exchange we dial, and when.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod exchange;
+pub mod roster;
+
+pub use roster::{Entry, Judged, Output, Roster};
