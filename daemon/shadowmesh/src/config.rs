@@ -1,6 +1,8 @@
 //! The daemon's configuration: UCI `/etc/config/shadowmesh` on OpenWrt, the same format
-//! anywhere via `--config PATH`. Parsed strictly: an unknown option or a bad value is an error
-//! naming the file, the line, the option and the value.
+//! anywhere via `--config PATH`. A bad value of a known option is an error naming the file, the
+//! line, the option and the value; an option this version does not know (a newer package's, or
+//! a downgrade's leftover) is skipped with a warning naming the same, so that the service still
+//! starts at boot.
 //!
 //! ```text
 //! config shadowmesh 'main'
@@ -121,6 +123,8 @@ pub struct Config {
     /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
     /// a mesh must use the same.
     pub overlay_ipv4: V4Prefix,
+    /// Options this version does not know, skipped (each as the warning to log).
+    pub ignored: Vec<ConfigError>,
 }
 
 impl Default for Config {
@@ -147,6 +151,7 @@ impl Default for Config {
             fast_lane: true,
             offload: true,
             overlay_ipv4: V4Prefix::default(),
+            ignored: vec![],
         }
     }
 }
@@ -401,15 +406,13 @@ impl Config {
                         );
                     }
                 }
-                other => {
-                    return Err(ConfigError {
-                        file: file.into(),
-                        line: o.line,
-                        option: Some(other.into()),
-                        value: None,
-                        msg: "unknown option".into(),
-                    })
-                }
+                other => c.ignored.push(ConfigError {
+                    file: file.into(),
+                    line: o.line,
+                    option: Some(other.into()),
+                    value: None,
+                    msg: "unknown to this version: ignored".into(),
+                }),
             }
         }
         if c.seed && c.network_key.take().is_some() {
@@ -505,8 +508,14 @@ mod tests {
         assert!(e.msg.contains("host bits"));
         let e = parse("config shadowmesh\n\tlist bootstrap 'nope'\n").unwrap_err();
         assert_eq!(e.value.as_deref(), Some("nope"));
-        let e = parse("config shadowmesh\n\toption lisen_port '1'\n").unwrap_err();
-        assert_eq!(e.msg, "unknown option");
+        // An option this version does not know is skipped with a warning, not refused.
+        let c = parse("config shadowmesh\n\toption lisen_port '1'\n\toption mtu '1400'\n").unwrap();
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.ignored.len(), 1);
+        assert_eq!(
+            c.ignored[0].to_string(),
+            "/etc/config/shadowmesh line 2: option 'lisen_port': unknown to this version: ignored"
+        );
         let e = parse("config shadowmesh\n\tlist mtu '1400'\n").unwrap_err();
         assert!(e.msg.contains("single value"));
         let e = parse("config shadowmesh\n\toption mtu '1200'\n").unwrap_err();
