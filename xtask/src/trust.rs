@@ -12,6 +12,8 @@
 //! A and the hostile member join and after; every refusal must show in `peers --json`; B's LAN
 //! hosts must still reach each other and C's LAN; A must keep its overlay addresses at B and C;
 //! and nftables in B's namespace must count no packet sent to the addresses of the peer list.
+//! Last, B's tunnel is set down and up (what netifd does to an interface it restarts): its routes
+//! and IPv6 address must be back within 2 s.
 //! Then a gateway whose clock is five years behind ([`crate::clock`]), and two gateways whose
 //! PeerIds collide on their overlay IPv4 address ([`crate::collide`]).
 
@@ -442,6 +444,51 @@ fn scenario(lab: &mut Lab, hostile: &Path) -> Result<Report> {
         "a peer list of loopback/broadcast/multicast addresses makes B dial none of them",
         out.status.success() && text.contains("counter") && counted == 0,
         format!("{counted} packets to them"),
+    );
+
+    // netifd bounces an interface it manages (an edit, `ifup`): the kernel drops every route
+    // through the tunnel and its IPv6 address; the daemon puts them back.
+    let b_v6 = crate::field(&lab.ctl(&b, "status"), "overlay_ipv6").unwrap_or_default();
+    let ours = |ns: &str| -> Result<(bool, bool)> {
+        let r = mesh::netns_exec(
+            ns,
+            &["ip", "-4", "route", "show", "dev", "smesh0", "proto", "83"],
+        )
+        .output()
+        .map_err(|e| e.to_string())?;
+        let a = mesh::netns_exec(ns, &["ip", "-6", "addr", "show", "dev", "smesh0"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        Ok((
+            String::from_utf8_lossy(&r.stdout).contains("192.168.3.0/24"),
+            !b_v6.is_empty() && String::from_utf8_lossy(&a.stdout).contains(&b_v6),
+        ))
+    };
+    ip(&["-n", &b_ns, "link", "set", "smesh0", "down"])?;
+    let gone = ours(&b_ns)?;
+    ip(&["-n", &b_ns, "link", "set", "smesh0", "up"])?;
+    let t = Instant::now();
+    let mut back = ours(&b_ns)?;
+    while back != (true, true) && t.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50))?;
+        back = ours(&b_ns)?;
+    }
+    let took = t.elapsed();
+    let p = ping(&b_ns, "192.168.3.2", 3, "0.2")?;
+    rep.check(
+        "after a down/up of B's tunnel its routes and IPv6 address are back within 2 s",
+        gone == (false, false)
+            && back == (true, true)
+            && took < Duration::from_secs(2)
+            && p.received == p.sent,
+        format!(
+            "down: route {}, address {}; back after {:.2} s; C's LAN {} of {}",
+            gone.0,
+            gone.1,
+            took.as_secs_f64(),
+            p.received,
+            p.sent
+        ),
     );
     println!();
     println!("{}", rep.table());

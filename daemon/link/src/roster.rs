@@ -214,6 +214,11 @@ impl Roster {
         (self.ipv4.0, self.ipv4.1, self.ipv6)
     }
 
+    /// The LAN routes installed in the kernel (as the last judgement asked), with their owner.
+    pub fn installed(&self) -> impl Iterator<Item = (&Prefix, &PeerId)> {
+        self.installed.iter()
+    }
+
     /// The next thing the shell must do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
