@@ -8,11 +8,13 @@
 //!   order they joined in, and the judgement of every prefix they claim: overlay addresses by
 //!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
+//! - [`pending`]: packets for a member without a link, queued while it is dialled.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod exchange;
+pub mod pending;
 pub mod roster;
 
 pub use roster::{Entry, Judged, Output, Roster};

@@ -202,7 +202,7 @@ pub fn keygen(o: &Opts) -> Result<(), CliError> {
     let path = PathBuf::from(o.need("--out")?);
     let nk = optional_network_key(o)?;
     let id = Identity::generate();
-    id.save_new(&path)?;
+    crate::keyfile::save_new(&id, &path)?;
     if o.flag("--json") {
         println!("{}", id_json(&id, nk.as_deref()));
     } else {
@@ -234,7 +234,7 @@ pub fn id_json(id: &Identity, network_key: Option<&[u8; 32]>) -> String {
 pub fn id(o: &Opts) -> Result<(), CliError> {
     o.only(&["--key", "--json", "--network-key", "--network-key-file"])?;
     let nk = optional_network_key(o)?;
-    let id = Identity::load(&PathBuf::from(o.need("--key")?))?;
+    let id = crate::keyfile::load(&PathBuf::from(o.need("--key")?))?;
     if o.flag("--json") {
         println!("{}", id_json(&id, nk.as_deref()));
     } else {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use shadowmesh_crypto::identity::write_atomic;
+use crate::keyfile::write_atomic;
 use shadowmesh_crypto::Identity;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
 use shadowmesh_proto::record::Payload;
@@ -90,6 +90,9 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
     if o.get("--log-level").is_none() {
         log::set_max_level(cfg.log_level);
     }
+    for w in &cfg.ignored {
+        log::warn!("{w}");
+    }
     if !cfg.enabled {
         log::info!(
             "disabled in {} (option enabled '0'); exiting",
@@ -101,7 +104,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
         create_private_dir(dir)?;
     }
     create_private_dir(&cfg.state_dir)?;
-    let (id, created) = Identity::load_or_create(&cfg.key_file)?;
+    let (id, created) = crate::keyfile::load_or_create(&cfg.key_file)?;
     if created {
         log::info!("created a new identity in {}", cfg.key_file.display());
     }
@@ -133,7 +136,12 @@ fn create_private_dir(dir: &Path) -> Result<(), CliError> {
 /// unchanged peers. An invalid file changes nothing.
 async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
     let new = match Config::load(path) {
-        Ok(c) => c,
+        Ok(c) => {
+            for w in &c.ignored {
+                log::warn!("reload: {w}");
+            }
+            c
+        }
         Err(e) => {
             log::error!("reload: {e}; keeping the running configuration");
             return;

@@ -26,7 +26,7 @@
 
 use shadowmesh_crypto::NetworkKey;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::task::Poll;
@@ -36,6 +36,7 @@ use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
 use shadowmesh_link::exchange::{Exchange, Verdict};
+use shadowmesh_link::pending::Pending;
 use shadowmesh_link::roster::Update;
 use shadowmesh_link::{Output, Roster};
 use shadowmesh_proto::consts::*;
@@ -72,8 +73,9 @@ const LEARN_IN_FLIGHT: usize = 8;
 const LEARN_AGAIN: Duration = Duration::from_secs(60);
 
 /// Marks which code runs, so that a counting allocator in a test can tell allocations of our
-/// forwarding code from quinn's (`tests/alloc.rs`). Two thread-local flags; nothing else.
-#[doc(hidden)]
+/// forwarding code from quinn's (`tests/alloc.rs`). Two thread-local flags with the
+/// `test-hooks` feature; without it (the shipped binary) the guards are empty and cost nothing.
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod alloc_probe {
     use std::cell::Cell;
 
@@ -120,6 +122,25 @@ pub mod alloc_probe {
     impl Drop for Quinn {
         fn drop(&mut self) {
             QUINN.with(|q| q.set(q.get() - 1));
+        }
+    }
+}
+
+/// The shipped binary's probe: empty guards.
+#[cfg(not(any(test, feature = "test-hooks")))]
+mod alloc_probe {
+    pub struct Ours;
+    impl Ours {
+        #[inline(always)]
+        pub fn enter() -> Ours {
+            Ours
+        }
+    }
+    pub struct Quinn;
+    impl Quinn {
+        #[inline(always)]
+        pub fn enter() -> Quinn {
+            Quinn
         }
     }
 }
@@ -314,8 +335,8 @@ struct Member {
     counters: Counters,
     /// Unix time of the last completed handshake.
     last_handshake: u64,
-    pending: VecDeque<Vec<u8>>,
-    dialling: bool,
+    /// Packets waiting for a link, and whether one is being dialled.
+    wait: Pending,
 }
 
 /// What `peers` reports for one member.
@@ -539,6 +560,64 @@ impl DataPlane {
             tokio::task::spawn_local(self.clone().tun_reader());
         }
         tokio::task::spawn_local(self.clone().ticker(Rc::downgrade(mesh)));
+        if self.tun.index() != 0 {
+            tokio::task::spawn_local(self.clone().watch_link(Rc::downgrade(mesh)));
+        }
+    }
+
+    /// Puts the tunnel's routes and IPv6 address back whenever the kernel announces it up: a
+    /// down/up (netifd bouncing the interface) removes both. Ends with the mesh.
+    async fn watch_link(self: Rc<Self>, mesh: Weak<Mesh>) {
+        let events = match crate::netlink::LinkEvents::open().and_then(|e| {
+            // SAFETY: the AsyncFd owns the socket, which stays open while registered.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(e, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("not watching {} for down/up: {e}", self.tun.name());
+                return;
+            }
+        };
+        let index = self.tun.index();
+        while mesh.strong_count() > 0 {
+            let Ok(mut ready) = events.readable().await else {
+                return;
+            };
+            match ready.get_inner().up_announced(index) {
+                Ok(true) => self.restore_link(),
+                Ok(false) => {}
+                Err(e) => log::warn!("reading link announcements: {e}"),
+            }
+            ready.clear_ready();
+        }
+    }
+
+    /// Re-adds the tunnel's IPv6 address and the LAN routes the roster holds installed (each
+    /// one still there answers `EEXIST`: nothing is replaced).
+    fn restore_link(&self) {
+        let (_, _, v6) = self.addresses();
+        if let Some(v6) = v6 {
+            if let Err(e) = crate::netlink::add_addr(self.tun.index(), IpAddr::V6(v6), 48) {
+                log::warn!("restoring {v6}/48 on {}: {e}", self.tun.name());
+            }
+        }
+        let mut restored = 0;
+        for (p, _) in self.roster.borrow().installed() {
+            match self.tun.add_route(p) {
+                Ok(()) => restored += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => log::warn!("restoring route {p}: {e}"),
+            }
+        }
+        if restored > 0 {
+            log::info!(
+                "{} came back up: {restored} routes restored",
+                self.tun.name()
+            );
+        }
     }
 
     /// Sends and accepts data frames as plain UDP on `node`'s socket with members that do the
@@ -720,8 +799,7 @@ impl DataPlane {
                 link: None,
                 counters: Counters::default(),
                 last_handshake: 0,
-                pending: VecDeque::new(),
-                dialling: false,
+                wait: Pending::default(),
             });
             if let Some(old) = &m.link {
                 if old.conn.close_reason().is_none() && old.precedence > precedence {
@@ -736,9 +814,8 @@ impl DataPlane {
                 }
             }
             m.last_handshake = link.since;
-            m.dialling = false;
             m.link = Some(link);
-            pending = std::mem::take(&mut m.pending);
+            pending = m.wait.linked();
             let mut roster = self.roster.borrow_mut();
             roster.record(pid, payload, peer.record.keys.ed25519, peer.record.seq);
             roster.set_endpoint(&pid, peer.conn.remote_address());
@@ -879,8 +956,8 @@ impl DataPlane {
     }
 
     /// Forwards one packet as if it had been read from the TUN (what the TUN reader does after
-    /// its read). For tests and benchmarks of the forwarding path.
-    #[doc(hidden)]
+    /// its read). For tests of the forwarding path.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn push_packet(&self, arena: &mut Arena, batch: &mut Batch, packet: &[u8]) {
         let _ours = alloc_probe::Ours::enter();
         let slot = self.slot();
@@ -1119,14 +1196,11 @@ impl DataPlane {
         };
         let Some(link) = m.link.as_mut() else {
             // No connection: queue and dial.
-            let copy = packet.to_vec();
-            if m.pending.len() < PENDING_MAX {
-                m.pending.push_back(copy);
-            } else {
+            let held = m.wait.hold(packet, PENDING_MAX);
+            if !held.queued {
                 m.counters.tx_dropped += 1;
             }
-            let dial = !m.dialling;
-            m.dialling = true;
+            let dial = held.dial;
             drop(members);
             if dial {
                 if crate::dpthread::on_data_thread() {
@@ -1261,10 +1335,7 @@ impl DataPlane {
                         .as_ref()
                         .is_none_or(|l| l.conn.close_reason().is_some())
                     {
-                        m.dialling = false;
-                        let dropped = m.pending.len() as u64;
-                        m.pending.clear();
-                        m.counters.tx_dropped += dropped;
+                        m.counters.tx_dropped += m.wait.failed() as u64;
                     }
                 }
             }
@@ -1545,7 +1616,7 @@ impl DataPlane {
                 .members
                 .borrow()
                 .get(&c.id)
-                .is_some_and(|m| m.link.is_some() || m.dialling);
+                .is_some_and(|m| m.link.is_some() || m.wait.dialling());
             if c.id == me || known || !self.admitted(&c.id) {
                 continue;
             }
@@ -1736,7 +1807,7 @@ impl DataPlane {
             .collect();
         for p in accepted {
             if let Some(m) = self.members.borrow_mut().get_mut(&p) {
-                m.dialling = true;
+                m.wait.dialling_now();
             }
             self.dial(p, true);
         }

@@ -103,12 +103,14 @@ pub fn on_data_thread() -> bool {
     DATA_THREAD.try_with(|d| d.get()).unwrap_or(false)
 }
 
-/// Moves a value to the data-plane thread.
-///
-/// SAFETY (of the `Send`): the value is only used, cloned or dropped while the baton is held,
-/// so the two threads never touch it at once, and the baton's mutex orders their accesses.
+/// Moves one of the two values the data-plane thread needs (the data plane and the fast lane's
+/// sink) to it; `Send` only for those two types.
 struct Baton1<T>(T);
-unsafe impl<T> Send for Baton1<T> {}
+// SAFETY: the data plane is only used, cloned or dropped while the baton is held, so the two
+// threads never touch it (or its `Rc` counts) at once, and the baton's mutex orders accesses.
+unsafe impl Send for Baton1<Weak<DataPlane>> {}
+// SAFETY: as above: the sink is only used while the baton is held.
+unsafe impl Send for Baton1<Option<Sink>> {}
 
 /// The running thread; stops it when dropped.
 pub struct Thread {

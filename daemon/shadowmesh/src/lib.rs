@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod dpthread;
 pub mod fastlane;
 pub mod json;
+pub mod keyfile;
 pub mod logger;
 pub mod mesh;
 pub mod netlink;

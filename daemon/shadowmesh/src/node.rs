@@ -565,7 +565,7 @@ impl Node {
 
     /// Replaces the record we present in HELLO. Only for tests that need to present a forged
     /// record over a real connection.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_record_for_test(&mut self, record: Vec<u8>) {
         *self.record.borrow_mut() = record.into();
     }
@@ -976,7 +976,8 @@ impl SeqFloor {
         if seq >= self.reserved.get() {
             let ahead = seq + SEQ_RESERVE;
             if let Some(p) = &self.path {
-                if let Err(e) = write_atomically(p, ahead.to_string().as_bytes()) {
+                if let Err(e) = crate::keyfile::write_atomic(p, ahead.to_string().as_bytes(), 0o600)
+                {
                     log::warn!(
                         "writing {}: {e} (sequence numbers kept in memory)",
                         p.display()
@@ -987,13 +988,6 @@ impl SeqFloor {
         }
         seq
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename (never a torn file).
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn record_seq(record: &[u8]) -> u64 {

@@ -65,7 +65,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
     ])?;
     let key = PathBuf::from(o.need("--key")?);
     let nk = network_key(o)?;
-    let (id, created) = Identity::load_or_create(&key)?;
+    let (id, created) = crate::keyfile::load_or_create(&key)?;
     if created {
         log::info!("created identity {} in {}", id.peer_id(), key.display());
     }

@@ -19,7 +19,6 @@
 
 use std::path::PathBuf;
 
-use shadowmesh_crypto::Identity;
 use shadowmesh_proto::overlay::{self, V6Prefix};
 use shadowmesh_proto::peer::to_hex;
 
@@ -114,7 +113,7 @@ pub fn status(path: &std::path::Path) -> String {
         .uint("listen_port", cfg.listen.port() as u64)
         .str("interface", &cfg.interface);
     // Who this gateway is, from its key file (readable by root, which rpcd runs as).
-    match Identity::load(&cfg.key_file) {
+    match crate::keyfile::load(&cfg.key_file) {
         Ok(id) => {
             let pid = id.peer_id();
             o = o.str("peer_id", &pid.to_string());

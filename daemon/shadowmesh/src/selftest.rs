@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use shadowmesh_crypto::aead::FrameKey;
 use shadowmesh_crypto::record::{build_record, verify_record, RecordParams};
-use shadowmesh_crypto::Identity;
 use shadowmesh_proto::consts::{FRAME_HEADER_LEN, FRAME_OVERHEAD};
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::record::{Payload, Route};
@@ -53,7 +52,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
 }
 
 fn write(key: &Path, dir: &Path) -> Result<(), CliError> {
-    let id = Identity::load(key)?;
+    let id = crate::keyfile::load(key)?;
     let now = crate::unix_now();
     let p = payload();
     let record = build_record(

@@ -5,7 +5,7 @@
 //! The `tun` crate's own async wrapper is not used: it pulls `futures` and `tokio-util` into a
 //! binary that counts its bytes, and `AsyncFd` over the raw descriptor is all it would add.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -78,7 +78,8 @@ enum Dev {
         watch: RefCell<Option<AsyncFd<OwnedFd>>>,
     },
     /// Counts what is written and never yields a packet (tests of the forwarding path).
-    Memory(Cell<(u64, u64)>),
+    #[cfg(any(test, feature = "test-hooks"))]
+    Memory(std::cell::Cell<(u64, u64)>),
 }
 
 impl Tun {
@@ -151,10 +152,10 @@ impl Tun {
 
     /// A stand-in device that only counts the packets written to it and never produces any;
     /// routes are not installed. For tests of the forwarding path without root.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn memory(name: &str) -> Tun {
         Tun {
-            dev: Dev::Memory(Cell::new((0, 0))),
+            dev: Dev::Memory(std::cell::Cell::new((0, 0))),
             name: name.into(),
             index: 0,
             vnet: false,
@@ -162,7 +163,7 @@ impl Tun {
     }
 
     /// Packets and bytes written to a [`Tun::memory`] device.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn memory_written(&self) -> (u64, u64) {
         match &self.dev {
             Dev::Memory(c) => c.get(),
@@ -194,8 +195,10 @@ impl Tun {
         cx: &mut std::task::Context<'_>,
         drain: impl FnOnce() -> bool,
     ) -> std::task::Poll<io::Result<()>> {
-        let Dev::Real { watch, .. } = &self.dev else {
-            return std::task::Poll::Pending;
+        let watch = match &self.dev {
+            Dev::Real { watch, .. } => watch,
+            #[cfg(any(test, feature = "test-hooks"))]
+            Dev::Memory(_) => return std::task::Poll::Pending,
         };
         let w = watch.borrow();
         let Some(fd) = w.as_ref() else {
@@ -212,6 +215,7 @@ impl Tun {
     pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         match &self.dev {
             Dev::Real { dev, .. } => Some(dev.as_raw_fd()),
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(_) => None,
         }
     }
@@ -219,8 +223,10 @@ impl Tun {
     /// The runtime stops watching the device (a reader of our own takes over, on its own
     /// descriptor set: [`crate::dpthread`]); [`Tun::poll_drain`] stays pending from now on.
     pub fn stop_watching(&self) {
-        if let Dev::Real { watch, .. } = &self.dev {
-            watch.borrow_mut().take();
+        match &self.dev {
+            Dev::Real { watch, .. } => drop(watch.borrow_mut().take()),
+            #[cfg(any(test, feature = "test-hooks"))]
+            Dev::Memory(_) => {}
         }
     }
 
@@ -229,6 +235,7 @@ impl Tun {
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.dev {
             Dev::Real { dev, .. } => read(dev, buf),
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
@@ -238,6 +245,7 @@ impl Tun {
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.dev {
             Dev::Real { dev, .. } => write(dev, packet),
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(c) => {
                 let (n, b) = c.get();
                 c.set((n + 1, b + packet.len() as u64));
@@ -264,6 +272,7 @@ impl Tun {
     pub fn add_route(&self, p: &Prefix) -> io::Result<()> {
         match self.dev {
             Dev::Real { .. } => netlink::add_route(self.index, p),
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(_) => Ok(()),
         }
     }
@@ -272,6 +281,7 @@ impl Tun {
     pub fn del_route(&self, p: &Prefix) -> io::Result<()> {
         match self.dev {
             Dev::Real { .. } => netlink::del_route(self.index, p),
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(_) => Ok(()),
         }
     }
@@ -288,6 +298,7 @@ impl Tun {
                 }
                 netlink::add_addr(self.index, IpAddr::V4(new), 16)
             }
+            #[cfg(any(test, feature = "test-hooks"))]
             Dev::Memory(_) => Ok(()),
         }
     }

@@ -46,6 +46,7 @@ fn mine(c: &'static std::thread::LocalKey<std::cell::Cell<u64>>) -> u64 {
     c.with(|c| c.get())
 }
 
+// SAFETY: every allocation is the system allocator's; counting changes nothing it returns.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         count(&MINE);
@@ -57,9 +58,11 @@ unsafe impl GlobalAlloc for Counting {
         } else if alloc_probe::in_quinn() {
             count(&QUINN);
         }
+        // SAFETY: the caller's layout, passed on unchanged.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System.alloc` with layout `l` (above).
         unsafe { System.dealloc(p, l) }
     }
 }

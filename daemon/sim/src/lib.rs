@@ -15,6 +15,8 @@
 //! lookups are measured, half FIND_VALUE (a random live owner's record, from a random live
 //! node) and half FIND_NODE (a random id), with churn if asked.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! `shadowmesh-sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R]
 //! [--sybil-fraction F] [--lookups Q] [--json]`
 
+#![forbid(unsafe_code)]
+
 use shadowmesh_sim::{run, SimConfig};
 
 fn main() {
