@@ -568,7 +568,7 @@ impl DataPlane {
     /// Puts the tunnel's routes and IPv6 address back whenever the kernel announces it up: a
     /// down/up (netifd bouncing the interface) removes both. Ends with the mesh.
     async fn watch_link(self: Rc<Self>, mesh: Weak<Mesh>) {
-        let events = match crate::netlink::LinkEvents::open().and_then(|e| {
+        let events = match crate::netlink::link_events().and_then(|e| {
             // SAFETY: the AsyncFd owns the socket, which stays open while registered.
             unsafe {
                 tokio::io::unix::AsyncFd::register_with_interest(e, tokio::io::Interest::READABLE)
@@ -586,7 +586,7 @@ impl DataPlane {
             let Ok(mut ready) = events.readable().await else {
                 return;
             };
-            match ready.get_inner().up_announced(index) {
+            match crate::netlink::link_up_announced(ready.get_inner(), index) {
                 Ok(true) => self.restore_link(),
                 Ok(false) => {}
                 Err(e) => log::warn!("reading link announcements: {e}"),

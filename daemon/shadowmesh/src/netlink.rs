@@ -131,93 +131,84 @@ impl Drop for Socket {
     }
 }
 
-/// A socket that hears the kernel's link announcements (`RTMGRP_LINK`), non-blocking: when the
-/// tunnel is set down and up again (netifd does it when the interface is edited or restarted),
-/// the kernel removes every route through it and its IPv6 address, and the daemon puts them back.
-pub struct LinkEvents(std::os::fd::OwnedFd);
-
-impl LinkEvents {
-    /// Opens and subscribes.
-    pub fn open() -> io::Result<LinkEvents> {
-        use std::os::fd::FromRawFd;
-        const RTMGRP_LINK: u32 = 1;
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an all-zero sockaddr_nl is valid; family and groups are set below.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        sa.nl_groups = RTMGRP_LINK;
-        // SAFETY: bind(2) with a valid sockaddr_nl and its size.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(LinkEvents(owned))
+/// Opens a socket that hears the kernel's link announcements (`RTMGRP_LINK`), non-blocking:
+/// when the tunnel is set down and up again (netifd does it when the interface is edited or
+/// restarted), the kernel removes every route through it and its IPv6 address, and the daemon
+/// puts them back. A plain descriptor, so that the runtime watches it with the same
+/// `AsyncFd<OwnedFd>` code as the TUN device (one more instantiation costs a router's flash).
+pub fn link_events() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const RTMGRP_LINK: u32 = 1;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    /// Reads every announcement waiting; whether interface `index` was announced up in any of
-    /// them (also when announcements were lost: the socket's buffer overran).
-    pub fn up_announced(&self, index: u32) -> io::Result<bool> {
-        use std::os::fd::AsRawFd;
-        const RTM_NEWLINK: u16 = 16;
-        let mut buf = [0u8; 8192];
-        let mut up = false;
-        loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return Ok(up),
-                    Some(libc::ENOBUFS) => up = true,
-                    Some(libc::EINTR) => {}
-                    _ => return Err(e),
-                }
-                continue;
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= NLMSG_HDR {
-                let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                if len < NLMSG_HDR || len > rest.len() {
-                    break;
-                }
-                // ifinfomsg: family, pad, type (u16), index (i32), flags (u32), change (u32).
-                let body = &rest[NLMSG_HDR..len];
-                if kind == RTM_NEWLINK && body.len() >= 16 {
-                    let at = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
-                    let flags = u32::from_ne_bytes(body[8..12].try_into().expect("4"));
-                    if at == index && flags & libc::IFF_UP as u32 != 0 {
-                        up = true;
-                    }
-                }
-                rest = &rest[((len + 3) & !3).min(rest.len())..];
-            }
-        }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; family and groups are set below.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = RTMGRP_LINK;
+    // SAFETY: bind(2) with a valid sockaddr_nl and its size.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(owned)
 }
 
-impl std::os::fd::AsRawFd for LinkEvents {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
+/// Reads every announcement waiting on `fd` (from [`link_events`]); whether interface `index`
+/// was announced up in any of them (also when announcements were lost: the socket's buffer
+/// overran).
+pub fn link_up_announced(fd: &std::os::fd::OwnedFd, index: u32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    const RTM_NEWLINK: u16 = 16;
+    let mut buf = [0u8; 8192];
+    let mut up = false;
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(up),
+                Some(libc::ENOBUFS) => up = true,
+                Some(libc::EINTR) => {}
+                _ => return Err(e),
+            }
+            continue;
+        }
+        let mut rest = &buf[..n as usize];
+        while rest.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(rest[..4].try_into().expect("4")) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HDR || len > rest.len() {
+                break;
+            }
+            // ifinfomsg: family, pad, type (u16), index (i32), flags (u32), change (u32).
+            let body = &rest[NLMSG_HDR..len];
+            if kind == RTM_NEWLINK && body.len() >= 16 {
+                let at = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+                let flags = u32::from_ne_bytes(body[8..12].try_into().expect("4"));
+                if at == index && flags & libc::IFF_UP as u32 != 0 {
+                    up = true;
+                }
+            }
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
+        }
     }
 }
 
