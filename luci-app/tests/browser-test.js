@@ -103,6 +103,16 @@ async function status(page, h, running) {
 	await page.waitForSelector('body[data-loaded], body[data-error]', { timeout: 40000 });
 	check('status view loads', !(await page.getAttribute('body', 'data-error')), await page.getAttribute('body', 'data-error'));
 	check('own PeerId shown', (await page.textContent('#shadowmesh-peer-id')) === exp.self, await page.textContent('#shadowmesh-peer-id'));
+	// The key is in no read-ACL answer, and on the page only once asked for.
+	const ubus = async (method) => (await fetch(`http://127.0.0.1:${h.port}/ubus`, {
+		method: 'POST', body: JSON.stringify({ object: 'shadowmesh', method })
+	})).json();
+	const st = await ubus('status');
+	check('the status answer carries no network key', !JSON.stringify(st).includes(exp.network_key), JSON.stringify(st).slice(0, 200));
+	check('the key is hidden until asked for',
+		(await page.locator('#shadowmesh-network-key').count()) === 0 && (await page.locator('#shadowmesh-show-key').count()) === 1);
+	await page.click('#shadowmesh-show-key');
+	await page.waitForSelector('#shadowmesh-network-key', { timeout: 20000 });
 	check('network key shown', (await page.textContent('#shadowmesh-network-key')) === exp.network_key);
 	check('QR code rendered', (await page.locator('#shadowmesh-qr svg').count()) === 1);
 	const join = await page.getAttribute('#shadowmesh-qr', 'title');
@@ -138,6 +148,15 @@ async function status(page, h, running) {
 		check('no peers listed', (await page.locator('#shadowmesh-peers tr[data-peer-id]').count()) === 0);
 		await page.screenshot({ path: path.join(artifacts, 'luci-status-stopped.png'), fullPage: true });
 	}
+	// A read-only user: the status still loads, the key does not.
+	await fetch(`http://127.0.0.1:${h.port}/harness/readonly`, { method: 'POST', body: JSON.stringify({ readOnly: true }) });
+	check('a read-only user is refused the secret method', !('network_key' in (await ubus('secret'))));
+	await page.reload();
+	await page.waitForSelector('body[data-loaded], body[data-error]', { timeout: 40000 });
+	await page.click('#shadowmesh-show-key');
+	await page.waitForSelector('#shadowmesh-key-denied', { timeout: 20000 });
+	check('a read-only user sees why the key is not shown', (await page.locator('#shadowmesh-network-key').count()) === 0);
+	await fetch(`http://127.0.0.1:${h.port}/harness/readonly`, { method: 'POST', body: JSON.stringify({ readOnly: false }) });
 }
 
 (async () => {

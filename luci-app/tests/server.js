@@ -40,8 +40,10 @@ function start(opts) {
 	const acl = JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-shadowmesh.json'), 'utf8'));
 	const state = { config: opts.rpcdConfig, changes: [], ubus: [] };
 	const uci = (args) => execFileSync(UCI, ['-c', opts.uciDir, ...args], { encoding: 'utf8' });
+	// The harness's user may write (as LuCI's root login may); `readOnly` makes it a read-only
+	// one, to check what the read ACL alone grants.
 	const granted = (obj, method) => Object.values(acl).some((g) =>
-		(((g.read || {}).ubus || {})[obj] || []).includes(method));
+		[g.read, opts.readOnly ? null : g.write].some((k) => (((k || {}).ubus || {})[obj] || []).includes(method)));
 
 	const server = http.createServer((req, res) => {
 		const send = (code, body, type) => {
@@ -97,6 +99,10 @@ function start(opts) {
 					return send(200, { ok: true });
 				}
 				if (url.pathname === '/harness/changes') return send(200, state.changes);
+				if (url.pathname === '/harness/readonly' && req.method === 'POST') {
+					opts.readOnly = !!JSON.parse(body).readOnly;
+					return send(200, { ok: true });
+				}
 				send(404, { error: 'not found' });
 			} catch (e) {
 				send(500, { error: String(e.message || e) });

@@ -193,10 +193,10 @@ fn with_daemons(
         .to_string();
 
     checks.check(
-        "rpcd plugin: list names the status method",
+        "rpcd plugin: list names the status and secret methods",
         (|| {
             let l = plugin(bin, &a.config, &["list"])?;
-            (l == "{\"status\":{}}")
+            (l == "{\"status\":{},\"secret\":{}}")
                 .then_some(())
                 .ok_or(format!("list: {l}"))
         })(),
@@ -222,7 +222,6 @@ fn with_daemons(
             for want in [
                 "\"running\":true".to_string(),
                 format!("\"peer_id\":\"{}\"", a.peer_id),
-                format!("\"network_key\":\"{nk}\""),
                 format!(
                     "\"name\":\"{}\",\"peer_id\":\"{}\"",
                     &b.peer_id[..12],
@@ -236,6 +235,18 @@ fn with_daemons(
                 }
             }
             Ok(())
+        })(),
+    );
+    checks.check(
+        "rpcd plugin: the network key is in secret (write ACL), never in status (read ACL)",
+        (|| {
+            let s = plugin(bin, &a.config, &["call", "secret"])?;
+            if last.contains(&nk) {
+                return Err(format!("status carries the key: {last}"));
+            }
+            (s == format!("{{\"network_key\":\"{nk}\"}}"))
+                .then_some(())
+                .ok_or(s)
         })(),
     );
     let expect = format!(

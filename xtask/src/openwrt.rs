@@ -684,12 +684,12 @@ fn init_script_standin(rootfs: &Path, work: &Path) -> Result {
     ensure(again.contains(&key_line), || {
         "a second start replaced the network key".into()
     })?;
-    // The daemon accepts the file the script wrote.
+    // The daemon accepts the file the script wrote (the key is in `secret`, never `status`).
     output(
         Command::new(rootfs.join("usr/sbin/shadowmesh"))
             .args(["rpcd", "--config"])
             .arg(&conf)
-            .args(["call", "status"]),
+            .args(["call", "secret"]),
     )
     .and_then(|s| {
         ensure(s.contains(&format!("\"network_key\":\"{hex}\"")), || {

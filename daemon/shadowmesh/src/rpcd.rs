@@ -9,10 +9,13 @@
 //! Methods:
 //! - `status`: `running` (whether the daemon answered on its control socket), `error` (why not),
 //!   `config_error` (the UCI file does not parse: file, line, option, value), `enabled`, `seed`,
-//!   `peer_id`, `overlay_ipv4`, `overlay_ipv6`, `network_key`, `listen_port`, `interface`;
+//!   `peer_id`, `overlay_ipv4`, `overlay_ipv6`, `listen_port`, `interface`;
 //!   while running also `daemon` (the control socket's `status` object) and `peers` (its `peers`
 //!   list, each with a short `name`). Stopped, the identity fields come from the key file, so
-//!   the page still shows who this gateway is.
+//!   the page still shows who this gateway is. Never the network key: `status` is in the read
+//!   ACL, and a key holder joins the mesh.
+//! - `secret`: `network_key` (empty for a seed). In the app's write ACL only: whoever may change
+//!   the configuration may see the key; read-only users may not.
 //!
 //! A plugin's exit status is ignored by rpcd and a non-object answer is an error there, so
 //! every failure is a field of the object, never a bare message.
@@ -27,7 +30,7 @@ use crate::config::Config;
 use crate::json::Obj;
 
 /// The `list` answer: every method and its (empty) argument signature.
-pub const METHODS: &str = r#"{"status":{}}"#;
+pub const METHODS: &str = r#"{"status":{},"secret":{}}"#;
 
 /// Runs `rpcd [--config PATH] list|call METHOD` and prints the answer.
 pub fn main(args: &[String]) -> Result<(), CliError> {
@@ -50,6 +53,10 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
         ["call", "status"] => {
             drain_stdin();
             status(&config)
+        }
+        ["call", "secret"] => {
+            drain_stdin();
+            secret(&config)
         }
         ["call", other] => Obj::new()
             .str("error", &format!("unknown method '{other}'"))
@@ -88,6 +95,22 @@ pub fn short_name(peer_id: &str) -> &str {
     peer_id.get(..12).unwrap_or(peer_id)
 }
 
+/// The `secret` answer for the configuration at `path`: the network key.
+pub fn secret(path: &std::path::Path) -> String {
+    match Config::load(path) {
+        Ok(cfg) => Obj::new()
+            .str(
+                "network_key",
+                &cfg.network_key
+                    .as_deref()
+                    .map(|k| to_hex(k))
+                    .unwrap_or_default(),
+            )
+            .finish(),
+        Err(e) => Obj::new().str("error", &e.to_string()).finish(),
+    }
+}
+
 /// The `status` answer for the configuration at `path`.
 pub fn status(path: &std::path::Path) -> String {
     let cfg = match Config::load(path) {
@@ -103,13 +126,6 @@ pub fn status(path: &std::path::Path) -> String {
     let mut o = Obj::new()
         .bool("enabled", cfg.enabled)
         .bool("seed", cfg.seed || cfg.network_key.is_none())
-        .str(
-            "network_key",
-            &cfg.network_key
-                .as_deref()
-                .map(|k| to_hex(k))
-                .unwrap_or_default(),
-        )
         .uint("listen_port", cfg.listen.port() as u64)
         .str("interface", &cfg.interface);
     // Who this gateway is, from its key file (readable by root, which rpcd runs as).
@@ -207,6 +223,26 @@ mod tests {
         let s = status(&p);
         assert!(s.starts_with("{\"running\":false"), "{s}");
         assert!(s.contains("line 2: option 'listen_port'"), "{s}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_is_in_secret_only() {
+        let dir = std::env::temp_dir().join(format!("sm-rpcd-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("shadowmesh");
+        let nk = "5a".repeat(32);
+        std::fs::write(
+            &p,
+            format!(
+                "config shadowmesh\n\toption network_key '{nk}'\n\toption key_file '{}'\n\toption state_dir '{}'\n",
+                dir.join("key").display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        assert!(!status(&p).contains(&nk), "{}", status(&p));
+        assert_eq!(secret(&p), format!("{{\"network_key\":\"{nk}\"}}"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,14 +5,20 @@
 'require dom';
 'require uqr';
 
-// Status: this gateway, the network key (copy button and QR code for the next gateway) and the
-// live peers. Everything comes from one rpcd call, `ubus call shadowmesh status`, answered by
-// `shadowmesh rpcd call status` from the daemon's control socket; when the daemon does not
-// answer, the page says so and still shows who this gateway is.
+// Status: this gateway, the network key (behind a Show button: copy button and QR code for the
+// next gateway) and the live peers. The status comes from `ubus call shadowmesh status`,
+// answered by `shadowmesh rpcd call status` from the daemon's control socket; when the daemon
+// does not answer, the page says so and still shows who this gateway is. The key is never in
+// the status: it comes from `shadowmesh secret`, which only the write ACL grants.
 
 var callStatus = rpc.declare({
 	object: 'shadowmesh',
 	method: 'status'
+});
+
+var callSecret = rpc.declare({
+	object: 'shadowmesh',
+	method: 'secret'
 });
 
 function fmtBytes(n) {
@@ -37,7 +43,7 @@ function fmtAgo(ts) {
 }
 
 // What a new gateway needs: the network key and an address to bootstrap through (this one).
-function joinString(st) {
+function joinString(st, key) {
 	var host = window.location.hostname, port = st.listen_port;
 	var listen = st.daemon ? st.daemon.listen : null;
 	var m = listen ? /^\[?([^\]]*)\]?:(\d+)$/.exec(listen) : null;
@@ -48,7 +54,7 @@ function joinString(st) {
 	}
 	if (host.indexOf(':') >= 0)
 		host = '[' + host + ']';
-	return 'shadowmesh:join?network_key=' + st.network_key + '&bootstrap=' + st.peer_id + '@' + host + ':' + port;
+	return 'shadowmesh:join?network_key=' + key + '&bootstrap=' + st.peer_id + '@' + host + ':' + port;
 }
 
 function copyText(text, button) {
@@ -101,21 +107,43 @@ return view.extend({
 			row(_('Uptime'), st.running ? '%ds'.format(d.uptime_s) : null, 'shadowmesh-uptime')
 		]));
 
-		if (st.network_key) {
-			var join = joinString(st);
-			var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'width:200px;height:200px' });
-			qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
-			var btn = E('button', {
-				'class': 'cbi-button cbi-button-action',
-				'id': 'shadowmesh-copy',
-				'click': function(ev) { copyText(st.network_key, ev.target); }
-			}, [_('Copy')]);
+		if (!st.seed) {
+			var self = this;
 			out.push(E('h3', {}, [_('Network key')]));
 			out.push(E('p', {}, [_('Every gateway of this mesh needs this key. Scan the code on the next gateway, or copy the key into its Settings with this gateway as a bootstrap peer.')]));
-			out.push(E('div', { 'class': 'cbi-value' }, [
-				E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [st.network_key]), ' ', btn
-			]));
-			out.push(qr);
+			if (this.key) {
+				var key = this.key, join = joinString(st, key);
+				var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'width:200px;height:200px' });
+				qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
+				var btn = E('button', {
+					'class': 'cbi-button cbi-button-action',
+					'id': 'shadowmesh-copy',
+					'click': function(ev) { copyText(key, ev.target); }
+				}, [_('Copy')]);
+				out.push(E('div', { 'class': 'cbi-value' }, [
+					E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [key]), ' ', btn
+				]));
+				out.push(qr);
+			} else {
+				out.push(E('div', { 'class': 'cbi-value', 'id': 'shadowmesh-key-hidden' }, [
+					E('button', {
+						'class': 'cbi-button cbi-button-action',
+						'id': 'shadowmesh-show-key',
+						'click': function(ev) {
+							return callSecret().then(function(r) {
+								if (!r || !r.network_key)
+									throw new Error((r && r.error) || _('no key'));
+								self.key = r.network_key;
+								dom.content(self.box, self.renderStatus(st));
+							}).catch(function() {
+								dom.content(ev.target.parentNode, [
+									E('em', { 'id': 'shadowmesh-key-denied' }, [_('Only users who may change the settings can see the key.')])
+								]);
+							});
+						}
+					}, [_('Show')])
+				]));
+			}
 		}
 
 		var peers = st.peers || [];
@@ -151,6 +179,7 @@ return view.extend({
 	render: function(st) {
 		var box = E('div', { 'id': 'shadowmesh-status' });
 		var self = this;
+		this.box = box;
 		dom.content(box, this.renderStatus(st));
 		poll.add(function() {
 			return callStatus().then(function(s) {
