@@ -146,14 +146,7 @@ impl Drop for Remote<'_> {
 }
 
 fn target_of(profile: &str) -> Result<Option<String>> {
-    let path = crate::root().join("boards").join(format!("{profile}.toml"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("board profile {}: {e}", path.display()))?;
-    let t = text
-        .lines()
-        .find_map(|l| l.strip_prefix("target = "))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .ok_or(format!("{}: no target", path.display()))?;
+    let t = crate::boards::board(profile)?.target;
     // The host's own build serves x86_64 (partner hosts are usually PCs).
     Ok((t != "x86_64-unknown-linux-gnu" && t != "x86_64-unknown-linux-musl").then_some(t))
 }

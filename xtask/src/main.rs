@@ -39,6 +39,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench_tunnel;
+mod boards;
 mod clock;
 mod collide;
 mod flood;
@@ -730,15 +731,6 @@ fn sim(args: &[String]) -> Result {
         .args(args))
 }
 
-/// Router targets and how to build them here (see cross-toolchains/README.md).
-const CROSS_TARGETS: &[&str] = &[
-    "x86_64-unknown-linux-musl",
-    "aarch64-unknown-linux-musl",
-    "armv7-unknown-linux-musleabihf",
-    "mipsel-unknown-linux-musl",
-    "mips-unknown-linux-musl",
-];
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -815,8 +807,9 @@ fn cross(args: &[String]) -> Result {
         .and_then(|i| args.get(i + 1))
         .ok_or("cross needs --target TRIPLE (or --target all)")?;
     let test = args.iter().any(|a| a == "--test");
+    let all = boards::targets()?;
     let targets: Vec<&str> = if target == "all" {
-        CROSS_TARGETS.to_vec()
+        all.iter().map(String::as_str).collect()
     } else {
         vec![target.as_str()]
     };
@@ -870,44 +863,9 @@ fn cross_build(t: &str) -> Result<PathBuf> {
     Ok(target_dir().join(t).join("release").join("shadowmesh"))
 }
 
-/// The smallest `binary_size_budget_kib` any board file gives for `target`.
-fn budget_kib(target: &str) -> Result<Option<u64>> {
-    let mut best: Option<u64> = None;
-    let dir = root().join("boards");
-    for e in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-        let p = e.map_err(|e| e.to_string())?.path();
-        if p.extension().is_none_or(|x| x != "toml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
-        let val = |key: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.split_once('=')
-                        .filter(|(k, _)| k.trim() == key)
-                        .map(|(_, v)| v)
-                })
-                .map(|v| {
-                    v.split('#')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .trim_matches('"')
-                        .to_string()
-                })
-        };
-        if val("target").as_deref() == Some(target) {
-            if let Some(b) = val("binary_size_budget_kib").and_then(|v| v.parse().ok()) {
-                best = Some(best.map_or(b, |x: u64| x.min(b)));
-            }
-        }
-    }
-    Ok(best)
-}
-
 fn check_sizes(sizes: &[(String, u64)]) -> Result {
     for (t, s) in sizes {
-        match budget_kib(t)? {
+        match boards::budget_kib(t)? {
             Some(b) if s / 1024 > b => {
                 return Err(format!(
                     "{t}: stripped binary is {} KiB, over the {b} KiB budget in boards/",

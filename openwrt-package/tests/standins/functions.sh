@@ -29,15 +29,36 @@ json_close_array() { _standin_record json_close_array "$@"; }
 json_add_object() { _standin_record json_add_object "$@"; }
 json_close_object() { _standin_record json_close_object "$@"; }
 json_add_string() { _standin_record json_add_string "$@"; }
+procd_send_signal() { _standin_record procd_send_signal "$@"; }
 logger() { _standin_record logger "$@"; }
 
-_STANDIN_CONFIG=
-config_load() { _STANDIN_CONFIG="$1"; }
+# procd_running SERVICE: whether procd runs an instance of it; "$STANDIN_RUNNING" (default 1).
+procd_running() {
+	_standin_record procd_running "$@"
+	[ "${STANDIN_RUNNING:-1}" = 1 ]
+}
 
-# config_get VAR SECTION OPTION [DEFAULT]
+# config_load reads the file once (through the uci stand-in), as OpenWrt's reads it through
+# libuci; config_get and config_foreach read that copy, config_set changes it.
+_STANDIN_CONFIG=
+_STANDIN_CACHE=
+config_load() {
+	_STANDIN_CONFIG="$1"
+	_STANDIN_CACHE="$(uci -q show "$1")"
+}
+
+# config_get VAR SECTION OPTION [DEFAULT]: a list's values come space-separated.
 config_get() {
-	_v="$(uci -q get "$_STANDIN_CONFIG.$2.$3")" || _v="$4"
+	_v="$(printf '%s\n' "$_STANDIN_CACHE" | sed -n "s/^$_STANDIN_CONFIG\.$2\.$3='\(.*\)'\$/\1/p" | tr '\n' ' ')"
+	_v="${_v% }"
+	[ -n "$_v" ] || _v="$4"
 	eval "$1=\"\$_v\""
+}
+
+# config_set SECTION OPTION VALUE
+config_set() {
+	_STANDIN_CACHE="$(printf '%s\n' "$_STANDIN_CACHE" | grep -v "^$_STANDIN_CONFIG\.$1\.$2=")
+$_STANDIN_CONFIG.$1.$2='$3'"
 }
 
 # config_get_bool VAR SECTION OPTION [DEFAULT]: 1/on/true/yes/enabled -> 1, else 0
@@ -52,21 +73,26 @@ config_get_bool() {
 
 # config_foreach FUNCTION TYPE: FUNCTION is called with each section name of that type
 config_foreach() {
-	_i=0
-	while _t="$(uci -q get "$_STANDIN_CONFIG.@$2[$_i]")"; do
-		[ "$_t" = "$2" ] || break
-		for _n in $(uci -q show "$_STANDIN_CONFIG" | sed -n "s/^$_STANDIN_CONFIG\.\([^.=]*\)=$2\$/\1/p" | sed -n "$((_i + 1))p"); do
-			"$1" "$_n"
-		done
-		_i=$((_i + 1))
+	for _n in $(printf '%s\n' "$_STANDIN_CACHE" | sed -n "s/^$_STANDIN_CONFIG\.\([^.=]*\)=$2\$/\1/p"); do
+		"$1" "$_n"
 	done
 }
+
+# The package's file list: opkg's (24.10) or apk's (25.12, `$pkgname` set by the script).
+_standin_list() {
+	_pkg="${pkgname:-$(basename "${1%.*}")}"
+	_list="$IPKG_INSTROOT/usr/lib/opkg/info/$_pkg.list"
+	[ -f "$IPKG_INSTROOT/lib/apk/packages/$_pkg.list" ] && _list="$IPKG_INSTROOT/lib/apk/packages/$_pkg.list"
+	echo "$_list"
+}
+
+# The package asks for no user or group (no Require-User): nothing to add.
+add_group_and_user() { :; }
 
 # OpenWrt's default_postinst: for each init script the package installed, `enable` it (into
 # $IPKG_INSTROOT when building an image; on a live system also run uci-defaults and start).
 default_postinst() {
-	_pkg="$(basename "${1%.*}")"
-	_list="$IPKG_INSTROOT/usr/lib/opkg/info/$_pkg.list"
+	_list="$(_standin_list "$@")"
 	[ -f "$_list" ] || return 0
 	export IPKG_INSTROOT
 	grep -s '^/etc/init.d/' "$_list" | while read -r _i; do
@@ -81,8 +107,7 @@ default_postinst() {
 }
 
 default_prerm() {
-	_pkg="$(basename "${1%.*}")"
-	_list="$IPKG_INSTROOT/usr/lib/opkg/info/$_pkg.list"
+	_list="$(_standin_list "$@")"
 	[ -f "$_list" ] || return 0
 	export IPKG_INSTROOT
 	grep -s '^/etc/init.d/' "$_list" | while read -r _i; do
