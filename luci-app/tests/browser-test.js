@@ -114,9 +114,15 @@ async function status(page, h, running) {
 	await page.click('#shadowmesh-show-key');
 	await page.waitForSelector('#shadowmesh-network-key', { timeout: 20000 });
 	check('network key shown', (await page.textContent('#shadowmesh-network-key')) === exp.network_key);
-	check('QR code rendered', (await page.locator('#shadowmesh-qr svg').count()) === 1);
-	const join = await page.getAttribute('#shadowmesh-qr', 'title');
-	check('QR code carries the key and this gateway', join.includes(exp.network_key) && join.includes(exp.self + '@'), join);
+	if (exp.join) {
+		check('QR code rendered', (await page.locator('#shadowmesh-qr svg').count()) === 1);
+		const join = await page.getAttribute('#shadowmesh-qr', 'title');
+		check('QR code and join string are the daemon\'s join string', join === exp.join && (await page.textContent('#shadowmesh-join')) === exp.join, join);
+		check('the join string never names the browser\'s host', !join.includes('@127.0.0.1:') && !join.includes('@localhost'), join);
+	} else {
+		check('no address to offer: no QR code, and the page says what to set',
+			(await page.locator('#shadowmesh-qr').count()) === 0 && (await page.locator('#shadowmesh-no-join').count()) === 1);
+	}
 	await page.click('#shadowmesh-copy');
 	// The clipboard write is asynchronous: wait for what it put there.
 	let copied = '';

@@ -22,6 +22,7 @@
 //! - [`route`]: longest-prefix match, source filtering, IP header addresses, ICMP too-big.
 //! - [`policy`]: which prefixes advertised by members this gateway installs.
 //! - [`limit`]: per-source token buckets and in-flight counts, bounded.
+//! - [`join`]: the join string (network key and bootstrap gateways) a new gateway is given.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -31,6 +32,7 @@ pub mod dht;
 pub mod error;
 pub mod frame;
 pub mod gso;
+pub mod join;
 pub mod limit;
 pub mod msg;
 pub mod overlay;

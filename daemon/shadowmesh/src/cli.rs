@@ -29,6 +29,9 @@ commands:
                                ask the running daemon to look up a member's record
   keygen --out PATH            create a new identity key file (mode 0600); refuses to overwrite
   netkey                       print a new random network key (64 hex digits)
+  join [--config PATH] 'shadowmesh:join?network_key=…&bootstrap=PEERID@IP:PORT'
+                               become a member: write the key and bootstrap gateways a join
+                               string carries (LuCI status page, \"Show\") into the config
   id --key PATH [--json] [--network-key HEX | --network-key-file PATH]
                                print the PeerId, public keys and overlay addresses of a key file
                                (the IPv6 one lies in the mesh's /48: it needs the network key)
@@ -39,7 +42,7 @@ commands:
   selftest --key PATH --write DIR | --verify DIR
                                sign a record and seal a frame / check ones made by any build
   rpcd [--config PATH] list | call METHOD
-                               the LuCI rpcd plugin's answers (JSON): status
+                               the LuCI rpcd plugin's answers (JSON): status, secret
   version                      print the version
 ";
 
@@ -280,11 +283,13 @@ pub fn run(args: Vec<String>) -> i32 {
     let parsed = if cmd == "rpcd" {
         crate::logger::init(log::LevelFilter::Error);
         crate::rpcd::main(rest).map(|()| Opts::default())
+    } else if cmd == "join" {
+        crate::join::main(rest).map(|()| Opts::default())
     } else {
         Opts::parse(rest)
     };
     let result = parsed.and_then(|o| {
-        if cmd == "rpcd" {
+        if cmd == "rpcd" || cmd == "join" {
             return Ok(());
         }
         if o.flag("--help") {

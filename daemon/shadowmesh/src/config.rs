@@ -163,15 +163,7 @@ pub const DEFAULT_MTU: u16 = 1500 - 48 - 38 - 34;
 
 /// Parses `PEERID@IP:PORT`.
 pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
-    let (id, addr) = v.split_once('@').ok_or("expected PEERID@IP:PORT")?;
-    let id: PeerId = id.parse().map_err(|_| "the PeerId must be 64 hex digits")?;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| "the address must be IP:PORT (IPv6 in brackets)")?;
-    if addr.port() == 0 {
-        return Err("port 0".into());
-    }
-    Ok((id, addr))
+    shadowmesh_proto::join::parse_peer_addr(v).map_err(String::from)
 }
 
 pub use shadowmesh_proto::route::parse_cidr;

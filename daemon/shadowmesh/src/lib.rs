@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod dpthread;
 pub mod fastlane;
+pub mod join;
 pub mod json;
 pub mod keyfile;
 pub mod logger;

@@ -95,18 +95,27 @@ pub fn short_name(peer_id: &str) -> &str {
     peer_id.get(..12).unwrap_or(peer_id)
 }
 
-/// The `secret` answer for the configuration at `path`: the network key.
+/// The `secret` answer for the configuration at `path`: the network key, and the join string
+/// a new gateway takes (`shadowmesh join`, the settings page's "Join a mesh").
 pub fn secret(path: &std::path::Path) -> String {
     match Config::load(path) {
-        Ok(cfg) => Obj::new()
-            .str(
+        Ok(cfg) => {
+            let join = crate::keyfile::load(&cfg.key_file)
+                .ok()
+                .and_then(|id| crate::join::join_string(&cfg, id.peer_id()));
+            let o = Obj::new().str(
                 "network_key",
                 &cfg.network_key
                     .as_deref()
                     .map(|k| to_hex(k))
                     .unwrap_or_default(),
-            )
-            .finish(),
+            );
+            match join {
+                Some(j) => o.str("join", &j),
+                None => o,
+            }
+            .finish()
+        }
         Err(e) => Obj::new().str("error", &e.to_string()).finish(),
     }
 }

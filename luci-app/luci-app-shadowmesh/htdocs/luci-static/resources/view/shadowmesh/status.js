@@ -5,11 +5,13 @@
 'require dom';
 'require uqr';
 
-// Status: this gateway, the network key (behind a Show button: copy button and QR code for the
-// next gateway) and the live peers. The status comes from `ubus call shadowmesh status`,
+// Status: this gateway, the network key and the join string (behind a Show button: copy buttons
+// and a QR code for the next gateway) and the live peers. The status comes from `ubus call shadowmesh status`,
 // answered by `shadowmesh rpcd call status` from the daemon's control socket; when the daemon
 // does not answer, the page says so and still shows who this gateway is. The key is never in
-// the status: it comes from `shadowmesh secret`, which only the write ACL grants.
+// the status: it comes from the `secret` method, which only the write ACL grants, with the join
+// string the daemon makes from the addresses other gateways can reach (never the browser's
+// idea of this router's name).
 
 var callStatus = rpc.declare({
 	object: 'shadowmesh',
@@ -40,21 +42,6 @@ function fmtAgo(ts) {
 	if (s < 3600)
 		return _('%dm ago').format(Math.floor(s / 60));
 	return _('%dh ago').format(Math.floor(s / 3600));
-}
-
-// What a new gateway needs: the network key and an address to bootstrap through (this one).
-function joinString(st, key) {
-	var host = window.location.hostname, port = st.listen_port;
-	var listen = st.daemon ? st.daemon.listen : null;
-	var m = listen ? /^\[?([^\]]*)\]?:(\d+)$/.exec(listen) : null;
-	if (m) {
-		port = m[2];
-		if (m[1] != '0.0.0.0' && m[1] != '::')
-			host = m[1];
-	}
-	if (host.indexOf(':') >= 0)
-		host = '[' + host + ']';
-	return 'shadowmesh:join?network_key=' + key + '&bootstrap=' + st.peer_id + '@' + host + ':' + port;
 }
 
 function copyText(text, button) {
@@ -112,18 +99,33 @@ return view.extend({
 			out.push(E('h3', {}, [_('Network key')]));
 			out.push(E('p', {}, [_('Every gateway of this mesh needs this key. Scan the code on the next gateway, or copy the key into its Settings with this gateway as a bootstrap peer.')]));
 			if (this.key) {
-				var key = this.key, join = joinString(st, key);
-				var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'width:200px;height:200px' });
-				qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
-				var btn = E('button', {
-					'class': 'cbi-button cbi-button-action',
-					'id': 'shadowmesh-copy',
-					'click': function(ev) { copyText(key, ev.target); }
-				}, [_('Copy')]);
+				var key = this.key, join = this.join;
 				out.push(E('div', { 'class': 'cbi-value' }, [
-					E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [key]), ' ', btn
+					E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [key]), ' ',
+					E('button', {
+						'class': 'cbi-button cbi-button-action',
+						'id': 'shadowmesh-copy',
+						'click': function(ev) { copyText(key, ev.target); }
+					}, [_('Copy')])
 				]));
-				out.push(qr);
+				if (join) {
+					out.push(E('p', {}, [_('Join string: paste it into "Join a mesh" on the next gateway\'s Settings page, or run %s there.').format('shadowmesh join \'…\'')]));
+					out.push(E('div', { 'class': 'cbi-value' }, [
+						E('code', { 'id': 'shadowmesh-join', 'style': 'word-break:break-all' }, [join]), ' ',
+						E('button', {
+							'class': 'cbi-button cbi-button-action',
+							'id': 'shadowmesh-copy-join',
+							'click': function(ev) { copyText(join, ev.target); }
+						}, [_('Copy')])
+					]));
+					var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'display:inline-block' });
+					qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
+					out.push(qr);
+				} else {
+					out.push(E('p', { 'id': 'shadowmesh-no-join' }, [
+						_('No address other gateways could reach is known: set "Advertised addresses" in Settings to offer a join string.')
+					]));
+				}
 			} else {
 				out.push(E('div', { 'class': 'cbi-value', 'id': 'shadowmesh-key-hidden' }, [
 					E('button', {
@@ -134,6 +136,7 @@ return view.extend({
 								if (!r || !r.network_key)
 									throw new Error((r && r.error) || _('no key'));
 								self.key = r.network_key;
+								self.join = r.join || null;
 								dom.content(self.box, self.renderStatus(st));
 							}).catch(function() {
 								dom.content(ev.target.parentNode, [
