@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mesh::{self, ip, Lab, Node};
+use crate::lab;
+use crate::lab::{ip, Lab, Node};
 use crate::Result;
 
 struct Row {
@@ -127,7 +128,7 @@ fn ping_median(ns: &str, dst: &str) -> Result<f64> {
 /// Round trips (ms) of `n` pings 5 ms apart.
 fn ping_times(ns: &str, dst: &str, n: u32) -> Result<Vec<f64>> {
     let n = n.to_string();
-    let out = mesh::netns_exec(ns, &["ping", "-n", "-c", &n, "-i", "0.005", "-W", "1", dst])
+    let out = lab::netns_exec(ns, &["ping", "-n", "-c", &n, "-i", "0.005", "-W", "1", dst])
         .output()
         .map_err(|e| format!("ping: {e}"))?;
     let t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
@@ -205,16 +206,16 @@ fn measure(
             .fold(0.0, f64::max)
     });
     // Warm the path (and any on-demand connection) first.
-    let _ = mesh::ping(a, dst, 3, "0.1")?;
+    let _ = lab::ping(a, dst, 3, "0.1")?;
     // Latency on a quiet tunnel: the median of 500 echoes 5 ms apart (the mean moves with the
     // machine's scheduling noise, the median much less).
     let ping_p50_ms = ping_median(a, dst)?;
     let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
-    let (tcp1, bytes1) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 1)?;
-    let (tcp4, bytes4) = mesh::iperf3_streams(&mut lab.others, b, a, dst, secs, 4)?;
+    let (tcp1, bytes1) = lab::iperf3_streams(&mut lab.others, b, a, dst, secs, 1)?;
+    let (tcp4, bytes4) = lab::iperf3_streams(&mut lab.others, b, a, dst, secs, 4)?;
     let cpu = pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0;
     // 200 echoes 10 ms apart: the average over fewer moved with the machine's noise.
-    let p = mesh::ping(a, dst, 200, "0.01")?;
+    let p = lab::ping(a, dst, 200, "0.01")?;
     let gb = (bytes1 + bytes4) / 1e9;
     let row = Row {
         name,
@@ -312,7 +313,7 @@ fn boringtun_end(
     let t = Instant::now();
     let wait = if prefix.is_empty() { 10 } else { 120 };
     while !sock.exists() && t.elapsed() < Duration::from_secs(wait) {
-        mesh::sleep(Duration::from_millis(50))?;
+        lab::sleep(Duration::from_millis(50))?;
     }
     let keyfile = lab.dir.join(format!("{dev}.key"));
     std::fs::write(&keyfile, key).map_err(|e| e.to_string())?;
@@ -341,7 +342,7 @@ fn boringtun_end(
 
 /// Entry point.
 pub fn run(bin: &Path, json: bool, secs: u32) -> Result {
-    mesh::catch_signals();
+    lab::catch_signals();
     let bt = ensure_tools()?;
     let mut lab = Lab::new(bin)?;
     let r = bench(&mut lab, &bt, secs);
@@ -440,8 +441,8 @@ fn bench(lab: &mut Lab, bt: &Path, secs: u32) -> Result<Vec<Row>> {
     // ShadowMesh, fast lane (the default), up beside boringtun before either carries bulk
     // traffic: the first latency comparison is taken at the same moments for both.
     let (dst, pids) = shadowmesh_pair(lab, (&a, &b), ("sma", "smb"), "", &[])?;
-    let _ = mesh::ping(&a, "10.77.0.2", 3, "0.1")?;
-    let _ = mesh::ping(&a, &dst, 3, "0.1")?;
+    let _ = lab::ping(&a, "10.77.0.2", 3, "0.1")?;
+    let _ = lab::ping(&a, &dst, 3, "0.1")?;
     let fresh = interleaved(&a, ["10.77.0.2", &dst])?;
     eprintln!(
         "  interleaved ping medians before any load: boringtun {:.3} ms, shadowmesh {:.3} ms",
@@ -563,9 +564,9 @@ pub(crate) fn shadowmesh_pair(
     let mut dst = String::new();
     let wait = if prefix.is_empty() { 30 } else { 300 };
     while t.elapsed() < Duration::from_secs(wait) {
-        mesh::sleep(Duration::from_millis(200))?;
-        let list = mesh::members(&lab.ctl(&node_a, "peers"));
-        if mesh::member_of(&list, &id_b)
+        lab::sleep(Duration::from_millis(200))?;
+        let list = lab::members(&lab.ctl(&node_a, "peers"));
+        if lab::member_of(&list, &id_b)
             .is_some_and(|m| crate::field(m, "connected").as_deref() == Some("true"))
         {
             dst = crate::field(&lab.ctl(&node_b, "status"), "overlay_ipv4").unwrap_or_default();

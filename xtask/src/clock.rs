@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::mesh::{self, ip, member_of, members, ping, sleep, Lab, Node, Report};
+use crate::lab;
+use crate::lab::{ip, member_of, members, ping, sleep, Lab, Node};
+use crate::mesh::Report;
 use crate::Result;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -102,7 +104,7 @@ fn scenario(lab: &mut Lab, rep: &mut Report) -> Result {
     }
     let g_v4 = crate::field(&lab.ctl(&g, "status"), "overlay_ipv4").unwrap_or_default();
     let n_v4 = crate::field(&n_status, "overlay_ipv4").unwrap_or_default();
-    mesh::until_reachable(&n.ns, &g_v4, Duration::from_secs(10))?;
+    lab::until_reachable(&n.ns, &g_v4, Duration::from_secs(10))?;
     let (a, b) = (ping(&n.ns, &g_v4, 5, "0.1")?, ping(&g.ns, &n_v4, 5, "0.1")?);
     rep.check(
         "it is reached through the tunnel, and reaches the other gateway",

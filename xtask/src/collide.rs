@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::mesh::{self, ip, member_of, members, ping, sleep, Lab, Node, Report};
+use crate::lab;
+use crate::lab::{ip, member_of, members, ping, sleep, Lab, Node};
+use crate::mesh::Report;
 use crate::Result;
 
 /// Adds the checks of the scenario to `rep`, daemon binary `bin`.
@@ -166,7 +168,7 @@ fn scenario(lab: &mut Lab, rep: &mut Report) -> Result {
             took.as_secs_f64()
         ),
     );
-    let tun = mesh::netns_exec(&h.ns, &["ip", "-4", "-o", "addr", "show", "dev", "smesh0"])
+    let tun = lab::netns_exec(&h.ns, &["ip", "-4", "-o", "addr", "show", "dev", "smesh0"])
         .output()
         .map_err(|e| e.to_string())?;
     let tun = String::from_utf8_lossy(&tun.stdout);
@@ -202,7 +204,7 @@ fn scenario(lab: &mut Lab, rep: &mut Report) -> Result {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    mesh::until_reachable(&o.ns, &h_v4, Duration::from_secs(10))?;
+    lab::until_reachable(&o.ns, &h_v4, Duration::from_secs(10))?;
     let mut pings = vec![];
     for (from, to) in [(&o, &l_v4), (&o, &h_v4), (&l, &h_v4), (&h, &l_v4)] {
         let p = ping(&from.ns, to, 3, "0.2")?;
@@ -225,7 +227,7 @@ fn scenario(lab: &mut Lab, rep: &mut Report) -> Result {
     ip(&["-n", &x.ns, "link", "add", "lan0", "type", "bridge"])?;
     ip(&["-n", &x.ns, "addr", "add", "10.100.9.1/24", "dev", "lan0"])?;
     ip(&["-n", &x.ns, "link", "set", "lan0", "up"])?;
-    let out = mesh::netns_exec(&x.ns, &["timeout", "20"])
+    let out = lab::netns_exec(&x.ns, &["timeout", "20"])
         .arg(&lab.bin)
         .arg("run")
         .arg("--config")

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::mesh::{self, ip, Lab, Node, Report};
+use crate::lab;
+use crate::lab::{ip, Lab, Node};
+use crate::mesh::Report;
 use crate::Result;
 
 /// The daemon's resident memory must stay under this during the flood: its idle ~5 MiB, up to
@@ -22,8 +24,8 @@ pub const RSS_BOUND_MIB: f64 = 48.0;
 
 /// Runs the scenario with daemon `bin` and flood tool `flood`; the flood lasts `seconds`.
 pub fn run(bin: &Path, flood: &Path, seconds: u64) -> Result<Report> {
-    mesh::catch_signals();
-    mesh::require_tools(&["ip"], "run .ci/setup (apt-get install iproute2)")?;
+    lab::catch_signals();
+    lab::require_tools(&["ip"], "run .ci/setup (apt-get install iproute2)")?;
     let mut lab = Lab::new(bin)?;
     let r = scenario(&mut lab, flood, seconds);
     if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
@@ -91,7 +93,7 @@ fn scenario(lab: &mut Lab, flood: &Path, seconds: u64) -> Result<Report> {
     let control = lab.dir.join("target").join("control.sock");
     let t = Instant::now();
     while !control.exists() && t.elapsed() < Duration::from_secs(10) {
-        mesh::sleep(Duration::from_millis(100))?;
+        lab::sleep(Duration::from_millis(100))?;
     }
     let to = format!("{id}@10.250.0.1:4433");
     let member = [
@@ -168,7 +170,7 @@ fn scenario(lab: &mut Lab, flood: &Path, seconds: u64) -> Result<Report> {
             }
         })
     };
-    mesh::sleep(Duration::from_secs(2))?;
+    lab::sleep(Duration::from_secs(2))?;
     // About 250 ms apart, through the rest of the flood.
     let n = ((seconds.saturating_sub(4)) * 1000 / 350).max(8) as u32;
     let (mut during, df) = member_dials(lab, flood, &m_ns, &member, n)?;

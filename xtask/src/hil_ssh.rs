@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mesh;
+use crate::lab;
 use crate::Result;
 
 /// One inventory line.
@@ -247,7 +247,7 @@ fn measure(board: &Host, dst: &str, secs: u32) -> Measured {
     let ping = board
         .run(&format!("ping -n -q -c 20 -i 0.2 -W 2 {dst}"))
         .unwrap_or_default();
-    let p = mesh::Ping::parse(&ping);
+    let p = lab::Ping::parse(&ping);
     let loss = (p.sent > 0).then(|| p.loss_pct());
     let ping_ms = (p.received > 0).then_some(p.avg_ms);
     let t1 = iperf(board, dst, secs, 1);
@@ -340,9 +340,9 @@ fn scenario(hosts: &[Host], secs: u32) -> Result {
     let boards: Vec<(&Host, &String)> =
         hosts.iter().zip(&ids).filter(|(h, _)| !h.partner).collect();
     loop {
-        let list = mesh::members(&partner.ctl("peers"));
+        let list = lab::members(&partner.ctl("peers"));
         let up = boards.iter().all(|(_, id)| {
-            mesh::member_of(&list, id)
+            lab::member_of(&list, id)
                 .is_some_and(|m| crate::field(m, "connected").as_deref() == Some("true"))
         });
         if up {
@@ -463,17 +463,17 @@ fn scenario(hosts: &[Host], secs: u32) -> Result {
 /// `--lab`: stand-in boards in network namespaces, each with its own sshd, driven from a
 /// controller namespace through the same code path as real boards.
 pub fn lab(secs: u32) -> Result {
-    mesh::catch_signals();
+    lab::catch_signals();
     let sshd = Path::new("/usr/sbin/sshd");
     if !sshd.exists() {
         return Err("sshd is missing: run .ci/setup (apt-get install openssh-server)".into());
     }
     let bin = crate::release_bin()?;
-    let mut lab = mesh::Lab::new(&bin)?;
+    let mut lab = lab::Lab::new(&bin)?;
     let dir = lab.dir.clone();
     let sw = lab.ns("sw")?;
-    mesh::ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-    mesh::ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    lab::ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    lab::ip(&["-n", &sw, "link", "set", "br0", "up"])?;
     let ctl = lab.underlay_ns(&sw, "ctl", "10.202.0.100")?;
     let key = dir.join("id_ed25519");
     let st = Command::new("ssh-keygen")
@@ -535,7 +535,7 @@ pub fn lab(secs: u32) -> Result {
             if t.elapsed() > Duration::from_secs(10) {
                 return Err(format!("{}: sshd did not answer", h.name));
             }
-            mesh::sleep(Duration::from_millis(200))?;
+            lab::sleep(Duration::from_millis(200))?;
         }
     }
     println!("inventory ({}):\n{inventory}", path.display());

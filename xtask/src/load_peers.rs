@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench_tunnel::{cpu_s, shadowmesh_pair_config};
-use crate::mesh::{self, Lab};
+use crate::lab;
+use crate::lab::Lab;
 use crate::{field, Result};
 
 fn json_num(line: &str, key: &str) -> f64 {
@@ -20,7 +21,7 @@ fn json_num(line: &str, key: &str) -> f64 {
 
 /// Entry point.
 pub fn run(bin: &Path, args: &[String]) -> Result {
-    mesh::catch_signals();
+    lab::catch_signals();
     let peers = crate::flag_value(args, "--peers").unwrap_or(1000);
     let hold = crate::flag_value(args, "--hold").unwrap_or(30);
     let gen = crate::release_example("loadgen")?;
@@ -33,12 +34,12 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     let control = lab.dir.join("target").join("control.sock");
     let t = Instant::now();
     while !control.exists() && t.elapsed() < Duration::from_secs(10) {
-        mesh::sleep(Duration::from_millis(100))?;
+        lab::sleep(Duration::from_millis(100))?;
     }
     // Idle with no peers.
-    mesh::sleep(Duration::from_secs(2))?;
+    lab::sleep(Duration::from_secs(2))?;
     let (c0, rss0) = (cpu_s(pid), crate::rss_kib(pid));
-    mesh::sleep(Duration::from_secs(10))?;
+    lab::sleep(Duration::from_secs(10))?;
     let idle0 = (cpu_s(pid) - c0) / 10.0 * 100.0;
     eprintln!(
         "load-peers: target {} idle: {:.1} MiB, {idle0:.2}% CPU; {peers} peers from the generator",
@@ -51,7 +52,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     let mut binds = vec!["10.251.0.2".to_string()];
     for i in 3..=251 {
         let a = format!("10.251.0.{i}");
-        crate::mesh::ip(&["-n", &b, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+        crate::lab::ip(&["-n", &b, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
         binds.push(a);
     }
     let binds = binds.join(",");
@@ -94,13 +95,13 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         if t.elapsed() > Duration::from_secs(900) {
             return Err("the generator did not finish in 15 minutes".into());
         }
-        mesh::check_interrupt()?;
+        lab::check_interrupt()?;
     }
     // Settle (the last handshakes' tasks, first keepalives), then measure idle with N peers.
-    mesh::sleep(Duration::from_secs(5))?;
+    lab::sleep(Duration::from_secs(5))?;
     let status = lab.ctl(&node, "status");
     let (c1, rss1) = (cpu_s(pid), crate::rss_kib(pid));
-    mesh::sleep(Duration::from_secs(hold))?;
+    lab::sleep(Duration::from_secs(hold))?;
     let idle1 = (cpu_s(pid) - c1) / hold as f64 * 100.0;
     let rss_end = crate::rss_kib(pid);
     let status_end = lab.ctl(&node, "status");

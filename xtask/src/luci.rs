@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mesh::{ip, Lab, Node};
+use crate::lab::{ip, Lab, Node};
 use crate::openwrt::Checks;
 use crate::{root, Result};
 
@@ -129,7 +129,7 @@ pub fn test(checks: &mut Checks, bin: &Path) -> Result {
         let _ = std::fs::remove_dir_all(&work);
         return Ok(());
     }
-    crate::mesh::catch_signals();
+    crate::lab::catch_signals();
     let mut lab = Lab::new(bin)?;
     let r = with_daemons(checks, &mut lab, bin, base_env);
     if r.is_err() || !checks.failures.is_empty() {
@@ -237,21 +237,30 @@ fn with_daemons(
             Ok(())
         })(),
     );
+    // What the status page gets on the host (the harness runs the plugin there).
+    let host_secret = plugin(bin, &a.config, &["call", "secret"]).unwrap_or_else(|e| e);
     checks.check(
         "rpcd plugin: the network key is in secret (write ACL), never in status (read ACL)",
         (|| {
-            let s = plugin(bin, &a.config, &["call", "secret"])?;
             if last.contains(&nk) {
                 return Err(format!("status carries the key: {last}"));
             }
-            (s == format!("{{\"network_key\":\"{nk}\"}}"))
+            host_secret
+                .starts_with(&format!("{{\"network_key\":\"{nk}\""))
                 .then_some(())
-                .ok_or(s)
+                .ok_or(host_secret.clone())
         })(),
     );
+    checks.check(
+        "shadowmesh join: a gateway configured from A's join string (rpcd secret in A's namespace) joins A",
+        join_from_a(lab, bin, &sw, a, &nk),
+    );
+    let host_join = json_field(&host_secret, "join").map(str::to_string);
     let expect = format!(
-        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
-        a.peer_id, b.peer_id
+        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"join\":{},\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
+        a.peer_id,
+        host_join.map_or("null".to_string(), |j| format!("\"{j}\"")),
+        b.peer_id
     );
     env.push(("SM_RPCD_CONFIG", a.config.display().to_string()));
     env.push(("SM_EXPECT", expect));
@@ -286,4 +295,69 @@ fn with_daemons(
         })(),
     );
     Ok(())
+}
+
+/// A's join string as its router's rpcd gives it (run in A's namespace), taken by
+/// `shadowmesh join` into the empty config of a new gateway C, which then starts and connects
+/// to A; the string names A's own underlay address, not the browser's host.
+fn join_from_a(lab: &mut Lab, bin: &Path, sw: &str, a: &Node, nk: &str) -> Result {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.ns])
+        .arg(bin)
+        .args(["rpcd", "--config"])
+        .arg(&a.config)
+        .args(["call", "secret"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let secret = String::from_utf8_lossy(&out.stdout).to_string();
+    let join = json_field(&secret, "join").ok_or(format!("no join string: {secret}"))?;
+    let want = format!(
+        "shadowmesh:join?network_key={nk}&bootstrap={}@10.251.0.1:4433",
+        a.peer_id
+    );
+    if join != want {
+        return Err(format!("join string {join:?}, want {want:?}"));
+    }
+    let ns = lab.underlay_ns(sw, "c", "10.251.0.3")?;
+    let (key, peer_id) = lab.keygen("c")?;
+    let config = lab.write_config("c", &key, None, None, &[])?;
+    let out = Command::new(bin)
+        .args(["join", "--config"])
+        .arg(&config)
+        .arg(join)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "shadowmesh join: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let node = Node {
+        name: "c".into(),
+        ns,
+        underlay: "10.251.0.3".into(),
+        config,
+        peer_id: peer_id.clone(),
+        lan: None,
+    };
+    lab.start(&node)?;
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        last = plugin(bin, &a.config, &["call", "status"]).unwrap_or_else(|e| e);
+        if let Some(i) = last.find(&format!("\"peer_id\":\"{peer_id}\"")) {
+            // This peer's fields: up to the next peer's.
+            let rest = &last[i + 1..];
+            let entry = &rest[..rest.find("\"peer_id\"").unwrap_or(rest.len())];
+            if entry.contains("\"connected\":true") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "C ({peer_id}) did not connect to A in 30 s: {last}"
+    ))
 }

@@ -29,7 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::bench_tunnel::shadowmesh_pair;
-use crate::mesh::{self, Lab, Node};
+use crate::lab;
+use crate::lab::{Lab, Node};
 use crate::Result;
 
 const GROUPS: &[&str] = &[
@@ -143,14 +144,14 @@ fn counter(lab: &Lab, node: &Node, field: &str) -> u64 {
 }
 
 fn iperf_bytes(lab: &mut Lab, server: &str, client: &str, dst: &str, mb: u32) -> Result {
-    let s = mesh::netns_exec(server, &["iperf3", "-s", "-1"])
+    let s = lab::netns_exec(server, &["iperf3", "-s", "-1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
     lab.others.push(s);
-    mesh::sleep(Duration::from_millis(500))?;
-    let out = mesh::netns_exec(client, &["iperf3", "-c", dst, "-n", &format!("{mb}M")])
+    lab::sleep(Duration::from_millis(500))?;
+    let out = lab::netns_exec(client, &["iperf3", "-c", dst, "-n", &format!("{mb}M")])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -164,7 +165,7 @@ fn iperf_bytes(lab: &mut Lab, server: &str, client: &str, dst: &str, mb: u32) ->
 
 /// Entry point.
 pub fn run(bin: &Path, args: &[String]) -> Result {
-    mesh::catch_signals();
+    lab::catch_signals();
     let lane = args
         .iter()
         .position(|a| a == "--lane")
@@ -233,7 +234,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     if ping {
         // Start-up work (joining the DHT, publishing the signed record: an ML-DSA-87 signature
         // is millions of instructions) would land on a few hundred echoes; let it pass.
-        mesh::sleep(Duration::from_secs(15))?;
+        lab::sleep(Duration::from_secs(15))?;
         echoes(&a, &dst, 20)?;
     }
     for p in &pids {
@@ -273,7 +274,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         let bt = crate::bench_tunnel::ensure_tools()?;
         let (pa, pb) = crate::bench_tunnel::boringtun_pair(&mut lab, &bt, (&a, &b), &prefix)?;
         // The handshake, outside the count.
-        let _ = mesh::ping(&a, "10.77.0.2", 5, "0.2")?;
+        let _ = lab::ping(&a, "10.77.0.2", 5, "0.2")?;
         for p in [pa, pb] {
             crate::run(Command::new("callgrind_control").args(["-i", "on", &p.to_string()]))?;
         }
@@ -311,7 +312,7 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
             .map_err(|e| e.to_string())?;
         tracers.push((c, f));
     }
-    mesh::sleep(Duration::from_millis(500))?;
+    lab::sleep(Duration::from_millis(500))?;
     let (tx, rx) = if ping {
         echoes(&a, &dst, 2 * ECHOES)?;
         (2 * ECHOES as u64, 2 * ECHOES as u64)
@@ -420,7 +421,7 @@ const ECHOES: u32 = 200;
 
 /// `n` pings from namespace `ns` to `dst`, 20 ms apart; fails if one is lost.
 fn echoes(ns: &str, dst: &str, n: u32) -> Result {
-    let p = mesh::ping(ns, dst, n, "0.02")?;
+    let p = lab::ping(ns, dst, n, "0.02")?;
     if p.received < n {
         return Err(format!("{} of {n} echoes from {dst} came back", p.received));
     }

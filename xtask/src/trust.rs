@@ -22,7 +22,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::mesh::{self, ip, member_of, members, ping, sleep, Lab, Node, Report};
+use crate::lab;
+use crate::lab::{ip, member_of, members, ping, sleep, Lab, Node};
+use crate::mesh::Report;
 use crate::Result;
 
 /// The prefixes the hostile member advertises, beside B's own LAN and WAN (added at run time).
@@ -46,8 +48,8 @@ const REFLECT: [&str; 6] = [
 
 /// Runs the scenario with daemon binary `bin` and the hostile member `hostile`.
 pub fn run(bin: &Path, hostile: &Path) -> Result<Report> {
-    mesh::catch_signals();
-    mesh::require_tools(
+    lab::catch_signals();
+    lab::require_tools(
         &["ip", "ping", "nft"],
         "run .ci/setup (apt-get install iproute2 iputils-ping nftables)",
     )?;
@@ -70,7 +72,7 @@ pub fn run(bin: &Path, hostile: &Path) -> Result<Report> {
 fn routes(ns: &str) -> Result<String> {
     let mut all = String::new();
     for fam in ["-4", "-6"] {
-        let out = mesh::netns_exec(ns, &["ip", fam, "route", "show", "table", "all"])
+        let out = lab::netns_exec(ns, &["ip", fam, "route", "show", "table", "all"])
             .output()
             .map_err(|e| format!("ip route: {e}"))?;
         all += &String::from_utf8_lossy(&out.stdout);
@@ -114,7 +116,7 @@ fn gateway(
             "-n", &ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host,
         ])?;
         ip(&["-n", &ns, "link", "set", &port, "master", "br-lan", "up"])?;
-        mesh::lan_host(&host, &format!("{net}.{}", h + 2), &format!("{net}.1"))?;
+        lab::lan_host(&host, &format!("{net}.{}", h + 2), &format!("{net}.1"))?;
         lan.push(host);
     }
     Ok((ns, lan))
@@ -223,7 +225,7 @@ fn scenario(lab: &mut Lab, hostile: &Path) -> Result<Report> {
     }
     // B advertises no LAN (A will advertise the same one): B reaches C's LAN from its overlay
     // address.
-    let reached = mesh::until_reachable(&b_ns, "192.168.3.2", Duration::from_secs(10))?;
+    let reached = lab::until_reachable(&b_ns, "192.168.3.2", Duration::from_secs(10))?;
     rep.check(
         "B reaches C's LAN (192.168.3.2)",
         reached.is_some(),
@@ -232,7 +234,7 @@ fn scenario(lab: &mut Lab, hostile: &Path) -> Result<Report> {
     // IPv6 addresses finish duplicate address detection (their local routes appear then).
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
-        let out = mesh::netns_exec(&b_ns, &["ip", "-6", "addr", "show", "tentative"])
+        let out = lab::netns_exec(&b_ns, &["ip", "-6", "addr", "show", "tentative"])
             .output()
             .map_err(|e| e.to_string())?;
         if out.stdout.is_empty() {
@@ -450,13 +452,13 @@ fn scenario(lab: &mut Lab, hostile: &Path) -> Result<Report> {
     // through the tunnel and its IPv6 address; the daemon puts them back.
     let b_v6 = crate::field(&lab.ctl(&b, "status"), "overlay_ipv6").unwrap_or_default();
     let ours = |ns: &str| -> Result<(bool, bool)> {
-        let r = mesh::netns_exec(
+        let r = lab::netns_exec(
             ns,
             &["ip", "-4", "route", "show", "dev", "smesh0", "proto", "83"],
         )
         .output()
         .map_err(|e| e.to_string())?;
-        let a = mesh::netns_exec(ns, &["ip", "-6", "addr", "show", "dev", "smesh0"])
+        let a = lab::netns_exec(ns, &["ip", "-6", "addr", "show", "dev", "smesh0"])
             .output()
             .map_err(|e| e.to_string())?;
         Ok((
