@@ -55,10 +55,10 @@ fn header(name: &str) -> String {
     )
 }
 
-/// The three scripts (name, text) the SDK gives a package; `extra` is the package's own
-/// postinst body, run after `default_postinst`.
-pub fn scripts(name: &str, extra: &str) -> [(&'static str, String); 3] {
-    let body = extra
+/// The three scripts (name, text) the SDK gives a package; `postinst` and `prerm` are the
+/// package's own bodies, run after `default_postinst` and `default_prerm`.
+pub fn scripts(name: &str, postinst: &str, prerm: &str) -> [(&'static str, String); 3] {
+    let body = postinst
         .lines()
         .filter(|l| !l.starts_with("#!"))
         .collect::<Vec<_>>()
@@ -75,7 +75,7 @@ pub fn scripts(name: &str, extra: &str) -> [(&'static str, String); 3] {
         ),
         (
             "pre-deinstall",
-            format!("#!/bin/sh\n{}default_prerm\n", header(name)),
+            format!("#!/bin/sh\n{}default_prerm\n{prerm}", header(name)),
         ),
     ]
 }
@@ -120,7 +120,7 @@ pub fn build(pkg: &Pkg, dir: &Path) -> Result<PathBuf> {
     }
     sh(&data, "find . -type d -exec chmod 0755 {} +")?;
     let mut script_args = Vec::new();
-    for (n, text) in scripts(name, pkg.postinst.unwrap_or("")) {
+    for (n, text) in scripts(name, pkg.postinst.unwrap_or(""), pkg.prerm.unwrap_or("")) {
         let p = work.join(n);
         std::fs::write(&p, text).map_err(|e| e.to_string())?;
         script_args.push("--script".to_string());
@@ -288,6 +288,7 @@ pub fn check(pkg: &Path, name: &str, arch: &str, work: &Path) -> Result {
             ("etc/uci-defaults/90-shadowmesh", "0755"),
             ("lib/upgrade/keep.d/shadowmesh", "0644"),
             ("usr/libexec/rpcd/shadowmesh", "0755"),
+            ("usr/libexec/shadowmesh/uci-remove", "0755"),
             ("lib/apk/packages/shadowmesh.conffiles", "0644"),
             ("lib/apk/packages/shadowmesh.conffiles_static", "0644"),
         ] {

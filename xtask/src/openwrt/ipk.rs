@@ -23,6 +23,7 @@ pub(super) fn build(pkg: &Pkg, out_dir: &Path) -> Result<PathBuf> {
         description,
         files,
         postinst,
+        prerm: _,
         conffiles,
     } = *pkg;
     // The LuCI app's postinst is its own (luci.mk's); the daemon's are OpenWrt's defaults.
@@ -169,12 +170,13 @@ pub(super) fn check(pkg: &Path, into: &Path) -> Result {
             ("etc/uci-defaults/90-shadowmesh", "-rwxr-xr-x"),
             ("lib/upgrade/keep.d/shadowmesh", "-rw-r--r--"),
             ("usr/libexec/rpcd/shadowmesh", "-rwxr-xr-x"),
+            ("usr/libexec/shadowmesh/uci-remove", "-rwxr-xr-x"),
         ] {
             ensure(modes.get(path).map(String::as_str) == Some(mode), || {
                 format!("{path}: mode {:?}, want {mode}", modes.get(path))
             })?;
         }
-        ensure(modes.len() == 6, || format!("unexpected files {modes:?}"))?;
+        ensure(modes.len() == 7, || format!("unexpected files {modes:?}"))?;
         let keep = std::fs::read_to_string(into.join("root/lib/upgrade/keep.d/shadowmesh"))
             .map_err(|e| e.to_string())?;
         ensure(keep.lines().any(|l| l == "/etc/shadowmesh/"), || {
@@ -275,6 +277,7 @@ pub(super) fn postinst_in_image_root(pkg: &Path, work: &Path) -> Result {
         "etc/init.d/shadowmesh",
         "etc/uci-defaults/90-shadowmesh",
         "usr/libexec/rpcd/shadowmesh",
+        "usr/libexec/shadowmesh/uci-remove",
         "lib/upgrade/keep.d/shadowmesh",
     ] {
         ensure(rootfs.join(f).is_file(), || {

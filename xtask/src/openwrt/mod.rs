@@ -80,6 +80,11 @@ fn pkg_files(bin: &Path) -> Vec<Entry> {
             src: f.join("shadowmesh.rpcd"),
             mode: 0o755,
         },
+        Entry {
+            path: "usr/libexec/shadowmesh/uci-remove",
+            src: f.join("shadowmesh.uci-remove"),
+            mode: 0o755,
+        },
     ]
 }
 
@@ -116,7 +121,10 @@ fn luci_files() -> Result<Vec<(String, PathBuf, u32)>> {
 
 /// OpenWrt's standard control scripts (package.mk), quoted so shellcheck passes.
 pub(crate) const POSTINST: &str = "#!/bin/sh\n[ \"${IPKG_NO_SCRIPT}\" = \"1\" ] && exit 0\n[ -s \"${IPKG_INSTROOT}/lib/functions.sh\" ] || exit 0\n# shellcheck source=/dev/null\n. \"${IPKG_INSTROOT}/lib/functions.sh\"\ndefault_postinst \"$0\" \"$@\"\n";
-pub(crate) const PRERM: &str = "#!/bin/sh\n[ -s \"${IPKG_INSTROOT}/lib/functions.sh\" ] || exit 0\n# shellcheck source=/dev/null\n. \"${IPKG_INSTROOT}/lib/functions.sh\"\ndefault_prerm \"$0\" \"$@\"\n";
+pub(crate) const PRERM: &str = "#!/bin/sh\n[ -s \"${IPKG_INSTROOT}/lib/functions.sh\" ] || exit 0\n# shellcheck source=/dev/null\n. \"${IPKG_INSTROOT}/lib/functions.sh\"\ndefault_prerm \"$0\" \"$@\"\n[ -n \"${IPKG_INSTROOT}\" ] || [ \"${PKG_UPGRADE}\" = \"1\" ] || /usr/libexec/shadowmesh/uci-remove\n";
+/// The daemon package's own removal step (the SDK Makefile's `Package/shadowmesh/prerm`): the
+/// network and firewall sections its uci-defaults added go with it, not on an upgrade.
+pub(crate) const PRERM_PKG: &str = "[ -n \"${IPKG_INSTROOT}\" ] || [ \"${PKG_UPGRADE}\" = \"1\" ] || /usr/libexec/shadowmesh/uci-remove\n";
 /// luci.mk's postinst: a live system drops LuCI's caches and reloads rpcd (new ACL); an image
 /// build has nothing to reload.
 pub(crate) const LUCI_POSTINST: &str = "#!/bin/sh\n[ -n \"${IPKG_INSTROOT}\" ] || {\n\trm -f /tmp/luci-indexcache.*\n\trm -rf /tmp/luci-modulecache/\n\t/etc/init.d/rpcd reload 2>/dev/null\n\texit 0\n}\n";
@@ -160,6 +168,8 @@ pub(crate) struct Pkg<'a> {
     pub files: &'a [(String, PathBuf, u32)],
     /// The package's own `postinst` body, run after OpenWrt's `default_postinst`.
     pub postinst: Option<&'a str>,
+    /// The package's own `prerm` body, run after OpenWrt's `default_prerm`.
+    pub prerm: Option<&'a str>,
     pub conffiles: &'a [&'a str],
 }
 
@@ -200,6 +210,7 @@ pub fn dist(args: &[String]) -> Result<Vec<PathBuf>> {
             "LuCI pages for ShadowMesh: settings and status (peers, network key with QR code).",
         files: &luci_files,
         postinst: Some(LUCI_POSTINST),
+        prerm: None,
         conffiles: &[],
     };
     let mut built = Vec::new();
@@ -225,6 +236,7 @@ pub fn dist(args: &[String]) -> Result<Vec<PathBuf>> {
             description: "Decentralized post-quantum mesh VPN: Kademlia DHT discovery, ML-DSA-87 + Ed25519 identities, ML-KEM-1024 + X25519 in QUIC, LAN-to-LAN tunnels.",
             files: &files,
             postinst: None,
+            prerm: Some(PRERM_PKG),
             conffiles: &["/etc/config/shadowmesh"],
         };
         built.push(ipk::build(&pkg, &out)?);

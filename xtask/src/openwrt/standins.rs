@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{ensure, output, LUCI_POSTINST, POSTINST, PRERM};
+use super::{ensure, output, LUCI_POSTINST, POSTINST, PRERM, PRERM_PKG};
 use crate::{root, Result};
 
 /// The shell files the package ships or its tests drive.
@@ -15,6 +15,9 @@ fn shell_files() -> Vec<PathBuf> {
         f.join("shadowmesh.init"),
         f.join("shadowmesh.uci-defaults"),
         f.join("shadowmesh.rpcd"),
+        f.join("shadowmesh.uci-remove"),
+        s.join("ubus"),
+        s.join("reload_config"),
         s.join("functions.sh"),
         s.join("rc.common"),
     ]
@@ -23,9 +26,13 @@ fn shell_files() -> Vec<PathBuf> {
 pub(super) fn shell_checks(work: &Path) -> Result {
     let mut files = shell_files();
     // The control scripts as packaged.
-    let apk_scripts = super::apk::scripts("shadowmesh", "")
+    let apk_scripts = super::apk::scripts("shadowmesh", "", PRERM_PKG)
         .into_iter()
-        .chain(super::apk::scripts("luci-app-shadowmesh", LUCI_POSTINST))
+        .chain(super::apk::scripts(
+            "luci-app-shadowmesh",
+            LUCI_POSTINST,
+            "",
+        ))
         .enumerate()
         .map(|(i, (n, t))| (format!("apk-{i}-{n}"), t));
     for (n, text) in [
@@ -300,52 +307,128 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
     result
 }
 
-/// Runs the uci-defaults script twice against the uci stand-in: the interface, the zone and
-/// both forwardings exist once, and the second run changes nothing.
+/// The uci-defaults script and the removal script against the uci stand-in. On a running
+/// router: the interface, the zone (input REJECT), the ping rule and both forwardings exist
+/// once, `reload_config` applies them, a second run changes nothing; `uci-remove` puts the
+/// network and firewall configs back as they were. A forwarding the user had made before is
+/// neither recorded nor removed; an image's first boot (no netifd yet) reloads nothing.
 pub(super) fn uci_defaults(rootfs: &Path, work: &Path) -> Result {
     let cfg = rootfs.join("etc/config");
-    std::fs::write(
-        cfg.join("firewall"),
-        "config zone 'lan'\n\toption name 'lan'\n\tlist network 'lan'\n",
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(
-        cfg.join("network"),
-        "config interface 'lan'\n\toption proto 'static'\n",
-    )
-    .map_err(|e| e.to_string())?;
     let log = work.join("uci-defaults.log");
-    let run = || -> Result<(String, String)> {
+    let conf_before = std::fs::read_to_string(cfg.join("shadowmesh")).map_err(|e| e.to_string())?;
+    let sh = |script: &str, live: bool| -> Result<String> {
+        let _ = std::fs::remove_file(&log);
         let mut c = Command::new("sh");
-        c.arg(rootfs.join("etc/uci-defaults/90-shadowmesh"));
+        c.arg(rootfs.join(script))
+            .env("STANDIN_LIVE", if live { "1" } else { "0" });
         standin_env(&mut c, rootfs, &log);
         output(&mut c)?;
-        Ok((
+        Ok(std::fs::read_to_string(&log).unwrap_or_default())
+    };
+    let show = |config: &str| -> Result<String> {
+        let mut c = Command::new("uci");
+        c.args(["show", config]);
+        standin_env(&mut c, rootfs, &log);
+        output(&mut c)
+    };
+    let setup = |forwarding: bool| -> Result {
+        let mut fw = "config zone 'lan'\n\toption name 'lan'\n\tlist network 'lan'\n".to_string();
+        if forwarding {
+            fw += "\nconfig forwarding 'shadowmesh_lan_mesh'\n\toption src 'lan'\n\toption dest 'wan'\n";
+        }
+        std::fs::write(cfg.join("firewall"), fw).map_err(|e| e.to_string())?;
+        std::fs::write(
+            cfg.join("network"),
+            "config interface 'lan'\n\toption proto 'static'\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(cfg.join("shadowmesh"), &conf_before).map_err(|e| e.to_string())
+    };
+    let defaults = "etc/uci-defaults/90-shadowmesh";
+    let remove = "usr/libexec/shadowmesh/uci-remove";
+    let result = (|| -> Result {
+        setup(false)?;
+        let (net0, fw0) = (show("network")?, show("firewall")?);
+        let rec = sh(defaults, true)?;
+        ensure(rec.lines().any(|l| l == "'reload_config'"), || {
+            format!("a live install did not reload: {rec}")
+        })?;
+        let (net1, fw1) = (
             std::fs::read_to_string(cfg.join("network")).map_err(|e| e.to_string())?,
             std::fs::read_to_string(cfg.join("firewall")).map_err(|e| e.to_string())?,
-        ))
-    };
-    let (net1, fw1) = run()?;
-    let (net2, fw2) = run()?;
-    ensure(net1 == net2 && fw1 == fw2, || {
-        format!("second run changed something:\n{fw1}\n---\n{fw2}")
-    })?;
-    let want = "config interface 'shadowmesh'\n\toption proto 'none'\n\toption device 'smesh0'";
-    ensure(net1.contains(want), || {
-        format!("network lacks {want:?}:\n{net1}")
-    })?;
-    for want in [
-        "config zone 'shadowmesh'\n\toption name 'shadowmesh'\n\tlist network 'shadowmesh'",
-        "config forwarding 'shadowmesh_lan_mesh'\n\toption src 'lan'\n\toption dest 'shadowmesh'",
-        "config forwarding 'shadowmesh_mesh_lan'\n\toption src 'shadowmesh'\n\toption dest 'lan'",
-        "config zone 'lan'",
-    ] {
-        ensure(fw1.contains(want), || {
-            format!("firewall lacks {want:?}:\n{fw1}")
+        );
+        let rec = sh(defaults, true)?;
+        ensure(!rec.contains("reload_config"), || {
+            format!("a second run reloaded: {rec}")
         })?;
-    }
-    ensure(!cfg.join(".uci-standin/firewall").exists(), || {
-        "changes left uncommitted".into()
-    })?;
-    Ok(())
+        let (net2, fw2) = (
+            std::fs::read_to_string(cfg.join("network")).map_err(|e| e.to_string())?,
+            std::fs::read_to_string(cfg.join("firewall")).map_err(|e| e.to_string())?,
+        );
+        ensure(net1 == net2 && fw1 == fw2, || {
+            format!("second run changed something:\n{fw1}\n---\n{fw2}")
+        })?;
+        let want = "config interface 'shadowmesh'\n\toption proto 'none'\n\toption device 'smesh0'";
+        ensure(net1.contains(want), || {
+            format!("network lacks {want:?}:\n{net1}")
+        })?;
+        for want in [
+            "config zone 'shadowmesh'\n\toption name 'shadowmesh'\n\tlist network 'shadowmesh'\n\toption input 'REJECT'\n\toption output 'ACCEPT'\n\toption forward 'REJECT'",
+            "config rule 'shadowmesh_ping'\n\toption name 'Allow-ShadowMesh-Ping'\n\toption src 'shadowmesh'\n\toption proto 'icmp'\n\tlist icmp_type 'echo-request'",
+            "config forwarding 'shadowmesh_lan_mesh'\n\toption src 'lan'\n\toption dest 'shadowmesh'",
+            "config forwarding 'shadowmesh_mesh_lan'\n\toption src 'shadowmesh'\n\toption dest 'lan'",
+            "config zone 'lan'",
+        ] {
+            ensure(fw1.contains(want), || {
+                format!("firewall lacks {want:?}:\n{fw1}")
+            })?;
+        }
+        ensure(!cfg.join(".uci-standin/firewall").exists(), || {
+            "changes left uncommitted".into()
+        })?;
+        // The daemon still reads its config with the record section in it.
+        let conf = std::fs::read_to_string(cfg.join("shadowmesh")).map_err(|e| e.to_string())?;
+        ensure(conf.contains("config uci_defaults 'added'"), || {
+            format!("no record of the added sections:\n{conf}")
+        })?;
+        let st = output(
+            Command::new(rootfs.join("usr/sbin/shadowmesh"))
+                .args(["rpcd", "--config"])
+                .arg(cfg.join("shadowmesh"))
+                .args(["call", "status"]),
+        )?;
+        ensure(!st.contains("config_error"), || {
+            format!("the daemon refuses the config with the record: {st}")
+        })?;
+        let rec = sh(remove, true)?;
+        ensure(rec.lines().any(|l| l == "'reload_config'"), || {
+            format!("removal on a live router did not reload: {rec}")
+        })?;
+        ensure(show("network")? == net0 && show("firewall")? == fw0, || {
+            format!(
+                "removal left:\n{}\n{}",
+                show("network").unwrap_or_default(),
+                show("firewall").unwrap_or_default()
+            )
+        })?;
+        ensure(!show("shadowmesh")?.contains("uci_defaults"), || {
+            "removal left the record".into()
+        })?;
+        // The user's own section of the same name stays; an image's first boot reloads nothing.
+        setup(true)?;
+        let rec = sh(defaults, false)?;
+        ensure(!rec.contains("reload_config"), || {
+            format!("first boot reloaded: {rec}")
+        })?;
+        sh(remove, false)?;
+        let fw = show("firewall")?;
+        ensure(
+            fw.contains("firewall.shadowmesh_lan_mesh.dest='wan'")
+                && !fw.contains("firewall.shadowmesh="),
+            || format!("removal touched the user's forwarding or left ours:\n{fw}"),
+        )?;
+        Ok(())
+    })();
+    std::fs::write(cfg.join("shadowmesh"), &conf_before).map_err(|e| e.to_string())?;
+    result
 }
