@@ -17,7 +17,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh::cli::{network_key, parse_peer_addr, Opts};
+use shadowmesh::args::{network_key, parse_peer_addr, Opts};
 use shadowmesh::config::parse_cidr;
 use shadowmesh::dataplane::member_payload;
 use shadowmesh::node::{write_msg, Node, NodeConfig};

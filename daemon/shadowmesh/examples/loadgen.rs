@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use shadowmesh::cli::{network_key, parse_peer_addr, Opts};
+use shadowmesh::args::{network_key, parse_peer_addr, Opts};
 use shadowmesh::dataplane::member_payload;
 use shadowmesh::node::{Node, NodeConfig, Peer};
 use shadowmesh_crypto::Identity;

@@ -159,6 +159,14 @@ impl Default for Config {
 /// The tunnel MTU when the configuration names none: a 1500-byte underlay, minus the IPv6 and
 /// UDP headers (48), quinn's datagram overhead (38) and the SMSH header and tag (34). Over an
 /// IPv4 underlay 1,400 would fit; 1,380 fits both.
+/// Default configuration file (OpenWrt).
+pub const DEFAULT_CONFIG: &str = "/etc/config/shadowmesh";
+
+/// Where the control socket of the daemon configured by `cfg` lives.
+pub fn control_path(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join("control.sock")
+}
+
 pub const DEFAULT_MTU: u16 = 1500 - 48 - 38 - 34;
 
 /// Parses `PEERID@IP:PORT`.

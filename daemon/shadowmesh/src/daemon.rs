@@ -18,24 +18,18 @@ use shadowmesh_crypto::Identity;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
 use shadowmesh_proto::record::Payload;
 
-use crate::cli::{CliError, Opts};
+use crate::args::{CliError, Opts};
 use crate::config::Config;
+use crate::config::{control_path, DEFAULT_CONFIG};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::mesh::Mesh;
 use crate::node::{Node, NodeConfig};
 use crate::tun::Tun;
 use shadowmesh_proto::route::Prefix;
 
-/// Default configuration file (OpenWrt).
-pub const DEFAULT_CONFIG: &str = "/etc/config/shadowmesh";
 /// Most contacts the cache keeps.
 pub const CACHE_MAX: usize = 512;
 const CACHE_MAGIC: &[u8; 8] = b"SMDHTC1\n";
-
-/// Where the control socket of the daemon configured by `cfg` lives.
-pub fn control_path(cfg: &Config) -> PathBuf {
-    cfg.state_dir.join("control.sock")
-}
 
 fn cache_path(cfg: &Config) -> PathBuf {
     cfg.state_dir.join("dht.cache")

@@ -9,7 +9,7 @@ use shadowmesh_proto::join::{self, Join};
 use shadowmesh_proto::peer::{to_hex, PeerId};
 use shadowmesh_proto::uci;
 
-use crate::cli::CliError;
+use crate::args::CliError;
 use crate::config::Config;
 
 /// How many of this gateway's addresses a join string carries (a QR code stays small).
@@ -160,7 +160,7 @@ pub fn apply(text: &str, j: &Join) -> Result<String, String> {
 
 /// `shadowmesh join [--config PATH] 'shadowmesh:join?…'`.
 pub fn main(args: &[String]) -> Result<(), CliError> {
-    let mut config = PathBuf::from(crate::daemon::DEFAULT_CONFIG);
+    let mut config = PathBuf::from(crate::config::DEFAULT_CONFIG);
     let mut uri = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {

@@ -1,15 +1,27 @@
 //! The ShadowMesh daemon and CLI.
 //!
-//! The protocol logic lives in `shadowmesh-proto` (sans-IO) and `shadowmesh-crypto`; this crate
-//! is the thin I/O shell: the quinn endpoint and the connection handshake driver ([`node`]),
-//! the command line ([`cli`]), and the `probe` diagnostic ([`probe`]).
+//! The protocol logic lives in `shadowmesh-proto` and `shadowmesh-link` (sans-IO) and
+//! `shadowmesh-crypto`; this crate is the I/O shell around them:
+//!
+//! - the quinn endpoint and the connection handshake ([`node`]), the DHT over QUIC ([`mesh`]);
+//! - the data plane ([`dataplane`], with its own thread), the fast lane's socket
+//!   ([`fastlane`], [`udp`], [`plainudp`]), the TUN device ([`tun`]) and rtnetlink ([`netlink`]);
+//! - the daemon's wiring, cache and reload ([`daemon`]), its configuration ([`config`]) and
+//!   control socket ([`control`]);
+//! - the command line ([`cli`], options and errors in [`args`]), joining a mesh ([`join`]), the
+//!   LuCI rpcd plugin ([`rpcd`]), the `probe` and `selftest` diagnostics, key files
+//!   ([`keyfile`]), JSON output ([`json`]) and the logger ([`logger`]).
+//!
+//! No module imports one that imports it back: the data plane reaches the DHT side through
+//! [`dataplane::Dialer`].
 
+pub mod args;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod dpthread;
+
 pub mod fastlane;
 pub mod join;
 pub mod json;
@@ -29,10 +41,10 @@ pub mod udp;
 /// `spawn_local` works). For the daemon, and for tests, examples and tools that drive nodes and
 /// data planes the same way.
 ///
-/// The thread holds a [`dpthread::Baton`] whenever it runs and hands it to the data plane's
+/// The thread holds a [`dataplane::thread::Baton`] whenever it runs and hands it to the data plane's
 /// own thread while the runtime sleeps in `epoll_wait` (tokio's park and unpark hooks).
 pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
-    let baton = std::sync::Arc::new(dpthread::Baton::default());
+    let baton = std::sync::Arc::new(dataplane::thread::Baton::default());
     let (park, unpark) = (baton.clone(), baton.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,7 +53,7 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output
         .build()?;
     baton.take();
     let local = tokio::task::LocalSet::new();
-    let out = dpthread::with_baton(baton.clone(), || local.block_on(&rt, f));
+    let out = dataplane::thread::with_baton(baton.clone(), || local.block_on(&rt, f));
     // Tasks (and with them the data plane) are dropped with the baton held.
     drop(local);
     drop(rt);

@@ -180,7 +180,7 @@ impl Mesh {
 
     /// Hands every member session from now on to `dp` (and lets it dial through us).
     pub fn attach(self: &Rc<Self>, dp: Rc<DataPlane>) {
-        dp.start(self);
+        dp.start(self.clone());
         *self.dataplane.borrow_mut() = Some(dp);
     }
 
@@ -552,5 +552,42 @@ impl Mesh {
             .borrow_mut()
             .publish(record, crate::unix_now(), now)?;
         Ok(self.wait(id).await)
+    }
+}
+
+impl crate::dataplane::Dialer for Mesh {
+    fn node(&self) -> &Node {
+        Mesh::node(self)
+    }
+
+    fn reach(
+        self: Rc<Self>,
+        to: Contact,
+        fresh: bool,
+    ) -> crate::dataplane::LocalFuture<Result<(), String>> {
+        Box::pin(async move {
+            let r = if fresh {
+                self.dial_new(to).await
+            } else {
+                self.connection(to).await
+            };
+            r.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
+    fn publish_record(
+        self: Rc<Self>,
+        record: Rec,
+    ) -> crate::dataplane::LocalFuture<Result<(), String>> {
+        Box::pin(async move {
+            self.publish(record)
+                .await
+                .map(|_| ())
+                .map_err(|code| format!("{code:?}"))
+        })
+    }
+
+    fn dataplane(&self) -> Option<Rc<DataPlane>> {
+        Mesh::dataplane(self)
     }
 }

@@ -17,7 +17,7 @@ use shadowmesh_proto::frame::FrameType;
 use shadowmesh_proto::msg::MsgType;
 use tokio::sync::mpsc;
 
-use crate::cli::{network_key, parse_peer_addr, CliError, Opts};
+use crate::args::{network_key, parse_peer_addr, CliError, Opts};
 use crate::json::Obj;
 use crate::node::{read_msg, write_msg, HandshakeError, Node, NodeConfig, Peer};
 

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use shadowmesh_proto::overlay::{self, V6Prefix};
 use shadowmesh_proto::peer::to_hex;
 
-use crate::cli::CliError;
+use crate::args::CliError;
 use crate::config::Config;
 use crate::json::Obj;
 
@@ -34,7 +34,7 @@ pub const METHODS: &str = r#"{"status":{},"secret":{}}"#;
 
 /// Runs `rpcd [--config PATH] list|call METHOD` and prints the answer.
 pub fn main(args: &[String]) -> Result<(), CliError> {
-    let mut config = PathBuf::from(crate::daemon::DEFAULT_CONFIG);
+    let mut config = PathBuf::from(crate::config::DEFAULT_CONFIG);
     let mut words = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -158,7 +158,7 @@ pub fn status(path: &std::path::Path) -> String {
         }
         Err(e) => o = o.str("identity_error", &e.to_string()),
     }
-    let sock = crate::daemon::control_path(&cfg);
+    let sock = crate::config::control_path(&cfg);
     let daemon = crate::control::request(&sock, "status");
     let peers = daemon
         .as_ref()

@@ -13,7 +13,7 @@ use shadowmesh_proto::consts::{FRAME_HEADER_LEN, FRAME_OVERHEAD};
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::record::{Payload, Route};
 
-use crate::cli::{CliError, Opts};
+use crate::args::{CliError, Opts};
 use crate::json::Obj;
 
 const NETWORK_KEY: [u8; 32] = *b"shadowmesh selftest network key!";

@@ -221,7 +221,7 @@ impl Tun {
     }
 
     /// The runtime stops watching the device (a reader of our own takes over, on its own
-    /// descriptor set: [`crate::dpthread`]); [`Tun::poll_drain`] stays pending from now on.
+    /// descriptor set: [`crate::dataplane::thread`]); [`Tun::poll_drain`] stays pending from now on.
     pub fn stop_watching(&self) {
         match &self.dev {
             Dev::Real { watch, .. } => drop(watch.borrow_mut().take()),

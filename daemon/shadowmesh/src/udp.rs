@@ -61,7 +61,7 @@ impl Udp {
     }
 
     /// The runtime stops watching the socket for datagrams: a reader of our own, on its own
-    /// descriptor set, reads it from now on ([`crate::dpthread`]); `poll_recv` then never
+    /// descriptor set, reads it from now on ([`crate::dataplane::thread`]); `poll_recv` then never
     /// returns. Sends are unaffected.
     pub fn stop_reading(&self) {
         self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();

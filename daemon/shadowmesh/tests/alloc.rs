@@ -50,7 +50,7 @@ fn mine(c: &'static std::thread::LocalKey<std::cell::Cell<u64>>) -> u64 {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         count(&MINE);
-        if shadowmesh::dpthread::on_data_thread() {
+        if shadowmesh::dataplane::thread::on_data_thread() {
             DATA_THREAD.fetch_add(1, Ordering::Relaxed);
         }
         if alloc_probe::in_ours() {

@@ -5,7 +5,7 @@ use super::batch::{BATCH_BYTES, BURST, MAX_SEGMENTS};
 use super::*;
 
 impl DataPlane {
-    /// A fresh arena for outgoing frames (see [`DataPlane::push_packet`]).
+    /// A fresh arena for outgoing frames (see `DataPlane::push_packet`).
     pub fn arena() -> Arena {
         Arena::new()
     }
@@ -27,7 +27,7 @@ impl DataPlane {
         self.forward(arena, batch);
     }
 
-    /// Sends what `batch` holds (tests call it after [`DataPlane::push_packet`]s).
+    /// Sends what `batch` holds (tests call it after `DataPlane::push_packet`s).
     #[doc(hidden)]
     pub fn flush(&self, batch: &mut Batch) {
         if batch.count == 0 {
@@ -269,7 +269,7 @@ impl DataPlane {
             let dial = held.dial;
             drop(members);
             if dial {
-                if crate::dpthread::on_data_thread() {
+                if crate::dataplane::thread::on_data_thread() {
                     self.dial_later.borrow_mut().push(pid);
                     if let Some(w) = self.dialer.borrow_mut().take() {
                         w.wake();

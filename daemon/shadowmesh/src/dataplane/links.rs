@@ -181,7 +181,7 @@ impl DataPlane {
         if let Err(e) = self.tun.set_ipv4(old, addr) {
             log::error!("moving the tunnel's address to {addr}: {e}");
         }
-        let Some(mesh) = self.mesh.borrow().upgrade() else {
+        let Some(mesh) = self.mesh_side() else {
             return;
         };
         let node = mesh.node();
@@ -193,8 +193,8 @@ impl DataPlane {
             Ok(rec) => {
                 self.announce_record(&rec);
                 tokio::task::spawn_local(async move {
-                    if let Err(code) = mesh.publish(rec).await {
-                        log::error!("our own record was refused: {code:?}");
+                    if let Err(why) = mesh.publish_record(rec).await {
+                        log::error!("our own record was refused: {why}");
                     }
                 });
             }
@@ -204,7 +204,7 @@ impl DataPlane {
 
     /// Dials member `pid` at the addresses its record gives (and where we last reached it).
     pub(super) fn dial(&self, pid: PeerId, fresh: bool) {
-        let Some(mesh) = self.mesh.borrow().upgrade() else {
+        let Some(mesh) = self.mesh_side() else {
             return;
         };
         let (addrs, ed) = {
@@ -223,11 +223,7 @@ impl DataPlane {
                     ed25519: ed,
                     addr,
                 };
-                let r = if fresh {
-                    mesh.dial_new(c).await
-                } else {
-                    mesh.connection(c).await
-                };
+                let r = mesh.clone().reach(c, fresh).await;
                 if r.is_ok() {
                     ok = true;
                     break;
@@ -236,7 +232,11 @@ impl DataPlane {
             // Whatever happened, a member left without a live link is not "being dialled" any
             // more: the next packet may try again. (A dial can succeed without a new link when
             // an earlier connection won, or the peer turned out not to be a member.)
-            if let Some(dp) = weak.upgrade().and_then(|m| m.dataplane()) {
+            if let Some(dp) = weak
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .and_then(|m| m.dataplane())
+            {
                 let mut members = dp.members.borrow_mut();
                 if let Some(m) = members.get_mut(&pid) {
                     if m.link
@@ -402,7 +402,7 @@ impl DataPlane {
     /// `Peers` messages cannot make us dial in bulk (the addresses themselves are checked where
     /// every dial passes, [`Mesh::dial_new`]).
     pub(super) fn learn(self: &Rc<Self>, list: Vec<Contact>) {
-        let Some(mesh) = self.mesh.borrow().upgrade() else {
+        let Some(mesh) = self.mesh_side() else {
             return;
         };
         let me = self.cfg.borrow().me;
@@ -429,7 +429,7 @@ impl DataPlane {
             }
             let (mesh, dp) = (mesh.clone(), self.clone());
             tokio::task::spawn_local(async move {
-                if let Err(e) = mesh.connection(c).await {
+                if let Err(e) = mesh.reach(c, false).await {
                     log::debug!("peer exchange: could not reach {}: {e}", c.id.short());
                 }
                 dp.learned.borrow_mut().finished();
@@ -483,7 +483,7 @@ impl DataPlane {
     /// Keepalives and rekeys for every link, on one timer: a task and an interval per link
     /// cost memory at a thousand members for a check that takes microseconds. Ends with the
     /// mesh.
-    pub(super) async fn ticker(self: Rc<Self>, mesh: Weak<Mesh>) {
+    pub(super) async fn ticker(self: Rc<Self>, mesh: Weak<dyn Dialer>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -52,7 +52,6 @@ use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, Prefix};
 use shadowmesh_proto::PeerId;
 
-use crate::mesh::Mesh;
 use crate::node::{read_msg, write_msg, Node, Peer};
 use crate::tun::Tun;
 
@@ -148,9 +147,37 @@ mod alloc_probe {
 mod batch;
 mod forward;
 mod links;
+pub mod thread;
 
 pub use batch::{Arena, Batch};
 use batch::{FastPeers, FastSink};
+
+/// A boxed future the data plane awaits on its runtime thread.
+pub type LocalFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
+
+/// What the data plane asks of the DHT side ([`crate::mesh::Mesh`] implements it): the node
+/// whose socket and record it shares, reaching a member, publishing our record. Held weakly:
+/// the mesh owns the data plane, not the other way round.
+pub trait Dialer {
+    /// The QUIC node.
+    fn node(&self) -> &Node;
+    /// Connects to `to`: a new connection when `fresh`, else any live one. `Err` says why not.
+    fn reach(self: Rc<Self>, to: Contact, fresh: bool) -> LocalFuture<Result<(), String>>;
+    /// Stores our (re-signed) record in the DHT.
+    fn publish_record(
+        self: Rc<Self>,
+        record: std::sync::Arc<[u8]>,
+    ) -> LocalFuture<Result<(), String>>;
+    /// The data plane attached to it.
+    fn dataplane(&self) -> Option<Rc<DataPlane>>;
+}
+
+impl DataPlane {
+    /// The mesh side, while it lives.
+    fn mesh_side(&self) -> Option<Rc<dyn Dialer>> {
+        self.mesh.borrow().as_ref().and_then(Weak::upgrade)
+    }
+}
 
 /// The TUN reader's buffers: outgoing frames, the GSO burst, and (with offload) the 64 KiB read
 /// buffer. One set, used by the reader task and at the end of fast-lane receive batches.
@@ -340,7 +367,7 @@ pub struct DataPlane {
     learned: RefCell<Exchange>,
     /// The monotonic clock the link core's timers read (time since the data plane started).
     epoch: Instant,
-    mesh: RefCell<Weak<Mesh>>,
+    mesh: RefCell<Option<Weak<dyn Dialer>>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
     /// quinn-udp's sender for GSO batches (`None`: one `sendto` per frame, as on `plain_udp`).
@@ -358,8 +385,8 @@ pub struct DataPlane {
     light: Cell<bool>,
     /// The last TUN drain stopped at a full burst.
     tun_backlog: Cell<bool>,
-    /// The data-plane thread, when it reads the TUN and the socket ([`crate::dpthread`]).
-    thread: RefCell<Option<crate::dpthread::Thread>>,
+    /// The data-plane thread, when it reads the TUN and the socket ([`crate::dataplane::thread`]).
+    thread: RefCell<Option<crate::dataplane::thread::Thread>>,
     /// Members the data-plane thread found a packet for but no connection: the runtime dials
     /// them (the thread spawns nothing), woken through `dialer`.
     dial_later: RefCell<Vec<PeerId>>,
@@ -400,7 +427,7 @@ impl DataPlane {
             local_routes: RefCell::new(Vec::new()),
             learned: RefCell::new(Exchange::new(LEARN_IN_FLIGHT, LEARN_AGAIN, MAX_MEMBERS)),
             epoch: Instant::now(),
-            mesh: RefCell::new(Weak::new()),
+            mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
             fast_peers: RefCell::new(FastPeers::default()),
@@ -414,8 +441,8 @@ impl DataPlane {
 
     /// Connects the data plane to the mesh that dials members for it, and starts reading the
     /// TUN device.
-    pub fn start(self: &Rc<Self>, mesh: &Rc<Mesh>) {
-        *self.mesh.borrow_mut() = Rc::downgrade(mesh);
+    pub fn start(self: &Rc<Self>, mesh: Rc<dyn Dialer>) {
+        *self.mesh.borrow_mut() = Some(Rc::downgrade(&mesh));
         if mesh.node().config().fast_lane {
             let gso = !mesh.node().config().plain_udp;
             if let Err(e) = self.enable_fast_lane(mesh.node(), gso) {
@@ -425,15 +452,15 @@ impl DataPlane {
         if self.thread.borrow().is_none() {
             tokio::task::spawn_local(self.clone().tun_reader());
         }
-        tokio::task::spawn_local(self.clone().ticker(Rc::downgrade(mesh)));
+        tokio::task::spawn_local(self.clone().ticker(Rc::downgrade(&mesh)));
         if self.tun.index() != 0 {
-            tokio::task::spawn_local(self.clone().watch_link(Rc::downgrade(mesh)));
+            tokio::task::spawn_local(self.clone().watch_link(Rc::downgrade(&mesh)));
         }
     }
 
     /// Puts the tunnel's routes and IPv6 address back whenever the kernel announces it up: a
     /// down/up (netifd bouncing the interface) removes both. Ends with the mesh.
-    async fn watch_link(self: Rc<Self>, mesh: Weak<Mesh>) {
+    async fn watch_link(self: Rc<Self>, mesh: Weak<dyn Dialer>) {
         let events = match crate::netlink::link_events().and_then(|e| {
             // SAFETY: the AsyncFd owns the socket, which stays open while registered.
             unsafe {
@@ -504,8 +531,13 @@ impl DataPlane {
         crate::fastlane::set_sink(local, Some(sink.clone()));
         let demux = node.demux();
         if let (Some(tun), true) = (self.tun.raw_fd(), demux.takeable()) {
-            match crate::dpthread::start(self, sink, demux.clone(), tun, node.socket().try_clone()?)
-            {
+            match crate::dataplane::thread::start(
+                self,
+                sink,
+                demux.clone(),
+                tun,
+                node.socket().try_clone()?,
+            ) {
                 Ok(Some(t)) => {
                     // The thread reads both from now on; the runtime stops watching them.
                     self.tun.stop_watching();
@@ -522,7 +554,7 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Whether a data-plane thread reads the TUN and the socket ([`crate::dpthread`]); if not,
+    /// Whether a data-plane thread reads the TUN and the socket ([`crate::dataplane::thread`]); if not,
     /// runtime tasks do.
     pub fn has_thread(&self) -> bool {
         self.thread.borrow().is_some()

@@ -39,7 +39,7 @@ use std::task::{Wake, Waker};
 
 use quinn::udp::{RecvMeta, UdpSocketState};
 
-use crate::dataplane::DataPlane;
+use super::DataPlane;
 use crate::fastlane::{DemuxSocket, Sink, RX_BUFS, RX_BUF_LEN};
 
 /// Mutual exclusion between the runtime thread and the data-plane thread, handed over in the
