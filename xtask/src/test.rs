@@ -12,6 +12,23 @@ pub(crate) const FUZZ_TARGETS: &[&str] = &[
 
 pub(crate) fn test(args: &[String]) -> Result {
     let fuzz_seconds = flag_value(args, "--fuzz-seconds").unwrap_or(20);
+    // What the tests need beyond the main job's set-up (emulators, cross toolchains, Chromium,
+    // apk-tools, cargo-fuzz, ...), installed idempotently: a no-op when all is there.
+    if !args.iter().any(|a| a == "--no-setup") {
+        let setup = root().join(".ci/setup-tests");
+        eprintln!("+ {}", setup.display());
+        let ok = Command::new(&setup)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("{}: {e}", setup.display()))?
+            .success();
+        if !ok {
+            return Err(format!(
+                "{} failed (it installs the tests' tools with apt and rustup: run it as root, or pass --no-setup)",
+                setup.display()
+            ));
+        }
+    }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
