@@ -17,4 +17,4 @@ pub mod exchange;
 pub mod pending;
 pub mod roster;
 
-pub use roster::{Entry, Judged, Output, Roster};
+pub use roster::{Entry, Judged, Output, Roster, RosterConfig};

@@ -82,6 +82,26 @@ pub enum Output {
     WithdrawRoute(Prefix),
 }
 
+/// Who we are in the mesh and what the roster may hold.
+#[derive(Debug, Clone)]
+pub struct RosterConfig {
+    /// Our PeerId.
+    pub me: PeerId,
+    /// Our overlay IPv4 address and its collision counter.
+    pub ipv4: (Ipv4Addr, u32),
+    /// Our overlay IPv6 address (none without a network key).
+    pub ipv6: Option<Ipv6Addr>,
+    /// The mesh's overlay IPv4 /16.
+    pub v4: V4Prefix,
+    /// The mesh's overlay IPv6 /48.
+    pub v6: V6Prefix,
+    /// Which members' LAN routes we install (its `local` is replaced at each
+    /// [`Roster::judge`]).
+    pub policy: RoutePolicy,
+    /// The most members held.
+    pub capacity: usize,
+}
+
 /// The members, their records and the routes they hold.
 pub struct Roster {
     me: PeerId,
@@ -101,18 +121,17 @@ pub struct Roster {
 }
 
 impl Roster {
-    /// The roster of member `me` holding overlay IPv4 `ipv4` (address and counter) inside `v4`
-    /// and `ipv6` inside `v6`, judging by `policy` (its `local` is replaced at each
-    /// [`Roster::judge`]), for at most `capacity` members.
-    pub fn new(
-        me: PeerId,
-        ipv4: (Ipv4Addr, u32),
-        ipv6: Option<Ipv6Addr>,
-        v4: V4Prefix,
-        v6: V6Prefix,
-        policy: RoutePolicy,
-        capacity: usize,
-    ) -> Roster {
+    /// An empty roster.
+    pub fn new(cfg: RosterConfig) -> Roster {
+        let RosterConfig {
+            me,
+            ipv4,
+            ipv6,
+            v4,
+            v6,
+            policy,
+            capacity,
+        } = cfg;
         Roster {
             me,
             ipv4,
@@ -459,15 +478,15 @@ mod tests {
                 .collect(),
             local: vec![],
         };
-        Roster::new(
+        Roster::new(RosterConfig {
             me,
-            (p.ipv4.unwrap(), 0),
-            p.ipv6,
-            V4Prefix::default(),
-            v6(),
+            ipv4: (p.ipv4.unwrap(), 0),
+            ipv6: p.ipv6,
+            v4: V4Prefix::default(),
+            v6: v6(),
             policy,
-            64,
-        )
+            capacity: 64,
+        })
     }
 
     fn prefix(s: &str) -> Prefix {

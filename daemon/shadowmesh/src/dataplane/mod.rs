@@ -38,7 +38,7 @@ use shadowmesh_crypto::session::Session;
 use shadowmesh_link::exchange::{Exchange, Verdict};
 use shadowmesh_link::pending::Pending;
 use shadowmesh_link::roster::Update;
-use shadowmesh_link::{Output, Roster};
+use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
 use shadowmesh_proto::frame::FrameType;
@@ -396,15 +396,15 @@ pub struct DataPlane {
 impl DataPlane {
     /// Wraps an open TUN device.
     pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
-        let roster = Roster::new(
-            cfg.me,
-            (cfg.ipv4, cfg.ipv4_counter),
-            cfg.ipv6,
-            cfg.v4_prefix,
-            cfg.v6_prefix,
-            cfg.policy.clone(),
-            MAX_MEMBERS,
-        );
+        let roster = Roster::new(RosterConfig {
+            me: cfg.me,
+            ipv4: (cfg.ipv4, cfg.ipv4_counter),
+            ipv6: cfg.ipv6,
+            v4: cfg.v4_prefix,
+            v6: cfg.v6_prefix,
+            policy: cfg.policy.clone(),
+            capacity: MAX_MEMBERS,
+        });
         let gro = tun.vnet().then(Coalescer::new);
         let vnet = tun.vnet();
         Rc::new(DataPlane {
