@@ -16,7 +16,7 @@
 //!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces;
 //!   `--backend ssh --inventory FILE` runs on real boards ([`hil_ssh`]), `--backend ssh --lab`
 //!   against stand-in boards (namespaces with sshd).
-//! - `bench-tunnel [--json] [--seconds N]`: iperf3 and ping through raw veth, boringtun and
+//! - `bench-tunnel [--json] [--seconds N] [--bin PATH]`: iperf3 and ping through raw veth, boringtun and
 //!   ShadowMesh between two namespaces in one run, with CPU per GB and peak RSS
 //!   ([`bench_tunnel`]).
 //! - `dist [--no-build]`: OpenWrt `.ipk` packages from the cross builds into `target/dist/`
@@ -110,14 +110,22 @@ fn main() -> ExitCode {
             };
             bin.and_then(|b| profile::run(&b, &args[1..]))
         }
-        Some("bench-tunnel") => release_bin().and_then(|bin| {
+        Some("bench-tunnel") => match args.iter().position(|a| a == "--bin") {
+            // Another build of the daemon (an older main, say) measured by this harness.
+            Some(i) => args
+                .get(i + 1)
+                .map(PathBuf::from)
+                .ok_or_else(|| "--bin needs a path".to_string()),
+            None => release_bin(),
+        }
+        .and_then(|bin| {
             bench_tunnel::run(
                 &bin,
                 args.iter().any(|a| a == "--json"),
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
