@@ -16,8 +16,9 @@
 //! from ring, which rustls needs anyway: a second implementation of SHA-256, HKDF, X25519,
 //! Ed25519 or ChaCha20-Poly1305 would only cost flash. For the frame AEAD specifically, ring's
 //! assembly ChaCha20-Poly1305 (with NEON on aarch64) replaces the `chacha20poly1305` crate named
-//! in the plan: `cargo bench -p shadowmesh-crypto --bench aead` measures both side by side
-//! (BENCHMARKS.md), and the crate remains a dev-dependency to cross-check ring.
+//! in the plan: `cargo bench -p shadowmesh-crypto --bench primitives` (part of `cargo xtask
+//! bench`) measures both side by side (BENCHMARKS.md), and the crate remains a dev-dependency
+//! to cross-check ring.
 
 #![deny(missing_docs)]
 

@@ -16,7 +16,7 @@
 //!     option state_dir '/var/lib/shadowmesh'
 //!     option log_level 'info'
 //!     option mtu '1380'
-//!     option lan_discovery '1'
+//!     option lan_discovery '1'                  # accepted; LAN discovery is not built yet
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
@@ -95,7 +95,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Tunnel MTU; `None` derives it from the path.
     pub mtu: Option<u16>,
-    /// Discover gateways on the LAN by multicast.
+    /// Discover gateways on the LAN by multicast: parsed and kept, not built yet (the daemon
+    /// does nothing with it).
     pub lan_discovery: bool,
     /// Seed nodes.
     pub bootstrap: Vec<(PeerId, SocketAddr)>,

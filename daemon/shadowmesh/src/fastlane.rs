@@ -10,9 +10,11 @@
 //!
 //! Demultiplexing: [`DemuxSocket`] wraps the socket quinn drives. Every datagram it receives
 //! that starts with the SMSH magic and version goes to the data plane's sink (registered per
-//! local socket address in a thread-local by the data plane, on the runtime's one thread;
-//! nothing crosses threads, and several nodes in one process each get their own), the rest to
-//! quinn. A QUIC short-header packet could start with `0x53` ('S', one first byte in 32 after
+//! local socket address in a thread-local by the data plane, on the runtime's thread; several
+//! nodes in one process each get their own), the rest to quinn. With the data-plane thread
+//! ([`crate::dataplane::thread`]) that thread reads the socket instead and hands quinn its
+//! QUIC datagrams; the two threads take turns over the data plane's state with a baton, so
+//! neither touches it while the other holds it. A QUIC short-header packet could start with `0x53` ('S', one first byte in 32 after
 //! header protection) followed by its destination connection ID, so [`NoMagicCids`] makes sure
 //! no connection ID we issue starts with "MSH": no QUIC packet addressed to us can look like a
 //! frame. Long-header packets start with `0b11`, never `0x53`.
