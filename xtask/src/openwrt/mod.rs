@@ -406,7 +406,7 @@ pub fn test_packages(checks: &mut Checks, build: bool) -> Result {
         println!("skipped: init script start and reload (need root for a private mount namespace)");
     }
     checks.check(
-        "uci-defaults: interface, zone, forwardings, idempotent (uci stand-in)",
+        "uci-defaults and uci-remove: interface, zone (input REJECT), ping rule, forwardings, idempotent, reload on a running router, removal of only what was added (uci, ubus, reload_config stand-ins)",
         standins::uci_defaults(&rootfs, &work),
     );
     let _ = std::fs::remove_dir_all(&work);
