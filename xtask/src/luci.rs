@@ -91,6 +91,70 @@ fn browser(checks: &mut Checks, phase: &str, envs: &[(&str, String)]) -> Result 
     Ok(())
 }
 
+/// Where `.ci/luci-sources` put LuCI's client framework (`master`: OpenWrt 25.12, `2410`).
+fn luci_sources(branch: &str) -> PathBuf {
+    PathBuf::from("/opt/luci-sources").join(branch)
+}
+
+/// `node luci-real-test.js PHASE`: the views inside LuCI's own framework, for each branch, each
+/// run on a fresh copy of the fixture in `work` (the rpcd plugin reads it too unless `envs`
+/// names another config).
+fn real(checks: &mut Checks, phase: &str, work: &Path, envs: &[(&str, String)]) -> Result {
+    for branch in ["master", "2410"] {
+        let uci = work.join(format!("real-{branch}-{phase}"));
+        std::fs::create_dir_all(&uci).map_err(|e| e.to_string())?;
+        std::fs::copy(tests_dir().join("fixture.uci"), uci.join("shadowmesh"))
+            .map_err(|e| e.to_string())?;
+        let luci = luci_sources(branch);
+        if !luci
+            .join("modules/luci-base/htdocs/luci-static/resources/luci.js")
+            .exists()
+        {
+            checks.check(
+                &format!("LuCI {branch}: framework present"),
+                Err(format!(
+                    "{} is missing: run .ci/luci-sources",
+                    luci.display()
+                )),
+            );
+            continue;
+        }
+        let mut c = Command::new("timeout");
+        c.args(["180", "node", "luci-real-test.js", phase])
+            .current_dir(tests_dir())
+            .env("SM_LUCI", &luci)
+            .env("SM_UCI_DIR", &uci)
+            .env("SM_RPCD_CONFIG", uci.join("shadowmesh"))
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = 0;
+        for l in stdout.lines() {
+            if let Some(name) = l.strip_prefix("ok   ") {
+                checks.check(&format!("LuCI {branch} {phase}: {name}"), Ok(()));
+                lines += 1;
+            } else if let Some(rest) = l.strip_prefix("FAIL ") {
+                checks.check(&format!("LuCI {branch} {phase}"), Err(rest.to_string()));
+                lines += 1;
+            }
+        }
+        if lines == 0 {
+            checks.check(
+                &format!("LuCI {branch} {phase}: browser test ran"),
+                Err(format!(
+                    "exit {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     let k = format!("\"{key}\":");
     let i = json.find(&k)? + k.len();
@@ -120,6 +184,16 @@ pub fn test(checks: &mut Checks, bin: &Path) -> Result {
         work.join("uci/shadowmesh").display().to_string(),
     ));
     browser(checks, "settings", &env)?;
+    real(
+        checks,
+        "settings",
+        &work,
+        &base_env[..1]
+            .iter()
+            .chain(&base_env[2..])
+            .cloned()
+            .collect::<Vec<_>>(),
+    )?;
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -265,6 +339,16 @@ fn with_daemons(
     env.push(("SM_RPCD_CONFIG", a.config.display().to_string()));
     env.push(("SM_EXPECT", expect));
     browser(checks, "status", &env)?;
+    real(
+        checks,
+        "status",
+        &lab.dir,
+        &[
+            ("SM_BIN", bin.display().to_string()),
+            ("SM_ARTIFACTS", artifacts().display().to_string()),
+            ("SM_RPCD_CONFIG", a.config.display().to_string()),
+        ],
+    )?;
 
     // Stopped: a clear "not running", still naming the gateway from its key file.
     lab.kill9("a")?;

@@ -12,8 +12,13 @@
 	function _(s) { return s; }
 	String.prototype.format = function() {
 		var args = arguments, i = 0;
-		return this.replace(/%(\.\d+)?([sdf])/g, function(m, prec, t) {
+		return this.replace(/%(\.\d+)?([sdft])/g, function(m, prec, t) {
 			var v = args[i++];
+			if (t == 't') {
+				// LuCI's time interval: "1d 2h 3m 4s", leading zero units left out.
+				var s = Math.floor(+v), d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, mn = Math.floor(s / 60) % 60;
+				return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + (d || h || mn ? mn + 'm ' : '') + (s % 60) + 's';
+			}
 			if (t == 'd') return String(Math.floor(+v));
 			if (t == 'f') return (+v).toFixed(prec ? +prec.substring(1) : 6);
 			return String(v);
@@ -297,7 +302,11 @@
 	});
 	var form = { Map: Map, TypedSection: TypedSection, Value: Value, Flag: Flag, ListValue: ListValue, DynamicList: DynamicList };
 
-	var L = { bind: function(fn, self) { return fn.bind(self); }, env: {} };
+	var L = {
+		bind: function(fn, self) { return fn.bind(self); },
+		resolveDefault: function(p, def) { return Promise.resolve(p).catch(function() { return def; }); },
+		env: {}
+	};
 	window.L = L; window.E = E; window._ = _;
 
 	// ---- the 'require' loader, as LuCI's: header lines name modules, the body returns a class.

@@ -130,10 +130,17 @@ var V = {
 	}
 };
 
-// LuCI calls validate(section_id, value); an empty optional value is not ours to refuse.
+// LuCI calls validate(section_id, value) after the option's datatype (if any) passed; an empty
+// optional value is not ours to refuse. LuCI saves what was typed, untrimmed, and the daemon's
+// parser would refuse a value with spaces around it at the next start: refused here.
 function check(fn) {
 	return function(section_id, value) {
-		return (value == null || value === '') ? true : fn(String(value).trim());
+		if (value == null || value === '')
+			return true;
+		value = String(value);
+		if (value !== value.trim())
+			return _('No spaces before or after the value');
+		return fn(value);
 	};
 }
 
@@ -159,23 +166,28 @@ return view.extend({
 		o = s.option(form.Value, 'network_key', _('Network key'),
 			_('The mesh\'s shared secret, 64 hex digits. Generated on first start; copy it to every gateway of the mesh (Status page).'));
 		o.password = true;
+		o.datatype = 'and(hexstring,length(64))';
 		o.validate = check(V.key);
 
 		o = s.option(form.Value, 'listen_address', _('Listen address'),
 			_('UDP address of the QUIC endpoint; :: for IPv6 too.'));
 		o.placeholder = '0.0.0.0';
+		o.datatype = 'ipaddr(1)';
 		o.validate = check(V.ip);
 
 		o = s.option(form.Value, 'listen_port', _('Listen port'));
 		o.placeholder = '4433';
+		o.datatype = 'and(port,min(1))';
 		o.validate = check(V.port);
 
 		o = s.option(form.Value, 'interface', _('Interface name'), _('The TUN device.'));
 		o.placeholder = 'smesh0';
+		o.datatype = 'netdevname';
 		o.validate = check(V.ifname);
 
 		o = s.option(form.Value, 'mtu', _('Tunnel MTU'));
 		o.placeholder = '1380';
+		o.datatype = 'and(uinteger,range(1280,9000))';
 		o.validate = check(V.mtu);
 
 		o = s.option(form.DynamicList, 'bootstrap', _('Bootstrap peers'),

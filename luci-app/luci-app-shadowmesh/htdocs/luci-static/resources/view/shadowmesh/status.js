@@ -60,6 +60,14 @@ function copyText(text, button) {
 	fallback();
 }
 
+// The status answer, or what to show when ubus gave none.
+function unreachable(st) {
+	return (st && typeof st == 'object') ? st : {
+		running: false,
+		reason: _('no answer from the ubus object "shadowmesh" (is the package installed, and rpcd reloaded?)')
+	};
+}
+
 function row(label, value, id) {
 	return E('tr', { 'class': 'tr' }, [
 		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
@@ -68,8 +76,10 @@ function row(label, value, id) {
 }
 
 return view.extend({
+	// A missing or slow ubus object (the package half-installed, rpcd not reloaded) is the
+	// "not running" banner, not LuCI's error page.
 	load: function() {
-		return callStatus();
+		return L.resolveDefault(callStatus(), null).then(unreachable);
 	},
 
 	renderStatus: function(st) {
@@ -77,8 +87,8 @@ return view.extend({
 
 		if (!st.running)
 			out.push(E('div', { 'class': 'alert-message warning', 'id': 'shadowmesh-not-running' }, [
-				E('strong', {}, [_('Service not running')]), ': ',
-				st.config_error || st.error || _('the daemon did not answer')
+				E('strong', {}, [_('Service not running')]),
+				(st.config_error || st.reason) ? ': ' + (st.config_error || st.reason) : ''
 			]));
 
 		out.push(E('h3', {}, [_('This gateway')]));
@@ -91,7 +101,7 @@ return view.extend({
 			row(_('Listening on'), d.listen || (st.listen_port ? ':' + st.listen_port : ''), 'shadowmesh-listen'),
 			row(_('DHT size'), st.running ? d.dht_size : null, 'shadowmesh-dht-size'),
 			row(_('Peers connected'), st.running && d.peers_connected != null ? d.peers_connected + ' / ' + d.peers_known : null, 'shadowmesh-connected'),
-			row(_('Uptime'), st.running ? '%ds'.format(d.uptime_s) : null, 'shadowmesh-uptime')
+			row(_('Uptime'), st.running ? '%t'.format(d.uptime_s) : null, 'shadowmesh-uptime')
 		]));
 
 		if (!st.seed) {
@@ -185,8 +195,8 @@ return view.extend({
 		this.box = box;
 		dom.content(box, this.renderStatus(st));
 		poll.add(function() {
-			return callStatus().then(function(s) {
-				dom.content(box, self.renderStatus(s));
+			return L.resolveDefault(callStatus(), null).then(function(s) {
+				dom.content(box, self.renderStatus(unreachable(s)));
 			});
 		}, 5);
 		return E('div', { 'class': 'cbi-map' }, [
