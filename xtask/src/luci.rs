@@ -67,20 +67,27 @@ fn browser(checks: &mut Checks, phase: &str, envs: &[(&str, String)]) -> Result 
         c.env(k, v);
     }
     let out = c.output().map_err(|e| e.to_string())?;
+    report(checks, &format!("chromium {phase}"), &out);
+    Ok(())
+}
+
+/// Adds each ok/FAIL line a node test printed to `checks` under `label`, and a failure when it
+/// printed none or failed without saying why.
+fn report(checks: &mut Checks, label: &str, out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = 0;
     for l in stdout.lines() {
         if let Some(name) = l.strip_prefix("ok   ") {
-            checks.check(&format!("chromium {phase}: {name}"), Ok(()));
+            checks.check(&format!("{label}: {name}"), Ok(()));
             lines += 1;
         } else if let Some(rest) = l.strip_prefix("FAIL ") {
-            checks.check(&format!("chromium {phase}"), Err(rest.to_string()));
+            checks.check(label, Err(rest.to_string()));
             lines += 1;
         }
     }
     if lines == 0 || !out.status.success() && !stdout.contains("FAIL") {
         checks.check(
-            &format!("chromium {phase}: browser test ran"),
+            &format!("{label}: browser test ran"),
             Err(format!(
                 "exit {}: {}",
                 out.status,
@@ -88,7 +95,6 @@ fn browser(checks: &mut Checks, phase: &str, envs: &[(&str, String)]) -> Result 
             )),
         );
     }
-    Ok(())
 }
 
 /// Where `.ci/luci-sources` put LuCI's client framework (`master`: OpenWrt 25.12, `2410`).
@@ -130,27 +136,7 @@ fn real(checks: &mut Checks, phase: &str, work: &Path, envs: &[(&str, String)]) 
             c.env(k, v);
         }
         let out = c.output().map_err(|e| e.to_string())?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lines = 0;
-        for l in stdout.lines() {
-            if let Some(name) = l.strip_prefix("ok   ") {
-                checks.check(&format!("LuCI {branch} {phase}: {name}"), Ok(()));
-                lines += 1;
-            } else if let Some(rest) = l.strip_prefix("FAIL ") {
-                checks.check(&format!("LuCI {branch} {phase}"), Err(rest.to_string()));
-                lines += 1;
-            }
-        }
-        if lines == 0 {
-            checks.check(
-                &format!("LuCI {branch} {phase}: browser test ran"),
-                Err(format!(
-                    "exit {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )),
-            );
-        }
+        report(checks, &format!("LuCI {branch} {phase}"), &out);
     }
     Ok(())
 }

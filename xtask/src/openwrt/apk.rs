@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{ensure, expected_machine, output, sh, Pkg};
+use super::{ensure, output, sh, Pkg};
 use crate::{root, Result};
 
 /// The apk-tools release the project builds and tests with (`.ci/apk-tools`).
@@ -306,16 +306,7 @@ pub fn check(pkg: &Path, name: &str, arch: &str, work: &Path) -> Result {
             &out.to_string_lossy(),
             &pkg.to_string_lossy(),
         ])?;
-        let bin = out.join("usr/sbin/shadowmesh");
-        let m = super::elf_machine(&bin)?;
-        let b = std::fs::read(&bin).map_err(|e| e.to_string())?;
-        let (want, order) = expected_machine(arch);
-        ensure(m == want && b[5] == order, || {
-            format!(
-                "binary is ELF machine {m} order {}, {arch} needs {want} order {order}",
-                b[5]
-            )
-        })?;
+        super::check_elf(&out.join("usr/sbin/shadowmesh"), arch)?;
         let list = std::fs::read_to_string(out.join("lib/apk/packages/shadowmesh.list"))
             .map_err(|e| e.to_string())?;
         ensure(list.lines().any(|l| l == "/etc/init.d/shadowmesh"), || {

@@ -8,10 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{
-    elf_machine, ensure, expected_machine, output, set_mode, sh, stage, version, Pkg, POSTINST,
-    PRERM, TAR,
-};
+use super::{ensure, output, set_mode, sh, stage, version, Pkg, POSTINST, PRERM, TAR};
 use crate::{root, Result};
 
 /// Writes one `.ipk` into `out_dir`.
@@ -182,15 +179,7 @@ pub(super) fn check(pkg: &Path, into: &Path) -> Result {
         ensure(keep.lines().any(|l| l == "/etc/shadowmesh/"), || {
             format!("keep.d does not keep the identity: {keep:?}")
         })?;
-        let m = elf_machine(&into.join("root/usr/sbin/shadowmesh"))?;
-        let b = std::fs::read(into.join("root/usr/sbin/shadowmesh")).map_err(|e| e.to_string())?;
-        let (want, order) = expected_machine(arch);
-        ensure(m == want && b[5] == order, || {
-            format!(
-                "binary is ELF machine {m} order {}, {arch} needs {want} order {order}",
-                b[5]
-            )
-        })?;
+        super::check_elf(&into.join("root/usr/sbin/shadowmesh"), arch)?;
         for s in ["postinst", "prerm"] {
             let p = into.join("ctl").join(s);
             ensure(

@@ -312,6 +312,19 @@ pub(crate) fn elf_machine(p: &Path) -> Result<u16> {
     })
 }
 
+/// Checks that `bin` is an ELF for OpenWrt architecture `arch` (machine and byte order).
+pub(crate) fn check_elf(bin: &Path, arch: &str) -> Result {
+    let m = elf_machine(bin)?;
+    let b = std::fs::read(bin).map_err(|e| e.to_string())?;
+    let (want, order) = expected_machine(arch);
+    ensure(m == want && b[5] == order, || {
+        format!(
+            "binary is ELF machine {m} order {}, {arch} needs {want} order {order}",
+            b[5]
+        )
+    })
+}
+
 /// The ELF machine and byte order each OpenWrt architecture needs.
 pub(crate) fn expected_machine(arch: &str) -> (u16, u8) {
     match arch {

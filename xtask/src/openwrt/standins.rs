@@ -70,6 +70,24 @@ fn standin_env(cmd: &mut Command, rootfs: &Path, log: &Path) {
         .env("STANDIN_LOG", log);
 }
 
+/// `rc.common init ACTION` with the package's binary as /usr/sbin/shadowmesh and the image's
+/// /var/run, in a private mount namespace, procd reporting the instance `running` or not;
+/// returns what procd was told.
+fn rc(rootfs: &Path, action: &str, running: bool, log: &Path) -> Result<String> {
+    std::fs::create_dir_all(rootfs.join("var/run")).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(log);
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1/usr/sbin\" /usr/sbin && mount --bind \"$1/var/run\" /var/run && exec sh \"$1/etc/rc.common\" \"$1/etc/init.d/shadowmesh\" \"$2\"")
+        .arg("sh")
+        .arg(rootfs)
+        .arg(action)
+        .env("STANDIN_RUNNING", if running { "1" } else { "0" });
+    standin_env(&mut c, rootfs, log);
+    output(&mut c)?;
+    Ok(std::fs::read_to_string(log).unwrap_or_default())
+}
+
 /// Runs the init script's start_service (and service_triggers) against the recording procd
 /// stand-in, inside a private mount namespace where the package's binary is /usr/sbin.
 pub(super) fn init_script(rootfs: &Path, work: &Path) -> Result {
@@ -77,23 +95,7 @@ pub(super) fn init_script(rootfs: &Path, work: &Path) -> Result {
     let _ = std::fs::remove_file(&log);
     let conf = rootfs.join("etc/config/shadowmesh");
     let before = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(rootfs.join("var/run")).map_err(|e| e.to_string())?;
-    // `rc.common init ACTION` with the package's binary as /usr/sbin/shadowmesh and the image's
-    // /var/run, in a private mount namespace; returns what procd was told.
-    let rc = |action: &str, running: bool, log: &Path| -> Result<String> {
-        let _ = std::fs::remove_file(log);
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$1/usr/sbin\" /usr/sbin && mount --bind \"$1/var/run\" /var/run && exec sh \"$1/etc/rc.common\" \"$1/etc/init.d/shadowmesh\" \"$2\"")
-            .arg("sh")
-            .arg(rootfs)
-            .arg(action)
-            .env("STANDIN_RUNNING", if running { "1" } else { "0" });
-        standin_env(&mut c, rootfs, log);
-        output(&mut c)?;
-        std::fs::read_to_string(log).or_else(|_| Ok(String::new()))
-    };
-    let start = |log: &Path| rc("start", true, log);
+    let start = |log: &Path| rc(rootfs, "start", true, log);
     let rec = start(&log)?;
     let want_lines = [
         "'procd_open_instance'",
@@ -198,19 +200,7 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
         standin_env(&mut c, rootfs, &log);
         output(&mut c).map(|_| ())
     };
-    let rc = |action: &str, running: bool| -> Result<String> {
-        let _ = std::fs::remove_file(&log);
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$1/usr/sbin\" /usr/sbin && mount --bind \"$1/var/run\" /var/run && exec sh \"$1/etc/rc.common\" \"$1/etc/init.d/shadowmesh\" \"$2\"")
-            .arg("sh")
-            .arg(rootfs)
-            .arg(action)
-            .env("STANDIN_RUNNING", if running { "1" } else { "0" });
-        standin_env(&mut c, rootfs, &log);
-        output(&mut c)?;
-        Ok(std::fs::read_to_string(&log).unwrap_or_default())
-    };
+    let rc = |action: &str, running: bool| rc(rootfs, action, running, &log);
     const HUP: &str = "'procd_send_signal' 'shadowmesh' '*' 'HUP'";
     let result = (|| -> Result {
         let mut digest = env_digest(&rc("start", true)?).ok_or("start gave no digest")?;
