@@ -37,12 +37,7 @@ pub(crate) fn hil(args: &[String]) -> Result {
         "mips-unknown-linux-musl",
     ];
     for t in foreign {
-        let mut c = cross_cargo(t, "build")?;
-        c.args(["--release", "-p", "shadowmesh", "--bin", "shadowmesh"]);
-        eprintln!("+ {c:?}");
-        if !c.status().map_err(|e| e.to_string())?.success() {
-            return Err(format!("cross build for {t} failed"));
-        }
+        cross_build(t)?;
     }
     run(cargo().args(["build", "-p", "shadowmesh", "--bin", "shadowmesh"]))?;
     let host = bin_path();

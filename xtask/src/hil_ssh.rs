@@ -154,15 +154,7 @@ fn target_of(profile: &str) -> Result<Option<String>> {
 fn build(target: &Option<String>) -> Result<PathBuf> {
     match target {
         None => crate::release_bin(),
-        Some(t) => {
-            let mut c = crate::cross_cargo(t, "build")?;
-            c.args(["--release", "-p", "shadowmesh", "--bin", "shadowmesh"]);
-            crate::run(&mut c)?;
-            Ok(crate::target_dir()
-                .join(t)
-                .join("release")
-                .join("shadowmesh"))
-        }
+        Some(t) => crate::cross_build(t),
     }
 }
 

@@ -161,6 +161,26 @@ pub fn optional_network_key(o: &Opts) -> Result<Option<NetworkKey>, CliError> {
     network_key(o).map(Some)
 }
 
+/// The arguments of a command that takes positional words (rpcd's `call METHOD`, a join
+/// string): `--config PATH` (the default configuration without it) and the words, in order.
+pub fn config_and_words(args: &[String]) -> Result<(std::path::PathBuf, Vec<&str>), CliError> {
+    let mut config = std::path::PathBuf::from(crate::config::DEFAULT_CONFIG);
+    let mut words = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config = it
+                    .next()
+                    .ok_or_else(|| CliError::usage("--config needs a path"))?
+                    .into()
+            }
+            w => words.push(w),
+        }
+    }
+    Ok((config, words))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

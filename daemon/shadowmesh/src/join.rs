@@ -3,7 +3,7 @@
 //! key and the bootstrap gateways into the UCI file. The codec is `shadowmesh_proto::join`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shadowmesh_proto::join::{self, Join};
 use shadowmesh_proto::peer::{to_hex, PeerId};
@@ -160,21 +160,12 @@ pub fn apply(text: &str, j: &Join) -> Result<String, String> {
 
 /// `shadowmesh join [--config PATH] 'shadowmesh:join?…'`.
 pub fn main(args: &[String]) -> Result<(), CliError> {
-    let mut config = PathBuf::from(crate::config::DEFAULT_CONFIG);
-    let mut uri = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => {
-                config = it
-                    .next()
-                    .ok_or_else(|| CliError::usage("--config needs a path"))?
-                    .into()
-            }
-            s if uri.is_none() && !s.starts_with("--") => uri = Some(s),
-            s => return Err(CliError::usage(format!("join: unexpected '{s}'"))),
-        }
-    }
+    let (config, words) = crate::args::config_and_words(args)?;
+    let uri = match words.as_slice() {
+        [] => None,
+        [u] if !u.starts_with("--") => Some(*u),
+        [.., s] => return Err(CliError::usage(format!("join: unexpected '{s}'"))),
+    };
     let uri = uri.ok_or_else(|| {
         CliError::usage("usage: shadowmesh join [--config PATH] 'shadowmesh:join?…'")
     })?;

@@ -20,8 +20,6 @@
 //! A plugin's exit status is ignored by rpcd and a non-object answer is an error there, so
 //! every failure is a field of the object, never a bare message.
 
-use std::path::PathBuf;
-
 use shadowmesh_proto::overlay::{self, V6Prefix};
 use shadowmesh_proto::peer::to_hex;
 
@@ -34,20 +32,7 @@ pub const METHODS: &str = r#"{"status":{},"secret":{}}"#;
 
 /// Runs `rpcd [--config PATH] list|call METHOD` and prints the answer.
 pub fn main(args: &[String]) -> Result<(), CliError> {
-    let mut config = PathBuf::from(crate::config::DEFAULT_CONFIG);
-    let mut words = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => {
-                config = it
-                    .next()
-                    .ok_or_else(|| CliError::usage("--config needs a path"))?
-                    .into()
-            }
-            w => words.push(w),
-        }
-    }
+    let (config, words) = crate::args::config_and_words(args)?;
     let answer = match words.as_slice() {
         ["list"] => METHODS.to_string(),
         ["call", "status"] => {
