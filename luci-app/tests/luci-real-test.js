@@ -38,6 +38,10 @@ async function settings(page, h) {
 		errors.join(' | ') + ' ' + JSON.stringify(await get(h, '/harness/log')));
 	check('the form is LuCI\'s (cbi-map with the gateway section)',
 		(await page.locator('.cbi-map .cbi-section').count()) >= 1);
+	// The whole form in one tall viewport (a full-page capture would repeat the fixed header).
+	await page.setViewportSize({ width: 1100, height: 1950 });
+	await page.screenshot({ path: path.join(env.SM_ARTIFACTS, `luci-real-settings-${path.basename(env.SM_LUCI)}.png`) });
+	await page.setViewportSize({ width: 1100, height: 900 });
 	const port = page.locator('[data-name="listen_port"] input');
 	check('listen_port shows the file\'s value', (await port.inputValue()) === '4500', await port.inputValue());
 
@@ -79,15 +83,13 @@ async function settings(page, h) {
 	const applied = await get(h, '/harness/applied');
 	const text = fs.readFileSync(path.join(env.SM_UCI_DIR, 'shadowmesh'), 'utf8');
 	check('Save & Apply commits the change', applied.length === 1 && text.includes("option listen_port '4501'"), JSON.stringify(applied));
-	await page.waitForTimeout(1500);
-	await page.screenshot({ path: path.join(env.SM_ARTIFACTS, 'luci-real-settings.png'), fullPage: true });
 }
 
 async function status(page, h) {
 	const errors = await open(page, h, 'status');
 	check('status renders in LuCI\'s framework with no console error', errors.length === 0, errors.join(' | '));
 	check('own PeerId shown', /^[0-9a-f]{64}$/.test((await page.textContent('#shadowmesh-peer-id')) || ''));
-	await page.screenshot({ path: path.join(env.SM_ARTIFACTS, 'luci-real-status.png'), fullPage: true });
+	await page.screenshot({ path: path.join(env.SM_ARTIFACTS, `luci-real-status-${path.basename(env.SM_LUCI)}.png`) });
 	await fetch(`http://127.0.0.1:${h.port}/harness/object-missing`, { method: 'POST', body: JSON.stringify({ missing: true }) });
 	const errors2 = await open(page, h, 'status');
 	const banner = (await page.locator('#shadowmesh-not-running').count()) === 1;
