@@ -90,6 +90,23 @@ async function status(page, h) {
 	check('status renders in LuCI\'s framework with no console error', errors.length === 0, errors.join(' | '));
 	check('own PeerId shown', /^[0-9a-f]{64}$/.test((await page.textContent('#shadowmesh-peer-id')) || ''));
 	await page.screenshot({ path: path.join(env.SM_ARTIFACTS, `luci-real-status-${path.basename(env.SM_LUCI)}.png`) });
+	// A read-only user: Show is refused by rpcd, the page says why, and no answer the read ACL
+	// gave carries the key.
+	const key = (/option network_key '([0-9a-f]{64})'/.exec(fs.readFileSync(env.SM_RPCD_CONFIG, 'utf8')) || [])[1];
+	await page.click('#shadowmesh-show-key');
+	await page.waitForSelector('#shadowmesh-network-key', { timeout: 10000 }).catch(() => {});
+	check('with write access, Show reveals the key', key && (await page.locator('#shadowmesh-network-key').textContent().catch(() => '')) === key);
+	await fetch(`http://127.0.0.1:${h.port}/harness/readonly`, { method: 'POST', body: JSON.stringify({ readOnly: true }) });
+	await open(page, h, 'status');
+	await page.click('#shadowmesh-show-key');
+	await page.waitForSelector('#shadowmesh-key-denied', { timeout: 10000 }).catch(() => {});
+	check('read-only: Show is refused and the page says why', (await page.locator('#shadowmesh-key-denied').count()) === 1
+		&& (await page.locator('#shadowmesh-network-key').count()) === 0);
+	const answers = await get(h, '/harness/answers');
+	const leaked = answers.filter((a) => a.readOnly && key && a.answer.includes(key));
+	check('no answer under the read ACL carries the network key', key && answers.some((a) => a.readOnly) && leaked.length === 0,
+		JSON.stringify(leaked).slice(0, 200));
+	await fetch(`http://127.0.0.1:${h.port}/harness/readonly`, { method: 'POST', body: JSON.stringify({ readOnly: false }) });
 	await fetch(`http://127.0.0.1:${h.port}/harness/object-missing`, { method: 'POST', body: JSON.stringify({ missing: true }) });
 	const errors2 = await open(page, h, 'status');
 	const banner = (await page.locator('#shadowmesh-not-running').count()) === 1;

@@ -75,7 +75,7 @@ function start(opts) {
 	const acl = Object.assign({},
 		JSON.parse(fs.readFileSync(path.join(opts.luci, 'modules/luci-base/root/usr/share/rpcd/acl.d/luci-base.json'), 'utf8')),
 		JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-shadowmesh.json'), 'utf8')));
-	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], objectMissing: false };
+	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], answers: [], objectMissing: false };
 	const uci = (args) => execFileSync(UCI, ['-c', opts.uciDir, ...args], { encoding: 'utf8' });
 	const granted = (obj, method) => Object.values(acl).some((g) =>
 		[g.read, opts.readOnly ? null : g.write].some((k) => (((k || {}).ubus || {})[obj] || []).includes(method)));
@@ -140,6 +140,7 @@ function start(opts) {
 				env: Object.assign({}, process.env, { SHADOWMESH_BIN: opts.bin, SHADOWMESH_CONFIG: state.config })
 			});
 			if (r.status !== 0 || !r.stdout) return [7];
+			state.answers.push({ method, readOnly: !!opts.readOnly, answer: r.stdout });
 			return [0, JSON.parse(r.stdout)];
 		}
 		return [4];
@@ -193,6 +194,11 @@ function start(opts) {
 				if (url.pathname === '/harness/applied') return send(200, state.applied);
 				if (url.pathname === '/harness/staged') return send(200, state.staged);
 				if (url.pathname === '/harness/log') return send(200, { denied: state.denied, missing: state.missing, ubus: state.ubus });
+				if (url.pathname === '/harness/answers') return send(200, state.answers);
+				if (url.pathname === '/harness/readonly' && req.method === 'POST') {
+					opts.readOnly = !!JSON.parse(body).readOnly;
+					return send(200, { ok: true });
+				}
 				if (url.pathname === '/harness/object-missing' && req.method === 'POST') {
 					state.objectMissing = !!JSON.parse(body).missing;
 					return send(200, { ok: true });
