@@ -83,6 +83,24 @@ async function settings(page, h) {
 	const applied = await get(h, '/harness/applied');
 	const text = fs.readFileSync(path.join(env.SM_UCI_DIR, 'shadowmesh'), 'utf8');
 	check('Save & Apply commits the change', applied.length === 1 && text.includes("option listen_port '4501'"), JSON.stringify(applied));
+
+	// "Join a mesh": a join string sets the key and adds the gateway to the bootstrap peers.
+	await open(page, h, 'settings');
+	const join = page.locator('[data-name="_join"] input');
+	await join.fill('shadowmesh:join?network_key=12');
+	await join.blur();
+	check('a bad join string is marked', (await page.locator('[data-name="_join"] .cbi-input-invalid').count()) === 1);
+	const peer = 'cd'.repeat(32) + '@192.0.2.9:4433';
+	await join.fill(`shadowmesh:join?network_key=${'ab'.repeat(32)}&bootstrap=${encodeURIComponent(peer)}`);
+	await join.blur();
+	await page.click('.cbi-page-actions .cbi-button-save');
+	await page.waitForTimeout(800);
+	staged = await get(h, '/harness/staged');
+	const set = (opt) => staged.filter((c) => c[1] === 'set' && c[3] === opt).map((c) => c[4]).pop();
+	check('a join string sets network_key and adds the bootstrap gateway',
+		set('network_key') === 'ab'.repeat(32) && JSON.stringify(set('bootstrap')) === JSON.stringify(fixture.bootstrap.concat([peer])),
+		JSON.stringify(staged));
+	check('the join string itself is not stored', !staged.some((c) => c[3] === '_join'), JSON.stringify(staged));
 }
 
 async function status(page, h) {

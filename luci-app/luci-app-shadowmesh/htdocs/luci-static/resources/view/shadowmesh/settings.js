@@ -70,6 +70,39 @@ function parseSocket(s) {
 	return (ip && isPort(m[2])) ? ip : null;
 }
 
+// shadowmesh:join?network_key=HEX64&bootstrap=PEERID@IP:PORT[&bootstrap=…] (the status page of a
+// member shows it; daemon/proto/src/join.rs is the reference): { key, bootstrap } or a message.
+function parseJoin(s) {
+	var prefix = 'shadowmesh:join?', key = null, boot = [];
+	s = String(s).trim();
+	if (s.indexOf(prefix) != 0)
+		return _('A join string starts with %s').format(prefix);
+	var pairs = s.substring(prefix.length).split('&');
+	for (var i = 0; i < pairs.length; i++) {
+		if (!pairs[i])
+			continue;
+		var eq = pairs[i].indexOf('='), k = eq < 0 ? pairs[i] : pairs[i].substring(0, eq), v = eq < 0 ? '' : pairs[i].substring(eq + 1);
+		try { v = decodeURIComponent(v); } catch (e) { return _('A bad %-escape in the join string'); }
+		if (k == 'network_key') {
+			if (key != null || !/^[0-9a-fA-F]{64}$/.test(v))
+				return _('The join string needs network_key with 64 hexadecimal digits, once');
+			key = v.toLowerCase();
+		}
+		else if (k == 'bootstrap') {
+			var r = V.bootstrap(v);
+			if (r !== true)
+				return r;
+			if (boot.indexOf(v) < 0)
+				boot.push(v);
+		}
+	}
+	if (key == null)
+		return _('The join string needs network_key with 64 hexadecimal digits, once');
+	if (!boot.length || boot.length > 8)
+		return _('The join string needs 1 to 8 bootstrap gateways');
+	return { key: key, bootstrap: boot };
+}
+
 var V = {
 	port: function(v) {
 		return isPort(v) || _('Expecting a port number from 1 to 65535');
@@ -193,6 +226,30 @@ return view.extend({
 		o = s.option(form.DynamicList, 'bootstrap', _('Bootstrap peers'),
 			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT.'));
 		o.validate = check(V.bootstrap);
+
+		// Not an option of its own: a join string sets network_key and adds bootstrap peers. It
+		// comes after both (LuCI parses options in order, and each writes what it holds).
+		o = s.option(form.Value, '_join', _('Join a mesh'),
+			_('Paste the join string from the Status page of a gateway of the mesh (behind "Show"): it sets the network key and adds that gateway as a bootstrap peer.'));
+		o.placeholder = 'shadowmesh:join?network_key=…&bootstrap=…';
+		o.cfgvalue = function() { return null; };
+		o.validate = function(section_id, value) {
+			if (value == null || value === '')
+				return true;
+			var j = parseJoin(value);
+			return typeof(j) == 'string' ? j : true;
+		};
+		o.write = function(section_id, value) {
+			var j = parseJoin(value || '');
+			if (typeof(j) == 'string')
+				return;
+			var have = L.toArray(this.map.data.get('shadowmesh', section_id, 'bootstrap'));
+			j.bootstrap.forEach(function(b) { if (have.indexOf(b) < 0) have.push(b); });
+			this.map.data.set('shadowmesh', section_id, 'network_key', j.key);
+			this.map.data.unset('shadowmesh', section_id, 'seed');
+			this.map.data.set('shadowmesh', section_id, 'bootstrap', have);
+		};
+		o.remove = function() {};
 
 		o = s.option(form.DynamicList, 'route', _('Advertised LAN routes'),
 			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'));
