@@ -111,9 +111,25 @@ async function status(page, h) {
 	// A read-only user: Show is refused by rpcd, the page says why, and no answer the read ACL
 	// gave carries the key.
 	const key = (/option network_key '([0-9a-f]{64})'/.exec(fs.readFileSync(env.SM_RPCD_CONFIG, 'utf8')) || [])[1];
+	// Against a running member (SM_EXPECT from the namespace lab): its peers, live.
+	const exp = env.SM_EXPECT ? JSON.parse(env.SM_EXPECT) : null;
+	if (exp) {
+		check('the gateway shown is the lab\'s member', (await page.textContent('#shadowmesh-peer-id')) === exp.self);
+		for (const p of exp.peers) {
+			const row = page.locator(`#shadowmesh-peers tr[data-peer-id="${p.peer_id}"]`);
+			const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];
+			check(`peer ${p.peer_id.slice(0, 12)} listed with its overlay address, path and RTT`,
+				cells[0] === p.peer_id.slice(0, 12) && cells[1].startsWith(p.ipv4) && cells[3] === 'direct' && / ms$/.test(cells[4]),
+				JSON.stringify(cells));
+		}
+	}
 	await page.click('#shadowmesh-show-key');
 	await page.waitForSelector('#shadowmesh-network-key', { timeout: 10000 }).catch(() => {});
 	check('with write access, Show reveals the key', key && (await page.locator('#shadowmesh-network-key').textContent().catch(() => '')) === key);
+	if (exp && exp.join) {
+		check('the QR code carries the daemon\'s join string', (await page.locator('#shadowmesh-qr svg').count()) === 1
+			&& (await page.getAttribute('#shadowmesh-qr', 'title')) === exp.join);
+	}
 	await fetch(`http://127.0.0.1:${h.port}/harness/readonly`, { method: 'POST', body: JSON.stringify({ readOnly: true }) });
 	await open(page, h, 'status');
 	await page.click('#shadowmesh-show-key');

@@ -323,7 +323,7 @@ fn with_daemons(
         b.peer_id
     );
     env.push(("SM_RPCD_CONFIG", a.config.display().to_string()));
-    env.push(("SM_EXPECT", expect));
+    env.push(("SM_EXPECT", expect.clone()));
     browser(checks, "status", &env)?;
     real(
         checks,
@@ -333,6 +333,7 @@ fn with_daemons(
             ("SM_BIN", bin.display().to_string()),
             ("SM_ARTIFACTS", artifacts().display().to_string()),
             ("SM_RPCD_CONFIG", a.config.display().to_string()),
+            ("SM_EXPECT", expect.clone()),
         ],
     )?;
 
