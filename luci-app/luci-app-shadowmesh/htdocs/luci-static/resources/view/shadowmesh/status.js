@@ -68,6 +68,18 @@ function unreachable(st) {
 	};
 }
 
+// `text` in a code block with a Copy button beside it.
+function copyable(text, id, buttonId) {
+	return E('div', { 'class': 'cbi-value' }, [
+		E('code', { 'id': id, 'style': 'word-break:break-all' }, [text]), ' ',
+		E('button', {
+			'class': 'cbi-button cbi-button-action',
+			'id': buttonId,
+			'click': function(ev) { copyText(text, ev.target); }
+		}, [_('Copy')])
+	]);
+}
+
 function row(label, value, id) {
 	return E('tr', { 'class': 'tr' }, [
 		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
@@ -110,24 +122,10 @@ return view.extend({
 			out.push(E('p', {}, [_('Every gateway of this mesh needs this key. Scan the code on the next gateway, or copy the key into its Settings with this gateway as a bootstrap peer.')]));
 			if (this.key) {
 				var key = this.key, join = this.join;
-				out.push(E('div', { 'class': 'cbi-value' }, [
-					E('code', { 'id': 'shadowmesh-network-key', 'style': 'word-break:break-all' }, [key]), ' ',
-					E('button', {
-						'class': 'cbi-button cbi-button-action',
-						'id': 'shadowmesh-copy',
-						'click': function(ev) { copyText(key, ev.target); }
-					}, [_('Copy')])
-				]));
+				out.push(copyable(key, 'shadowmesh-network-key', 'shadowmesh-copy'));
 				if (join) {
 					out.push(E('p', {}, [_('Join string: paste it into "Join a mesh" on the next gateway\'s Settings page, or run %s there.').format('shadowmesh join \'…\'')]));
-					out.push(E('div', { 'class': 'cbi-value' }, [
-						E('code', { 'id': 'shadowmesh-join', 'style': 'word-break:break-all' }, [join]), ' ',
-						E('button', {
-							'class': 'cbi-button cbi-button-action',
-							'id': 'shadowmesh-copy-join',
-							'click': function(ev) { copyText(join, ev.target); }
-						}, [_('Copy')])
-					]));
+					out.push(copyable(join, 'shadowmesh-join', 'shadowmesh-copy-join'));
 					var qr = E('div', { 'id': 'shadowmesh-qr', 'title': join, 'style': 'display:inline-block' });
 					qr.innerHTML = uqr.renderSVG(join, { pixelSize: 4, ecc: 'M' });
 					out.push(qr);
