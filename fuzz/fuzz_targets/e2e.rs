@@ -2,7 +2,7 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use shadowmesh_crypto::session::{initiate, respond, Session};
@@ -13,12 +13,12 @@ struct Fixture {
     a: Identity,
     b: Identity,
     responder: Session,
-    now: Instant,
+    now: Duration,
 }
 
 thread_local! {
     static FX: RefCell<Fixture> = RefCell::new({
-        let now = Instant::now();
+        let now = Duration::from_secs(1);
         let a = Identity::generate();
         let b = Identity::generate();
         let (_st, init) = initiate(&a, &b.peer_id(), &[1; 32]);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use shadowmesh_crypto::session::{initiate, respond, Session};
@@ -11,8 +11,8 @@ use shadowmesh_crypto::Identity;
 use shadowmesh_proto::frame::Header;
 
 thread_local! {
-    static SESSION: RefCell<(Session, Instant)> = RefCell::new({
-        let now = Instant::now();
+    static SESSION: RefCell<(Session, Duration)> = RefCell::new({
+        let now = Duration::from_secs(1);
         let a = Identity::generate();
         let b = Identity::generate();
         let (st, init) = initiate(&a, &b.peer_id(), &[1; 32]);

@@ -13,9 +13,12 @@
 //! initiator has certainly installed them); the initiator switches as soon as RESP arrives.
 //! Any key older than 180 s is refused in both directions.
 //!
-//! The state machine takes `now` as an argument and owns no clock.
+//! The state machine owns no clock: `now` is an argument, a monotonic `Duration` since any
+//! fixed epoch of the caller's, so that tests and simulations run it on virtual time. When to
+//! send a keepalive, start a rekey or give up on a session is the link core's call
+//! (`shadowmesh_link::timers`), from the times this session reports.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::{FrameType, Header};
@@ -36,7 +39,7 @@ struct Keys {
     recv: FrameKey,
     send_seq: u64,
     replay: ReplayWindow,
-    created: Instant,
+    created: Duration,
 }
 
 struct Derived {
@@ -70,7 +73,7 @@ fn derive(salt: &[u8], secret: &[u8], info: &[&[u8]], initiator: bool) -> Derive
 }
 
 impl Keys {
-    fn new(d: &Derived, now: Instant) -> Self {
+    fn new(d: &Derived, now: Duration) -> Self {
         Keys {
             send: FrameKey::new(&d.send),
             recv: FrameKey::new(&d.recv),
@@ -80,13 +83,14 @@ impl Keys {
         }
     }
 
-    fn usable(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.created) < REJECT_AFTER_TIME
+    fn usable(&self, now: Duration) -> bool {
+        now.saturating_sub(self.created) < REJECT_AFTER_TIME
     }
 }
 
 struct PendingRekey {
     epoch: u32,
+    started: Duration,
     kx: kx::Initiator,
     init_body: Vec<u8>,
 }
@@ -117,7 +121,8 @@ pub struct Session {
     /// Boxed: the ML-KEM-1024 + X25519 initiator state is ~4.6 KB and exists only during a
     /// rekey; inline it made every session (and so every member of a 1,000-peer node) 6 KB.
     pending: Option<Box<PendingRekey>>,
-    last_send: Instant,
+    last_send: Duration,
+    last_recv: Duration,
     /// Counters.
     pub stats: SessionStats,
 }
@@ -173,7 +178,7 @@ impl Initiating {
         resp_body: &[u8],
         peer: &PeerKeys,
         network_key: &[u8; 32],
-        now: Instant,
+        now: Duration,
     ) -> Result<Session, Error> {
         if peer.peer_id != self.peer {
             return Err(Error::UnexpectedPeer("peer keys"));
@@ -220,7 +225,7 @@ pub fn respond(
     peer: &PeerKeys,
     binding: &[u8; 32],
     network_key: &[u8; 32],
-    now: Instant,
+    now: Duration,
 ) -> Result<(Session, Vec<u8>), Error> {
     let i = Init::parse(init_body)?;
     if i.from != peer.peer_id {
@@ -272,7 +277,7 @@ impl Drop for Session {
 }
 
 impl Session {
-    fn new(d: Derived, initiator: bool, now: Instant) -> Self {
+    fn new(d: Derived, initiator: bool, now: Duration) -> Self {
         Session {
             slots: [Some(Keys::new(&d, now)), None],
             send_phase: 0,
@@ -282,6 +287,7 @@ impl Session {
             chain: d.chain,
             pending: None,
             last_send: now,
+            last_recv: now,
             stats: SessionStats::default(),
         }
     }
@@ -298,7 +304,7 @@ impl Session {
 
     /// Seals one frame in place. `frame` is `18 bytes of header room || payload || 16 bytes of
     /// tag room`. Fails if the sending key is too old or its counter exhausted: rekey first.
-    pub fn seal(&mut self, now: Instant, kind: FrameType, frame: &mut [u8]) -> Result<(), Error> {
+    pub fn seal(&mut self, now: Duration, kind: FrameType, frame: &mut [u8]) -> Result<(), Error> {
         let len = frame.len().checked_sub(FRAME_OVERHEAD).ok_or(Error::Wire(
             shadowmesh_proto::Error::InvalidField("frame buffer length"),
         ))?;
@@ -334,7 +340,7 @@ impl Session {
     /// and the plaintext (a sub-slice of `frame`).
     pub fn open<'a>(
         &mut self,
-        now: Instant,
+        now: Duration,
         frame: &'a mut [u8],
     ) -> Result<(FrameType, &'a mut [u8]), Error> {
         let h = Header::parse(frame)?;
@@ -356,6 +362,7 @@ impl Session {
         };
         keys.replay.mark(h.seq)?;
         self.stats.received += 1;
+        self.last_recv = now;
         if self.confirm_phase == Some(phase) {
             // The initiator sends on the new keys: it has them, so we may switch too.
             self.send_phase = phase;
@@ -364,27 +371,34 @@ impl Session {
         Ok((h.kind, plain))
     }
 
-    /// True when a keepalive should be sent: nothing sent for `KEEPALIVE_TIMEOUT`.
-    pub fn needs_keepalive(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_send) >= KEEPALIVE_TIMEOUT
+    /// When a frame was last sealed (or the session began).
+    pub fn last_sent(&self) -> Duration {
+        self.last_send
     }
 
-    /// True when this side (the initiator) should start a rekey now.
-    pub fn needs_rekey(&self, now: Instant) -> bool {
+    /// When a frame last opened (or the session began).
+    pub fn last_received(&self) -> Duration {
+        self.last_recv
+    }
+
+    /// When the sending key was made, and how many frames it sealed; `None` once it is gone.
+    pub fn send_key(&self) -> Option<(Duration, u64)> {
+        self.slots[self.send_phase]
+            .as_ref()
+            .map(|k| (k.created, k.send_seq))
+    }
+
+    /// When the rekey in flight started (initiator only).
+    pub fn rekey_started(&self) -> Option<Duration> {
+        self.pending.as_ref().map(|p| p.started)
+    }
+
+    /// Starts a rekey (initiator only; one at a time): returns the REKEY_INIT body to send on
+    /// the control stream.
+    pub fn start_rekey(&mut self, now: Duration) -> Result<Vec<u8>, Error> {
         if !self.initiator || self.pending.is_some() {
-            return false;
+            return Err(Error::BadRekey);
         }
-        match &self.slots[self.send_phase] {
-            Some(k) => {
-                now.saturating_duration_since(k.created) >= REKEY_AFTER_TIME
-                    || k.send_seq >= REKEY_AFTER_MESSAGES
-            }
-            None => true,
-        }
-    }
-
-    /// Starts a rekey: returns the REKEY_INIT body to send on the control stream.
-    pub fn start_rekey(&mut self) -> Vec<u8> {
         let epoch = self.epoch + 1;
         let k = kx::Initiator::generate();
         let mut body = Vec::new();
@@ -393,13 +407,14 @@ impl Session {
         body.extend_from_slice(&mac);
         self.pending = Some(Box::new(PendingRekey {
             epoch,
+            started: now,
             kx: k,
             init_body: body.clone(),
         }));
-        body
+        Ok(body)
     }
 
-    fn install(&mut self, d: &Derived, now: Instant) -> usize {
+    fn install(&mut self, d: &Derived, now: Duration) -> usize {
         let new_phase = 1 - self.send_phase;
         self.slots[new_phase] = Some(Keys::new(d, now));
         self.chain = d.chain;
@@ -409,7 +424,7 @@ impl Session {
     }
 
     /// Responder: answers a REKEY_INIT; returns the REKEY_RESP body.
-    pub fn handle_rekey_init(&mut self, now: Instant, body: &[u8]) -> Result<Vec<u8>, Error> {
+    pub fn handle_rekey_init(&mut self, now: Duration, body: &[u8]) -> Result<Vec<u8>, Error> {
         let r = Rekey::parse(body)?;
         if self.initiator || r.epoch != self.epoch + 1 {
             return Err(Error::BadRekey);
@@ -451,7 +466,7 @@ impl Session {
     }
 
     /// Initiator: completes a rekey with REKEY_RESP and switches to the new keys.
-    pub fn handle_rekey_resp(&mut self, now: Instant, body: &[u8]) -> Result<(), Error> {
+    pub fn handle_rekey_resp(&mut self, now: Duration, body: &[u8]) -> Result<(), Error> {
         let r = Rekey::parse(body)?;
         let Some(p) = self.pending.take() else {
             return Err(Error::BadRekey);
@@ -493,7 +508,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn pair(now: Instant) -> (Session, Session) {
+    fn pair(now: Duration) -> (Session, Session) {
         let a = Identity::generate();
         let b = Identity::generate();
         let nk = [5u8; 32];
@@ -504,7 +519,7 @@ mod tests {
         (sa, sb)
     }
 
-    fn frame(s: &mut Session, now: Instant, payload: &[u8]) -> Vec<u8> {
+    fn frame(s: &mut Session, now: Duration, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; payload.len() + FRAME_OVERHEAD];
         f[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
         s.seal(now, FrameType::Data, &mut f).unwrap();
@@ -513,7 +528,7 @@ mod tests {
 
     #[test]
     fn both_directions_and_replay() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let (mut a, mut b) = pair(t0);
         let mut f = frame(&mut a, t0, b"ping");
         let copy = f.clone();
@@ -533,7 +548,7 @@ mod tests {
 
     #[test]
     fn too_old_and_forged_frames_are_typed_errors() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let (mut a, mut b) = pair(t0);
         let first = frame(&mut a, t0, b"first");
         for _ in 0..3000 {
@@ -570,7 +585,7 @@ mod tests {
 
     #[test]
     fn wrong_binding_or_network_key_fails() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let a = Identity::generate();
         let b = Identity::generate();
         let (st, init) = initiate(&a, &b.peer_id(), &[1; 32]);
@@ -588,21 +603,31 @@ mod tests {
 
     #[test]
     fn rekey_switches_phase_and_old_keys_expire() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let (mut a, mut b) = pair(t0);
-        assert!(!a.needs_rekey(t0));
         let t1 = t0 + REKEY_AFTER_TIME;
-        assert!(a.needs_rekey(t1));
-        assert!(!b.needs_rekey(t1), "only the initiator drives rekeys");
+        assert_eq!(
+            b.start_rekey(t1).unwrap_err(),
+            Error::BadRekey,
+            "only the initiator drives rekeys"
+        );
         // A frame sealed on the old key, in flight during the rekey.
         let mut in_flight = frame(&mut a, t1, b"old");
-        let init = a.start_rekey();
+        let init = a.start_rekey(t1).unwrap();
+        assert_eq!(a.rekey_started(), Some(t1));
+        assert_eq!(
+            a.start_rekey(t1).unwrap_err(),
+            Error::BadRekey,
+            "one at a time"
+        );
         let resp = b.handle_rekey_init(t1, &init).unwrap();
         // B still sends on phase 0 until it sees A use the new keys.
         let mut f = frame(&mut b, t1, b"b-old");
         assert!(!Header::parse(&f).unwrap().key_phase);
         assert_eq!(a.open(t1, &mut f).unwrap().1, b"b-old");
         a.handle_rekey_resp(t1, &resp).unwrap();
+        assert_eq!(a.rekey_started(), None);
+        assert_eq!(a.send_key(), Some((t1, 0)));
         let mut f = frame(&mut a, t1, b"new");
         assert!(Header::parse(&f).unwrap().key_phase);
         assert_eq!(b.open(t1, &mut f).unwrap().1, b"new");
@@ -622,7 +647,7 @@ mod tests {
         assert_eq!((a.epoch(), b.epoch()), (1, 1));
         // A replayed or forged rekey message is refused.
         assert_eq!(b.handle_rekey_init(t1, &init).unwrap_err(), Error::BadRekey);
-        let mut forged = a.start_rekey();
+        let mut forged = a.start_rekey(t1).unwrap();
         let n = forged.len();
         forged[n - 1] ^= 1;
         assert_eq!(
@@ -640,13 +665,33 @@ mod tests {
 
     #[test]
     fn expired_send_key_refuses_to_seal() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let (mut a, _) = pair(t0);
         let mut f = vec![0u8; 10 + FRAME_OVERHEAD];
         assert_eq!(
             a.seal(t0 + REJECT_AFTER_TIME, FrameType::Data, &mut f),
             Err(Error::NoKey)
         );
-        assert!(a.needs_keepalive(t0 + KEEPALIVE_TIMEOUT));
+        assert_eq!(a.last_sent(), t0, "a refused seal is not a send");
+    }
+
+    #[test]
+    fn reports_when_it_last_sent_and_received() {
+        let t0 = Duration::from_secs(5);
+        let (mut a, mut b) = pair(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        let mut f = frame(&mut a, t1, b"x");
+        assert_eq!((a.last_sent(), a.send_key()), (t1, Some((t0, 1))));
+        let t2 = t1 + Duration::from_secs(1);
+        let mut forged = f.clone();
+        forged[FRAME_HEADER_LEN] ^= 1;
+        assert!(b.open(t2, &mut forged).is_err());
+        assert_eq!(
+            b.last_received(),
+            t0,
+            "a refused frame is not a sign of life"
+        );
+        b.open(t2, &mut f).unwrap();
+        assert_eq!(b.last_received(), t2);
     }
 }

@@ -9,6 +9,7 @@
 //!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
 //! - [`pending`]: packets for a member without a link, queued while it is dialled.
+//! - [`timers`]: every session's keepalive, rekey and teardown deadlines in one queue.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -16,5 +17,6 @@
 pub mod exchange;
 pub mod pending;
 pub mod roster;
+pub mod timers;
 
 pub use roster::{Entry, Judged, Output, Roster, RosterConfig};

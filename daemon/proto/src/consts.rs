@@ -59,6 +59,15 @@ pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 /// Send a keepalive after this long without sending anything (WireGuard `KEEPALIVE_TIMEOUT`).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Give a session up when nothing authenticated arrived on it for this long: each side sends
+/// at least a keepalive every [`KEEPALIVE_TIMEOUT`], so this is three of them lost in a row
+/// and some. Longer than quinn's idle timeout (30 s), which ends a dead connection first; this
+/// one ends a session whose frames stopped while its connection lives (keys gone, a lane that
+/// drops them).
+pub const SILENT_AFTER: Duration = Duration::from_secs(35);
+/// Give a session up when a REKEY_INIT got no answer for this long. It travels on the control
+/// stream, which retransmits: no answer means the other side is gone or broken.
+pub const REKEY_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Peer records expire at most this far in the future (DESIGN.md, "DHT").
 pub const RECORD_MAX_LIFETIME_SECS: u64 = 24 * 3600;
@@ -100,6 +109,9 @@ pub const CLOSE_IDLE: u32 = 0x5306;
 /// the reason carries our clock (Unix seconds, u64 big-endian), which a node whose own clock is
 /// unset uses to learn the time ([`MIN_PLAUSIBLE_UNIX`]).
 pub const CLOSE_CLOCK: u32 = 0x5307;
+/// QUIC application error code: the end-to-end session is given up (nothing arrived on it for
+/// [`SILENT_AFTER`], its keys expired, or a rekey got no answer); the next packet dials again.
+pub const CLOSE_SESSION_DEAD: u32 = 0x5308;
 /// QUIC application error code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0x5300;
 

@@ -61,6 +61,13 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> std::io::Result<F::Output
     Ok(out)
 }
 
+/// Now on the monotonic clock, as the time since the daemon first asked: what sessions and
+/// the link core's timers count in (they own no clock, so that tests run them on virtual time).
+pub fn mono_now() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
 /// What the system clock reads, Unix seconds.
 fn system_now() -> u64 {
     std::time::SystemTime::now()

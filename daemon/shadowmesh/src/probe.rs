@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shadowmesh_crypto::Identity;
+use shadowmesh_link::timers;
 use shadowmesh_proto::frame::FrameType;
 use shadowmesh_proto::msg::MsgType;
 use tokio::sync::mpsc;
@@ -173,14 +174,15 @@ async fn echo(mut peer: Peer) {
             },
             Some((t, body)) = ctrl.recv() => {
                 if t == MsgType::RekeyInit {
-                    match peer.session.as_mut().expect("checked: member").handle_rekey_init(Instant::now(), &body) {
+                    match peer.session.as_mut().expect("checked: member").handle_rekey_init(crate::mono_now(), &body) {
                         Ok(resp) => { let _ = write_msg(&mut peer.control, MsgType::RekeyResp, &resp).await; }
                         Err(e) => log::warn!("peer {}: rekey refused: {e}", peer.peer_id.short()),
                     }
                 }
             },
             _ = tick.tick() => {
-                if peer.session.as_mut().expect("checked: member").needs_keepalive(Instant::now()) {
+                let session = peer.session.as_ref().expect("checked: member");
+                if timers::check(crate::mono_now(), &crate::dataplane::activity(session)).keepalive {
                     let _ = peer.send_frame(FrameType::Keepalive, &[]);
                 }
             }
@@ -243,7 +245,8 @@ async fn connect(
                 .session
                 .as_mut()
                 .expect("checked: member")
-                .start_rekey();
+                .start_rekey(crate::mono_now())
+                .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
             write_msg(&mut peer.control, MsgType::RekeyInit, &init)
                 .await
                 .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
@@ -255,7 +258,7 @@ async fn connect(
             peer.session
                 .as_mut()
                 .expect("checked: member")
-                .handle_rekey_resp(Instant::now(), &resp.1)
+                .handle_rekey_resp(crate::mono_now(), &resp.1)
                 .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
             emit(
                 Obj::new()

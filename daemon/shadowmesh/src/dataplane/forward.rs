@@ -285,7 +285,7 @@ impl DataPlane {
             // slot is reused by the next packet.
             if link
                 .session
-                .seal(Instant::now(), FrameType::Data, &mut frame[..])
+                .seal(crate::mono_now(), FrameType::Data, &mut frame[..])
                 .is_err()
             {
                 m.counters.tx_dropped += 1;
@@ -305,7 +305,7 @@ impl DataPlane {
         }
         if link
             .session
-            .seal(Instant::now(), FrameType::Data, &mut frame[..])
+            .seal(crate::mono_now(), FrameType::Data, &mut frame[..])
             .is_err()
         {
             m.counters.tx_dropped += 1;
@@ -340,7 +340,7 @@ impl DataPlane {
         };
         if link
             .session
-            .seal(Instant::now(), FrameType::Data, &mut frame[..])
+            .seal(crate::mono_now(), FrameType::Data, &mut frame[..])
             .is_ok()
         {
             let _ = link.conn.send_datagram(frame.freeze());
@@ -421,7 +421,7 @@ impl DataPlane {
         let Some(link) = m.link.as_mut() else {
             return;
         };
-        let opened = link.session.open(Instant::now(), buf);
+        let opened = link.session.open(crate::mono_now(), buf);
         if opened.is_ok() {
             match (fast, link.fast) {
                 (Some(from), Some(to)) if from != to => {

@@ -71,6 +71,7 @@ impl DataPlane {
             }
             m.last_handshake = link.since;
             m.link = Some(link);
+            self.timers.borrow_mut().arm(pid, crate::mono_now());
             pending = m.wait.linked();
             let mut roster = self.roster.borrow_mut();
             roster.record(pid, payload, peer.record.keys.ed25519, peer.record.seq);
@@ -303,7 +304,7 @@ impl DataPlane {
                             .filter(|l| l.conn.stable_id() == conn.stable_id())
                             .map(|l| {
                                 (
-                                    l.session.handle_rekey_init(Instant::now(), &buf),
+                                    l.session.handle_rekey_init(crate::mono_now(), &buf),
                                     l.control.clone(),
                                 )
                             })
@@ -328,7 +329,7 @@ impl DataPlane {
                         .and_then(|m| m.link.as_mut())
                         .filter(|l| l.conn.stable_id() == conn.stable_id())
                     {
-                        if let Err(e) = l.session.handle_rekey_resp(Instant::now(), &buf) {
+                        if let Err(e) = l.session.handle_rekey_resp(crate::mono_now(), &buf) {
                             log::warn!("{}: bad rekey answer: {e}", pid.short());
                         }
                     }
@@ -406,7 +407,7 @@ impl DataPlane {
             return;
         };
         let me = self.cfg.borrow().me;
-        let now = self.epoch.elapsed();
+        let now = crate::mono_now();
         for c in list {
             let known = self
                 .members
@@ -439,7 +440,7 @@ impl DataPlane {
 
     /// Sends `l` a keepalive: on the fast lane when it takes frames there (so that it also
     /// proves our path to it), in a QUIC datagram otherwise.
-    pub(super) fn keepalive(&self, l: &mut Link, now: Instant) {
+    pub(super) fn keepalive(&self, l: &mut Link, now: Duration) {
         let mut f = [0u8; FRAME_OVERHEAD];
         if l.session.seal(now, FrameType::Keepalive, &mut f).is_err() {
             return;
@@ -459,7 +460,7 @@ impl DataPlane {
     /// (quinn moves the connection; the authenticated frame makes its new address a
     /// candidate, see `open_deliver`), then one on the fast lane, which proves the path.
     pub fn keepalive_all(self: &Rc<Self>) {
-        let now = Instant::now();
+        let now = crate::mono_now();
         for m in self.members.borrow_mut().values_mut() {
             if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
                 let mut f = [0u8; FRAME_OVERHEAD];
@@ -471,7 +472,7 @@ impl DataPlane {
         let dp = self.clone();
         tokio::task::spawn_local(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = Instant::now();
+            let now = crate::mono_now();
             for m in dp.members.borrow_mut().values_mut() {
                 if let Some(l) = m.link.as_mut().filter(|l| l.fast.is_some()) {
                     dp.keepalive(l, now);
@@ -480,50 +481,98 @@ impl DataPlane {
         });
     }
 
-    /// Keepalives and rekeys for every link, on one timer: a task and an interval per link
-    /// cost memory at a thousand members for a check that takes microseconds. Ends with the
-    /// mesh.
+    /// Runs every link's session timers (keepalive, rekey, teardown) when the link core's
+    /// queue says one is due, and reads the links' paths from quinn every [`TICK`]. One task
+    /// for all links. Ends with the mesh.
     pub(super) async fn ticker(self: Rc<Self>, mesh: Weak<dyn Dialer>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = crate::mono_now();
         loop {
-            tick.tick().await;
+            let next = self
+                .timers
+                .borrow()
+                .poll_timeout()
+                .map_or(sweep, |t| t.min(sweep));
+            tokio::time::sleep(next.saturating_sub(crate::mono_now())).await;
             if mesh.strong_count() == 0 {
                 return;
             }
-            let now = Instant::now();
-            let fast = self.fast_lane();
-            let mut rekeys = vec![];
-            for (pid, m) in self.members.borrow_mut().iter_mut() {
-                let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
+            let now = crate::mono_now();
+            if now >= sweep {
+                self.read_paths();
+                sweep = now + TICK;
+            }
+            self.session_timers(now);
+        }
+    }
+
+    /// Reads where each link's connection is and its datagram limit from quinn.
+    fn read_paths(&self) {
+        let fast = self.fast_lane();
+        for (pid, m) in self.members.borrow_mut().iter_mut() {
+            let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
+                continue;
+            };
+            // Per-packet code reads these instead of taking quinn's lock.
+            l.max_datagram = l.conn.max_datagram_size();
+            if fast {
+                // quinn moves a connection to where its packets come from before it has
+                // validated the path: one replayed packet from a victim's address would
+                // move it there. Frames from there are accepted (each is authenticated);
+                // ours follow only once one has arrived (`open_deliver`).
+                let at = l.conn.remote_address();
+                let mut fp = self.fast_peers.borrow_mut();
+                if fp.get(at) != Some(*pid) {
+                    fp.candidate(at, *pid, l.fast);
+                }
+            }
+        }
+    }
+
+    /// Does what the link core says is due on the links whose deadline passed: a keepalive,
+    /// a rekey, or giving the session up (the member stays; its next packet dials again).
+    fn session_timers(&self, now: Duration) {
+        let mut rekeys = vec![];
+        let mut dead = vec![];
+        {
+            let mut members = self.members.borrow_mut();
+            let mut queue = self.timers.borrow_mut();
+            while let Some(pid) = queue.pop_expired(now) {
+                let Some(l) = members
+                    .get_mut(&pid)
+                    .and_then(|m| m.link.as_mut())
+                    .filter(|l| l.conn.close_reason().is_none())
+                else {
                     continue;
                 };
-                // Per-packet code reads these instead of taking quinn's lock.
-                l.max_datagram = l.conn.max_datagram_size();
-                if fast {
-                    // quinn moves a connection to where its packets come from before it has
-                    // validated the path: one replayed packet from a victim's address would
-                    // move it there. Frames from there are accepted (each is authenticated);
-                    // ours follow only once one has arrived (`open_deliver`).
-                    let at = l.conn.remote_address();
-                    let mut fp = self.fast_peers.borrow_mut();
-                    if fp.get(at) != Some(*pid) {
-                        fp.candidate(at, *pid, l.fast);
-                    }
+                let due = timers::check(now, &activity(&l.session));
+                if let Some(why) = due.teardown {
+                    dead.push((pid, l.conn.clone(), why));
+                    continue;
                 }
-                if l.session.needs_keepalive(now) {
+                if due.keepalive {
                     self.keepalive(l, now);
                 }
-                if l.session.needs_rekey(now) {
-                    rekeys.push((*pid, l.control.clone(), l.session.start_rekey()));
+                if due.rekey {
+                    match l.session.start_rekey(now) {
+                        Ok(body) => rekeys.push((pid, l.control.clone(), body)),
+                        Err(e) => log::warn!("{}: cannot rekey: {e}", pid.short()),
+                    }
                 }
+                queue.arm(pid, due.next);
             }
-            for (pid, control, body) in rekeys {
-                log::debug!("{}: rekeying", pid.short());
-                tokio::task::spawn_local(async move {
-                    let _ = write_msg(&mut *control.lock().await, MsgType::RekeyInit, &body).await;
-                });
-            }
+        }
+        for (pid, conn, why) in dead {
+            log::info!("member {}: session given up: {}", pid.short(), why.as_str());
+            conn.close(
+                VarInt::from_u32(CLOSE_SESSION_DEAD),
+                why.as_str().as_bytes(),
+            );
+        }
+        for (pid, control, body) in rekeys {
+            log::debug!("{}: rekeying", pid.short());
+            tokio::task::spawn_local(async move {
+                let _ = write_msg(&mut *control.lock().await, MsgType::RekeyInit, &body).await;
+            });
         }
     }
 

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -38,6 +38,7 @@ use shadowmesh_crypto::session::Session;
 use shadowmesh_link::exchange::{Exchange, Verdict};
 use shadowmesh_link::pending::Pending;
 use shadowmesh_link::roster::Update;
+use shadowmesh_link::timers::{self, Activity, Timers};
 use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
@@ -64,7 +65,8 @@ pub const PENDING_MAX: usize = 16;
 const ARENA: usize = 384 * 1024;
 /// Largest inner packet we accept from the TUN (jumbo packets are refused by its MTU anyway).
 const MAX_PACKET: usize = 9000;
-/// How often the links are checked for keepalive and rekey (one timer for all of them).
+/// How often the links' paths are read from quinn (where each connection now is, its datagram
+/// limit): quinn tells no one when they change.
 const TICK: Duration = Duration::from_secs(1);
 /// Peer-exchange dials in flight at once (each is a handshake: ML-DSA work and ~50 KiB).
 const LEARN_IN_FLIGHT: usize = 8;
@@ -204,6 +206,17 @@ pub struct Counters {
     pub rx_invalid: u64,
     /// Packets dropped on the way out (no session, queue full, quinn refused).
     pub tx_dropped: u64,
+}
+
+/// What the link core's timers need to know of `s`.
+pub(crate) fn activity(s: &Session) -> Activity {
+    Activity {
+        initiator: s.is_initiator(),
+        last_sent: s.last_sent(),
+        last_received: s.last_received(),
+        send_key: s.send_key(),
+        rekey_started: s.rekey_started(),
+    }
 }
 
 /// A live connection to a member with its end-to-end session.
@@ -365,8 +378,8 @@ pub struct DataPlane {
     /// Peer-exchange dials: when each PeerId was last tried (at most [`MAX_MEMBERS`]), and how
     /// many are in flight.
     learned: RefCell<Exchange>,
-    /// The monotonic clock the link core's timers read (time since the data plane started).
-    epoch: Instant,
+    /// Every link's keepalive, rekey and teardown deadline (the link core's queue).
+    timers: RefCell<Timers<PeerId>>,
     mesh: RefCell<Option<Weak<dyn Dialer>>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
@@ -426,7 +439,7 @@ impl DataPlane {
             roster: RefCell::new(roster),
             local_routes: RefCell::new(Vec::new()),
             learned: RefCell::new(Exchange::new(LEARN_IN_FLIGHT, LEARN_AGAIN, MAX_MEMBERS)),
-            epoch: Instant::now(),
+            timers: RefCell::new(Timers::new()),
             mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),

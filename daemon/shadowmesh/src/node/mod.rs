@@ -437,7 +437,7 @@ impl Node {
                 expect_msg(&mut recv, &mut buf, MsgType::Resp).await?;
                 Some(
                     initiating
-                        .finish(&buf, &record.keys, nk, Instant::now())
+                        .finish(&buf, &record.keys, nk, crate::mono_now())
                         .map_err(|e| fail(&conn, e))?,
                 )
             }
@@ -622,9 +622,15 @@ impl Node {
         }
         let session = match (outcome.member, &self.cfg.network_key) {
             (true, Some(nk)) => {
-                let (session, resp) =
-                    session::respond(&self.id, &buf, &record.keys, &exporter, nk, Instant::now())
-                        .map_err(|e| fail(&conn, e))?;
+                let (session, resp) = session::respond(
+                    &self.id,
+                    &buf,
+                    &record.keys,
+                    &exporter,
+                    nk,
+                    crate::mono_now(),
+                )
+                .map_err(|e| fail(&conn, e))?;
                 send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Resp, &resp)))
                     .await?;
                 Some(session)

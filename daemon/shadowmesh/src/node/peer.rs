@@ -221,7 +221,7 @@ impl Peer {
         let mut buf = bytes::BytesMut::zeroed(payload.len() + FRAME_OVERHEAD);
         buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
         session
-            .seal(Instant::now(), kind, &mut buf)
+            .seal(crate::mono_now(), kind, &mut buf)
             .map_err(FrameError::Crypto)?;
         self.conn
             .send_datagram(buf.freeze())
@@ -237,7 +237,7 @@ impl Peer {
             .session
             .as_mut()
             .ok_or(FrameError::NotMember)?
-            .open(Instant::now(), buf)
+            .open(crate::mono_now(), buf)
             .map_err(FrameError::Crypto)?;
         let len = plain.len();
         Ok((kind, FRAME_HEADER_LEN..FRAME_HEADER_LEN + len))

@@ -1,0 +1,316 @@
+//! Two real end-to-end sessions driven by the link core's timers over a virtual network (loss,
+//! reordering, a reliable control stream) on virtual time: rekeys across the key-phase flip
+//! lose nothing, keepalives keep a quiet session alive, and a session is given up when the
+//! other side goes silent or never answers a rekey.
+
+use std::time::Duration;
+
+use shadowmesh_crypto::session::{initiate, respond, Session};
+use shadowmesh_crypto::Identity;
+use shadowmesh_link::timers::{check, Activity, Teardown, Timers};
+use shadowmesh_proto::consts::*;
+use shadowmesh_proto::frame::{FrameType, Header};
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+enum Msg {
+    Frame(Vec<u8>),
+    RekeyInit(Vec<u8>),
+    RekeyResp(Vec<u8>),
+}
+
+struct Side {
+    session: Session,
+    /// Data frames sent, by counter.
+    sent: u64,
+    /// Counters of the data frames opened, in arrival order.
+    got: Vec<u64>,
+    keepalives_sent: u64,
+    keepalives_got: u64,
+    /// Key phases seen on the frames this side opened.
+    phases_seen: [bool; 2],
+    dead: Option<(Duration, Teardown)>,
+}
+
+impl Side {
+    fn new(session: Session) -> Side {
+        Side {
+            session,
+            sent: 0,
+            got: vec![],
+            keepalives_sent: 0,
+            keepalives_got: 0,
+            phases_seen: [false; 2],
+            dead: None,
+        }
+    }
+
+    fn seal(&mut self, now: Duration, kind: FrameType, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut f = vec![0u8; FRAME_OVERHEAD + payload.len()];
+        f[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.session.seal(now, kind, &mut f).ok()?;
+        Some(f)
+    }
+}
+
+fn activity(s: &Session) -> Activity {
+    Activity {
+        initiator: s.is_initiator(),
+        last_sent: s.last_sent(),
+        last_received: s.last_received(),
+        send_key: s.send_key(),
+        rekey_started: s.rekey_started(),
+    }
+}
+
+/// Two sides, the network between them, one timer queue for both, and a virtual clock.
+struct World {
+    now: Duration,
+    sides: [Side; 2],
+    timers: Timers<usize>,
+    /// (arrival, to, message)
+    wire: Vec<(Duration, usize, Msg)>,
+    rng: u64,
+    /// Per mille of data frames and keepalives lost.
+    loss: u64,
+    /// Drop everything side 1 sends from this time on.
+    cut_1_from: Option<Duration>,
+    /// Side 1 ignores rekeys.
+    deaf_1: bool,
+    lost: u64,
+}
+
+impl World {
+    fn new(t0: Duration, loss: u64) -> World {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let nk = [7u8; 32];
+        let binding = [3u8; 32];
+        let (st, init) = initiate(&a, &b.peer_id(), &binding);
+        let (sb, resp) = respond(&b, &init, &a.peer_keys(), &binding, &nk, t0).unwrap();
+        let sa = st.finish(&resp, &b.peer_keys(), &nk, t0).unwrap();
+        let mut timers = Timers::new();
+        for k in 0..2 {
+            timers.arm(k, t0);
+        }
+        World {
+            now: t0,
+            sides: [Side::new(sa), Side::new(sb)],
+            timers,
+            wire: vec![],
+            rng: 0x9E37_79B9_7F4A_7C15,
+            loss,
+            cut_1_from: None,
+            deaf_1: false,
+            lost: 0,
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Frames take 5–45 ms (so they overtake each other) and some are lost; control messages
+    /// take 20 ms and arrive in order, as on a stream.
+    fn send(&mut self, from: usize, msg: Msg) {
+        if from == 1 && self.cut_1_from.is_some_and(|t| self.now >= t) {
+            return;
+        }
+        let delay = match msg {
+            Msg::Frame(_) => {
+                if self.rand() % 1000 < self.loss {
+                    self.lost += 1;
+                    return;
+                }
+                MS(5 + self.rand() % 41)
+            }
+            _ => MS(20),
+        };
+        self.wire.push((self.now + delay, 1 - from, msg));
+    }
+
+    fn send_data(&mut self, from: usize) {
+        let now = self.now;
+        let side = &mut self.sides[from];
+        if side.dead.is_some() {
+            return;
+        }
+        let n = side.sent;
+        if let Some(f) = side.seal(now, FrameType::Data, &n.to_be_bytes()) {
+            side.sent += 1;
+            self.send(from, Msg::Frame(f));
+        }
+    }
+
+    fn deliver(&mut self, to: usize, msg: Msg) {
+        let now = self.now;
+        if self.sides[to].dead.is_some() {
+            return;
+        }
+        match msg {
+            Msg::Frame(mut f) => {
+                let phase = Header::parse(&f).unwrap().key_phase as usize;
+                let side = &mut self.sides[to];
+                let (kind, plain) = side
+                    .session
+                    .open(now, &mut f)
+                    .unwrap_or_else(|e| panic!("side {to} at {now:?}: {e}"));
+                side.phases_seen[phase] = true;
+                match kind {
+                    FrameType::Data => side.got.push(u64::from_be_bytes(plain.try_into().unwrap())),
+                    FrameType::Keepalive => side.keepalives_got += 1,
+                }
+            }
+            Msg::RekeyInit(body) => {
+                if to == 1 && self.deaf_1 {
+                    return;
+                }
+                let resp = self.sides[to]
+                    .session
+                    .handle_rekey_init(now, &body)
+                    .unwrap();
+                self.send(to, Msg::RekeyResp(resp));
+            }
+            Msg::RekeyResp(body) => self.sides[to]
+                .session
+                .handle_rekey_resp(now, &body)
+                .unwrap(),
+        }
+    }
+
+    fn timer(&mut self, k: usize) {
+        let now = self.now;
+        let due = check(now, &activity(&self.sides[k].session));
+        if let Some(t) = due.teardown {
+            self.sides[k].dead = Some((now, t));
+            return;
+        }
+        if due.keepalive {
+            let f = self.sides[k].seal(now, FrameType::Keepalive, &[]).unwrap();
+            self.sides[k].keepalives_sent += 1;
+            self.send(k, Msg::Frame(f));
+        }
+        if due.rekey {
+            let body = self.sides[k].session.start_rekey(now).unwrap();
+            self.send(k, Msg::RekeyInit(body));
+        }
+        self.timers.arm(k, due.next);
+    }
+
+    /// Runs until `end`; each side sends a burst of three data frames every `every` (none if
+    /// `None`).
+    fn run(&mut self, end: Duration, every: Option<Duration>) {
+        let mut next_data = every.map(|e| self.now + e);
+        loop {
+            let wire = self.wire.iter().map(|w| w.0).min();
+            let next = [self.timers.poll_timeout(), wire, next_data]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next.filter(|&t| t <= end) else {
+                break;
+            };
+            assert!(next >= self.now, "time runs forward");
+            self.now = next;
+            while let Some(i) = (0..self.wire.len())
+                .filter(|&i| self.wire[i].0 <= self.now)
+                .min_by_key(|&i| self.wire[i].0)
+            {
+                let (_, to, msg) = self.wire.remove(i);
+                self.deliver(to, msg);
+            }
+            while let Some(k) = self.timers.pop_expired(self.now) {
+                self.timer(k);
+            }
+            if next_data == Some(self.now) {
+                for _ in 0..3 {
+                    self.send_data(0);
+                    self.send_data(1);
+                }
+                next_data = every.map(|e| self.now + e);
+            }
+        }
+        self.now = end;
+    }
+}
+
+#[test]
+fn rekeys_across_the_key_phase_flip_lose_nothing() {
+    let t0 = S(1_000);
+    let mut w = World::new(t0, 20);
+    // Traffic for 400 s: three rekeys, with frames in flight across each flip.
+    w.run(t0 + S(400), Some(MS(250)));
+    w.run(t0 + S(400) + MS(100), None);
+    assert!(w.wire.is_empty());
+    let (a, b) = (&w.sides[0], &w.sides[1]);
+    assert_eq!((a.dead, b.dead), (None, None));
+    assert_eq!(a.session.epoch(), 3, "a rekey every REKEY_AFTER_TIME");
+    assert_eq!(b.session.epoch(), 3);
+    assert!(a.phases_seen == [true, true] && b.phases_seen == [true, true]);
+    // Every frame not lost on the wire was opened, whichever key sealed it.
+    assert!(w.lost > 0, "the network lost frames");
+    assert_eq!((a.got.len() + b.got.len()) as u64 + w.lost, a.sent + b.sent);
+    assert_eq!(a.session.stats.rejected + b.session.stats.rejected, 0);
+    assert_eq!(a.session.stats.replayed + b.session.stats.replayed, 0);
+    let mut sorted = b.got.clone();
+    sorted.sort();
+    assert!(sorted != b.got, "frames arrived out of order");
+    sorted.dedup();
+    assert_eq!(sorted.len(), b.got.len(), "nothing delivered twice");
+    // Busy both ways: no keepalive was needed.
+    assert_eq!(a.keepalives_sent + b.keepalives_sent, 0);
+}
+
+#[test]
+fn a_quiet_session_lives_on_keepalives() {
+    let t0 = S(50);
+    let mut w = World::new(t0, 0);
+    w.run(t0 + S(600), None);
+    w.run(t0 + S(600) + MS(100), None);
+    let (a, b) = (&w.sides[0], &w.sides[1]);
+    assert_eq!((a.dead, b.dead), (None, None));
+    assert_eq!(a.keepalives_sent, 60, "one every KEEPALIVE_TIMEOUT");
+    assert_eq!(b.keepalives_got, a.keepalives_sent);
+    // Rekeys go on: each REKEY_AFTER_TIME after the last one's answer (40 ms there and back).
+    assert_eq!(a.session.epoch(), 4);
+}
+
+#[test]
+fn a_silent_member_is_given_up_and_then_so_are_we() {
+    let t0 = S(0);
+    let mut w = World::new(t0, 0);
+    w.cut_1_from = Some(t0 + S(60));
+    w.run(t0 + S(200), Some(S(1)));
+    // Side 1's last frame left just before 60 s; side 0 gives up SILENT_AFTER after it arrived.
+    let (at, why) = w.sides[0].dead.expect("side 0 gave up");
+    assert_eq!(why, Teardown::Silent);
+    let last = w.sides[0].session.last_received();
+    assert!(last < t0 + S(60) && last > t0 + S(59), "{last:?}");
+    assert_eq!(at, last + SILENT_AFTER);
+    // Side 0 then sends nothing more; side 1 gives up in turn.
+    let (at1, why1) = w.sides[1].dead.expect("side 1 gave up");
+    assert_eq!(why1, Teardown::Silent);
+    assert_eq!(at1, w.sides[1].session.last_received() + SILENT_AFTER);
+    assert!(at1 > at);
+}
+
+#[test]
+fn an_unanswered_rekey_gives_the_session_up() {
+    let t0 = S(0);
+    let mut w = World::new(t0, 0);
+    w.deaf_1 = true;
+    w.run(t0 + S(300), Some(S(1)));
+    assert_eq!(
+        w.sides[0].dead,
+        Some((
+            t0 + REKEY_AFTER_TIME + REKEY_ANSWER_TIMEOUT,
+            Teardown::RekeyUnanswered
+        ))
+    );
+    // The responder never rekeyed: its key runs out unless it stops hearing first.
+    let (_, why) = w.sides[1].dead.expect("side 1 gave up");
+    assert!(matches!(why, Teardown::Silent | Teardown::KeysExpired));
+}
