@@ -1,5 +1,7 @@
-//! SMSH frames: the header decoder, and the whole receive path of a live session (parse,
-//! replay check, decrypt, mark) on arbitrary datagrams.
+//! SMSH frames: the header decoder, the receiver-index peek the fast lane demultiplexes by, and
+//! the whole receive path of a live session (parse, index, replay check, decrypt, mark) on
+//! arbitrary datagrams, also with the session's own index written in (so that the input
+//! reaches past the index check).
 #![no_main]
 
 use std::cell::RefCell;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use shadowmesh_crypto::session::{initiate, respond, Session};
 use shadowmesh_crypto::Identity;
+use shadowmesh_proto::consts::FRAME_HEADER_LEN;
 use shadowmesh_proto::frame::Header;
 
 thread_local! {
@@ -23,15 +26,21 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let peeked = Header::peek_receiver(data);
     if let Ok(h) = Header::parse(data) {
-        let mut out = [0u8; 18];
+        let mut out = [0u8; FRAME_HEADER_LEN];
         h.emit(&mut out);
-        assert_eq!(&out[..17], &data[..17]);
+        assert_eq!(&out[..], &data[..FRAME_HEADER_LEN]);
+        assert_eq!(peeked, Some(h.receiver));
     }
-    let mut buf = data.to_vec();
     SESSION.with(|s| {
         let (session, now) = &mut *s.borrow_mut();
-        // Random bytes must never authenticate.
+        // Random bytes must never authenticate, for this session or any.
+        let mut buf = data.to_vec();
         assert!(session.open(*now, &mut buf).is_err());
+        if let Some(index) = buf.get_mut(8..12) {
+            index.copy_from_slice(&session.index().to_be_bytes());
+            assert!(session.open(*now, &mut buf).is_err());
+        }
     });
 });

@@ -163,6 +163,7 @@ fn main() {
         throughput(N, dur, || {
             let h = Header {
                 kind: FrameType::Data,
+                receiver: 1,
                 seq,
                 len: N as u16,
                 key_phase: false,
@@ -173,6 +174,7 @@ fn main() {
     );
     let h = Header {
         kind: FrameType::Data,
+        receiver: 1,
         seq: 1,
         len: N as u16,
         key_phase: false,

@@ -1,4 +1,4 @@
-//! The SMSH frame AEAD: ChaCha20-Poly1305 (RFC 8439) with the 18-byte header as associated data
+//! The SMSH frame AEAD: ChaCha20-Poly1305 (RFC 8439) with the 22-byte header as associated data
 //! and `0u32 || sequence` as the nonce. Sealing and opening work in place on the caller's
 //! buffer: nothing is allocated per packet.
 //!
@@ -34,7 +34,7 @@ impl FrameKey {
         ))
     }
 
-    /// Seals a frame in place. `frame` is `header room (18) || plaintext (header.len) || tag
+    /// Seals a frame in place. `frame` is `header room (22) || plaintext (header.len) || tag
     /// room (16)`; the header is written, the plaintext encrypted and the tag appended.
     pub fn seal(&self, header: &Header, frame: &mut [u8]) -> Result<(), Error> {
         let total = Header::frame_len(header.len as usize)?;
@@ -44,7 +44,7 @@ impl FrameKey {
             )));
         }
         let (hdr, rest) = frame.split_at_mut(FRAME_HEADER_LEN);
-        header.emit(hdr.try_into().expect("18 bytes"));
+        header.emit(hdr.try_into().expect("FRAME_HEADER_LEN bytes"));
         let (body, tag_out) = rest.split_at_mut(header.len as usize);
         let tag = self
             .0
@@ -93,12 +93,13 @@ mod tests {
         let payload = b"an IP packet, more or less";
         let h = Header {
             kind: FrameType::Data,
+            receiver: 9,
             seq: 77,
             len: payload.len() as u16,
             key_phase: false,
         };
         let mut f = vec![0u8; Header::frame_len(payload.len()).unwrap()];
-        f[18..18 + payload.len()].copy_from_slice(payload);
+        f[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
         k.seal(&h, &mut f).unwrap();
         let sealed = f.clone();
         let h2 = Header::parse(&f).unwrap();

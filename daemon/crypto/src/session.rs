@@ -121,6 +121,10 @@ pub struct Session {
     /// Boxed: the ML-KEM-1024 + X25519 initiator state is ~4.6 KB and exists only during a
     /// rekey; inline it made every session (and so every member of a 1,000-peer node) 6 KB.
     pending: Option<Box<PendingRekey>>,
+    /// Our receiver index: the other side's frames carry it.
+    index: u32,
+    /// The other side's receiver index: our frames carry it.
+    peer_index: u32,
     last_send: Duration,
     last_recv: Duration,
     /// Counters.
@@ -142,9 +146,18 @@ fn e2e_salt(network_key: &[u8; 32]) -> [u8; 32] {
     crate::sha256(&[b"shadowmesh/e2e/v1", network_key])
 }
 
+/// A receiver index for a new session: random, so that it says nothing about us or our
+/// other sessions (the caller refuses the rare one already in use, and dials again).
+fn new_index() -> u32 {
+    let mut b = [0u8; 4];
+    crate::random_bytes(&mut b);
+    u32::from_ne_bytes(b)
+}
+
 /// The initiator's side of INIT/RESP, waiting for RESP.
 pub struct Initiating {
     kx: kx::Initiator,
+    index: u32,
     init_body: Vec<u8>,
     me: PeerId,
     peer: PeerId,
@@ -155,13 +168,15 @@ pub struct Initiating {
 pub fn initiate(id: &Identity, peer: &PeerId, binding: &[u8; 32]) -> (Initiating, Vec<u8>) {
     let k = kx::Initiator::generate();
     let me = id.peer_id();
+    let index = new_index();
     let mut body = Vec::new();
-    Init::emit_unsigned(&me, peer, k.x25519_pk(), k.mlkem_ek(), &mut body);
+    Init::emit_unsigned(&me, peer, index, k.x25519_pk(), k.mlkem_ek(), &mut body);
     let (m, e) = id.sign(INIT_DOMAIN, &[binding, &body]);
     append_sigs(&mut body, &m, &e);
     (
         Initiating {
             kx: k,
+            index,
             init_body: body.clone(),
             me,
             peer: *peer,
@@ -213,7 +228,7 @@ impl Initiating {
             &[&init_hash, &resp_hash],
             true,
         );
-        Ok(Session::new(d, true, now))
+        Ok(Session::new(d, true, now, self.index, r.index))
     }
 }
 
@@ -252,8 +267,9 @@ pub fn respond(
     let x: &[u8; 32] = resp_share[MLKEM1024_CIPHERTEXT_LEN..]
         .try_into()
         .expect("len");
+    let index = new_index();
     let mut body = Vec::new();
-    Resp::emit_unsigned(&me, &peer.peer_id, &init_hash, x, ct, &mut body);
+    Resp::emit_unsigned(&me, &peer.peer_id, index, &init_hash, x, ct, &mut body);
     let (m, e) = id.sign(RESP_DOMAIN, &[binding, &body]);
     append_sigs(&mut body, &m, &e);
     let resp_hash = crate::sha256(&[&body]);
@@ -263,7 +279,7 @@ pub fn respond(
         &[&init_hash, &resp_hash],
         false,
     );
-    Ok((Session::new(d, false, now), body))
+    Ok((Session::new(d, false, now, index, i.index), body))
 }
 
 fn rekey_mac_key(chain: &[u8; 32]) -> Zeroizing<[u8; 32]> {
@@ -277,7 +293,7 @@ impl Drop for Session {
 }
 
 impl Session {
-    fn new(d: Derived, initiator: bool, now: Duration) -> Self {
+    fn new(d: Derived, initiator: bool, now: Duration, index: u32, peer_index: u32) -> Self {
         Session {
             slots: [Some(Keys::new(&d, now)), None],
             send_phase: 0,
@@ -286,6 +302,8 @@ impl Session {
             epoch: 0,
             chain: d.chain,
             pending: None,
+            index,
+            peer_index,
             last_send: now,
             last_recv: now,
             stats: SessionStats::default(),
@@ -297,12 +315,22 @@ impl Session {
         self.initiator
     }
 
+    /// Our receiver index: frames for this session carry it, whatever path they take.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The other side's receiver index, which our frames carry.
+    pub fn peer_index(&self) -> u32 {
+        self.peer_index
+    }
+
     /// Completed rekeys so far.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
-    /// Seals one frame in place. `frame` is `18 bytes of header room || payload || 16 bytes of
+    /// Seals one frame in place. `frame` is `22 bytes of header room || payload || 16 bytes of
     /// tag room`. Fails if the sending key is too old or its counter exhausted: rekey first.
     pub fn seal(&mut self, now: Duration, kind: FrameType, frame: &mut [u8]) -> Result<(), Error> {
         let len = frame.len().checked_sub(FRAME_OVERHEAD).ok_or(Error::Wire(
@@ -325,6 +353,7 @@ impl Session {
         }
         let h = Header {
             kind,
+            receiver: self.peer_index,
             seq: keys.send_seq,
             len,
             key_phase: phase == 1,
@@ -344,6 +373,12 @@ impl Session {
         frame: &'a mut [u8],
     ) -> Result<(FrameType, &'a mut [u8]), Error> {
         let h = Header::parse(frame)?;
+        if h.receiver != self.index {
+            self.stats.rejected += 1;
+            return Err(Error::Wire(shadowmesh_proto::Error::InvalidField(
+                "receiver index",
+            )));
+        }
         let phase = h.key_phase as usize;
         let Some(keys) = self.slots[phase].as_mut().filter(|k| k.usable(now)) else {
             self.stats.rejected += 1;
@@ -659,7 +694,7 @@ mod tests {
     fn frame_phase0_copy(f: &mut [u8]) -> Vec<u8> {
         // Bump the sequence number so the replay window does not decide first.
         let mut g = f.to_vec();
-        g[14] = g[14].wrapping_add(1);
+        g[19] = g[19].wrapping_add(1);
         g
     }
 
@@ -673,6 +708,29 @@ mod tests {
             Err(Error::NoKey)
         );
         assert_eq!(a.last_sent(), t0, "a refused seal is not a send");
+    }
+
+    #[test]
+    fn frames_carry_the_receivers_index() {
+        let t0 = Duration::from_secs(1);
+        let (mut a, mut b) = pair(t0);
+        assert_eq!((a.peer_index(), b.peer_index()), (b.index(), a.index()));
+        let f = frame(&mut a, t0, b"to b");
+        assert_eq!(Header::parse(&f).unwrap().receiver, b.index());
+        // Another index in the header: refused before any key is tried, and the tag covers
+        // the header, so changing it back is all a forger can do.
+        let mut other = f.clone();
+        other[8] ^= 0x80;
+        assert_eq!(
+            b.open(t0, &mut other).unwrap_err(),
+            Error::Wire(shadowmesh_proto::Error::InvalidField("receiver index"))
+        );
+        assert_eq!(b.stats.rejected, 1);
+        let mut f = f;
+        assert_eq!(b.open(t0, &mut f).unwrap().1, b"to b");
+        // A third session with the same peer has other indexes.
+        let (c, _) = pair(t0);
+        assert_ne!(c.index(), a.index());
     }
 
     #[test]

@@ -31,11 +31,12 @@ pub const NETKEY_PROOF_LEN: usize = 32;
 
 /// SMSH frame magic, "SMSH" (seed, "Frame-Based Protocol").
 pub const FRAME_MAGIC: u32 = 0x534D_5348;
-/// SMSH frame version (seed).
-pub const FRAME_VERSION: u16 = 0x0001;
-/// SMSH header length: magic 4 + version 2 + type 1 + sequence 8 + length 2 + reserved 1.
-/// The seed says "16 bytes", but its fields add up to 18; the fields win (DESIGN.md).
-pub const FRAME_HEADER_LEN: usize = 18;
+/// SMSH frame version: 2 adds the receiver index to the seed's version 1.
+pub const FRAME_VERSION: u16 = 0x0002;
+/// SMSH header length: magic 4, version 2, type 1, flags 1, receiver index 4, sequence 8 and
+/// length 2. (The seed says "16 bytes" for version 1, whose fields added up to 18; the
+/// receiver index makes 22.)
+pub const FRAME_HEADER_LEN: usize = 22;
 /// ChaCha20-Poly1305 tag length (RFC 8439).
 pub const AEAD_TAG_LEN: usize = 16;
 /// Bytes SMSH adds to an inner packet: header plus tag.

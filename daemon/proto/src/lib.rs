@@ -15,7 +15,7 @@
 //! - [`consts`]: every protocol constant, with its source.
 //! - [`peer`]: [`PeerId`] and hex helpers.
 //! - [`overlay`]: overlay IPv4/IPv6 addresses derived from a PeerId, and the collision rule.
-//! - [`frame`]: the 18-byte SMSH data-frame header.
+//! - [`frame`]: the 22-byte SMSH data-frame header.
 //! - [`replay`]: the RFC 6479 sliding anti-replay window.
 //! - [`record`]: the canonical byte layout of signed peer records and their payload.
 //! - [`msg`]: control-stream messages (HELLO, INIT, RESP, REKEY) and their framing.

@@ -39,6 +39,8 @@ pub const REKEY_RESP_DOMAIN: &[u8] = b"shadowmesh/rekey-resp/v1\0";
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-shadowmesh-hop-v1";
 /// Control message version.
 pub const MSG_VERSION: u8 = 1;
+/// Version of INIT and RESP: 2 carries each side's receiver index (SMSH frame version 2).
+pub const SESSION_MSG_VERSION: u8 = 2;
 /// Length of the `type || length` prefix.
 pub const MSG_HEADER_LEN: usize = 5;
 
@@ -168,8 +170,12 @@ pub struct Hello<'a> {
 }
 
 fn check_version(r: &mut Reader<'_>) -> Result<(), Error> {
+    check_version_is(r, MSG_VERSION)
+}
+
+fn check_version_is(r: &mut Reader<'_>, want: u8) -> Result<(), Error> {
     let v = r.u8()?;
-    if v != MSG_VERSION {
+    if v != want {
         return Err(Error::UnsupportedVersion(v as u16));
     }
     Ok(())
@@ -289,6 +295,8 @@ pub struct Init<'a> {
     pub from: PeerId,
     /// Responder.
     pub to: PeerId,
+    /// The initiator's receiver index: the responder's frames carry it.
+    pub index: u32,
     /// Ephemeral X25519 public key.
     pub x25519: &'a [u8; X25519_PUBLIC_KEY_LEN],
     /// Ephemeral ML-KEM-1024 encapsulation key.
@@ -305,15 +313,17 @@ impl<'a> Init<'a> {
     /// Parses an INIT body.
     pub fn parse(body: &'a [u8]) -> Result<Self, Error> {
         let mut r = Reader::new(body);
-        check_version(&mut r)?;
+        check_version_is(&mut r, SESSION_MSG_VERSION)?;
         let from = PeerId(*r.array()?);
         let to = PeerId(*r.array()?);
+        let index = r.u32()?;
         let x25519 = r.array()?;
         let mlkem_ek = r.array()?;
         let (signed, mldsa_sig, ed25519_sig) = read_sigs(body, &mut r)?;
         Ok(Init {
             from,
             to,
+            index,
             x25519,
             mlkem_ek,
             signed,
@@ -326,13 +336,15 @@ impl<'a> Init<'a> {
     pub fn emit_unsigned(
         from: &PeerId,
         to: &PeerId,
+        index: u32,
         x25519: &[u8; X25519_PUBLIC_KEY_LEN],
         mlkem_ek: &[u8; MLKEM1024_ENCAPS_KEY_LEN],
         out: &mut Vec<u8>,
     ) {
-        out.push(MSG_VERSION);
+        out.push(SESSION_MSG_VERSION);
         out.extend_from_slice(&from.0);
         out.extend_from_slice(&to.0);
+        out.extend_from_slice(&index.to_be_bytes());
         out.extend_from_slice(x25519);
         out.extend_from_slice(mlkem_ek);
     }
@@ -345,6 +357,8 @@ pub struct Resp<'a> {
     pub from: PeerId,
     /// Initiator.
     pub to: PeerId,
+    /// The responder's receiver index: the initiator's frames carry it.
+    pub index: u32,
     /// SHA-256 of the INIT body this answers.
     pub init_hash: &'a [u8; 32],
     /// Ephemeral X25519 public key.
@@ -363,9 +377,10 @@ impl<'a> Resp<'a> {
     /// Parses a RESP body.
     pub fn parse(body: &'a [u8]) -> Result<Self, Error> {
         let mut r = Reader::new(body);
-        check_version(&mut r)?;
+        check_version_is(&mut r, SESSION_MSG_VERSION)?;
         let from = PeerId(*r.array()?);
         let to = PeerId(*r.array()?);
+        let index = r.u32()?;
         let init_hash = r.array()?;
         let x25519 = r.array()?;
         let mlkem_ct = r.array()?;
@@ -373,6 +388,7 @@ impl<'a> Resp<'a> {
         Ok(Resp {
             from,
             to,
+            index,
             init_hash,
             x25519,
             mlkem_ct,
@@ -386,14 +402,16 @@ impl<'a> Resp<'a> {
     pub fn emit_unsigned(
         from: &PeerId,
         to: &PeerId,
+        index: u32,
         init_hash: &[u8; 32],
         x25519: &[u8; X25519_PUBLIC_KEY_LEN],
         mlkem_ct: &[u8; MLKEM1024_CIPHERTEXT_LEN],
         out: &mut Vec<u8>,
     ) {
-        out.push(MSG_VERSION);
+        out.push(SESSION_MSG_VERSION);
         out.extend_from_slice(&from.0);
         out.extend_from_slice(&to.0);
+        out.extend_from_slice(&index.to_be_bytes());
         out.extend_from_slice(init_hash);
         out.extend_from_slice(x25519);
         out.extend_from_slice(mlkem_ct);
@@ -504,6 +522,7 @@ mod tests {
         Init::emit_unsigned(
             &PeerId([1; 32]),
             &PeerId([2; 32]),
+            0x0102_0304,
             &[5; 32],
             &[6; 1568],
             &mut b,
@@ -514,13 +533,17 @@ mod tests {
             &[4; ED25519_SIGNATURE_LEN],
         );
         let i = Init::parse(&b).unwrap();
-        assert_eq!(i.mlkem_ek[0], 6);
+        assert_eq!((i.index, i.x25519[0], i.mlkem_ek[0]), (0x0102_0304, 5, 6));
         assert!(Init::parse(&b[..b.len() - 1]).is_err());
+        let mut v1 = b.clone();
+        v1[0] = 1;
+        assert_eq!(Init::parse(&v1).unwrap_err(), Error::UnsupportedVersion(1));
 
         let mut b = Vec::new();
         Resp::emit_unsigned(
             &PeerId([2; 32]),
             &PeerId([1; 32]),
+            0xFFFF_FFFE,
             &[7; 32],
             &[5; 32],
             &[6; 1568],
@@ -531,7 +554,8 @@ mod tests {
             &[3; MLDSA87_SIGNATURE_LEN],
             &[4; ED25519_SIGNATURE_LEN],
         );
-        assert_eq!(Resp::parse(&b).unwrap().init_hash, &[7; 32]);
+        let r = Resp::parse(&b).unwrap();
+        assert_eq!((r.index, r.init_hash), (0xFFFF_FFFE, &[7; 32]));
 
         let mut b = Vec::new();
         Rekey::emit_unmaced(3, &[5; 32], &[6; 1568], &mut b);

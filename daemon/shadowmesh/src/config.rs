@@ -15,7 +15,7 @@
 //!     option network_key '<64 hex digits>'      # absent: a DHT-only seed node
 //!     option state_dir '/var/lib/shadowmesh'
 //!     option log_level 'info'
-//!     option mtu '1380'
+//!     option mtu '1376'
 //!     option lan_discovery '1'                  # accepted; LAN discovery is not built yet
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
@@ -157,9 +157,6 @@ impl Default for Config {
     }
 }
 
-/// The tunnel MTU when the configuration names none: a 1500-byte underlay, minus the IPv6 and
-/// UDP headers (48), quinn's datagram overhead (38) and the SMSH header and tag (34). Over an
-/// IPv4 underlay 1,400 would fit; 1,380 fits both.
 /// Default configuration file (OpenWrt).
 pub const DEFAULT_CONFIG: &str = "/etc/config/shadowmesh";
 
@@ -168,7 +165,8 @@ pub fn control_path(cfg: &Config) -> PathBuf {
     cfg.state_dir.join("control.sock")
 }
 
-pub const DEFAULT_MTU: u16 = 1500 - 48 - 38 - 34;
+/// The tunnel MTU when the configuration names none ([`crate::node::DEFAULT_TUNNEL_MTU`]).
+pub const DEFAULT_MTU: u16 = crate::node::DEFAULT_TUNNEL_MTU;
 
 /// Parses `PEERID@IP:PORT`.
 pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {

@@ -42,10 +42,13 @@ use std::task::{Context, Poll, Waker};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
-use shadowmesh_proto::consts::FRAME_HEADER_LEN;
+use shadowmesh_proto::consts::{FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION};
 
-/// The first six bytes of every SMSH frame: magic `SMSH`, version 1.
-pub const SMSH_PREFIX: [u8; 6] = [0x53, 0x4D, 0x53, 0x48, 0x00, 0x01];
+/// The first six bytes of every SMSH frame: magic `SMSH`, then the version.
+pub const SMSH_PREFIX: [u8; 6] = {
+    let (m, v) = (FRAME_MAGIC.to_be_bytes(), FRAME_VERSION.to_be_bytes());
+    [m[0], m[1], m[2], m[3], v[0], v[1]]
+};
 
 /// Whether `d` is an SMSH frame (by its prefix; the session checks the rest).
 pub fn is_frame(d: &[u8]) -> bool {

@@ -70,6 +70,7 @@ fn write(key: &Path, dir: &Path) -> Result<(), CliError> {
     frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + PLAINTEXT.len()].copy_from_slice(PLAINTEXT);
     let h = Header {
         kind: FrameType::Data,
+        receiver: 0x5EAF_7E57,
         seq: 0x0102_0304_0506_0708,
         len: PLAINTEXT.len() as u16,
         key_phase: true,

@@ -102,8 +102,8 @@ async fn linked(
     let addr = b.local_addr().unwrap();
     let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async { b.accept().await.unwrap() });
     let v4 = [da.ipv4, db.ipv4];
-    let dp_a = DataPlane::new(da, tun_a(v4[0]), 1380);
-    let dp_b = DataPlane::new(db, Tun::memory("b"), 1380);
+    let dp_a = DataPlane::new(da, tun_a(v4[0]), shadowmesh::node::DEFAULT_TUNNEL_MTU);
+    let dp_b = DataPlane::new(db, Tun::memory("b"), shadowmesh::node::DEFAULT_TUNNEL_MTU);
     if fast {
         dp_a.enable_fast_lane(&a, true).unwrap();
         dp_b.enable_fast_lane(&b, true).unwrap();
@@ -266,7 +266,14 @@ fn on_the_thread() {
     shadowmesh::block_on_local(async {
         // A: a real TUN with offload, as the daemon opens it; B: a stand-in that counts.
         let (_nodes, dp_a, dp_b, [a_v4, b_v4]) = linked(true, |v4| {
-            Tun::open("smalloc0", v4, None, 1380, true).expect("TUN device")
+            Tun::open(
+                "smalloc0",
+                v4,
+                None,
+                shadowmesh::node::DEFAULT_TUNNEL_MTU,
+                true,
+            )
+            .expect("TUN device")
         })
         .await;
         assert!(dp_a.has_thread(), "A forwards on a data-plane thread");

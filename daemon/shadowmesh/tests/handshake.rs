@@ -67,13 +67,14 @@ fn two_nodes_handshake_learn_peer_ids_and_exchange_frames() {
         );
         assert_eq!(d.record.keys.ed25519, b.identity().ed25519_public());
         assert!(d.stats.udp_tx_bytes > 0 && l.stats.udp_rx_bytes > 0);
-        // A full 1,380-byte tunnel packet fits one datagram from the first packet on (quinn's
-        // own path-MTU discovery would start at 1,200).
+        // A full tunnel packet (the default MTU) fits one datagram from the first packet on
+        // (quinn's own path-MTU discovery would start at 1,200).
+        let mtu = shadowmesh::node::DEFAULT_TUNNEL_MTU as usize;
         for c in [&d.conn, &l.conn] {
             let max = c.max_datagram_size().unwrap();
-            assert!(max >= 1380 + FRAME_OVERHEAD, "max datagram {max}");
+            assert!(max >= mtu + FRAME_OVERHEAD, "max datagram {max}");
         }
-        let mut big = vec![0u8; 1380];
+        let mut big = vec![0u8; mtu];
         big[0] = 0x45;
         d.send_frame(FrameType::Data, &big).unwrap();
         let mut buf = l.conn.read_datagram().await.unwrap().to_vec();

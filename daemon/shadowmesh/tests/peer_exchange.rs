@@ -28,7 +28,11 @@ fn member_allowing(nk: [u8; 32], allowed: Vec<PeerId>) -> (Rc<Mesh>, Rc<DataPlan
     cfg.handshake_timeout = Duration::from_secs(5);
     let dcfg = DataPlaneConfig::new(pid, &cfg.payload, nk, allowed).unwrap();
     let mesh = Mesh::new(Node::bind(id, cfg).unwrap()).unwrap();
-    let dp = DataPlane::new(dcfg, Tun::memory("test"), 1380);
+    let dp = DataPlane::new(
+        dcfg,
+        Tun::memory("test"),
+        shadowmesh::node::DEFAULT_TUNNEL_MTU,
+    );
     mesh.attach(dp.clone());
     tokio::task::spawn_local(mesh.clone().run());
     (mesh, dp)

@@ -82,40 +82,38 @@ impl Default for Batch {
     }
 }
 
-/// Which member sends from which address on the fast lane (one address per member: where its
-/// QUIC connection comes from), with the last answer kept: the frames of a burst come from one
-/// member, and SipHash of a `SocketAddr` is ~250 instructions a frame (callgrind, ping).
+/// Which member's session each of our receiver indexes belongs to (one per link). A fast-lane
+/// frame names its session by the index in its header, not by the address it came from, so a
+/// member that moves (a NAT rebinding, a new uplink) is heard at once; what it sends from
+/// there counts only once it authenticates ([`DataPlane::open_deliver`]). The last answer is
+/// kept: the frames of a burst are for one session.
 #[derive(Default)]
-pub(super) struct FastPeers {
-    pub(super) map: HashMap<SocketAddr, PeerId>,
-    pub(super) last: Option<(SocketAddr, PeerId)>,
+pub(super) struct Receivers {
+    map: HashMap<u32, PeerId>,
+    last: Option<(u32, PeerId)>,
 }
 
-impl FastPeers {
-    pub(super) fn get(&mut self, from: SocketAddr) -> Option<PeerId> {
+impl Receivers {
+    pub(super) fn get(&mut self, index: u32) -> Option<PeerId> {
         match self.last {
-            Some((a, p)) if a == from => Some(p),
+            Some((i, p)) if i == index => Some(p),
             _ => {
-                let p = *self.map.get(&from)?;
-                self.last = Some((from, p));
+                let p = *self.map.get(&index)?;
+                self.last = Some((index, p));
                 Some(p)
             }
         }
     }
 
-    /// `pid` sends from `at` (and from nowhere else).
-    pub(super) fn set(&mut self, at: SocketAddr, pid: PeerId) {
+    /// `pid`'s session now has `index` (and its earlier one is gone). `false`, and nothing
+    /// changes, if another member's session holds `index`.
+    pub(super) fn insert(&mut self, index: u32, pid: PeerId) -> bool {
+        if self.map.get(&index).is_some_and(|p| *p != pid) {
+            return false;
+        }
         self.forget(&pid);
-        self.map.insert(at, pid);
-    }
-
-    /// `pid` may also send from `at` (where quinn now sees it, not yet proven): frames from
-    /// there are opened too, and the first one that authenticates moves the member there
-    /// ([`DataPlane::open_deliver`]). Its other addresses but `keep` are dropped.
-    pub(super) fn candidate(&mut self, at: SocketAddr, pid: PeerId, keep: Option<SocketAddr>) {
-        self.map.retain(|a, q| *q != pid || Some(*a) == keep);
-        self.last = None;
-        self.map.insert(at, pid);
+        self.map.insert(index, pid);
+        true
     }
 
     pub(super) fn forget(&mut self, pid: &PeerId) {
@@ -148,49 +146,26 @@ impl crate::fastlane::FrameSink for FastSink {
 mod tests {
     use super::*;
 
-    /// The remembered answer never outlives the mapping it came from.
+    /// The remembered answer never outlives the mapping it came from, and no member takes
+    /// another's index.
     #[test]
-    pub(super) fn fast_peers_forget_what_they_remembered() {
-        let (a, b): (SocketAddr, SocketAddr) = (
-            "10.0.0.1:4433".parse().unwrap(),
-            "10.0.0.2:4433".parse().unwrap(),
-        );
+    pub(super) fn receivers_forget_what_they_remembered() {
         let (p, q) = (PeerId([1; 32]), PeerId([2; 32]));
-        let mut fp = FastPeers::default();
-        assert_eq!(fp.get(a), None);
-        fp.set(a, p);
-        fp.set(b, q);
-        assert_eq!(fp.get(a), Some(p));
-        assert_eq!(fp.get(a), Some(p), "the remembered answer");
-        assert_eq!(fp.get(b), Some(q));
-        // p moves to a new address: a is nobody's now, even though it was the last answer.
-        let c: SocketAddr = "10.0.0.3:5000".parse().unwrap();
-        fp.get(a);
-        fp.set(c, p);
-        assert_eq!(fp.get(a), None);
-        assert_eq!(fp.get(c), Some(p));
-        fp.forget(&p);
-        assert_eq!(fp.get(c), None);
-        assert_eq!(fp.get(b), Some(q));
-    }
-
-    #[test]
-    pub(super) fn a_candidate_path_is_heard_beside_the_proven_one() {
-        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let p = PeerId([1; 32]);
-        let mut fp = FastPeers::default();
-        fp.set(at("10.0.0.1:4433"), p);
-        // quinn now sees p at a new address: both are heard until a frame proves the new one.
-        fp.candidate(at("10.0.0.9:4433"), p, Some(at("10.0.0.1:4433")));
-        assert_eq!(fp.get(at("10.0.0.1:4433")), Some(p));
-        assert_eq!(fp.get(at("10.0.0.9:4433")), Some(p));
-        // Another candidate replaces the first, never the proven address.
-        fp.candidate(at("10.0.0.7:4433"), p, Some(at("10.0.0.1:4433")));
-        assert_eq!(fp.get(at("10.0.0.9:4433")), None);
-        assert_eq!(fp.get(at("10.0.0.1:4433")), Some(p));
-        // Proven: only the new address is heard.
-        fp.set(at("10.0.0.7:4433"), p);
-        assert_eq!(fp.get(at("10.0.0.1:4433")), None);
-        assert_eq!(fp.get(at("10.0.0.7:4433")), Some(p));
+        let mut r = Receivers::default();
+        assert_eq!(r.get(7), None);
+        assert!(r.insert(7, p));
+        assert!(r.insert(9, q));
+        assert_eq!(r.get(7), Some(p));
+        assert_eq!(r.get(7), Some(p), "the remembered answer");
+        assert!(!r.insert(7, q), "p's index");
+        assert_eq!(r.get(9), Some(q), "q kept its own");
+        // p's new session: its old index is nobody's now, even though it was the last answer.
+        r.get(7);
+        assert!(r.insert(8, p));
+        assert_eq!(r.get(7), None);
+        assert_eq!(r.get(8), Some(p));
+        r.forget(&p);
+        assert_eq!(r.get(8), None);
+        assert_eq!(r.get(9), Some(q));
     }
 }

@@ -385,8 +385,9 @@ impl DataPlane {
     /// A fast-lane frame from `from`, opened in place where the socket put it.
     pub fn deliver_fast(&self, from: SocketAddr, frame: &mut [u8]) {
         let _ours = alloc_probe::Ours::enter();
-        let Some(pid) = self.fast_peers.borrow_mut().get(from) else {
-            log::trace!("fast-lane frame from {from}, which is no member's path: dropped");
+        let index = Header::peek_receiver(frame);
+        let Some(pid) = index.and_then(|i| self.receivers.borrow_mut().get(i)) else {
+            log::trace!("fast-lane frame from {from} for no session of ours: dropped");
             return;
         };
         let mut members = self.members.borrow_mut();
@@ -409,7 +410,8 @@ impl DataPlane {
     /// `fast`: the address a fast-lane frame came from; more frames of the same receive batch
     /// may follow, so TCP segments may wait in the coalescer until [`DataPlane::flush_gro`].
     /// A frame that authenticates from another address than the member's fast-lane one moves
-    /// our frames there (a path changes only on an authenticated, unreplayed frame).
+    /// our frames there: a path changes only on an authenticated, unreplayed frame, so one
+    /// replayed or forged from a victim's address moves nothing.
     pub(super) fn open_deliver(
         &self,
         pid: &PeerId,
@@ -423,22 +425,11 @@ impl DataPlane {
         };
         let opened = link.session.open(crate::mono_now(), buf);
         if opened.is_ok() {
-            match (fast, link.fast) {
-                (Some(from), Some(to)) if from != to => {
+            if let (Some(from), Some(to)) = (fast, link.fast) {
+                if from != to {
                     log::debug!("{}: fast lane moves to {from}", pid.short());
                     link.fast = Some(from);
-                    self.fast_peers.borrow_mut().set(from, *pid);
                 }
-                (None, Some(to)) => {
-                    // A QUIC datagram from a member on the fast lane (a keepalive): if quinn
-                    // now sees it elsewhere, hear fast-lane frames from there too.
-                    let at = link.conn.remote_address();
-                    let mut fp = self.fast_peers.borrow_mut();
-                    if at != to && fp.get(at) != Some(*pid) {
-                        fp.candidate(at, *pid, Some(to));
-                    }
-                }
-                _ => {}
             }
         }
         let n = match opened {

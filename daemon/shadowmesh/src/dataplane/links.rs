@@ -64,6 +64,21 @@ impl DataPlane {
                         .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
                     return false;
                 }
+            }
+            // Frames for this session name it by the index we chose; in the rare case that
+            // another member's session has the same one, this dial fails and the next picks
+            // another.
+            if !self
+                .receivers
+                .borrow_mut()
+                .insert(link.session.index(), pid)
+            {
+                log::info!("{}: receiver index in use: closing", pid.short());
+                peer.conn
+                    .close(VarInt::from_u32(CLOSE_PROTOCOL), b"receiver index in use");
+                return false;
+            }
+            if let Some(old) = &m.link {
                 if old.conn.stable_id() != link.conn.stable_id() {
                     old.conn
                         .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
@@ -89,8 +104,6 @@ impl DataPlane {
         );
         let conn = peer.conn.clone();
         if self.fast_lane() {
-            // Accept its frames from where its connection comes from, then say so.
-            self.fast_peers.borrow_mut().set(conn.remote_address(), pid);
             let control = control.clone();
             tokio::task::spawn_local(async move {
                 let _ = write_msg(&mut *control.lock().await, MsgType::FastLane, &[]).await;
@@ -273,7 +286,7 @@ impl DataPlane {
                 .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
             {
                 m.link = None;
-                self.fast_peers.borrow_mut().forget(pid);
+                self.receivers.borrow_mut().forget(pid);
                 log::info!(
                     "member {} down: {}",
                     pid.short(),
@@ -505,25 +518,12 @@ impl DataPlane {
         }
     }
 
-    /// Reads where each link's connection is and its datagram limit from quinn.
+    /// Reads each link's datagram limit from quinn (per-packet code reads the copy instead of
+    /// taking quinn's lock).
     fn read_paths(&self) {
-        let fast = self.fast_lane();
-        for (pid, m) in self.members.borrow_mut().iter_mut() {
-            let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) else {
-                continue;
-            };
-            // Per-packet code reads these instead of taking quinn's lock.
-            l.max_datagram = l.conn.max_datagram_size();
-            if fast {
-                // quinn moves a connection to where its packets come from before it has
-                // validated the path: one replayed packet from a victim's address would
-                // move it there. Frames from there are accepted (each is authenticated);
-                // ours follow only once one has arrived (`open_deliver`).
-                let at = l.conn.remote_address();
-                let mut fp = self.fast_peers.borrow_mut();
-                if fp.get(at) != Some(*pid) {
-                    fp.candidate(at, *pid, l.fast);
-                }
+        for m in self.members.borrow_mut().values_mut() {
+            if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
+                l.max_datagram = l.conn.max_datagram_size();
             }
         }
     }

@@ -42,7 +42,7 @@ use shadowmesh_link::timers::{self, Activity, Timers};
 use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
-use shadowmesh_proto::frame::FrameType;
+use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
 };
@@ -152,7 +152,7 @@ mod links;
 pub mod thread;
 
 pub use batch::{Arena, Batch};
-use batch::{FastPeers, FastSink};
+use batch::{FastSink, Receivers};
 
 /// A boxed future the data plane awaits on its runtime thread.
 pub type LocalFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
@@ -392,8 +392,8 @@ pub struct DataPlane {
     /// 9 MiB at 1,000 peers).
     scratch: RefCell<Vec<u8>>,
     reader: RefCell<ReaderState>,
-    /// Fast-lane senders we accept frames from: remote address → member (one per link).
-    fast_peers: RefCell<FastPeers>,
+    /// Our receiver indexes: which member's session a fast-lane frame is for.
+    receivers: RefCell<Receivers>,
     /// The last TUN drain found at most one packet ([`DataPlane::drain_tun`]).
     light: Cell<bool>,
     /// The last TUN drain stopped at a full burst.
@@ -443,7 +443,7 @@ impl DataPlane {
             mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
-            fast_peers: RefCell::new(FastPeers::default()),
+            receivers: RefCell::new(Receivers::default()),
             light: Cell::new(true),
             tun_backlog: Cell::new(false),
             thread: RefCell::new(None),
@@ -655,7 +655,7 @@ impl DataPlane {
                     .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
             }
         }
-        self.fast_peers.borrow_mut().forget(p);
+        self.receivers.borrow_mut().forget(p);
         self.rebuild_routes();
     }
 }

@@ -77,6 +77,11 @@ pub struct NodeConfig {
 /// tag (16). DESIGN.md quotes 38 for quinn's default 8-byte connection IDs plus room.
 pub const QUIC_DATAGRAM_OVERHEAD: usize = 38;
 
+/// The tunnel MTU unless configured: a 1500-byte underlay, minus the IPv6 and UDP headers (48),
+/// quinn's datagram overhead (38) and the SMSH header and tag (38): 1,376. Over an IPv4
+/// underlay 20 more would fit; this fits both.
+pub const DEFAULT_TUNNEL_MTU: u16 = (1500 - 48 - QUIC_DATAGRAM_OVERHEAD - FRAME_OVERHEAD) as u16;
+
 impl NodeConfig {
     /// Defaults for a node on `listen` in the mesh of `network_key`.
     pub fn new(listen: SocketAddr, network_key: impl Into<NetworkKey>) -> Self {
@@ -101,7 +106,7 @@ impl NodeConfig {
             seq_file: None,
             handshake_timeout: Duration::from_secs(10),
             plain_udp: false,
-            tunnel_mtu: 1380,
+            tunnel_mtu: DEFAULT_TUNNEL_MTU,
             fast_lane: true,
         }
     }

@@ -219,7 +219,7 @@ return view.extend({
 		o.validate = check(V.ifname);
 
 		o = s.option(form.Value, 'mtu', _('Tunnel MTU'));
-		o.placeholder = '1380';
+		o.placeholder = '1376';
 		o.datatype = 'and(uinteger,range(1280,9000))';
 		o.validate = check(V.mtu);
 
