@@ -7,6 +7,8 @@
 //! - [`roster`]: the members, their records (a newer sequence number replaces an older one), the
 //!   order they joined in, and the judgement of every prefix they claim: overlay addresses by
 //!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
+//! - [`members`]: the members' links (one live link each, the receiver index that names it,
+//!   traffic counters) and their session timers.
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
 //! - [`pending`]: packets for a member without a link, queued while it is dialled.
 //! - [`timers`]: every session's keepalive, rekey and teardown deadlines in one queue.
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod exchange;
+pub mod members;
 pub mod pending;
 pub mod roster;
 pub mod timers;

@@ -1,15 +1,18 @@
-//! Two real end-to-end sessions driven by the link core's timers over a virtual network (loss,
-//! reordering, a reliable control stream) on virtual time: rekeys across the key-phase flip
-//! lose nothing, keepalives keep a quiet session alive, and a session is given up when the
-//! other side goes silent or never answers a rekey.
+//! Two link cores, each holding a real end-to-end session with the other, over a virtual
+//! network (loss, reordering, a reliable control stream) on virtual time: frames find their
+//! session by the receiver index, rekeys across the key-phase flip lose nothing, keepalives
+//! keep a quiet session alive, and a session is given up when the other side goes silent or
+//! never answers a rekey.
 
 use std::time::Duration;
 
 use shadowmesh_crypto::session::{initiate, respond, Session};
 use shadowmesh_crypto::Identity;
-use shadowmesh_link::timers::{check, Activity, Teardown, Timers};
+use shadowmesh_link::members::{Link, LinkUp, Members};
+use shadowmesh_link::timers::{Activity, Teardown};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::{FrameType, Header};
+use shadowmesh_proto::PeerId;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -20,55 +23,102 @@ enum Msg {
     RekeyResp(Vec<u8>),
 }
 
-struct Side {
+/// A link as the core holds it: here just the session.
+struct SessionLink {
+    id: usize,
     session: Session,
+}
+
+impl Link for SessionLink {
+    fn id(&self) -> usize {
+        self.id
+    }
+    fn is_open(&self) -> bool {
+        true
+    }
+    fn precedence(&self) -> (u64, bool) {
+        (0, false)
+    }
+    fn index(&self) -> u32 {
+        self.session.index()
+    }
+    fn activity(&self) -> Activity {
+        let s = &self.session;
+        Activity {
+            initiator: s.is_initiator(),
+            last_sent: s.last_sent(),
+            last_received: s.last_received(),
+            send_key: s.send_key(),
+            rekey_started: s.rekey_started(),
+        }
+    }
+}
+
+struct Side {
+    /// The other side, this side's only member.
+    peer: PeerId,
+    members: Members<SessionLink>,
     /// Data frames sent, by counter.
     sent: u64,
     /// Counters of the data frames opened, in arrival order.
     got: Vec<u64>,
     keepalives_sent: u64,
     keepalives_got: u64,
+    /// Frames that named no session of ours.
+    unknown_index: u64,
     /// Key phases seen on the frames this side opened.
     phases_seen: [bool; 2],
     dead: Option<(Duration, Teardown)>,
+    /// What the session had done when it was given up.
+    gone: Option<Activity>,
 }
 
 impl Side {
-    fn new(session: Session) -> Side {
+    fn new(t0: Duration, peer: PeerId, session: Session) -> Side {
+        let mut members = Members::new(4);
+        let up = members.link_up(t0, peer, SessionLink { id: 1, session }, 0);
+        assert!(matches!(up, LinkUp::Linked { .. }));
         Side {
-            session,
+            peer,
+            members,
             sent: 0,
             got: vec![],
             keepalives_sent: 0,
             keepalives_got: 0,
+            unknown_index: 0,
             phases_seen: [false; 2],
             dead: None,
+            gone: None,
         }
+    }
+
+    fn session(&self) -> &Session {
+        let m = self.members.get(&self.peer).unwrap();
+        &m.link.as_ref().expect("a live session").session
+    }
+
+    fn session_link(&self) -> &SessionLink {
+        let m = self.members.get(&self.peer).unwrap();
+        m.link.as_ref().expect("a live session")
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        let m = self.members.get_mut(&self.peer)?;
+        m.link.as_mut().map(|l| &mut l.session)
     }
 
     fn seal(&mut self, now: Duration, kind: FrameType, payload: &[u8]) -> Option<Vec<u8>> {
         let mut f = vec![0u8; FRAME_OVERHEAD + payload.len()];
         f[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
-        self.session.seal(now, kind, &mut f).ok()?;
+        self.session_mut()?.seal(now, kind, &mut f).ok()?;
         Some(f)
     }
 }
 
-fn activity(s: &Session) -> Activity {
-    Activity {
-        initiator: s.is_initiator(),
-        last_sent: s.last_sent(),
-        last_received: s.last_received(),
-        send_key: s.send_key(),
-        rekey_started: s.rekey_started(),
-    }
-}
-
-/// Two sides, the network between them, one timer queue for both, and a virtual clock.
+/// Two sides, the network between them, and a virtual clock.
 struct World {
     now: Duration,
     sides: [Side; 2],
-    timers: Timers<usize>,
     /// (arrival, to, message)
     wire: Vec<(Duration, usize, Msg)>,
     rng: u64,
@@ -89,14 +139,12 @@ impl World {
         let (st, init) = initiate(&a, &b.peer_id(), &binding);
         let (sb, resp) = respond(&b, &init, &a.peer_keys(), &binding, &nk, t0).unwrap();
         let sa = st.finish(&resp, &b.peer_keys(), &nk, t0).unwrap();
-        let mut timers = Timers::new();
-        for k in 0..2 {
-            timers.arm(k, t0);
-        }
         World {
             now: t0,
-            sides: [Side::new(sa), Side::new(sb)],
-            timers,
+            sides: [
+                Side::new(t0, b.peer_id(), sa),
+                Side::new(t0, a.peer_id(), sb),
+            ],
             wire: vec![],
             rng: 0x9E37_79B9_7F4A_7C15,
             loss,
@@ -147,15 +195,21 @@ impl World {
 
     fn deliver(&mut self, to: usize, msg: Msg) {
         let now = self.now;
-        if self.sides[to].dead.is_some() {
+        if self.sides[to].dead.is_some() && !matches!(msg, Msg::Frame(_)) {
             return;
         }
         match msg {
             Msg::Frame(mut f) => {
                 let phase = Header::parse(&f).unwrap().key_phase as usize;
                 let side = &mut self.sides[to];
-                let (kind, plain) = side
-                    .session
+                let index = Header::peek_receiver(&f).unwrap();
+                let Some((pid, m)) = side.members.by_index(index) else {
+                    side.unknown_index += 1;
+                    return;
+                };
+                assert_eq!(pid, side.peer);
+                let session = &mut m.link.as_mut().unwrap().session;
+                let (kind, plain) = session
                     .open(now, &mut f)
                     .unwrap_or_else(|e| panic!("side {to} at {now:?}: {e}"));
                 side.phases_seen[phase] = true;
@@ -169,35 +223,45 @@ impl World {
                     return;
                 }
                 let resp = self.sides[to]
-                    .session
+                    .session_mut()
+                    .unwrap()
                     .handle_rekey_init(now, &body)
                     .unwrap();
                 self.send(to, Msg::RekeyResp(resp));
             }
             Msg::RekeyResp(body) => self.sides[to]
-                .session
+                .session_mut()
+                .unwrap()
                 .handle_rekey_resp(now, &body)
                 .unwrap(),
         }
     }
 
-    fn timer(&mut self, k: usize) {
+    /// Does what side `k`'s link core says is due.
+    fn timers(&mut self, k: usize) {
         let now = self.now;
-        let due = check(now, &activity(&self.sides[k].session));
-        if let Some(t) = due.teardown {
-            self.sides[k].dead = Some((now, t));
-            return;
+        while let Some((pid, due)) = self.sides[k].members.pop_due(now) {
+            if let Some(t) = due.teardown {
+                let side = &mut self.sides[k];
+                side.dead = Some((now, t));
+                side.gone = Some(side.session_link().activity());
+                assert!(side.members.link_down(&pid, 1));
+                continue;
+            }
+            if due.keepalive {
+                let f = self.sides[k].seal(now, FrameType::Keepalive, &[]).unwrap();
+                self.sides[k].keepalives_sent += 1;
+                self.send(k, Msg::Frame(f));
+            }
+            if due.rekey {
+                let body = self.sides[k]
+                    .session_mut()
+                    .unwrap()
+                    .start_rekey(now)
+                    .unwrap();
+                self.send(k, Msg::RekeyInit(body));
+            }
         }
-        if due.keepalive {
-            let f = self.sides[k].seal(now, FrameType::Keepalive, &[]).unwrap();
-            self.sides[k].keepalives_sent += 1;
-            self.send(k, Msg::Frame(f));
-        }
-        if due.rekey {
-            let body = self.sides[k].session.start_rekey(now).unwrap();
-            self.send(k, Msg::RekeyInit(body));
-        }
-        self.timers.arm(k, due.next);
     }
 
     /// Runs until `end`; each side sends a burst of three data frames every `every` (none if
@@ -206,10 +270,15 @@ impl World {
         let mut next_data = every.map(|e| self.now + e);
         loop {
             let wire = self.wire.iter().map(|w| w.0).min();
-            let next = [self.timers.poll_timeout(), wire, next_data]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.sides[0].members.poll_timeout(),
+                self.sides[1].members.poll_timeout(),
+                wire,
+                next_data,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let Some(next) = next.filter(|&t| t <= end) else {
                 break;
             };
@@ -222,9 +291,8 @@ impl World {
                 let (_, to, msg) = self.wire.remove(i);
                 self.deliver(to, msg);
             }
-            while let Some(k) = self.timers.pop_expired(self.now) {
-                self.timer(k);
-            }
+            self.timers(0);
+            self.timers(1);
             if next_data == Some(self.now) {
                 for _ in 0..3 {
                     self.send_data(0);
@@ -247,14 +315,14 @@ fn rekeys_across_the_key_phase_flip_lose_nothing() {
     assert!(w.wire.is_empty());
     let (a, b) = (&w.sides[0], &w.sides[1]);
     assert_eq!((a.dead, b.dead), (None, None));
-    assert_eq!(a.session.epoch(), 3, "a rekey every REKEY_AFTER_TIME");
-    assert_eq!(b.session.epoch(), 3);
+    assert_eq!(a.session().epoch(), 3, "a rekey every REKEY_AFTER_TIME");
+    assert_eq!(b.session().epoch(), 3);
     assert!(a.phases_seen == [true, true] && b.phases_seen == [true, true]);
     // Every frame not lost on the wire was opened, whichever key sealed it.
     assert!(w.lost > 0, "the network lost frames");
     assert_eq!((a.got.len() + b.got.len()) as u64 + w.lost, a.sent + b.sent);
-    assert_eq!(a.session.stats.rejected + b.session.stats.rejected, 0);
-    assert_eq!(a.session.stats.replayed + b.session.stats.replayed, 0);
+    assert_eq!(a.session().stats.rejected + b.session().stats.rejected, 0);
+    assert_eq!(a.session().stats.replayed + b.session().stats.replayed, 0);
     let mut sorted = b.got.clone();
     sorted.sort();
     assert!(sorted != b.got, "frames arrived out of order");
@@ -275,7 +343,7 @@ fn a_quiet_session_lives_on_keepalives() {
     assert_eq!(a.keepalives_sent, 60, "one every KEEPALIVE_TIMEOUT");
     assert_eq!(b.keepalives_got, a.keepalives_sent);
     // Rekeys go on: each REKEY_AFTER_TIME after the last one's answer (40 ms there and back).
-    assert_eq!(a.session.epoch(), 4);
+    assert_eq!(a.session().epoch(), 4);
 }
 
 #[test]
@@ -287,13 +355,13 @@ fn a_silent_member_is_given_up_and_then_so_are_we() {
     // Side 1's last frame left just before 60 s; side 0 gives up SILENT_AFTER after it arrived.
     let (at, why) = w.sides[0].dead.expect("side 0 gave up");
     assert_eq!(why, Teardown::Silent);
-    let last = w.sides[0].session.last_received();
+    let last = w.sides[0].gone.unwrap().last_received;
     assert!(last < t0 + S(60) && last > t0 + S(59), "{last:?}");
     assert_eq!(at, last + SILENT_AFTER);
     // Side 0 then sends nothing more; side 1 gives up in turn.
     let (at1, why1) = w.sides[1].dead.expect("side 1 gave up");
     assert_eq!(why1, Teardown::Silent);
-    assert_eq!(at1, w.sides[1].session.last_received() + SILENT_AFTER);
+    assert_eq!(at1, w.sides[1].gone.unwrap().last_received + SILENT_AFTER);
     assert!(at1 > at);
 }
 
@@ -310,6 +378,8 @@ fn an_unanswered_rekey_gives_the_session_up() {
             Teardown::RekeyUnanswered
         ))
     );
+    // What side 1 sent afterwards named a session side 0 no longer has: dropped unopened.
+    assert!(w.sides[0].unknown_index > 0);
     // The responder never rekeyed: its key runs out unless it stops hearing first.
     let (_, why) = w.sides[1].dead.expect("side 1 gave up");
     assert!(matches!(why, Teardown::Silent | Teardown::KeysExpired));

@@ -82,46 +82,6 @@ impl Default for Batch {
     }
 }
 
-/// Which member's session each of our receiver indexes belongs to (one per link). A fast-lane
-/// frame names its session by the index in its header, not by the address it came from, so a
-/// member that moves (a NAT rebinding, a new uplink) is heard at once; what it sends from
-/// there counts only once it authenticates ([`DataPlane::open_deliver`]). The last answer is
-/// kept: the frames of a burst are for one session.
-#[derive(Default)]
-pub(super) struct Receivers {
-    map: HashMap<u32, PeerId>,
-    last: Option<(u32, PeerId)>,
-}
-
-impl Receivers {
-    pub(super) fn get(&mut self, index: u32) -> Option<PeerId> {
-        match self.last {
-            Some((i, p)) if i == index => Some(p),
-            _ => {
-                let p = *self.map.get(&index)?;
-                self.last = Some((index, p));
-                Some(p)
-            }
-        }
-    }
-
-    /// `pid`'s session now has `index` (and its earlier one is gone). `false`, and nothing
-    /// changes, if another member's session holds `index`.
-    pub(super) fn insert(&mut self, index: u32, pid: PeerId) -> bool {
-        if self.map.get(&index).is_some_and(|p| *p != pid) {
-            return false;
-        }
-        self.forget(&pid);
-        self.map.insert(index, pid);
-        true
-    }
-
-    pub(super) fn forget(&mut self, pid: &PeerId) {
-        self.map.retain(|_, q| q != pid);
-        self.last = None;
-    }
-}
-
 /// The fast lane's receiver: frames to [`DataPlane::deliver_fast`], batch ends to the TUN
 /// coalescer.
 pub(super) struct FastSink(pub(super) Weak<DataPlane>);
@@ -139,33 +99,5 @@ impl crate::fastlane::FrameSink for FastSink {
             dp.flush_gro();
             dp.drain_tun();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The remembered answer never outlives the mapping it came from, and no member takes
-    /// another's index.
-    #[test]
-    pub(super) fn receivers_forget_what_they_remembered() {
-        let (p, q) = (PeerId([1; 32]), PeerId([2; 32]));
-        let mut r = Receivers::default();
-        assert_eq!(r.get(7), None);
-        assert!(r.insert(7, p));
-        assert!(r.insert(9, q));
-        assert_eq!(r.get(7), Some(p));
-        assert_eq!(r.get(7), Some(p), "the remembered answer");
-        assert!(!r.insert(7, q), "p's index");
-        assert_eq!(r.get(9), Some(q), "q kept its own");
-        // p's new session: its old index is nobody's now, even though it was the last answer.
-        r.get(7);
-        assert!(r.insert(8, p));
-        assert_eq!(r.get(7), None);
-        assert_eq!(r.get(8), Some(p));
-        r.forget(&p);
-        assert_eq!(r.get(8), None);
-        assert_eq!(r.get(9), Some(q));
     }
 }

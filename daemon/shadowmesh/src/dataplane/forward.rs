@@ -323,8 +323,9 @@ impl DataPlane {
             }
             Err(quinn::SendDatagramError::ConnectionLost(_)) => {
                 // Closed under us: the next packet dials again.
-                m.link = None;
                 m.counters.tx_dropped += 1;
+                let id = link.conn.stable_id();
+                members.link_down(&pid, id);
             }
             Err(_) => m.counters.tx_dropped += 1,
         }
@@ -385,15 +386,12 @@ impl DataPlane {
     /// A fast-lane frame from `from`, opened in place where the socket put it.
     pub fn deliver_fast(&self, from: SocketAddr, frame: &mut [u8]) {
         let _ours = alloc_probe::Ours::enter();
-        let index = Header::peek_receiver(frame);
-        let Some(pid) = index.and_then(|i| self.receivers.borrow_mut().get(i)) else {
+        let mut members = self.members.borrow_mut();
+        let Some((pid, m)) = Header::peek_receiver(frame).and_then(|i| members.by_index(i)) else {
             log::trace!("fast-lane frame from {from} for no session of ours: dropped");
             return;
         };
-        let mut members = self.members.borrow_mut();
-        if let Some(m) = members.get_mut(&pid) {
-            self.open_deliver(&pid, m, frame, Some(from));
-        }
+        self.open_deliver(&pid, m, frame, Some(from));
     }
 
     /// Writes what the coalescer holds.

@@ -38,56 +38,36 @@ impl DataPlane {
             precedence,
             role: peer.role,
             control: control.clone(),
-            since: crate::unix_now(),
         };
-        let pending;
-        {
-            let mut members = self.members.borrow_mut();
-            let known = members.contains_key(&pid);
-            if !known && members.len() >= MAX_MEMBERS {
-                log::warn!(
-                    "member table full ({MAX_MEMBERS}): ignoring {}",
-                    pid.short()
-                );
-                return false;
-            }
-            let m = members.entry(pid).or_insert_with(|| Member {
-                link: None,
-                counters: Counters::default(),
-                last_handshake: 0,
-                wait: Pending::default(),
-            });
-            if let Some(old) = &m.link {
-                if old.conn.close_reason().is_none() && old.precedence > precedence {
-                    log::debug!("{}: keeping the earlier connection", pid.short());
-                    peer.conn
-                        .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
-                    return false;
-                }
-            }
-            // Frames for this session name it by the index we chose; in the rare case that
-            // another member's session has the same one, this dial fails and the next picks
-            // another.
-            if !self
-                .receivers
-                .borrow_mut()
-                .insert(link.session.index(), pid)
-            {
-                log::info!("{}: receiver index in use: closing", pid.short());
-                peer.conn
-                    .close(VarInt::from_u32(CLOSE_PROTOCOL), b"receiver index in use");
-                return false;
-            }
-            if let Some(old) = &m.link {
-                if old.conn.stable_id() != link.conn.stable_id() {
+        let up = self
+            .members
+            .borrow_mut()
+            .link_up(crate::mono_now(), pid, link, crate::unix_now());
+        let pending = match up {
+            LinkUp::Linked { replaced, pending } => {
+                if let Some(old) = replaced {
                     old.conn
                         .close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
                 }
+                pending
             }
-            m.last_handshake = link.since;
-            m.link = Some(link);
-            self.timers.borrow_mut().arm(pid, crate::mono_now());
-            pending = m.wait.linked();
+            LinkUp::Refused(link, why) => {
+                if why == members::Refusal::EarlierWins {
+                    log::debug!("{}: keeping the earlier connection", pid.short());
+                } else {
+                    log::warn!("{}: link refused: {}", pid.short(), why.as_str());
+                }
+                let code = match why {
+                    members::Refusal::EarlierWins => CLOSE_REPLACED,
+                    members::Refusal::Full => CLOSE_BUSY,
+                    members::Refusal::IndexInUse => CLOSE_PROTOCOL,
+                };
+                link.conn
+                    .close(VarInt::from_u32(code), why.as_str().as_bytes());
+                return false;
+            }
+        };
+        {
             let mut roster = self.roster.borrow_mut();
             roster.record(pid, payload, peer.record.keys.ed25519, peer.record.seq);
             roster.set_endpoint(&pid, peer.conn.remote_address());
@@ -279,22 +259,14 @@ impl DataPlane {
     }
 
     pub(super) fn link_closed(&self, pid: &PeerId, conn: &Connection) {
-        let mut members = self.members.borrow_mut();
-        if let Some(m) = members.get_mut(pid) {
-            if m.link
-                .as_ref()
-                .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
-            {
-                m.link = None;
-                self.receivers.borrow_mut().forget(pid);
-                log::info!(
-                    "member {} down: {}",
-                    pid.short(),
-                    conn.close_reason()
-                        .map(|r| r.to_string())
-                        .unwrap_or_default()
-                );
-            }
+        if self.members.borrow_mut().link_down(pid, conn.stable_id()) {
+            log::info!(
+                "member {} down: {}",
+                pid.short(),
+                conn.close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            );
         }
     }
 
@@ -400,8 +372,8 @@ impl DataPlane {
         let controls: Vec<_> = self
             .members
             .borrow()
-            .values()
-            .filter_map(|m| m.link.as_ref().map(|l| l.control.clone()))
+            .iter()
+            .filter_map(|(_, m)| m.link.as_ref().map(|l| l.control.clone()))
             .collect();
         for c in controls {
             let body = record.to_vec();
@@ -474,7 +446,7 @@ impl DataPlane {
     /// candidate, see `open_deliver`), then one on the fast lane, which proves the path.
     pub fn keepalive_all(self: &Rc<Self>) {
         let now = crate::mono_now();
-        for m in self.members.borrow_mut().values_mut() {
+        for (_, m) in self.members.borrow_mut().iter_mut() {
             if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
                 let mut f = [0u8; FRAME_OVERHEAD];
                 if l.session.seal(now, FrameType::Keepalive, &mut f).is_ok() {
@@ -486,7 +458,7 @@ impl DataPlane {
         tokio::task::spawn_local(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = crate::mono_now();
-            for m in dp.members.borrow_mut().values_mut() {
+            for (_, m) in dp.members.borrow_mut().iter_mut() {
                 if let Some(l) = m.link.as_mut().filter(|l| l.fast.is_some()) {
                     dp.keepalive(l, now);
                 }
@@ -501,7 +473,7 @@ impl DataPlane {
         let mut sweep = crate::mono_now();
         loop {
             let next = self
-                .timers
+                .members
                 .borrow()
                 .poll_timeout()
                 .map_or(sweep, |t| t.min(sweep));
@@ -521,7 +493,7 @@ impl DataPlane {
     /// Reads each link's datagram limit from quinn (per-packet code reads the copy instead of
     /// taking quinn's lock).
     fn read_paths(&self) {
-        for m in self.members.borrow_mut().values_mut() {
+        for (_, m) in self.members.borrow_mut().iter_mut() {
             if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
                 l.max_datagram = l.conn.max_datagram_size();
             }
@@ -535,16 +507,10 @@ impl DataPlane {
         let mut dead = vec![];
         {
             let mut members = self.members.borrow_mut();
-            let mut queue = self.timers.borrow_mut();
-            while let Some(pid) = queue.pop_expired(now) {
-                let Some(l) = members
-                    .get_mut(&pid)
-                    .and_then(|m| m.link.as_mut())
-                    .filter(|l| l.conn.close_reason().is_none())
-                else {
+            while let Some((pid, due)) = members.pop_due(now) {
+                let Some(l) = members.get_mut(&pid).and_then(|m| m.link.as_mut()) else {
                     continue;
                 };
-                let due = timers::check(now, &activity(&l.session));
                 if let Some(why) = due.teardown {
                     dead.push((pid, l.conn.clone(), why));
                     continue;
@@ -558,7 +524,6 @@ impl DataPlane {
                         Err(e) => log::warn!("{}: cannot rekey: {e}", pid.short()),
                     }
                 }
-                queue.arm(pid, due.next);
             }
         }
         for (pid, conn, why) in dead {
@@ -623,15 +588,7 @@ impl DataPlane {
 
     /// Members with a live session.
     pub fn connected(&self) -> usize {
-        self.members
-            .borrow()
-            .values()
-            .filter(|m| {
-                m.link
-                    .as_ref()
-                    .is_some_and(|l| l.conn.close_reason().is_none())
-            })
-            .count()
+        self.members.borrow().connected()
     }
 
     /// Our overlay addresses, and the rehash counter of the IPv4 one.

@@ -26,7 +26,6 @@
 
 use shadowmesh_crypto::NetworkKey;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::task::Poll;
@@ -36,9 +35,10 @@ use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
 use shadowmesh_link::exchange::{Exchange, Verdict};
-use shadowmesh_link::pending::Pending;
+pub use shadowmesh_link::members::Counters;
+use shadowmesh_link::members::{self, LinkUp, Members};
 use shadowmesh_link::roster::Update;
-use shadowmesh_link::timers::{self, Activity, Timers};
+use shadowmesh_link::timers::Activity;
 use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
@@ -151,8 +151,8 @@ mod forward;
 mod links;
 pub mod thread;
 
+use batch::FastSink;
 pub use batch::{Arena, Batch};
-use batch::{FastSink, Receivers};
 
 /// A boxed future the data plane awaits on its runtime thread.
 pub type LocalFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
@@ -189,25 +189,6 @@ struct ReaderState {
     rx: Vec<u8>,
 }
 
-/// Traffic counters of one member (and the totals).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    /// Inner bytes sent.
-    pub tx_bytes: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Inner bytes received and delivered.
-    pub rx_bytes: u64,
-    /// Packets received and delivered.
-    pub rx_packets: u64,
-    /// Received packets whose source the member does not own (dropped).
-    pub rx_spoofed: u64,
-    /// Received frames that failed authentication, replay or parsing (dropped).
-    pub rx_invalid: u64,
-    /// Packets dropped on the way out (no session, queue full, quinn refused).
-    pub tx_dropped: u64,
-}
-
 /// What the link core's timers need to know of `s`.
 pub(crate) fn activity(s: &Session) -> Activity {
     Activity {
@@ -231,18 +212,28 @@ struct Link {
     precedence: (u64, bool),
     role: Role,
     control: Rc<tokio::sync::Mutex<SendStream>>,
-    since: u64,
 }
 
-/// What the data plane holds for a member beside its record (which the [`Roster`] keeps):
-/// the live link, counters and the packets waiting for a link.
-struct Member {
-    link: Option<Link>,
-    counters: Counters,
-    /// Unix time of the last completed handshake.
-    last_handshake: u64,
-    /// Packets waiting for a link, and whether one is being dialled.
-    wait: Pending,
+/// What the data plane holds for a member beside its record: its link, counters and waiting
+/// packets (the link core's [`members::Member`]).
+type Member = members::Member<Link>;
+
+impl members::Link for Link {
+    fn id(&self) -> usize {
+        self.conn.stable_id()
+    }
+    fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+    fn precedence(&self) -> (u64, bool) {
+        self.precedence
+    }
+    fn index(&self) -> u32 {
+        self.session.index()
+    }
+    fn activity(&self) -> Activity {
+        activity(&self.session)
+    }
 }
 
 /// What `peers` reports for one member.
@@ -369,8 +360,9 @@ pub struct DataPlane {
     cfg: RefCell<DataPlaneConfig>,
     tun: Tun,
     mtu: u16,
-    /// Runtime state per member; its keys are exactly the roster's members.
-    members: RefCell<BTreeMap<PeerId, Member>>,
+    /// The members' links, counters and waiting packets, and their session timers (the link
+    /// core); its keys are exactly the roster's members.
+    members: RefCell<Members<Link>>,
     /// The members' records and the routes they hold (the sans-IO core).
     roster: RefCell<Roster>,
     /// The host's own routes as last read (kept when a read fails).
@@ -378,8 +370,6 @@ pub struct DataPlane {
     /// Peer-exchange dials: when each PeerId was last tried (at most [`MAX_MEMBERS`]), and how
     /// many are in flight.
     learned: RefCell<Exchange>,
-    /// Every link's keepalive, rekey and teardown deadline (the link core's queue).
-    timers: RefCell<Timers<PeerId>>,
     mesh: RefCell<Option<Weak<dyn Dialer>>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
@@ -392,8 +382,6 @@ pub struct DataPlane {
     /// 9 MiB at 1,000 peers).
     scratch: RefCell<Vec<u8>>,
     reader: RefCell<ReaderState>,
-    /// Our receiver indexes: which member's session a fast-lane frame is for.
-    receivers: RefCell<Receivers>,
     /// The last TUN drain found at most one packet ([`DataPlane::drain_tun`]).
     light: Cell<bool>,
     /// The last TUN drain stopped at a full burst.
@@ -435,15 +423,13 @@ impl DataPlane {
             cfg: RefCell::new(cfg),
             tun,
             mtu,
-            members: RefCell::new(BTreeMap::new()),
+            members: RefCell::new(Members::new(MAX_MEMBERS)),
             roster: RefCell::new(roster),
             local_routes: RefCell::new(Vec::new()),
             learned: RefCell::new(Exchange::new(LEARN_IN_FLIGHT, LEARN_AGAIN, MAX_MEMBERS)),
-            timers: RefCell::new(Timers::new()),
             mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
-            receivers: RefCell::new(Receivers::default()),
             light: Cell::new(true),
             tun_backlog: Cell::new(false),
             thread: RefCell::new(None),
@@ -632,9 +618,9 @@ impl DataPlane {
         let gone: Vec<PeerId> = self
             .members
             .borrow()
-            .keys()
+            .iter()
+            .map(|(p, _)| *p)
             .filter(|p| !self.admitted(p))
-            .copied()
             .collect();
         for p in gone {
             self.forget(&p);
@@ -655,7 +641,6 @@ impl DataPlane {
                     .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
             }
         }
-        self.receivers.borrow_mut().forget(p);
         self.rebuild_routes();
     }
 }

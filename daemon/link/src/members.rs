@@ -1,0 +1,454 @@
+//! The members we hold links with: at most one live link each (of two connections to one
+//! member the one of higher precedence stays), the receiver index each link's frames name it
+//! by, the packets waiting while a member is dialled, its traffic counters, and every link's
+//! session timers in one queue.
+//!
+//! Generic over the link itself: the daemon's holds a QUIC connection and an end-to-end
+//! session, a test's whatever it needs; the core asks of it only what [`Link`] says. Time is
+//! the caller's monotonic clock, as a `Duration` since any fixed epoch.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use shadowmesh_proto::PeerId;
+
+use crate::pending::Pending;
+use crate::timers::{check, Activity, Due, Timers};
+
+/// What the core needs to know of a link.
+pub trait Link {
+    /// Tells two connections apart (a member's links are compared by it).
+    fn id(&self) -> usize;
+    /// Whether the connection is still open.
+    fn is_open(&self) -> bool;
+    /// Of two open connections to one member, the higher stays.
+    fn precedence(&self) -> (u64, bool);
+    /// The receiver index of its session: frames for it carry this.
+    fn index(&self) -> u32;
+    /// What its session did, for the timers.
+    fn activity(&self) -> Activity;
+}
+
+/// Traffic counters of one member (and the totals).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Inner bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Inner bytes received and delivered.
+    pub rx_bytes: u64,
+    /// Packets received and delivered.
+    pub rx_packets: u64,
+    /// Received packets whose source the member does not own (dropped).
+    pub rx_spoofed: u64,
+    /// Received frames that failed authentication, replay or parsing (dropped).
+    pub rx_invalid: u64,
+    /// Packets dropped on the way out (no session, queue full, the connection refused).
+    pub tx_dropped: u64,
+}
+
+/// What we hold for one member beside its record (which the [`crate::Roster`] keeps).
+#[derive(Debug)]
+pub struct Member<L> {
+    /// The live link, if any.
+    pub link: Option<L>,
+    /// Traffic.
+    pub counters: Counters,
+    /// Unix time of the last completed handshake (0: never).
+    pub last_handshake: u64,
+    /// Packets waiting for a link, and whether one is being dialled.
+    pub wait: Pending,
+}
+
+impl<L> Default for Member<L> {
+    fn default() -> Self {
+        Member {
+            link: None,
+            counters: Counters::default(),
+            last_handshake: 0,
+            wait: Pending::default(),
+        }
+    }
+}
+
+/// Why a new link was refused (the caller closes its connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// As many members as we take, and this is a new one.
+    Full,
+    /// The member's open link has the higher precedence: it stays.
+    EarlierWins,
+    /// Another member's link has the same receiver index (a one-in-four-million chance per
+    /// link at a thousand members): the next dial picks another.
+    IndexInUse,
+}
+
+impl Refusal {
+    /// A few words for the log and the connection's close reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Full => "member table full",
+            Refusal::EarlierWins => "an earlier connection stays",
+            Refusal::IndexInUse => "receiver index in use",
+        }
+    }
+}
+
+/// The outcome of [`Members::link_up`].
+#[derive(Debug)]
+pub enum LinkUp<L> {
+    /// The link is the member's now. Close `replaced` (its earlier link, another connection);
+    /// send `pending` (what waited for it) over the new one.
+    Linked {
+        /// The member's earlier link.
+        replaced: Option<L>,
+        /// Packets that waited for a link, oldest first.
+        pending: VecDeque<Vec<u8>>,
+    },
+    /// Not taken: close it.
+    Refused(L, Refusal),
+}
+
+/// The members, their links and the links' timers.
+#[derive(Debug)]
+pub struct Members<L> {
+    map: BTreeMap<PeerId, Member<L>>,
+    /// Receiver index → member, for the links that are up; the last answer is kept, since the
+    /// frames of a burst are for one session.
+    indexes: HashMap<u32, PeerId>,
+    last: Option<(u32, PeerId)>,
+    timers: Timers<PeerId>,
+    capacity: usize,
+}
+
+impl<L: Link> Members<L> {
+    /// No members; at most `capacity`.
+    pub fn new(capacity: usize) -> Self {
+        Members {
+            map: BTreeMap::new(),
+            indexes: HashMap::new(),
+            last: None,
+            timers: Timers::new(),
+            capacity,
+        }
+    }
+
+    /// A member's link came up (its handshake completed at Unix time `unix_now`).
+    pub fn link_up(&mut self, now: Duration, pid: PeerId, link: L, unix_now: u64) -> LinkUp<L> {
+        let known = self.map.get(&pid);
+        if known.is_none() && self.map.len() >= self.capacity {
+            return LinkUp::Refused(link, Refusal::Full);
+        }
+        if let Some(old) = known.and_then(|m| m.link.as_ref()) {
+            if old.is_open() && old.id() != link.id() && old.precedence() > link.precedence() {
+                return LinkUp::Refused(link, Refusal::EarlierWins);
+            }
+        }
+        if self.indexes.get(&link.index()).is_some_and(|p| *p != pid) {
+            return LinkUp::Refused(link, Refusal::IndexInUse);
+        }
+        self.forget_indexes(&pid);
+        self.indexes.insert(link.index(), pid);
+        let m = self.map.entry(pid).or_default();
+        let replaced = m.link.take().filter(|old| old.id() != link.id());
+        m.link = Some(link);
+        m.last_handshake = unix_now;
+        let pending = m.wait.linked();
+        self.timers.arm(pid, now);
+        LinkUp::Linked { replaced, pending }
+    }
+
+    /// The connection `id` of `pid` ended: if it is the member's link, the member has none
+    /// now (it stays known). Whether it was.
+    pub fn link_down(&mut self, pid: &PeerId, id: usize) -> bool {
+        let Some(m) = self.map.get_mut(pid) else {
+            return false;
+        };
+        if m.link.as_ref().is_none_or(|l| l.id() != id) {
+            return false;
+        }
+        m.link = None;
+        self.forget_indexes(pid);
+        self.timers.disarm(pid);
+        true
+    }
+
+    /// Forgets `pid` altogether; returns what we held for it.
+    pub fn remove(&mut self, pid: &PeerId) -> Option<Member<L>> {
+        self.forget_indexes(pid);
+        self.timers.disarm(pid);
+        self.map.remove(pid)
+    }
+
+    fn forget_indexes(&mut self, pid: &PeerId) {
+        self.indexes.retain(|_, p| p != pid);
+        self.last = None;
+    }
+
+    /// The member whose link's session has receiver index `index`.
+    pub fn by_index(&mut self, index: u32) -> Option<(PeerId, &mut Member<L>)> {
+        let pid = match self.last {
+            Some((i, p)) if i == index => p,
+            _ => {
+                let p = *self.indexes.get(&index)?;
+                self.last = Some((index, p));
+                p
+            }
+        };
+        self.map.get_mut(&pid).map(|m| (pid, m))
+    }
+
+    /// The earliest deadline of any link's timers: call [`Members::pop_due`] then.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.poll_timeout()
+    }
+
+    /// One link whose deadline passed, and what is due on it: send a keepalive, start a rekey,
+    /// or give the session up (close the link; [`Members::link_down`] follows). Its next
+    /// deadline is set, assuming the keepalive and rekey are done. `None` once nothing more is
+    /// due at `now`.
+    pub fn pop_due(&mut self, now: Duration) -> Option<(PeerId, Due)> {
+        while let Some(pid) = self.timers.pop_expired(now) {
+            let Some(l) = self
+                .map
+                .get(&pid)
+                .and_then(|m| m.link.as_ref())
+                .filter(|l| l.is_open())
+            else {
+                continue;
+            };
+            let due = check(now, &l.activity());
+            if due.teardown.is_none() {
+                self.timers.arm(pid, due.next);
+            }
+            return Some((pid, due));
+        }
+        None
+    }
+
+    /// The member `pid`.
+    pub fn get(&self, pid: &PeerId) -> Option<&Member<L>> {
+        self.map.get(pid)
+    }
+
+    /// The member `pid`, to change.
+    pub fn get_mut(&mut self, pid: &PeerId) -> Option<&mut Member<L>> {
+        self.map.get_mut(pid)
+    }
+
+    /// Every member, by PeerId.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Member<L>)> {
+        self.map.iter()
+    }
+
+    /// Every member, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&PeerId, &mut Member<L>)> {
+        self.map.iter_mut()
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Members whose link is up and open.
+    pub fn connected(&self) -> usize {
+        self.map
+            .values()
+            .filter(|m| m.link.as_ref().is_some_and(|l| l.is_open()))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Test {
+        id: usize,
+        open: bool,
+        precedence: u64,
+        index: u32,
+        activity: Activity,
+    }
+
+    impl Link for Test {
+        fn id(&self) -> usize {
+            self.id
+        }
+        fn is_open(&self) -> bool {
+            self.open
+        }
+        fn precedence(&self) -> (u64, bool) {
+            (self.precedence, false)
+        }
+        fn index(&self) -> u32 {
+            self.index
+        }
+        fn activity(&self) -> Activity {
+            self.activity
+        }
+    }
+
+    fn link(id: usize, precedence: u64, index: u32, t: Duration) -> Test {
+        Test {
+            id,
+            open: true,
+            precedence,
+            index,
+            activity: Activity {
+                initiator: false,
+                last_sent: t,
+                last_received: t,
+                send_key: Some((t, 0)),
+                rekey_started: None,
+            },
+        }
+    }
+
+    fn pid(n: u8) -> PeerId {
+        PeerId([n; 32])
+    }
+
+    fn linked(up: LinkUp<Test>) -> (Option<Test>, VecDeque<Vec<u8>>) {
+        match up {
+            LinkUp::Linked { replaced, pending } => (replaced, pending),
+            LinkUp::Refused(_, why) => panic!("refused: {why:?}"),
+        }
+    }
+
+    fn refused(up: LinkUp<Test>) -> Refusal {
+        match up {
+            LinkUp::Refused(_, why) => why,
+            LinkUp::Linked { .. } => panic!("linked"),
+        }
+    }
+
+    #[test]
+    fn packets_wait_for_the_link_and_go_with_it() {
+        let mut m = Members::<Test>::new(8);
+        assert!(m
+            .link_up(S(0), pid(1), link(1, 5, 11, S(0)), 100)
+            .is_linked());
+        assert!(m.link_down(&pid(1), 1));
+        let w = &mut m.get_mut(&pid(1)).unwrap().wait;
+        assert!(w.hold(b"one", 16).dial);
+        assert!(!w.hold(b"two", 16).dial, "one dial at a time");
+        let (replaced, pending) = linked(m.link_up(S(5), pid(1), link(2, 5, 12, S(5)), 105));
+        assert!(replaced.is_none(), "the old link was already gone");
+        assert_eq!(pending, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(m.get(&pid(1)).unwrap().last_handshake, 105);
+        assert_eq!(m.by_index(12).map(|(p, _)| p), Some(pid(1)));
+        assert!(m.by_index(11).is_none(), "the old session's index is gone");
+    }
+
+    #[test]
+    fn of_two_connections_the_higher_precedence_stays() {
+        let mut m = Members::<Test>::new(8);
+        linked(m.link_up(S(0), pid(1), link(1, 7, 11, S(0)), 0));
+        assert_eq!(
+            refused(m.link_up(S(0), pid(1), link(2, 3, 12, S(0)), 0)),
+            Refusal::EarlierWins
+        );
+        assert_eq!(m.by_index(11).map(|(p, _)| p), Some(pid(1)));
+        assert!(m.by_index(12).is_none());
+        let (replaced, _) = linked(m.link_up(S(0), pid(1), link(3, 9, 13, S(0)), 0));
+        assert_eq!(
+            replaced.map(|l| l.id),
+            Some(1),
+            "the caller closes the earlier one"
+        );
+        // A closed earlier link does not stand in the way, whatever its precedence.
+        m.get_mut(&pid(1)).unwrap().link.as_mut().unwrap().open = false;
+        let (replaced, _) = linked(m.link_up(S(0), pid(1), link(4, 1, 14, S(0)), 0));
+        assert_eq!(replaced.map(|l| l.id), Some(3));
+        // The end of a connection that is no longer the member's link changes nothing.
+        assert!(!m.link_down(&pid(1), 3));
+        assert_eq!(m.connected(), 1);
+        assert!(m.link_down(&pid(1), 4));
+        assert_eq!((m.connected(), m.len()), (0, 1), "the member stays known");
+    }
+
+    #[test]
+    fn no_member_takes_another_ones_index_and_the_table_is_bounded() {
+        let mut m = Members::<Test>::new(2);
+        linked(m.link_up(S(0), pid(1), link(1, 0, 7, S(0)), 0));
+        assert_eq!(
+            refused(m.link_up(S(0), pid(2), link(2, 0, 7, S(0)), 0)),
+            Refusal::IndexInUse
+        );
+        assert!(
+            m.get(&pid(2)).is_none(),
+            "nothing held for a refused stranger"
+        );
+        linked(m.link_up(S(0), pid(2), link(3, 0, 8, S(0)), 0));
+        assert_eq!(
+            refused(m.link_up(S(0), pid(3), link(4, 0, 9, S(0)), 0)),
+            Refusal::Full
+        );
+        // A known member may always come back.
+        m.link_down(&pid(2), 3);
+        linked(m.link_up(S(1), pid(2), link(5, 0, 10, S(1)), 0));
+        assert_eq!(m.by_index(7).map(|(p, _)| p), Some(pid(1)));
+        assert_eq!(m.by_index(10).map(|(p, _)| p), Some(pid(2)));
+        m.remove(&pid(1));
+        assert!(
+            m.by_index(7).is_none(),
+            "the remembered answer goes with the member"
+        );
+        assert_eq!(
+            m.poll_timeout(),
+            Some(S(1)),
+            "pid(1)'s deadline went with it"
+        );
+    }
+
+    #[test]
+    fn timers_run_for_links_that_are_up_and_stop_with_them() {
+        let mut m = Members::<Test>::new(8);
+        linked(m.link_up(S(0), pid(1), link(1, 0, 1, S(0)), 0));
+        linked(m.link_up(S(0), pid(2), link(2, 0, 2, S(0)), 0));
+        assert_eq!(
+            m.poll_timeout(),
+            Some(S(0)),
+            "a new link is looked at at once"
+        );
+        let mut due = vec![];
+        while let Some((p, d)) = m.pop_due(S(0)) {
+            due.push((p, d.keepalive, d.next));
+        }
+        assert_eq!(due, [(pid(1), false, S(10)), (pid(2), false, S(10))]);
+        let (p, d) = m.pop_due(S(10)).unwrap();
+        assert!(d.keepalive && p == pid(1));
+        // pid(2)'s connection ends before its deadline: nothing is due for it any more.
+        m.link_down(&pid(2), 2);
+        assert!(m.pop_due(S(10)).is_none());
+        assert_eq!(m.poll_timeout(), Some(S(20)));
+        // pid(1) goes silent: given up at SILENT_AFTER, and not looked at again.
+        let mut t = S(20);
+        let gone = loop {
+            let (_, d) = m.pop_due(t).expect("a deadline");
+            if let Some(why) = d.teardown {
+                break (t, why);
+            }
+            t = d.next;
+        };
+        assert_eq!(gone, (S(35), crate::timers::Teardown::Silent));
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    impl LinkUp<Test> {
+        fn is_linked(&self) -> bool {
+            matches!(self, LinkUp::Linked { .. })
+        }
+    }
+}
