@@ -14,6 +14,7 @@ use crate::{root, Result};
 
 pub mod apk;
 mod ipk;
+mod sdk;
 mod standins;
 
 /// The package release appended to the crate version (`0.1.0-r1`), as the SDK Makefile's
@@ -399,6 +400,17 @@ pub fn test_packages(checks: &mut Checks, build: bool) -> Result {
     checks.check(
         "apk add --root (x86_64, local repository, stand-in kmod-tun and luci-base), post-install enables the service, pre-deinstall and apk del remove every file (stand-in functions.sh, rc.common)",
         apk::install_and_remove(&apk::arch_dir(&dist_dir(), "x86_64"), &work.join("apk-image")),
+    );
+    checks.check(
+        "SDK recipe: CARGO_PKG_PROFILE=openwrt after rust-package.mk, and [profile.openwrt] sets every key rust-values.mk overrides as [profile.release] (cargo xtask cross) has it",
+        std::fs::read_to_string(crate::root().join("Cargo.toml"))
+            .map_err(|e| e.to_string())
+            .and_then(|t| sdk::profile_matches(&t))
+            .and_then(|()| {
+                sdk::makefile_uses_profile(
+                    &crate::root().join("openwrt-package/shadowmesh/Makefile"),
+                )
+            }),
     );
     checks.check(
         "sh -n and shellcheck: init, uci-defaults, rpcd, postinst, prerm, apk scripts, stand-ins",
