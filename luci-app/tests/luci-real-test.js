@@ -123,6 +123,18 @@ async function status(page, h) {
 				JSON.stringify(cells));
 		}
 	}
+	if (exp && exp.restart_pending) {
+		const notice = (await page.locator('#shadowmesh-restart-pending').textContent().catch(() => '')) || '';
+		check('what the daemon reports waiting for a restart is shown', exp.restart_pending.every((o) => notice.includes(o)), notice);
+	}
+	// Restart goes to luci-base's setInitAction for this service, with the write ACL.
+	await page.click('#shadowmesh-restart, #shadowmesh-start');
+	for (let i = 0; i < 25 && (await get(h, '/harness/init')).length === 0; i++) await page.waitForTimeout(200);
+	const init = await get(h, '/harness/init');
+	const wanted = exp ? 'restart' : 'start';
+	check(`the ${wanted} button calls luci.setInitAction("shadowmesh", "${wanted}")`,
+		JSON.stringify(init) === JSON.stringify([['shadowmesh', wanted]]), JSON.stringify(init));
+	await open(page, h, 'status');
 	await page.click('#shadowmesh-show-key');
 	await page.waitForSelector('#shadowmesh-network-key', { timeout: 10000 }).catch(() => {});
 	check('with write access, Show reveals the key', key && (await page.locator('#shadowmesh-network-key').textContent().catch(() => '')) === key);
@@ -136,6 +148,11 @@ async function status(page, h) {
 	await page.waitForSelector('#shadowmesh-key-denied', { timeout: 10000 }).catch(() => {});
 	check('read-only: Show is refused and the page says why', (await page.locator('#shadowmesh-key-denied').count()) === 1
 		&& (await page.locator('#shadowmesh-network-key').count()) === 0);
+	await page.click('#shadowmesh-restart, #shadowmesh-start');
+	await page.waitForSelector('#shadowmesh-init-error', { timeout: 10000 }).catch(() => {});
+	check('read-only: the service buttons are refused by the ACL and the page says so',
+		(await page.locator('#shadowmesh-init-error').count()) === 1 && (await get(h, '/harness/init')).length === 1,
+		JSON.stringify(await get(h, '/harness/log')));
 	const answers = await get(h, '/harness/answers');
 	const leaked = answers.filter((a) => a.readOnly && key && a.answer.includes(key));
 	check('no answer under the read ACL carries the network key', key && answers.some((a) => a.readOnly) && leaked.length === 0,

@@ -75,7 +75,7 @@ function start(opts) {
 	const acl = Object.assign({},
 		JSON.parse(fs.readFileSync(path.join(opts.luci, 'modules/luci-base/root/usr/share/rpcd/acl.d/luci-base.json'), 'utf8')),
 		JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-shadowmesh.json'), 'utf8')));
-	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], answers: [], objectMissing: false };
+	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], answers: [], init: [], objectMissing: false };
 	const uci = (args) => execFileSync(UCI, ['-c', opts.uciDir, ...args], { encoding: 'utf8' });
 	const granted = (obj, method) => Object.values(acl).some((g) =>
 		[g.read, opts.readOnly ? null : g.write].some((k) => (((k || {}).ubus || {})[obj] || []).includes(method)));
@@ -93,6 +93,16 @@ function start(opts) {
 		state.ubus.push(object + '.' + method);
 		if (object === 'session' && method === 'access') return [0, { access: true }];
 		if (object === 'luci' && method === 'getFeatures') return [0, {}];
+		// luci-base's init-script call: recorded (the harness is no procd), refused without the
+		// ACL that grants it.
+		if (object === 'luci' && method === 'setInitAction') {
+			if (!granted(object, method)) {
+				state.denied.push(`luci.setInitAction ${args.name} ${args.action}`);
+				return [6];
+			}
+			state.init.push([args.name, args.action]);
+			return [0, { result: true }];
+		}
 		if (object === 'file' && method === 'list') return [0, { entries: [] }];
 		if (object === 'uci') {
 			const conf = args.config;
@@ -195,6 +205,7 @@ function start(opts) {
 				if (url.pathname === '/harness/staged') return send(200, state.staged);
 				if (url.pathname === '/harness/log') return send(200, { denied: state.denied, missing: state.missing, ubus: state.ubus });
 				if (url.pathname === '/harness/answers') return send(200, state.answers);
+				if (url.pathname === '/harness/init') return send(200, state.init);
 				if (url.pathname === '/harness/readonly' && req.method === 'POST') {
 					opts.readOnly = !!JSON.parse(body).readOnly;
 					return send(200, { ok: true });

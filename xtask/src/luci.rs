@@ -316,8 +316,21 @@ fn with_daemons(
         join_from_a(lab, bin, &sw, a, &nk),
     );
     let host_join = json_field(&host_secret, "join").map(str::to_string);
+    // An option that takes effect only at a restart, changed in A's file and reloaded: the
+    // status page says it waits for a restart.
+    let cfg = std::fs::read_to_string(&a.config).map_err(|e| e.to_string())?;
+    std::fs::write(&a.config, cfg + "\toption mtu '1300'\n").map_err(|e| e.to_string())?;
+    lab.signal("a", libc::SIGHUP)?;
+    let waited = Instant::now();
+    while !plugin(bin, &a.config, &["call", "status"])
+        .unwrap_or_default()
+        .contains("\"restart_pending\":[\"mtu\"]")
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let expect = format!(
-        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"join\":{},\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
+        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"join\":{},\"restart_pending\":[\"mtu\"],\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
         a.peer_id,
         host_join.map_or("null".to_string(), |j| format!("\"{j}\"")),
         b.peer_id

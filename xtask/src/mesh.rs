@@ -459,7 +459,7 @@ fn failure_cases(
     let logged = lab
         .log(&gw3.name)
         .contains("keeping the running configuration");
-    std::fs::write(&gw3.config, good).map_err(|e| e.to_string())?;
+    std::fs::write(&gw3.config, good.clone()).map_err(|e| e.to_string())?;
     rep.check(
         "SIGHUP with an invalid file: error logged, old config kept, traffic flows",
         alive && logged && p.received == p.sent,
@@ -467,6 +467,23 @@ fn failure_cases(
             "daemon running: {alive}; error logged: {logged}; {} of {} pings",
             p.received, p.sent
         ),
+    );
+    // A restart-only option changed: reported in `status` until the file agrees again.
+    let pending =
+        |lab: &Lab| crate::field(&lab.ctl(gw3, "status"), "restart_pending").unwrap_or_default();
+    std::fs::write(&gw3.config, good.clone() + "\toption mtu '1300'\n")
+        .map_err(|e| e.to_string())?;
+    lab.signal(&gw3.name, libc::SIGHUP)?;
+    sleep(Duration::from_secs(1))?;
+    let waiting = pending(lab);
+    std::fs::write(&gw3.config, good).map_err(|e| e.to_string())?;
+    lab.signal(&gw3.name, libc::SIGHUP)?;
+    sleep(Duration::from_secs(1))?;
+    let cleared = pending(lab);
+    rep.check(
+        "SIGHUP with a new mtu: status reports it waiting for a restart, and no longer once the file is back",
+        waiting.contains("\"mtu\"") && cleared == "[]",
+        format!("restart_pending {waiting}, then {cleared}"),
     );
     Ok(())
 }

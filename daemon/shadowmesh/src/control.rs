@@ -60,6 +60,12 @@ async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<NetworkKey>, star
     }
 }
 
+/// A JSON array of names that need no escaping (option names).
+fn string_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", quoted.join(","))
+}
+
 async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<&NetworkKey>, started: Instant) -> String {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
@@ -81,7 +87,8 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<&NetworkKey>, started: I
                 .uint("strangers", mesh.strangers() as u64)
                 .uint("uptime_s", started.elapsed().as_secs())
                 .bool("clock_unset", crate::clock_unset())
-                .num("clock_offset_s", crate::clock_offset() as f64);
+                .num("clock_offset_s", crate::clock_offset() as f64)
+                .raw("restart_pending", &string_list(&crate::restart_pending()));
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();

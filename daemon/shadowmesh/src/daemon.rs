@@ -203,6 +203,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
             restart.join(", ")
         );
     }
+    crate::set_restart_pending(restart);
     log::info!(
         "reloaded {}: {}",
         path.display(),

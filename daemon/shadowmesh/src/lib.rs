@@ -68,6 +68,23 @@ pub fn mono_now() -> std::time::Duration {
     START.get_or_init(std::time::Instant::now).elapsed()
 }
 
+/// Options changed in the file that take effect only at the next restart (the last reload's
+/// finding; empty when the file and the running daemon agree). A mutex, set once per reload.
+static RESTART_PENDING: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// Records what the last reload found waiting for a restart.
+pub fn set_restart_pending(options: Vec<&'static str>) {
+    *RESTART_PENDING.lock().unwrap_or_else(|e| e.into_inner()) = options;
+}
+
+/// What waits for a restart (`status`'s `restart_pending`).
+pub fn restart_pending() -> Vec<&'static str> {
+    RESTART_PENDING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
 /// What the system clock reads, Unix seconds.
 fn system_now() -> u64 {
     std::time::SystemTime::now()

@@ -3,10 +3,12 @@
 'require rpc';
 'require poll';
 'require dom';
+'require ui';
 'require uqr';
 
-// Status: this gateway, the network key and the join string (behind a Show button: copy buttons
-// and a QR code for the next gateway) and the live peers. The status comes from `ubus call shadowmesh status`,
+// Status: Start, Stop and Restart, what waits for a restart, this gateway, the network key and
+// the join string (behind a Show button: copy buttons and a QR code for the next gateway) and
+// the live peers. The status comes from `ubus call shadowmesh status`,
 // answered by `shadowmesh rpcd call status` from the daemon's control socket; when the daemon
 // does not answer, the page says so and still shows who this gateway is. The key is never in
 // the status: it comes from the `secret` method, which only the write ACL grants, with the join
@@ -21,6 +23,15 @@ var callStatus = rpc.declare({
 var callSecret = rpc.declare({
 	object: 'shadowmesh',
 	method: 'secret'
+});
+
+// LuCI's own init-script call (luci-base's rpcd plugin), as on System > Startup; the write ACL
+// grants it.
+var callInitAction = rpc.declare({
+	object: 'luci',
+	method: 'setInitAction',
+	params: ['name', 'action'],
+	expect: { result: false }
 });
 
 function fmtBytes(n) {
@@ -94,14 +105,52 @@ return view.extend({
 		return L.resolveDefault(callStatus(), null).then(unreachable);
 	},
 
+	// Start, stop or restart the service through procd, then show what the daemon says.
+	initAction: function(action, button) {
+		var self = this;
+		button.disabled = true;
+		return callInitAction('shadowmesh', action).then(function(ok) {
+			if (!ok)
+				throw new Error(_('the init script failed'));
+		}).then(function() {
+			return L.resolveDefault(callStatus(), null);
+		}).then(function(s) {
+			dom.content(self.box, self.renderStatus(unreachable(s)));
+		}).catch(function(e) {
+			button.disabled = false;
+			ui.addNotification(null, E('p', { 'id': 'shadowmesh-init-error' }, [
+				_('Could not %s the service: %s').format(action, e.message)
+			]), 'danger');
+		});
+	},
+
 	renderStatus: function(st) {
-		var out = [], d = st.daemon || {};
+		var out = [], d = st.daemon || {}, self = this;
+		var button = function(action, label, cls) {
+			return E('button', {
+				'class': 'cbi-button ' + cls,
+				'id': 'shadowmesh-' + action,
+				'click': function(ev) { return self.initAction(action, ev.target); }
+			}, [label]);
+		};
 
 		if (!st.running)
 			out.push(E('div', { 'class': 'alert-message warning', 'id': 'shadowmesh-not-running' }, [
 				E('strong', {}, [_('Service not running')]),
 				(st.config_error || st.reason) ? ': ' + (st.config_error || st.reason) : ''
 			]));
+
+		var pending = (st.running && Array.isArray(d.restart_pending)) ? d.restart_pending : [];
+		if (pending.length)
+			out.push(E('div', { 'class': 'alert-message notice', 'id': 'shadowmesh-restart-pending' }, [
+				E('strong', {}, [_('Restart needed')]), ': ',
+				_('%s changed in the configuration and take effect when the service restarts.').format(pending.join(', '))
+			]));
+
+		out.push(E('div', { 'class': 'cbi-page-actions', 'id': 'shadowmesh-service', 'style': 'text-align:left' },
+			st.running
+				? [button('restart', _('Restart'), 'cbi-button-apply'), ' ', button('stop', _('Stop'), 'cbi-button-reset')]
+				: [button('start', _('Start'), 'cbi-button-apply')]));
 
 		out.push(E('h3', {}, [_('This gateway')]));
 		out.push(E('table', { 'class': 'table', 'id': 'shadowmesh-self' }, [
@@ -117,7 +166,6 @@ return view.extend({
 		]));
 
 		if (!st.seed) {
-			var self = this;
 			out.push(E('h3', {}, [_('Network key')]));
 			out.push(E('p', {}, [_('Every gateway of this mesh needs this key. Scan the code on the next gateway, or copy the key into its Settings with this gateway as a bootstrap peer.')]));
 			if (this.key) {
