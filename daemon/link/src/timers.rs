@@ -20,7 +20,6 @@
 //!
 //! Time is the caller's monotonic clock, as a `Duration` since any fixed epoch.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use shadowmesh_proto::consts::{
@@ -127,19 +126,17 @@ pub fn check(now: Duration, a: &Activity) -> Due {
 }
 
 /// Deadlines of many links in one queue, earliest first. The caller bounds how many keys it
-/// arms (one per link).
+/// arms (one per link). A Vec sorted latest first, not a tree: at a thousand links each
+/// operation moves a few KiB at most, and on the routers every map type instantiated costs
+/// 5-7 KiB of flash.
 #[derive(Debug)]
 pub struct Timers<K> {
-    queue: BTreeSet<(Duration, K)>,
-    armed: BTreeMap<K, Duration>,
+    queue: Vec<(Duration, K)>,
 }
 
 impl<K> Default for Timers<K> {
     fn default() -> Self {
-        Timers {
-            queue: BTreeSet::new(),
-            armed: BTreeMap::new(),
-        }
+        Timers { queue: Vec::new() }
     }
 }
 
@@ -151,49 +148,45 @@ impl<K: Ord + Copy> Timers<K> {
 
     /// Sets `k`'s deadline to `at`, replacing the one it had.
     pub fn arm(&mut self, k: K, at: Duration) {
-        if let Some(old) = self.armed.insert(k, at) {
-            self.queue.remove(&(old, k));
-        }
-        self.queue.insert((at, k));
+        self.disarm(&k);
+        let i = self.queue.partition_point(|e| *e > (at, k));
+        self.queue.insert(i, (at, k));
     }
 
     /// Removes `k`'s deadline.
     pub fn disarm(&mut self, k: &K) {
-        if let Some(old) = self.armed.remove(k) {
-            self.queue.remove(&(old, *k));
+        if let Some(i) = self.queue.iter().position(|(_, q)| q == k) {
+            self.queue.remove(i);
         }
     }
 
     /// `k`'s deadline.
     pub fn deadline(&self, k: &K) -> Option<Duration> {
-        self.armed.get(k).copied()
+        self.queue.iter().find(|(_, q)| q == k).map(|(at, _)| *at)
     }
 
     /// The earliest deadline: wake up then.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.queue.first().map(|(at, _)| *at)
+        self.queue.last().map(|(at, _)| *at)
     }
 
     /// Takes one key whose deadline is at or before `now` (earliest first); it is disarmed
     /// until armed again.
     pub fn pop_expired(&mut self, now: Duration) -> Option<K> {
-        let &(at, k) = self.queue.first()?;
-        if at > now {
-            return None;
+        match self.queue.last() {
+            Some((at, _)) if *at <= now => self.queue.pop().map(|(_, k)| k),
+            _ => None,
         }
-        self.queue.pop_first();
-        self.armed.remove(&k);
-        Some(k)
     }
 
     /// Keys armed.
     pub fn len(&self) -> usize {
-        self.armed.len()
+        self.queue.len()
     }
 
     /// Whether none is armed.
     pub fn is_empty(&self) -> bool {
-        self.armed.is_empty()
+        self.queue.is_empty()
     }
 }
 
@@ -311,5 +304,13 @@ mod tests {
         t.disarm(&'b');
         assert!(t.is_empty());
         assert_eq!(t.pop_expired(S(100)), None);
+        // Equal deadlines come out in key order; re-arming moves a key, never duplicates it.
+        let mut q = Timers::new();
+        for (k, at) in [(5u32, 7), (3, 7), (9, 2), (1, 7), (3, 1)] {
+            q.arm(k, S(at));
+        }
+        assert_eq!(q.len(), 4);
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop_expired(S(10))).collect();
+        assert_eq!(order, [3, 9, 1, 5]);
     }
 }
