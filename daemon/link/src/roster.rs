@@ -104,13 +104,8 @@ pub struct RosterConfig {
 
 /// The members, their records and the routes they hold.
 pub struct Roster {
-    me: PeerId,
-    ipv4: (Ipv4Addr, u32),
-    ipv6: Option<Ipv6Addr>,
-    v4: V4Prefix,
-    v6: V6Prefix,
-    policy: RoutePolicy,
-    capacity: usize,
+    /// Who we are and what we take (our own addresses change on a collision).
+    cfg: RosterConfig,
     members: Members,
     /// The members in the order they arrived (on a conflict the earlier one keeps its prefix).
     arrivals: Vec<PeerId>,
@@ -123,26 +118,12 @@ pub struct Roster {
 impl Roster {
     /// An empty roster.
     pub fn new(cfg: RosterConfig) -> Roster {
-        let RosterConfig {
-            me,
-            ipv4,
-            ipv6,
-            v4,
-            v6,
-            policy,
-            capacity,
-        } = cfg;
+        let routes = cfg.capacity * 4;
         Roster {
-            me,
-            ipv4,
-            ipv6,
-            v4,
-            v6,
-            policy,
-            capacity,
+            cfg,
             members: Members(Vec::new()),
             arrivals: Vec::new(),
-            table: RouteTable::new(capacity * 4),
+            table: RouteTable::new(routes),
             installed: BTreeMap::new(),
             out: VecDeque::new(),
         }
@@ -161,7 +142,7 @@ impl Roster {
             e.seq = seq;
             return Update::Replaced;
         }
-        if self.members.len() >= self.capacity {
+        if self.members.len() >= self.cfg.capacity {
             return Update::Full;
         }
         self.arrivals.push(pid);
@@ -193,9 +174,9 @@ impl Roster {
 
     /// Replaces our own routes and what we accept (configuration reload); judge afterwards.
     pub fn reconfigure(&mut self, own: Vec<Prefix>, accept_routes: bool, accept: Vec<Prefix>) {
-        self.policy.own = own;
-        self.policy.accept_routes = accept_routes;
-        self.policy.accept = accept;
+        self.cfg.policy.own = own;
+        self.cfg.policy.accept_routes = accept_routes;
+        self.cfg.policy.accept = accept;
     }
 
     /// Member `pid`, if known.
@@ -230,7 +211,7 @@ impl Roster {
 
     /// Our overlay addresses: IPv4 with its rehash counter, and IPv6.
     pub fn addresses(&self) -> (Ipv4Addr, u32, Option<Ipv6Addr>) {
-        (self.ipv4.0, self.ipv4.1, self.ipv6)
+        (self.cfg.ipv4.0, self.cfg.ipv4.1, self.cfg.ipv6)
     }
 
     /// The LAN routes installed in the kernel (as the last judgement asked), with their owner.
@@ -247,7 +228,7 @@ impl Roster {
     /// other than ours (the members' underlay addresses are added here). Rebuilds the route
     /// table and queues what the shell must do.
     pub fn judge(&mut self, local: Vec<Prefix>) {
-        let mut policy = self.policy.clone();
+        let mut policy = self.cfg.policy.clone();
         policy.local = local;
         // The underlay paths to members: a route over one of them would loop the tunnel.
         policy.local.extend(
@@ -256,7 +237,7 @@ impl Roster {
                 .filter_map(|m| m.endpoint)
                 .map(|e| Prefix::host(e.ip())),
         );
-        let mut table = RouteTable::new(self.capacity * 4);
+        let mut table = RouteTable::new(self.cfg.capacity * 4);
         // One account per member, in the members' (PeerId) order.
         let ids: Vec<PeerId> = self.members.keys().copied().collect();
         let mut verdicts: Vec<Judged> = vec![Judged::default(); ids.len()];
@@ -266,7 +247,7 @@ impl Roster {
             .members
             .iter()
             .filter_map(|(p, m)| Some((*p, m.payload.ipv4?, m.payload.ipv4_counter)));
-        let mine = overlay::settle_ipv4(self.v4, Some(&self.me), claims, |pid, a, v| {
+        let mine = overlay::settle_ipv4(self.cfg.v4, Some(&self.cfg.me), claims, |pid, a, v| {
             let p = Prefix::host(IpAddr::V4(a));
             let verdict = match v {
                 Ipv4Verdict::Owner => table.insert(p, pid).map_err(|e| refusal(p, e)),
@@ -280,10 +261,10 @@ impl Roster {
         for (i, (pid, m)) in self.members.iter().enumerate() {
             let Some(a) = m.payload.ipv6 else { continue };
             let p = Prefix::host(IpAddr::V6(a));
-            let verdict = if overlay::ipv6(self.v6, pid) != a {
+            let verdict = if overlay::ipv6(self.cfg.v6, pid) != a {
                 Err(Refusal::Claim)
-            } else if Some(a) == self.ipv6 {
-                Err(Refusal::Held(p, self.me))
+            } else if Some(a) == self.cfg.ipv6 {
+                Err(Refusal::Held(p, self.cfg.me))
             } else {
                 table.insert(p, *pid).map_err(|e| refusal(p, e))
             };
@@ -316,13 +297,13 @@ impl Roster {
             }
             m.judged = j;
         }
-        if let Some(new) = mine.filter(|m| *m != self.ipv4) {
+        if let Some(new) = mine.filter(|m| *m != self.cfg.ipv4) {
             self.out.push_back(Output::Readdress {
-                from: self.ipv4.0,
+                from: self.cfg.ipv4.0,
                 to: new.0,
                 counter: new.1,
             });
-            self.ipv4 = new;
+            self.cfg.ipv4 = new;
         }
         self.table = table;
         self.sync_installed();
@@ -662,7 +643,7 @@ mod tests {
     #[test]
     fn the_roster_is_bounded() {
         let mut r = roster(pid(1, 1, 1), &[]);
-        r.capacity = 2;
+        r.cfg.capacity = 2;
         for i in 0..2 {
             let p = pid(50 + i, 0, 0);
             assert_eq!(r.record(p, payload(&p, 0, &[]), [0; 32], 1), Update::Added);
