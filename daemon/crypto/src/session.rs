@@ -575,8 +575,14 @@ mod tests {
         ));
         let mut g = frame(&mut b, t0, b"pong");
         assert_eq!(a.open(t0, &mut g).unwrap().1, b"pong");
-        // A's own frame does not open at A (keys differ per direction).
+        // A's own frame does not open at A: it names B's session, and with A's index written in
+        // its place the tag fails (the keys differ per direction, and the header is covered).
         let mut own = frame(&mut a, t0, b"x");
+        assert_eq!(
+            a.open(t0, &mut own.clone()).unwrap_err(),
+            Error::Wire(shadowmesh_proto::Error::InvalidField("receiver index"))
+        );
+        own[8..12].copy_from_slice(&a.index().to_be_bytes());
         assert_eq!(a.open(t0, &mut own).unwrap_err(), Error::Decrypt);
         assert_eq!(b.stats.replayed, 1);
     }
@@ -613,7 +619,7 @@ mod tests {
         ));
         // A forged frame does not advance the window: the genuine one still opens.
         let mut forged = f.clone();
-        forged[20] ^= 0x80;
+        forged[FRAME_HEADER_LEN + 1] ^= 0x80;
         assert_eq!(b.open(t0, &mut forged).unwrap_err(), Error::Decrypt);
         assert_eq!(b.open(t0, &mut f).unwrap().1, b"abc");
     }
