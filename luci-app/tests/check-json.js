@@ -1,7 +1,8 @@
 // Parses the LuCI app's menu and ACL JSON and checks that they name only what exists:
 // every menu view is a file, every ubus method the ACL grants is one the rpcd backend lists
 // (argv[3], the output of `shadowmesh rpcd list`) and one a view calls, every method a view
-// calls is granted, and the only UCI config is shadowmesh.
+// calls is granted, and the only UCI config is shadowmesh. Besides our own object, the ACL may
+// grant the methods of luci-base's rpcd plugin a view uses (Start/Stop/Restart).
 // usage: node check-json.js LUCI_APP_DIR RPCD_LIST_JSON
 'use strict';
 const fs = require('fs');
@@ -42,6 +43,10 @@ for (const f of fs.readdirSync(path.join(viewDir, 'shadowmesh'))) {
 	while ((m = re.exec(src))) called.add(m[1] + '.' + m[2]);
 }
 
+// luci-base's `luci` object (root/usr/share/rpcd/ucode/luci on master and openwrt-24.10): the
+// methods an app may be granted for its views.
+const luciBase = ['setInitAction'];
+
 const granted = new Set();
 for (const [name, grant] of Object.entries(acl)) {
 	if (!grant.description) fail(name + ': no description');
@@ -52,9 +57,11 @@ for (const [name, grant] of Object.entries(acl)) {
 		for (const cfg of g.uci || [])
 			if (cfg !== 'shadowmesh') fail(name + ': grants uci config ' + cfg);
 		for (const [obj, methods] of Object.entries(g.ubus || {})) {
-			if (obj !== 'shadowmesh') fail(name + ': grants ubus object ' + obj);
+			if (obj !== 'shadowmesh' && obj !== 'luci') fail(name + ': grants ubus object ' + obj);
 			for (const meth of methods) {
-				if (!(meth in listed)) fail(name + ': grants ' + obj + '.' + meth + ', which rpcd does not list');
+				if (obj === 'shadowmesh' && !(meth in listed)) fail(name + ': grants ' + obj + '.' + meth + ', which rpcd does not list');
+				if (obj === 'luci' && !luciBase.includes(meth)) fail(name + ': grants luci.' + meth + ', not a luci-base method an app needs');
+				if (obj === 'luci' && mode !== 'write') fail(name + ': grants luci.' + meth + ' to readers');
 				granted.add(obj + '.' + meth);
 			}
 		}

@@ -143,8 +143,8 @@ return view.extend({
 		var pending = (st.running && Array.isArray(d.restart_pending)) ? d.restart_pending : [];
 		if (pending.length)
 			out.push(E('div', { 'class': 'alert-message notice', 'id': 'shadowmesh-restart-pending' }, [
-				E('strong', {}, [_('Restart needed')]), ': ',
-				_('%s changed in the configuration and take effect when the service restarts.').format(pending.join(', '))
+				E('strong', {}, [_('Restart needed')]), ': ', pending.join(', '), ' ',
+				_('(changed in the configuration; the service uses the new values once it restarts)')
 			]));
 
 		out.push(E('div', { 'class': 'cbi-page-actions', 'id': 'shadowmesh-service', 'style': 'text-align:left' },
