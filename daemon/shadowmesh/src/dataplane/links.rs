@@ -442,8 +442,9 @@ impl DataPlane {
 
     /// Our addresses changed: tells every member at once, so that they move their fast lane
     /// to our new address without waiting for traffic. First a keepalive in a QUIC datagram
-    /// (quinn moves the connection; the authenticated frame makes its new address a
-    /// candidate, see `open_deliver`), then one on the fast lane, which proves the path.
+    /// (quinn moves the connection), then one on the fast lane: the member finds our session
+    /// by its receiver index and, once the frame authenticates, sends to where it came from
+    /// (`open_deliver`).
     pub fn keepalive_all(self: &Rc<Self>) {
         let now = crate::mono_now();
         for (_, m) in self.members.borrow_mut().iter_mut() {
