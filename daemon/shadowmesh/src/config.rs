@@ -209,6 +209,39 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 impl Config {
+    /// The options the daemon reads only at start, with the values this configuration gives
+    /// them, as a JSON object in UCI's names (`status`'s `started`: what the running instance
+    /// uses, to compare with the file). The network key is given only as `network_key_id`, a
+    /// fingerprint that tells two keys apart and reveals neither.
+    pub fn started_json(&self) -> String {
+        let boot: Vec<String> = self
+            .bootstrap
+            .iter()
+            .map(|(p, a)| format!("\"{p}@{a}\""))
+            .collect();
+        let key_id = self.network_key.as_deref().map(|k| {
+            let d = shadowmesh_crypto::sha256(&[b"shadowmesh network key id\0", &k[..]]);
+            shadowmesh_proto::peer::to_hex(&d[..8])
+        });
+        crate::json::Obj::new()
+            .bool("enabled", self.enabled)
+            .bool("seed", self.seed || self.network_key.is_none())
+            .str("network_key_id", key_id.as_deref().unwrap_or(""))
+            .str("listen_address", &self.listen.ip().to_string())
+            .uint("listen_port", self.listen.port() as u64)
+            .str("interface", &self.interface)
+            .str("key_file", &self.key_file.to_string_lossy())
+            .str("state_dir", &self.state_dir.to_string_lossy())
+            .str("mtu", &self.mtu.map(|m| m.to_string()).unwrap_or_default())
+            .bool("tunnel", self.tunnel)
+            .bool("fast_lane", self.fast_lane)
+            .bool("offload", self.offload)
+            .bool("plain_udp", self.plain_udp)
+            .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
+            .raw("bootstrap", &format!("[{}]", boot.join(",")))
+            .finish()
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -460,6 +493,39 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("/etc/config/shadowmesh"))
+    }
+
+    #[test]
+    fn started_options_name_the_key_only_by_fingerprint() {
+        let nk = "11".repeat(32);
+        let t = format!(
+            "config shadowmesh\n option listen_port '5000'\n option network_key '{nk}'\n list bootstrap '{ID}@127.0.0.1:4433'\n option mtu 1380\n option fast_lane 0\n"
+        );
+        let j = parse(&t).unwrap().started_json();
+        for want in [
+            "\"listen_port\":5000".to_string(),
+            "\"listen_address\":\"0.0.0.0\"".into(),
+            "\"mtu\":\"1380\"".into(),
+            "\"fast_lane\":false".into(),
+            "\"seed\":false".into(),
+            "\"overlay_ipv4\":\"10.100.0.0/16\"".into(),
+            format!("\"bootstrap\":[\"{ID}@127.0.0.1:4433\"]"),
+        ] {
+            assert!(j.contains(&want), "no {want} in {j}");
+        }
+        assert!(!j.contains(&nk), "{j}");
+        let id = |k: &str| {
+            let c = parse(&format!("config shadowmesh\n option network_key '{k}'\n")).unwrap();
+            let j = c.started_json();
+            let i = j.find("\"network_key_id\":\"").unwrap() + 18;
+            j[i..i + 16].to_string()
+        };
+        assert_eq!(id(&nk), id(&nk));
+        assert_ne!(id(&nk), id(&"12".repeat(32)));
+        assert!(parse("config shadowmesh\n")
+            .unwrap()
+            .started_json()
+            .contains("\"network_key_id\":\"\",\"listen"));
     }
 
     #[test]

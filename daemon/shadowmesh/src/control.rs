@@ -2,7 +2,8 @@
 //! (`shadowmesh status`, `shadowmesh dht`) and the LuCI rpcd backend (`shadowmesh rpcd`, `rpcd.rs`)
 //! talk to it.
 //!
-//! Commands: `status`; `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! Commands: `status` (with `started`: the options read only at start, as this instance has
+//! them; `restart_pending`: those the file has changed since); `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
 use shadowmesh_crypto::NetworkKey;
@@ -24,8 +25,22 @@ fn error(msg: &str) -> String {
     Obj::new().str("error", msg).finish()
 }
 
-/// Serves the control socket at `path` until the process ends.
-pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<NetworkKey>) {
+/// What every client's answers draw on besides the mesh.
+struct Served {
+    network_key: Option<NetworkKey>,
+    since: Instant,
+    /// `Config::started_json` of the configuration the daemon started with.
+    started: String,
+}
+
+/// Serves the control socket at `path` until the process ends; `started` is what `status`
+/// reports as the options the daemon started with.
+pub async fn serve(
+    mesh: Rc<Mesh>,
+    path: PathBuf,
+    network_key: Option<NetworkKey>,
+    started: String,
+) {
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
@@ -39,20 +54,24 @@ pub async fn serve(mesh: Rc<Mesh>, path: PathBuf, network_key: Option<NetworkKey
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     }
-    let started = Instant::now();
+    let served = Rc::new(Served {
+        network_key,
+        since: Instant::now(),
+        started,
+    });
     while let Ok((stream, _)) = listener.accept().await {
-        tokio::task::spawn_local(client(mesh.clone(), stream, network_key.clone(), started));
+        tokio::task::spawn_local(client(mesh.clone(), stream, served.clone()));
     }
 }
 
-async fn client(mesh: Rc<Mesh>, stream: UnixStream, nk: Option<NetworkKey>, started: Instant) {
+async fn client(mesh: Rc<Mesh>, stream: UnixStream, served: Rc<Served>) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(64 * MAX_LINE as u64)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = if line.len() > MAX_LINE {
             error("command too long")
         } else {
-            answer(&mesh, line.trim(), nk.as_ref(), started).await
+            answer(&mesh, line.trim(), &served).await
         };
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             break;
@@ -66,7 +85,8 @@ fn string_list(names: &[&str]) -> String {
     format!("[{}]", quoted.join(","))
 }
 
-async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<&NetworkKey>, started: Instant) -> String {
+async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
+    let nk = served.network_key.as_ref();
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("status"), None, _) => {
@@ -85,10 +105,11 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, nk: Option<&NetworkKey>, started: I
                     mesh.node().refused_source() as u64,
                 )
                 .uint("strangers", mesh.strangers() as u64)
-                .uint("uptime_s", started.elapsed().as_secs())
+                .uint("uptime_s", served.since.elapsed().as_secs())
                 .bool("clock_unset", crate::clock_unset())
                 .num("clock_offset_s", crate::clock_offset() as f64)
-                .raw("restart_pending", &string_list(&crate::restart_pending()));
+                .raw("restart_pending", &string_list(&crate::restart_pending()))
+                .raw("started", &served.started);
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();

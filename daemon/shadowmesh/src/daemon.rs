@@ -192,6 +192,8 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("overlay_ipv4", new.overlay_ipv4 != cfg.overlay_ipv4),
         ("state_dir", new.state_dir != cfg.state_dir),
         ("enabled", new.enabled != cfg.enabled),
+        ("plain_udp", new.plain_udp != cfg.plain_udp),
+        ("bootstrap", new.bootstrap != cfg.bootstrap),
     ]
     .iter()
     .filter(|(_, changed)| *changed)
@@ -228,6 +230,8 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         fast_lane: keep.fast_lane,
         offload: keep.offload,
         overlay_ipv4: keep.overlay_ipv4,
+        plain_udp: keep.plain_udp,
+        bootstrap: keep.bootstrap,
         ..new
     };
 }
@@ -289,6 +293,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         mesh.clone(),
         control.clone(),
         cfg.network_key.clone(),
+        cfg.started_json(),
     ));
 
     let cached = read_cache(&cache_path(&cfg));
