@@ -2,7 +2,9 @@
 // every menu view is a file, every ubus method the ACL grants is one the rpcd backend lists
 // (argv[3], the output of `shadowmesh rpcd list`) and one a view calls, every method a view
 // calls is granted, and the only UCI config is shadowmesh. Besides our own object, the ACL may
-// grant the methods of luci-base's rpcd plugin a view uses (Start/Stop/Restart).
+// grant the methods of luci-base's rpcd plugin a view uses (Start/Stop/Restart), and to readers
+// what luci-base's log reader (tools/views.js LogreadBox) needs when a view uses it: ubus
+// log.read (OpenWrt 25.12), file.stat, cgi-io exec and `logread -e shadowmesh` (24.10).
 // usage: node check-json.js LUCI_APP_DIR RPCD_LIST_JSON
 'use strict';
 const fs = require('fs');
@@ -36,8 +38,14 @@ if (views < 2) fail('menu has ' + views + ' views');
 
 // What the views call: rpc.declare({ object: 'x', method: 'y' }).
 const called = new Set();
+let logreader = false;
 for (const f of fs.readdirSync(path.join(viewDir, 'shadowmesh'))) {
 	const src = fs.readFileSync(path.join(viewDir, 'shadowmesh', f), 'utf8');
+	if (/'require tools\.views as views';/.test(src) && /views\.LogreadBox\('shadowmesh'/.test(src)) {
+		logreader = true;
+		called.add('log.read');
+		called.add('file.stat');
+	}
 	const re = /rpc\.declare\(\{\s*object:\s*'([^']+)',\s*method:\s*'([^']+)'/g;
 	let m;
 	while ((m = re.exec(src))) called.add(m[1] + '.' + m[2]);
@@ -53,11 +61,16 @@ for (const [name, grant] of Object.entries(acl)) {
 	for (const mode of ['read', 'write']) {
 		const g = grant[mode] || {};
 		for (const k of Object.keys(g))
-			if (!['ubus', 'uci'].includes(k)) fail(name + '.' + mode + ': unexpected ' + k);
+			if (!['ubus', 'uci'].concat(logreader && mode === 'read' ? ['cgi-io', 'file'] : []).includes(k))
+				fail(name + '.' + mode + ': unexpected ' + k);
+		if (g['cgi-io'] && JSON.stringify(g['cgi-io']) !== '["exec"]') fail(name + ': cgi-io ' + JSON.stringify(g['cgi-io']));
+		if (g.file && JSON.stringify(g.file) !== JSON.stringify({ '/sbin/logread -e shadowmesh': ['exec'] }))
+			fail(name + ': file ' + JSON.stringify(g.file) + ', more than the log reader needs');
 		for (const cfg of g.uci || [])
 			if (cfg !== 'shadowmesh') fail(name + ': grants uci config ' + cfg);
 		for (const [obj, methods] of Object.entries(g.ubus || {})) {
-			if (obj !== 'shadowmesh' && obj !== 'luci') fail(name + ': grants ubus object ' + obj);
+			const reader = logreader && mode === 'read' && ((obj === 'log' && JSON.stringify(methods) === '["read"]') || (obj === 'file' && JSON.stringify(methods) === '["stat"]'));
+			if (obj !== 'shadowmesh' && obj !== 'luci' && !reader) fail(name + ': grants ubus object ' + obj);
 			for (const meth of methods) {
 				if (obj === 'shadowmesh' && !(meth in listed)) fail(name + ': grants ' + obj + '.' + meth + ', which rpcd does not list');
 				if (obj === 'luci' && !luciBase.includes(meth)) fail(name + ': grants luci.' + meth + ', not a luci-base method an app needs');

@@ -10,19 +10,58 @@
 //   exec plugin, checked against the app's ACL (read-only users get only the read half); an
 //   object that does not exist answers "Object not found" (code 4), as ubus does.
 // - POST /cgi-bin/luci/admin/uci/apply_rollback and /confirm: Save & Apply. The staged changes
-//   are committed and every apply is recorded for the test (GET /harness/applied).
+//   are committed and every apply is recorded for the test (GET /harness/applied). With
+//   `procdRoot` (an image root whose etc/config is `uciDir`), a change of the shadowmesh config
+//   then runs `/etc/init.d/shadowmesh reload` through procd-service, the stand-in of procd that
+//   starts, restarts or signals a real daemon as procd would, as `reload_config` does on a router.
+// - The log view's backends: ubus `log.read` (master's LogreadBox) and `file.stat` + cgi-exec
+//   `logread -e shadowmesh` (24.10's), both with the daemon's output (`daemonLog`) as logd holds
+//   what procd hands it, and both refused without the ACL that grants them, as rpcd and cgi-io do.
 'use strict';
 const http = require('http');
 const fs = require('fs');
 const path = require('path');
 const { execFileSync, spawnSync } = require('child_process');
-const { parseUci } = require('./server');
 
 const ROOT = path.resolve(__dirname, '../..');
 const APP = path.join(ROOT, 'luci-app/luci-app-shadowmesh');
 const UCI = path.join(ROOT, 'openwrt-package/tests/standins/uci');
 const PLUGIN = path.join(ROOT, 'openwrt-package/shadowmesh/files/shadowmesh.rpcd');
+const PROCD = path.join(ROOT, 'openwrt-package/tests/standins/procd-service');
 const TYPES = { '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml', '.png': 'image/png', '.json': 'application/json' };
+
+// A UCI file as `uci get` answers it over ubus: sections by name with .name/.type/.anonymous/
+// .index, options as strings, lists as arrays.
+function parseUci(text) {
+	const out = {};
+	let cur = null, index = 0;
+	const unq = (w) => w.replace(/^'(.*)'$/, '$1').replace(/^"(.*)"$/, '$1');
+	for (const line of text.split('\n')) {
+		const m = /^\s*(config|option|list)\s+(\S+)(?:\s+(.*))?$/.exec(line);
+		if (!m) continue;
+		if (m[1] === 'config') {
+			const name = m[3] ? unq(m[3].trim()) : 'cfg' + String(index + 1).padStart(6, '0');
+			cur = out[name] = { '.name': name, '.type': m[2], '.anonymous': !m[3], '.index': index++ };
+		} else if (cur) {
+			const v = unq((m[3] || '').trim());
+			if (m[1] === 'list') (cur[m[2]] = Array.isArray(cur[m[2]]) ? cur[m[2]] : []).push(v);
+			else cur[m[2]] = v;
+		}
+	}
+	return out;
+}
+
+// The daemon's output as logd keeps what procd hands it: one entry per line, tagged with the
+// instance's name and PID.
+function logEntries(file) {
+	let text = '';
+	try { text = fs.readFileSync(file, 'utf8'); } catch (e) { return []; }
+	const now = Date.now();
+	return text.split('\n').filter((l) => l).map((l, i, all) => ({
+		msg: 'shadowmesh[1]: ' + l, priority: 3 * 8 + (/\[(error)\]/.test(l) ? 3 : /\[warn\]/.test(l) ? 4 : 6),
+		source: 'daemon', time: now - (all.length - i) * 10
+	}));
+}
 
 // The page header.ut + view.ut render for `view`, with the environment they fill in.
 function page(luci, view, readOnly) {
@@ -30,10 +69,10 @@ function page(luci, view, readOnly) {
 		media: '/luci-static/bootstrap',
 		resource: '/luci-static/resources',
 		scriptname: '/cgi-bin/luci',
-		pathinfo: '/admin/services/' + view,
+		pathinfo: '/admin/vpn/' + view,
 		documentroot: '/www',
-		requestpath: ['admin', 'services'].concat(view.split('/')),
-		dispatchpath: ['admin', 'services'].concat(view.split('/')),
+		requestpath: ['admin', 'vpn'].concat(view.split('/')),
+		dispatchpath: ['admin', 'vpn'].concat(view.split('/')),
 		pollinterval: 5,
 		ubuspath: '/ubus/',
 		sessionid: 'harness-session',
@@ -53,7 +92,7 @@ function page(luci, view, readOnly) {
 <link rel="icon" href="/luci-static/bootstrap/logo.svg" sizes="any">
 <script src="/cgi-bin/luci/admin/translations/en"></script>
 <script src="/luci-static/resources/cbi.js"></script>
-</head><body class="lang_en" data-page="admin-services-${view.replace('/', '-')}">
+</head><body class="lang_en" data-page="admin-vpn-${view.replace('/', '-')}">
 <header><a class="brand" href="/">OpenWrt</a><ul class="nav" id="topmenu" style="display:none"></ul><div id="indicators" class="pull-right"></div></header>
 <div id="maincontent" class="container">
 <div id="tabmenu" style="display:none"></div>
@@ -71,14 +110,26 @@ function start(opts) {
 	const luciConf = path.join(opts.uciDir, 'luci');
 	if (!fs.existsSync(luciConf))
 		fs.copyFileSync(path.join(opts.luci, 'modules/luci-base/root/etc/config/luci'), luciConf);
+	// base-files' /etc/config/system, as a fresh image has it (the log reader reads its clock
+	// settings).
+	const systemConf = path.join(opts.uciDir, 'system');
+	if (!fs.existsSync(systemConf))
+		fs.writeFileSync(systemConf, "config system\n\toption hostname 'OpenWrt'\n\toption timezone 'UTC'\n\toption zonename 'UTC'\n");
 	// The app's ACL and luci-base's own (which every LuCI login holds), as rpcd merges them.
 	const acl = Object.assign({},
 		JSON.parse(fs.readFileSync(path.join(opts.luci, 'modules/luci-base/root/usr/share/rpcd/acl.d/luci-base.json'), 'utf8')),
 		JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-shadowmesh.json'), 'utf8')));
-	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], answers: [], init: [], objectMissing: false };
+	const state = { config: opts.rpcdConfig, staged: [], applied: [], ubus: [], denied: [], missing: [], answers: [], init: [], procd: [], objectMissing: false };
 	const uci = (args) => execFileSync(UCI, ['-c', opts.uciDir, ...args], { encoding: 'utf8' });
 	const granted = (obj, method) => Object.values(acl).some((g) =>
 		[g.read, opts.readOnly ? null : g.write].some((k) => (((k || {}).ubus || {})[obj] || []).includes(method)));
+	// rpcd's and cgi-io's other scopes: `file` (path patterns → permissions) and the rest
+	// (`cgi-io`: objects granted for reading in "read", writing in "write").
+	const fileGranted = (p, perm) => Object.values(acl).some((g) =>
+		[g.read, opts.readOnly ? null : g.write].some((k) => Object.entries((k || {}).file || {}).some(([pat, perms]) =>
+			perms.includes(perm) && new RegExp('^' + pat.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.') + '$').test(p))));
+	const scopeGranted = (scope, obj, fn) => Object.values(acl).some((g) =>
+		[fn === 'read' ? g.read : null, opts.readOnly ? null : g.write].some((k) => ((k || {})[scope] || []).includes(obj)));
 	const uciGranted = (conf, write) => Object.values(acl).some((g) =>
 		[g.read, opts.readOnly ? null : g.write].some((k, i) => (!write || i === 1) && ((k || {}).uci || []).includes(conf)));
 	const roots = [
@@ -104,6 +155,21 @@ function start(opts) {
 			return [0, { result: true }];
 		}
 		if (object === 'file' && method === 'list') return [0, { entries: [] }];
+		// rpcd's file.stat needs `list` on the path; logread is where OpenWrt puts it.
+		if (object === 'file' && method === 'stat') {
+			if (!granted(object, method) || !fileGranted(args.path, 'list')) {
+				state.denied.push(`file.stat ${args.path}`);
+				return [6];
+			}
+			return args.path === '/sbin/logread' ? [0, { path: args.path, type: 'file', size: 20480, mode: 33261 }] : [4];
+		}
+		if (object === 'log' && method === 'read') {
+			if (!granted(object, method)) {
+				state.denied.push('log.read');
+				return [6];
+			}
+			return [0, { log: logEntries(opts.daemonLog).slice(-(args.lines || 1000)) }];
+		}
 		if (object === 'uci') {
 			const conf = args.config;
 			if (method === 'changes') {
@@ -175,7 +241,7 @@ function start(opts) {
 		req.on('end', () => {
 			const url = new URL(req.url, 'http://localhost');
 			try {
-				const m = /^\/cgi-bin\/luci\/admin\/services\/(shadowmesh\/(settings|status))$/.exec(url.pathname);
+				const m = /^\/cgi-bin\/luci\/admin\/vpn\/(shadowmesh\/(settings|status|log))$/.exec(url.pathname);
 				if (m) return send(200, page(opts.luci, m[1], opts.readOnly), 'text/html');
 				// No catalogue: English, as LuCI serves it without a translation package.
 				if (url.pathname === '/cgi-bin/luci/admin/translations/en') return send(200, '', 'text/javascript');
@@ -198,7 +264,25 @@ function start(opts) {
 					for (const c of confs) uci(['commit', c]);
 					state.applied.push(state.staged);
 					state.staged = [];
+					if (opts.procdRoot && confs.has('shadowmesh')) {
+						const r = spawnSync(PROCD, [opts.procdRoot, 'reload'], { encoding: 'utf8', timeout: 30000, env: Object.assign({}, process.env, { PROCD_NETNS: opts.procdNetns || '' }) });
+						state.procd.push({ status: r.status, stderr: r.stderr });
+					}
 					return send(200, { token: 'harness-rollback' });
+				}
+				// cgi-io's exec: the session needs cgi-io `exec` and the command line (or the
+				// executable) granted `exec` under `file`.
+				if (url.pathname === '/cgi-bin/cgi-exec' && req.method === 'POST') {
+					const form = new URLSearchParams(body);
+					const cmd = form.get('command') || '';
+					if (!scopeGranted('cgi-io', 'exec', 'read')) return send(403, 'Exec permission denied', 'text/plain');
+					if (!fileGranted(cmd, 'exec') && !fileGranted(cmd.split(' ')[0], 'exec')) {
+						state.denied.push(`cgi-exec ${cmd}`);
+						return send(403, 'Access to command denied by ACL', 'text/plain');
+					}
+					if (cmd !== '/sbin/logread -e shadowmesh') return send(404, 'Executable not found', 'text/plain');
+					const day = new Date().toString().slice(0, 24);
+					return send(200, logEntries(opts.daemonLog).map((e) => `${day} daemon.info ${e.msg}`).join('\n') + '\n', 'text/plain');
 				}
 				if (url.pathname === '/cgi-bin/luci/admin/uci/confirm' && req.method === 'POST') return send(200, {});
 				if (url.pathname === '/harness/applied') return send(200, state.applied);
@@ -206,6 +290,7 @@ function start(opts) {
 				if (url.pathname === '/harness/log') return send(200, { denied: state.denied, missing: state.missing, ubus: state.ubus });
 				if (url.pathname === '/harness/answers') return send(200, state.answers);
 				if (url.pathname === '/harness/init') return send(200, state.init);
+				if (url.pathname === '/harness/procd') return send(200, state.procd);
 				if (url.pathname === '/harness/readonly' && req.method === 'POST') {
 					opts.readOnly = !!JSON.parse(body).readOnly;
 					return send(200, { ok: true });
@@ -224,4 +309,4 @@ function start(opts) {
 	return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, state, port: server.address().port })));
 }
 
-module.exports = { start };
+module.exports = { start, parseUci };

@@ -69,6 +69,22 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // What a test started in a namespace of ours without keeping its handle (the procd
+        // stand-in's daemons): `ip netns del` would leave it running.
+        for n in &self.namespaces {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", n])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a process inside a namespace this lab created.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         for n in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }

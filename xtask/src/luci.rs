@@ -1,8 +1,9 @@
 //! The rpcd backend and the LuCI views, tested for real: the rpcd exec plugin as packaged runs
 //! the release binary against a daemon in a network namespace (running, then killed), and
-//! Debian's headless Chromium loads both views through `luci-app/tests/` (a harness page with a
-//! stand-in of the LuCI client API, since LuCI's JavaScript is in no reachable registry),
-//! whose rpc calls go to that same plugin. Screenshots land in `target/luci-screenshots/`.
+//! Debian's headless Chromium loads the views inside LuCI's own client framework (OpenWrt 25.12's
+//! and 24.10's, `.ci/luci-sources`) through `luci-app/tests/luci-server.js`, which answers
+//! `/ubus` with that same plugin, the project's `uci` stand-in and, for Save & Apply, the procd
+//! stand-in running a real daemon. Screenshots land in `target/luci-screenshots/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,11 +22,9 @@ pub fn artifacts() -> PathBuf {
     root().join("target/luci-screenshots")
 }
 
-/// `npm ci` once (playwright-core and uqr, pinned in package-lock.json).
+/// `npm ci` once (playwright-core, pinned in package-lock.json).
 fn node_modules() -> Result {
-    if tests_dir().join("node_modules/playwright-core").exists()
-        && tests_dir().join("node_modules/uqr").exists()
-    {
+    if tests_dir().join("node_modules/playwright-core").exists() {
         return Ok(());
     }
     // (`run` sets the working directory to the repository root: name the folder instead.)
@@ -55,20 +54,6 @@ fn plugin(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
         ));
     }
     Ok(s)
-}
-
-/// Runs one phase of `browser-test.js`, adding each of its ok/FAIL lines to `checks`.
-fn browser(checks: &mut Checks, phase: &str, envs: &[(&str, String)]) -> Result {
-    let mut c = Command::new("timeout");
-    c.args(["180", "node", "browser-test.js", phase])
-        .current_dir(tests_dir())
-        .stdin(Stdio::null());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let out = c.output().map_err(|e| e.to_string())?;
-    report(checks, &format!("chromium {phase}"), &out);
-    Ok(())
 }
 
 /// Adds each ok/FAIL line a node test printed to `checks` under `label`, and a failure when it
@@ -155,31 +140,13 @@ pub fn test(checks: &mut Checks, bin: &Path) -> Result {
     node_modules()?;
     let work = std::env::temp_dir().join(format!("shadowmesh-luci-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("uci")).map_err(|e| e.to_string())?;
-    std::fs::copy(tests_dir().join("fixture.uci"), work.join("uci/shadowmesh"))
-        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let art = artifacts();
     let base_env = vec![
         ("SM_BIN", bin.display().to_string()),
-        ("SM_UCI_DIR", work.join("uci").display().to_string()),
         ("SM_ARTIFACTS", art.display().to_string()),
     ];
-    let mut env = base_env.clone();
-    env.push((
-        "SM_RPCD_CONFIG",
-        work.join("uci/shadowmesh").display().to_string(),
-    ));
-    browser(checks, "settings", &env)?;
-    real(
-        checks,
-        "settings",
-        &work,
-        &base_env[..1]
-            .iter()
-            .chain(&base_env[2..])
-            .cloned()
-            .collect::<Vec<_>>(),
-    )?;
+    real(checks, "settings", &work, &base_env)?;
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -337,18 +304,13 @@ fn with_daemons(
     );
     env.push(("SM_RPCD_CONFIG", a.config.display().to_string()));
     env.push(("SM_EXPECT", expect.clone()));
-    browser(checks, "status", &env)?;
-    real(
-        checks,
-        "status",
-        &lab.dir,
-        &[
-            ("SM_BIN", bin.display().to_string()),
-            ("SM_ARTIFACTS", artifacts().display().to_string()),
-            ("SM_RPCD_CONFIG", a.config.display().to_string()),
-            ("SM_EXPECT", expect.clone()),
-        ],
-    )?;
+    env.push(("SM_DAEMON_LOG", lab.dir.join("a/log").display().to_string()));
+    real(checks, "status", &lab.dir, &env)?;
+    let applied = apply(checks, lab, bin, &sw, a);
+    checks.check(
+        "Save & Apply in LuCI against a daemon run by the procd stand-in: the phase ran",
+        applied,
+    );
 
     // Stopped: a clear "not running", still naming the gateway from its key file.
     lab.kill9("a")?;
@@ -369,7 +331,7 @@ fn with_daemons(
             Ok(())
         })(),
     );
-    browser(checks, "stopped", &env)?;
+    real(checks, "stopped", &lab.dir, &env)?;
     // An unknown method is an error object, not a crash.
     checks.check(
         "rpcd plugin: unknown method answers an error object",
@@ -444,4 +406,70 @@ fn join_from_a(lab: &mut Lab, bin: &Path, sw: &str, a: &Node, nk: &str) -> Resul
     Err(format!(
         "C ({peer_id}) did not connect to A in 30 s: {last}"
     ))
+}
+
+/// The `apply` phase in each LuCI branch: a member P in its own namespace, run by the procd
+/// stand-in (`procd-service`) from an image root whose `etc/config` is what LuCI edits, so that
+/// Save & Apply goes through the init script's reload to a restarted (or signalled) daemon.
+fn apply(checks: &mut Checks, lab: &mut Lab, bin: &Path, sw: &str, a: &Node) -> Result {
+    let ns = lab.underlay_ns(sw, "p", "10.251.0.5")?;
+    let procd = root().join("openwrt-package/tests/standins/procd-service");
+    for branch in ["master", "2410"] {
+        let image = lab.dir.join(format!("procd-{branch}"));
+        for d in ["etc/init.d", "etc/config", "lib", "usr/sbin", "var/run"] {
+            std::fs::create_dir_all(image.join(d)).map_err(|e| e.to_string())?;
+        }
+        let files = root().join("openwrt-package/shadowmesh/files");
+        let standins = root().join("openwrt-package/tests/standins");
+        for (from, to) in [
+            (files.join("shadowmesh.init"), "etc/init.d/shadowmesh"),
+            (standins.join("rc.common"), "etc/rc.common"),
+            (standins.join("functions.sh"), "lib/functions.sh"),
+            (bin.to_path_buf(), "usr/sbin/shadowmesh"),
+        ] {
+            std::fs::copy(&from, image.join(to))
+                .map_err(|e| format!("{} -> {to}: {e}", from.display()))?;
+        }
+        std::fs::write(
+            image.join("etc/config/shadowmesh"),
+            format!(
+                "config shadowmesh 'main'\n\toption key_file '{0}/etc/shadowmesh/key'\n\toption state_dir '{0}/var/lib/shadowmesh'\n\toption log_level 'info'\n",
+                image.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let service = |action: &str| {
+            crate::run(
+                Command::new(&procd)
+                    .arg(&image)
+                    .arg(action)
+                    .env("PROCD_NETNS", &ns),
+            )
+        };
+        service("start")?;
+        let uci = image.join("etc/config");
+        let mut c = Command::new("timeout");
+        c.args(["300", "node", "luci-real-test.js", "apply"])
+            .current_dir(tests_dir())
+            .env("SM_LUCI", luci_sources(branch))
+            .env("SM_BIN", bin)
+            .env("SM_ARTIFACTS", artifacts())
+            .env("SM_UCI_DIR", &uci)
+            .env("SM_RPCD_CONFIG", uci.join("shadowmesh"))
+            .env("SM_PROCD_ROOT", &image)
+            .env("SM_PROCD_NETNS", &ns)
+            .env("SM_PROCD_ADDR", "10.251.0.5")
+            .env("SM_PEER", format!("{}@10.251.0.1:4433", a.peer_id))
+            .stdin(Stdio::null());
+        let out = c.output().map_err(|e| e.to_string());
+        let stopped = service("stop");
+        let out = out?;
+        report(checks, &format!("LuCI {branch} apply"), &out);
+        if !out.status.success() {
+            let log = std::fs::read_to_string(image.join("procd/daemon.log")).unwrap_or_default();
+            eprintln!("P's log ({branch}):\n{}", crate::lab::tail(&log, 30));
+        }
+        stopped?;
+    }
+    Ok(())
 }

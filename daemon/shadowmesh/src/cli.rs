@@ -37,6 +37,11 @@ commands:
         [--count N] [--size BYTES] [--rekey] [--attack] [--log-level LEVEL]
   selftest --key PATH --write DIR | --verify DIR
                                sign a record and seal a frame / check ones made by any build
+  start-options [--config PATH]
+                               the options the daemon reads only at start, as that file sets
+                               them (JSON; the network key as a fingerprint): what `status`
+                               reports under `started`, for the init script to tell a restart
+                               from a reload
   rpcd [--config PATH] list | call METHOD
                                the LuCI rpcd plugin's answers (JSON): status, secret
   version                      print the version
@@ -159,6 +164,15 @@ pub fn run(args: Vec<String>) -> i32 {
             "probe" => crate::probe::main(&o),
             "selftest" => crate::selftest::main(&o),
             "run" => crate::daemon::main(&o),
+            "start-options" => {
+                o.only(&["--config"])?;
+                let path =
+                    PathBuf::from(o.get("--config").unwrap_or(crate::config::DEFAULT_CONFIG));
+                let cfg = crate::config::Config::load(&path)
+                    .map_err(|e| CliError::fail(e.to_string()))?;
+                println!("{}", cfg.started_json());
+                Ok(())
+            }
             "status" => ctl(&o, "status"),
             "peers" => ctl(&o, "peers"),
             "dht" => match o.get("--lookup") {

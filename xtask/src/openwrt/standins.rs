@@ -20,6 +20,7 @@ fn shell_files() -> Vec<PathBuf> {
         s.join("reload_config"),
         s.join("functions.sh"),
         s.join("rc.common"),
+        s.join("procd-service"),
     ]
 }
 
@@ -97,9 +98,15 @@ pub(super) fn init_script(rootfs: &Path, work: &Path) -> Result {
     let before = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
     let start = |log: &Path| rc(rootfs, "start", true, log);
     let rec = start(&log)?;
+    // (UCI_CONFIG_DIR, which the stand-ins set, is where the script finds the file, as uci(1)
+    // and config_load do: on a router it is unset and the file is /etc/config/shadowmesh.)
+    let command = format!(
+        "'procd_set_param' 'command' '/usr/sbin/shadowmesh' 'run' '--config' '{}'",
+        conf.display()
+    );
     let want_lines = [
         "'procd_open_instance'",
-        "'procd_set_param' 'command' '/usr/sbin/shadowmesh' 'run' '--config' '/etc/config/shadowmesh'",
+        &command,
         "'procd_set_param' 'respawn' '3600' '5' '5'",
         "'procd_set_param' 'stderr' '1'",
         "'json_add_string' 'dest_port' '4433'",
@@ -189,7 +196,8 @@ fn env_digest(rec: &str) -> Option<String> {
 /// `/etc/init.d/shadowmesh reload` (what Save & Apply and `reload_config` run), option by
 /// option against the procd stand-in: a change to an option the daemon reads only at start
 /// starts the instance again with a new environment (procd restarts it), with the firewall
-/// port following `listen_port`; any other change is a SIGHUP and no new instance.
+/// port following `listen_port`; any other change, a default written out in full and a file
+/// the daemon refuses are a SIGHUP and no new instance.
 pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
     let log = work.join("reload.log");
     let conf = rootfs.join("etc/config/shadowmesh");
@@ -213,6 +221,15 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
         ensure(
             rec.contains("procd_open_instance") && !rec.contains(HUP),
             || format!("reload with the daemon not running: want a start, got:\n{rec}"),
+        )?;
+        // A default written out in full (LuCI's flags do that) changes nothing the daemon runs.
+        uci(&["set", "shadowmesh.main.tunnel=1"])?;
+        uci(&["set", "shadowmesh.main.listen_port=4433"])?;
+        uci(&["commit", "shadowmesh"])?;
+        let rec = rc("reload", true)?;
+        ensure(
+            rec.lines().any(|l| l == HUP) && !rec.contains("procd_open_instance"),
+            || format!("defaults written out: want SIGHUP only, got:\n{rec}"),
         )?;
         let restart: &[(&str, &str)] = &[
             ("listen_address", "127.0.0.1"),
@@ -276,6 +293,8 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
             ),
             ("accept_routes", "0"),
             ("accept_route", "192.168.0.0/16"),
+            // A file the daemon refuses: the running one keeps going and logs why.
+            ("listen_port", "70000"),
         ];
         for (opt, val) in applied {
             let list = matches!(

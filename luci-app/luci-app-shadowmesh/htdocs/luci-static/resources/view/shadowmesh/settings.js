@@ -177,6 +177,38 @@ function check(fn) {
 	};
 }
 
+// LuCI checks a DynamicList's add field on keyup and blur only: a value pasted and confirmed
+// with Enter is added unchecked, and an invalid value left in the field is dropped on Save
+// without a word. A list option made with this checks every entry, and what is left in the add
+// field, again when the form is saved, and names the first bad one.
+function strictList(s, name, title, descr, fn) {
+	var o = s.option(form.DynamicList, name, title, descr);
+	var problem = function(section_id) {
+		var el = o.getUIElement(section_id), node = el && el.node;
+		if (!node)
+			return null;
+		var vals = Array.prototype.map.call(node.querySelectorAll('.item > input[type="hidden"]'),
+			function(i) { return i.value; });
+		var add = node.querySelector('.add-item input[type="text"]');
+		if (add && add.value.trim() !== '')
+			vals.push(add.value);
+		for (var i = 0; i < vals.length; i++) {
+			var r = check(fn)(section_id, vals[i]);
+			if (r !== true)
+				return '"%s": %s'.format(vals[i], r);
+		}
+		return null;
+	};
+	o.validate = check(fn);
+	o.isValid = function(section_id) {
+		return problem(section_id) == null && form.DynamicList.prototype.isValid.call(this, section_id);
+	};
+	o.getValidationError = function(section_id) {
+		return problem(section_id) || form.DynamicList.prototype.getValidationError.call(this, section_id);
+	};
+	return o;
+}
+
 return view.extend({
 	render: function() {
 		var m, s, o;
@@ -223,9 +255,8 @@ return view.extend({
 		o.datatype = 'and(uinteger,range(1280,9000))';
 		o.validate = check(V.mtu);
 
-		o = s.option(form.DynamicList, 'bootstrap', _('Bootstrap peers'),
-			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT.'));
-		o.validate = check(V.bootstrap);
+		strictList(s, 'bootstrap', _('Bootstrap peers'),
+			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT.'), V.bootstrap);
 
 		// Not an option of its own: a join string sets network_key and adds bootstrap peers. It
 		// comes after both (LuCI parses options in order, and each writes what it holds).
@@ -251,30 +282,26 @@ return view.extend({
 		};
 		o.remove = function() {};
 
-		o = s.option(form.DynamicList, 'route', _('Advertised LAN routes'),
-			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'));
-		o.validate = check(V.cidr);
+		strictList(s, 'route', _('Advertised LAN routes'),
+			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'), V.cidr);
 
 		o = s.option(form.Flag, 'accept_routes', _('Accept members\' routes'),
 			_('Install the LAN routes other gateways advertise. Never a default route, the overlay, this router\'s own networks, or a prefix another gateway already holds.'));
 		o.default = o.enabled;
 
-		o = s.option(form.DynamicList, 'accept_route', _('Accept routes only inside'),
-			_('If any are listed, a member\'s LAN route is installed only when it lies inside one of these, e.g. 192.168.0.0/16.'));
-		o.validate = check(V.cidr);
+		strictList(s, 'accept_route', _('Accept routes only inside'),
+			_('If any are listed, a member\'s LAN route is installed only when it lies inside one of these, e.g. 192.168.0.0/16.'), V.cidr);
 
 		o = s.option(form.Value, 'overlay_ipv4', _('Overlay IPv4 network'),
 			_('The /16 members\' tunnel addresses come from; the same on every gateway of the mesh, and none of this router\'s own networks. The daemon refuses to start if it overlaps a LAN.'));
 		o.placeholder = '10.100.0.0/16';
 		o.validate = check(V.overlay4);
 
-		o = s.option(form.DynamicList, 'advertise', _('Advertised addresses'),
-			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'));
-		o.validate = check(V.socket);
+		strictList(s, 'advertise', _('Advertised addresses'),
+			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'), V.socket);
 
-		o = s.option(form.DynamicList, 'allowed_peer', _('Allowed peers'),
-			_('If any are listed, only these PeerIds get a session.'));
-		o.validate = check(V.peerid);
+		strictList(s, 'allowed_peer', _('Allowed peers'),
+			_('If any are listed, only these PeerIds get a session.'), V.peerid);
 
 		o = s.option(form.ListValue, 'log_level', _('Log level'));
 		['error', 'warn', 'info', 'debug', 'trace', 'off'].forEach(function(l) { o.value(l); });

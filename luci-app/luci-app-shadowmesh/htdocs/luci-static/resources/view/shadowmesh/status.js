@@ -134,11 +134,14 @@ return view.extend({
 			}, [label]);
 		};
 
-		if (!st.running)
+		if (!st.running) {
+			// (rpcd's `error` starts with the words of the heading: said once.)
+			var why = st.config_error || st.reason || String(st.error || '').replace(/^service not running:\s*/i, '');
 			out.push(E('div', { 'class': 'alert-message warning', 'id': 'shadowmesh-not-running' }, [
 				E('strong', {}, [_('Service not running')]),
-				(st.config_error || st.reason) ? ': ' + (st.config_error || st.reason) : ''
+				why ? ': ' + why : ''
 			]));
+		}
 
 		var pending = (st.running && Array.isArray(d.restart_pending)) ? d.restart_pending : [];
 		if (pending.length)
