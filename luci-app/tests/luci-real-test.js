@@ -42,11 +42,19 @@ async function refusal(page) {
 	await page.locator('#modal_overlay button', { hasText: 'Dismiss' }).click().catch(() => {});
 	return text;
 }
-// Types into a DynamicList's add field and confirms with Enter, as a user adds an entry.
-async function addItem(page, opt, value) {
-	const input = page.locator(`${field(opt)} .add-item input[type="text"]`);
+// Types into a DynamicList's add field and confirms with Enter, as a user adds an entry, or
+// leaves it there and clicks elsewhere (`confirm` false). A list with suggestions has a
+// drop-down: it is opened first and the entry typed into its "custom" field.
+async function addItem(page, opt, value, confirm = true) {
+	const dropdown = page.locator(`${field(opt)} .add-item .cbi-dropdown`);
+	let input = page.locator(`${field(opt)} .add-item input[type="text"]`);
+	if (await dropdown.count()) {
+		await dropdown.click();
+		input = page.locator(`${field(opt)} .add-item ul.dropdown .create-item-input`);
+	}
 	await input.fill(value);
-	await input.press('Enter');
+	if (confirm) await input.press('Enter');
+	else await page.click('.cbi-map > h2');
 }
 const items = (page, opt) => page.$$eval(`${field(opt)} .item > input[type="hidden"]`, (l) => l.map((i) => i.value));
 
@@ -90,11 +98,10 @@ async function settings(page, h) {
 
 	// A bad list entry, confirmed with Enter or left in the add field, is never saved, and the
 	// refusal names it with the reason.
-	const addField = (opt) => page.locator(`${field(opt)} .add-item input[type="text"]`);
 	const drop = async (opt, v) => {
 		const item = page.locator(`${field(opt)} .item:has(> input[value="${v}"])`);
 		if (await item.count()) await item.first().press('Delete');
-		await addField(opt).fill('');
+		await page.$$eval(`${field(opt)} .add-item input[type="text"]`, (l) => l.forEach((i) => { i.value = ''; }));
 	};
 	for (const [opt, v, why] of [['route', '192.168.20.1/24', /Host bits/], ['bootstrap', 'not-a-peer', /PEERID@IP:PORT/]]) {
 		await addItem(page, opt, v);
@@ -103,8 +110,7 @@ async function settings(page, h) {
 		check(`${opt} "${v}" confirmed with Enter: Save refused, naming it and why`, text.includes(`"${v}"`) && why.test(text)
 			&& (await get(h, '/harness/staged')).length === 0, text);
 		await drop(opt, v);
-		await addField(opt).fill(v);
-		await addField(opt).blur();
+		await addItem(page, opt, v, false);
 		await save(page);
 		text = await refusal(page);
 		check(`${opt} "${v}" left in the add field: Save refused, naming it`, text.includes(`"${v}"`) && (await get(h, '/harness/staged')).length === 0, text);
@@ -132,7 +138,11 @@ async function settings(page, h) {
 	// Fixed: the typed values, exactly, as UCI changes.
 	await port.fill('4501');
 	await port.blur();
-	await addItem(page, 'route', '192.168.20.0/24');
+	// The routes offer this router's LAN networks (not its uplink, loopback or the mesh's own).
+	await page.locator(`${field('route')} .add-item .cbi-dropdown`).click();
+	const offered = await page.$$eval(`${field('route')} .add-item ul.dropdown li[data-value]`, (l) => l.map((i) => i.dataset.value).filter((v) => v !== '-'));
+	check('routes offer the router\'s LAN networks', JSON.stringify(offered.sort()) === JSON.stringify(['192.168.1.0/24', '192.168.3.0/24']), JSON.stringify(offered));
+	await page.locator(`${field('route')} .add-item ul.dropdown li[data-value="192.168.1.0/24"]`).click();
 	await page.locator(`${field('bootstrap')} .item`).last().press('Delete');
 	await page.selectOption(`${field('log_level')} select`, 'info');
 	await save(page);
@@ -140,7 +150,7 @@ async function settings(page, h) {
 	const has = (c) => staged.some((x) => JSON.stringify(x) === JSON.stringify(c));
 	check('Save stages the typed values exactly',
 		has(['shadowmesh', 'set', 'main', 'listen_port', '4501']) && has(['shadowmesh', 'set', 'main', 'log_level', 'info'])
-		&& has(['shadowmesh', 'set', 'main', 'route', fixture.route.concat(['192.168.20.0/24'])])
+		&& has(['shadowmesh', 'set', 'main', 'route', fixture.route.concat(['192.168.1.0/24'])])
 		&& (has(['shadowmesh', 'remove', 'main', 'bootstrap']) || has(['shadowmesh', 'set', 'main', 'bootstrap', []])), JSON.stringify(staged));
 	// LuCI's flags write (or remove, at their default) on every save: the meaning must not change.
 	const defaults = { enabled: '1', seed: '0', tunnel: '1', lan_discovery: '1', fast_lane: '1', offload: '1', plain_udp: '0', accept_routes: '1' };
@@ -157,7 +167,7 @@ async function settings(page, h) {
 	const applied = await get(h, '/harness/applied');
 	text = fs.readFileSync(file, 'utf8');
 	check('Save & Apply commits the changes', applied.length === 1 && text.includes("option listen_port '4501'")
-		&& text.includes("list route '192.168.20.0/24'") && text.includes("option log_level 'info'") && !text.includes('list bootstrap'), JSON.stringify(applied) + text);
+		&& text.includes("list route '192.168.1.0/24'") && text.includes("option log_level 'info'") && !text.includes('list bootstrap'), JSON.stringify(applied) + text);
 	const st = rpcdStatus(file);
 	check('the daemon\'s parser accepts the saved file', !st.config_error && st.listen_port === 4501, JSON.stringify(st));
 

@@ -14,6 +14,7 @@
 //   `procdRoot` (an image root whose etc/config is `uciDir`), a change of the shadowmesh config
 //   then runs `/etc/init.d/shadowmesh reload` through procd-service, the stand-in of procd that
 //   starts, restarts or signals a real daemon as procd would, as `reload_config` does on a router.
+// - `network.interface dump` with a router's networks (NETWORKS), for LuCI's network model.
 // - The log view's backends: ubus `log.read` (master's LogreadBox) and `file.stat` + cgi-exec
 //   `logread -e shadowmesh` (24.10's), both with the daemon's output (`daemonLog`) as logd holds
 //   what procd hands it, and both refused without the ACL that grants them, as rpcd and cgi-io do.
@@ -62,6 +63,20 @@ function logEntries(file) {
 		source: 'daemon', time: now - (all.length - i) * 10
 	}));
 }
+
+// The router's networks as netifd reports them (`network.interface dump`) and /etc/config/network
+// declares them: a LAN and a guest network, an uplink with the default route, and the mesh's own
+// interface that uci-defaults adds.
+const NETWORKS = [
+	{ interface: 'loopback', up: true, proto: 'static', device: 'lo', 'ipv4-address': [{ address: '127.0.0.1', mask: 8 }], route: [] },
+	{ interface: 'lan', up: true, proto: 'static', device: 'br-lan', 'ipv4-address': [{ address: '192.168.1.1', mask: 24 }], route: [] },
+	{ interface: 'guest', up: true, proto: 'static', device: 'br-guest', 'ipv4-address': [{ address: '192.168.3.1', mask: 24 }], route: [] },
+	{ interface: 'wan', up: true, proto: 'dhcp', device: 'eth1', 'ipv4-address': [{ address: '203.0.113.7', mask: 24 }],
+		route: [{ target: '0.0.0.0', mask: 0, nexthop: '203.0.113.1', source: '203.0.113.7/32' }] },
+	{ interface: 'shadowmesh', up: true, proto: 'none', device: 'smesh0', 'ipv4-address': [], route: [] }
+];
+const NETWORK_UCI = NETWORKS.map((n) => `config interface '${n.interface}'\n\toption proto '${n.proto}'\n\toption device '${n.device}'\n`
+	+ n['ipv4-address'].map((a) => `\toption ipaddr '${a.address}/${a.mask}'\n`).join('')).join('\n');
 
 // The page header.ut + view.ut render for `view`, with the environment they fill in.
 function page(luci, view, readOnly) {
@@ -112,6 +127,8 @@ function start(opts) {
 		fs.copyFileSync(path.join(opts.luci, 'modules/luci-base/root/etc/config/luci'), luciConf);
 	// base-files' /etc/config/system, as a fresh image has it (the log reader reads its clock
 	// settings).
+	if (!fs.existsSync(path.join(opts.uciDir, 'network')))
+		fs.writeFileSync(path.join(opts.uciDir, 'network'), NETWORK_UCI);
 	const systemConf = path.join(opts.uciDir, 'system');
 	if (!fs.existsSync(systemConf))
 		fs.writeFileSync(systemConf, "config system\n\toption hostname 'OpenWrt'\n\toption timezone 'UTC'\n\toption zonename 'UTC'\n");
@@ -162,6 +179,10 @@ function start(opts) {
 				return [6];
 			}
 			return args.path === '/sbin/logread' ? [0, { path: args.path, type: 'file', size: 20480, mode: 33261 }] : [4];
+		}
+		if (object === 'network.interface' && method === 'dump') {
+			if (!granted(object, method)) return [6];
+			return [0, { interface: NETWORKS }];
 		}
 		if (object === 'log' && method === 'read') {
 			if (!granted(object, method)) {

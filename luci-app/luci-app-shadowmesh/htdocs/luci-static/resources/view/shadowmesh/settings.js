@@ -1,6 +1,7 @@
 'use strict';
 'require view';
 'require form';
+'require network';
 
 // Settings: every option of /etc/config/shadowmesh (openwrt-package/README.md has the schema).
 // The validators mirror the daemon's strict parser (daemon/shadowmesh/src/config.rs), so a
@@ -209,8 +210,36 @@ function strictList(s, name, title, descr, fn) {
 	return o;
 }
 
+// The router's own LAN networks as route suggestions: each network's IPv4 subnets (from netifd,
+// through LuCI's network model), except networks with a default route (uplinks) and the mesh's
+// own interface. [{ cidr, name }].
+function lanPrefixes(nets) {
+	var out = [];
+	(nets || []).forEach(function(net) {
+		var name = net.getName();
+		if (name == 'loopback' || name == 'shadowmesh' || net.getGatewayAddr())
+			return;
+		net.getIPAddrs().forEach(function(a) {
+			var m = /^([^/]+)\/(\d+)$/.exec(a), b = m && parseIPv4(m[1]), len = m ? +m[2] : 0;
+			if (!b || len < 8 || len > 30)
+				return;
+			var n = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) & (~0 << (32 - len));
+			var cidr = [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.') + '/' + len;
+			if (!out.some(function(p) { return p.cidr == cidr; }))
+				out.push({ cidr: cidr, name: name });
+		});
+	});
+	return out;
+}
+
 return view.extend({
-	render: function() {
+	// Without the network status ACL (luci-base grants it to a full login) there are simply no
+	// suggestions.
+	load: function() {
+		return L.resolveDefault(network.getNetworks(), []);
+	},
+
+	render: function(nets) {
 		var m, s, o;
 
 		m = new form.Map('shadowmesh', _('ShadowMesh'),
@@ -282,8 +311,9 @@ return view.extend({
 		};
 		o.remove = function() {};
 
-		strictList(s, 'route', _('Advertised LAN routes'),
-			_('Prefixes this gateway carries for the mesh, e.g. 192.168.1.0/24.'), V.cidr);
+		o = strictList(s, 'route', _('Advertised LAN routes'),
+			_('Prefixes this gateway carries for the mesh: pick one of this router\'s networks or type one, e.g. 192.168.1.0/24.'), V.cidr);
+		lanPrefixes(nets).forEach(function(p) { o.value(p.cidr, '%s (%s)'.format(p.cidr, p.name)); });
 
 		o = s.option(form.Flag, 'accept_routes', _('Accept members\' routes'),
 			_('Install the LAN routes other gateways advertise. Never a default route, the overlay, this router\'s own networks, or a prefix another gateway already holds.'));
