@@ -204,8 +204,9 @@ async function status(page, h) {
 		for (const p of exp.peers) {
 			const row = page.locator(`#shadowmesh-peers tr[data-peer-id="${p.peer_id}"]`);
 			const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];
-			check(`peer ${p.peer_id.slice(0, 12)} listed with its overlay address, path and RTT`,
-				cells[0] === p.peer_id.slice(0, 12) && cells[1].startsWith(p.ipv4) && cells[3] === 'direct' && / ms$/.test(cells[4]),
+			check(`peer ${p.peer_id.slice(0, 12)} listed with its overlay address, path, RTT and traffic`,
+				cells[0] === p.peer_id.slice(0, 12) && cells[1].startsWith(p.ipv4) && cells[3] === 'direct' && / ms$/.test(cells[4])
+				&& /^[\d.]+ [KMGT]?i?B \/ [\d.]+ [KMGT]?i?B$/.test(cells[5]),
 				JSON.stringify(cells));
 		}
 	}

@@ -34,16 +34,6 @@ var callInitAction = rpc.declare({
 	expect: { result: false }
 });
 
-function fmtBytes(n) {
-	var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
-	n = +n || 0;
-	while (n >= 1024 && i < u.length - 1) {
-		n /= 1024;
-		i++;
-	}
-	return (i ? n.toFixed(1) : n) + ' ' + u[i];
-}
-
 function fmtAgo(ts) {
 	if (!ts)
 		return '-';
@@ -225,7 +215,7 @@ return view.extend({
 				E('td', { 'class': 'td' }, [p.endpoint || '-']),
 				E('td', { 'class': 'td' }, [p.connected ? (p.path == 'relayed' ? _('relayed') : _('direct')) : _('not connected')]),
 				E('td', { 'class': 'td' }, [p.connected ? '%.1f ms'.format(p.rtt_ms) : '-']),
-				E('td', { 'class': 'td' }, [fmtBytes(p.rx_bytes) + ' / ' + fmtBytes(p.tx_bytes)]),
+				E('td', { 'class': 'td' }, ['%1024.1mB / %1024.1mB'.format(+p.rx_bytes || 0, +p.tx_bytes || 0)]),
 				E('td', { 'class': 'td' }, [fmtAgo(p.last_handshake)])
 			]));
 		});
