@@ -538,6 +538,36 @@ impl Session {
     }
 }
 
+/// The link core drives sessions through this trait (`shadowmesh_link`'s timers and control
+/// handling); each method is the inherent one of the same name.
+impl shadowmesh_proto::session::SessionState for Session {
+    type Error = Error;
+    fn is_initiator(&self) -> bool {
+        Session::is_initiator(self)
+    }
+    fn last_sent(&self) -> Duration {
+        Session::last_sent(self)
+    }
+    fn last_received(&self) -> Duration {
+        Session::last_received(self)
+    }
+    fn send_key(&self) -> Option<(Duration, u64)> {
+        Session::send_key(self)
+    }
+    fn rekey_started(&self) -> Option<Duration> {
+        Session::rekey_started(self)
+    }
+    fn start_rekey(&mut self, now: Duration) -> Result<Vec<u8>, Error> {
+        Session::start_rekey(self, now)
+    }
+    fn handle_rekey_init(&mut self, now: Duration, body: &[u8]) -> Result<Vec<u8>, Error> {
+        Session::handle_rekey_init(self, now, body)
+    }
+    fn handle_rekey_resp(&mut self, now: Duration, body: &[u8]) -> Result<(), Error> {
+        Session::handle_rekey_resp(self, now, body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
 //! - [`members`]: the members' links (one live link each, the receiver index that names it,
 //!   traffic counters) and their session timers.
+//! - [`control`]: what a member's control message asks of us (rekeys answered here).
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
 //! - [`pending`]: packets for a member without a link, queued while it is dialled.
 //! - [`timers`]: every session's keepalive, rekey and teardown deadlines in one queue.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod exchange;
 pub mod members;
 pub mod pending;

@@ -22,6 +22,8 @@
 
 use std::time::Duration;
 
+use shadowmesh_proto::session::SessionState;
+
 use shadowmesh_proto::consts::{
     KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
     REKEY_ANSWER_TIMEOUT, SILENT_AFTER,
@@ -76,6 +78,17 @@ pub struct Due {
     /// When the next thing falls due, once the keepalive and rekey above are done; meaningless
     /// after a teardown.
     pub next: Duration,
+}
+
+/// What `s` tells the timers: one place for the daemon's links and for tests' doubles.
+pub fn activity<S: SessionState>(s: &S) -> Activity {
+    Activity {
+        initiator: s.is_initiator(),
+        last_sent: s.last_sent(),
+        last_received: s.last_received(),
+        send_key: s.send_key(),
+        rekey_started: s.rekey_started(),
+    }
 }
 
 /// What is due on a session with `a`'s activity at `now`.

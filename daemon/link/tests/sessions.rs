@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use shadowmesh_crypto::session::{initiate, respond, Session};
 use shadowmesh_crypto::Identity;
+use shadowmesh_link::control::{self, Action};
 use shadowmesh_link::members::{Link, LinkUp, Members};
-use shadowmesh_link::timers::{Activity, Teardown};
+use shadowmesh_link::timers::{self, Activity, Teardown};
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::{FrameType, Header};
+use shadowmesh_proto::msg::MsgType;
 use shadowmesh_proto::PeerId;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -43,14 +45,7 @@ impl Link for SessionLink {
         self.session.index()
     }
     fn activity(&self) -> Activity {
-        let s = &self.session;
-        Activity {
-            initiator: s.is_initiator(),
-            last_sent: s.last_sent(),
-            last_received: s.last_received(),
-            send_key: s.send_key(),
-            rekey_started: s.rekey_started(),
-        }
+        timers::activity(&self.session)
     }
 }
 
@@ -218,22 +213,22 @@ impl World {
                     FrameType::Keepalive => side.keepalives_got += 1,
                 }
             }
+            // The control messages go through the link core's handler, as in the daemon.
             Msg::RekeyInit(body) => {
                 if to == 1 && self.deaf_1 {
                     return;
                 }
-                let resp = self.sides[to]
-                    .session_mut()
-                    .unwrap()
-                    .handle_rekey_init(now, &body)
-                    .unwrap();
-                self.send(to, Msg::RekeyResp(resp));
+                let session = self.sides[to].session_mut().unwrap();
+                match control::handle(now, session, MsgType::RekeyInit, &body, false) {
+                    Action::Send(MsgType::RekeyResp, resp) => self.send(to, Msg::RekeyResp(resp)),
+                    other => panic!("side {to} at {now:?}: REKEY_INIT gave {other:?}"),
+                }
             }
-            Msg::RekeyResp(body) => self.sides[to]
-                .session_mut()
-                .unwrap()
-                .handle_rekey_resp(now, &body)
-                .unwrap(),
+            Msg::RekeyResp(body) => {
+                let session = self.sides[to].session_mut().unwrap();
+                let a = control::handle(now, session, MsgType::RekeyResp, &body, false);
+                assert_eq!(a, Action::Rekeyed, "side {to} at {now:?}");
+            }
         }
     }
 

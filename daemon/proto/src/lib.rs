@@ -23,6 +23,7 @@
 //! - [`policy`]: which prefixes advertised by members this gateway installs.
 //! - [`limit`]: per-source token buckets and in-flight counts, bounded.
 //! - [`join`]: the join string (network key and bootstrap gateways) a new gateway is given.
+//! - [`session`]: what an end-to-end session is to the code that drives it ([`session::SessionState`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -41,6 +42,7 @@ pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod route;
+pub mod session;
 pub mod uci;
 
 pub use error::Error;

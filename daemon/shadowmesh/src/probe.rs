@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shadowmesh_crypto::Identity;
+use shadowmesh_link::control::{self, Action};
 use shadowmesh_link::timers;
 use shadowmesh_proto::frame::FrameType;
 use shadowmesh_proto::msg::MsgType;
@@ -172,17 +173,18 @@ async fn echo(mut peer: Peer) {
                 }
                 Err(e) => break HandshakeError::from(e).to_string(),
             },
+            // The daemon's control handling (the link core's), rekeys included.
             Some((t, body)) = ctrl.recv() => {
-                if t == MsgType::RekeyInit {
-                    match peer.session.as_mut().expect("checked: member").handle_rekey_init(crate::mono_now(), &body) {
-                        Ok(resp) => { let _ = write_msg(&mut peer.control, MsgType::RekeyResp, &resp).await; }
-                        Err(e) => log::warn!("peer {}: rekey refused: {e}", peer.peer_id.short()),
-                    }
+                let session = peer.session.as_mut().expect("checked: member");
+                match control::handle(crate::mono_now(), session, t, &body, false) {
+                    Action::Send(t, reply) => { let _ = write_msg(&mut peer.control, t, &reply).await; }
+                    Action::Close(_, why) => log::warn!("peer {}: {why}", peer.peer_id.short()),
+                    other => log::debug!("peer {}: {other:?}", peer.peer_id.short()),
                 }
             },
             _ = tick.tick() => {
                 let session = peer.session.as_ref().expect("checked: member");
-                if timers::check(crate::mono_now(), &crate::dataplane::activity(session)).keepalive {
+                if timers::check(crate::mono_now(), &timers::activity(session)).keepalive {
                     let _ = peer.send_frame(FrameType::Keepalive, &[]);
                 }
             }
@@ -255,11 +257,11 @@ async fn connect(
                 .ok()
                 .flatten()
                 .ok_or_else(|| CliError::fail("rekey: no answer"))?;
-            peer.session
-                .as_mut()
-                .expect("checked: member")
-                .handle_rekey_resp(crate::mono_now(), &resp.1)
-                .map_err(|e| CliError::fail(format!("rekey: {e}")))?;
+            let session = peer.session.as_mut().expect("checked: member");
+            match control::handle(crate::mono_now(), session, resp.0, &resp.1, false) {
+                Action::Rekeyed => {}
+                other => return Err(CliError::fail(format!("rekey: {other:?}"))),
+            }
             emit(
                 Obj::new()
                     .str("event", "rekeyed")

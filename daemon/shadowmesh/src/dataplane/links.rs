@@ -279,65 +279,36 @@ impl DataPlane {
     ) {
         let mut buf = Vec::new();
         while let Ok(t) = read_msg(&mut rx, &mut buf).await {
-            match t {
-                MsgType::RekeyInit => {
-                    let resp = {
-                        let mut members = self.members.borrow_mut();
-                        members
-                            .get_mut(&pid)
-                            .and_then(|m| m.link.as_mut())
-                            .filter(|l| l.conn.stable_id() == conn.stable_id())
-                            .map(|l| {
-                                (
-                                    l.session.handle_rekey_init(crate::mono_now(), &buf),
-                                    l.control.clone(),
-                                )
-                            })
-                    };
-                    match resp {
-                        Some((Ok(body), control)) => {
-                            let _ =
-                                write_msg(&mut *control.lock().await, MsgType::RekeyResp, &body)
-                                    .await;
-                        }
-                        Some((Err(e), _)) => {
-                            log::warn!("{}: bad rekey: {e}", pid.short());
-                            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"bad rekey");
-                        }
-                        None => {}
-                    }
+            // The link core decides (and answers a rekey on the session); the shell does.
+            let (action, control) = {
+                let mut members = self.members.borrow_mut();
+                let Some(l) = members
+                    .get_mut(&pid)
+                    .and_then(|m| m.link.as_mut())
+                    .filter(|l| l.conn.stable_id() == conn.stable_id())
+                else {
+                    continue;
+                };
+                let a =
+                    control::handle(crate::mono_now(), &mut l.session, t, &buf, self.fast_lane());
+                if a == Action::FastLane {
+                    l.fast = Some(l.conn.remote_address());
                 }
-                MsgType::RekeyResp => {
-                    let mut members = self.members.borrow_mut();
-                    if let Some(l) = members
-                        .get_mut(&pid)
-                        .and_then(|m| m.link.as_mut())
-                        .filter(|l| l.conn.stable_id() == conn.stable_id())
-                    {
-                        if let Err(e) = l.session.handle_rekey_resp(crate::mono_now(), &buf) {
-                            log::warn!("{}: bad rekey answer: {e}", pid.short());
-                        }
-                    }
+                (a, l.control.clone())
+            };
+            match action {
+                Action::Send(t, body) => {
+                    let _ = write_msg(&mut *control.lock().await, t, &body).await;
                 }
-                MsgType::Record => self.update_record(&pid, &buf),
-                MsgType::FastLane if self.fast_lane() => {
-                    let mut members = self.members.borrow_mut();
-                    if let Some(l) = members
-                        .get_mut(&pid)
-                        .and_then(|m| m.link.as_mut())
-                        .filter(|l| l.conn.stable_id() == conn.stable_id())
-                    {
-                        l.fast = Some(l.conn.remote_address());
-                        log::debug!("{}: data frames on the fast lane", pid.short());
-                    }
+                Action::Close(code, why) => {
+                    log::warn!("{}: {why}", pid.short());
+                    conn.close(VarInt::from_u32(code), why.as_bytes());
                 }
-                MsgType::Peers => match parse_contact_list(&buf, PEERS_MAX) {
-                    Ok(list) => self.learn(list),
-                    Err(e) => log::debug!("{}: bad peer list: {e}", pid.short()),
-                },
-                _ => {
-                    log::debug!("{}: unexpected control message {t:?}", pid.short());
-                }
+                Action::Record => self.update_record(&pid, &buf),
+                Action::FastLane => log::debug!("{}: data frames on the fast lane", pid.short()),
+                Action::Learn(list) => self.learn(list),
+                Action::Rekeyed => log::debug!("{}: rekeyed", pid.short()),
+                Action::Ignore(why) => log::debug!("{}: {why}", pid.short()),
             }
         }
     }

@@ -34,14 +34,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
+use shadowmesh_link::control::{self, Action};
 use shadowmesh_link::exchange::{Exchange, Verdict};
 pub use shadowmesh_link::members::Counters;
 use shadowmesh_link::members::{self, LinkUp, Members};
 use shadowmesh_link::roster::Update;
-use shadowmesh_link::timers::Activity;
+use shadowmesh_link::timers::{self, Activity};
 use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
-use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
+use shadowmesh_proto::dht::wire::{emit_contact_list, Contact};
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
@@ -189,17 +190,6 @@ struct ReaderState {
     rx: Vec<u8>,
 }
 
-/// What the link core's timers need to know of `s`.
-pub(crate) fn activity(s: &Session) -> Activity {
-    Activity {
-        initiator: s.is_initiator(),
-        last_sent: s.last_sent(),
-        last_received: s.last_received(),
-        send_key: s.send_key(),
-        rekey_started: s.rekey_started(),
-    }
-}
-
 /// A live connection to a member with its end-to-end session.
 struct Link {
     conn: Connection,
@@ -232,7 +222,7 @@ impl members::Link for Link {
         self.session.index()
     }
     fn activity(&self) -> Activity {
-        activity(&self.session)
+        timers::activity(&self.session)
     }
 }
 
