@@ -108,8 +108,7 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                 .uint("uptime_s", served.since.elapsed().as_secs())
                 .bool("clock_unset", crate::clock_unset())
                 .num("clock_offset_s", crate::clock_offset() as f64)
-                .raw("restart_pending", &string_list(&crate::restart_pending()))
-                .raw("started", &served.started);
+                .raw("restart_pending", &string_list(&crate::restart_pending()));
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();
@@ -125,7 +124,9 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                     .uint("peers_known", members.len() as u64)
                     .uint("peers_connected", dp.connected() as u64);
             }
-            o.finish()
+            // Last: its names repeat top-level ones (`interface`, `overlay_ipv4`), and a script
+            // that takes the first occurrence of a name must keep getting the running value.
+            o.raw("started", &served.started).finish()
         }
         (Some("peers"), None, _) => {
             let Some(dp) = mesh.dataplane() else {
