@@ -11,6 +11,8 @@
 //!   traffic counters) and their session timers.
 //! - [`control`]: what a member's control message asks of us (rekeys answered here).
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
+//! - [`paths`]: the ways a member is reached (its QUIC connection, the fast lane), each with
+//!   its own liveness; a path moves only on an authenticated frame.
 //! - [`pending`]: packets for a member without a link, queued while it is dialled.
 //! - [`timers`]: every session's keepalive, rekey and teardown deadlines in one queue.
 
@@ -20,6 +22,7 @@
 pub mod control;
 pub mod exchange;
 pub mod members;
+pub mod paths;
 pub mod pending;
 pub mod roster;
 pub mod timers;

@@ -3,7 +3,7 @@
 //! talk to it.
 //!
 //! Commands: `status` (with `started`: the options read only at start, as this instance has
-//! them; `restart_pending`: those the file has changed since); `peers` (members, their addresses, routes and traffic); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! them; `restart_pending`: those the file has changed since); `peers` (members, their addresses, routes, traffic and paths); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
 use shadowmesh_crypto::NetworkKey;
@@ -200,6 +200,19 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
             .str("detail", &why.to_string())
             .finish()
     }));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let paths = list(&mut m.paths.iter().map(|(p, ago)| {
+        let mut o = Obj::new()
+            .str("kind", p.kind.name())
+            .str("addr", &p.addr.to_string());
+        if let Some(a) = ago {
+            o = o.num("heard_ms_ago", ms(*a));
+        }
+        if let Some(r) = p.rtt {
+            o = o.num("rtt_ms", ms(r));
+        }
+        o.finish()
+    }));
     let c = &m.counters;
     Obj::new()
         .str("peer_id", &m.peer_id.to_string())
@@ -229,6 +242,8 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .uint("rx_invalid", c.rx_invalid)
         .uint("last_handshake", m.last_handshake)
         .uint("rekeys", m.rekeys as u64)
+        // Last: its names repeat top-level ones (`rtt_ms`).
+        .raw("paths", &paths)
         .finish()
 }
 

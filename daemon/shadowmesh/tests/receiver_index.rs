@@ -221,6 +221,15 @@ fn a_frame_from_a_new_address_moves_the_path_only_once_it_authenticates() {
             "an authenticated frame moves the path"
         );
         assert_eq!(dp_a.members()[0].counters.rx_spoofed, 0);
+        // `peers` shows both paths: the fast lane at the new address, just heard from, and
+        // the QUIC connection still at the old one.
+        let paths = dp_a.members()[0].paths.clone();
+        let kinds: Vec<_> = paths.iter().map(|(p, _)| (p.kind.name(), p.addr)).collect();
+        assert_eq!(kinds, [("quic", old), ("udp", new)]);
+        assert!(
+            paths[1].1.is_some_and(|ago| ago < Duration::from_secs(5)),
+            "{paths:?}"
+        );
         drop((a, b));
     })
     .expect("tokio runtime");

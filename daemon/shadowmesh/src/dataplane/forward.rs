@@ -280,7 +280,7 @@ impl DataPlane {
             }
             return;
         };
-        if let Some(to) = link.fast {
+        if let Some(to) = link.paths.fast_addr() {
             // Fast lane: sealed in place and copied into the burst's GSO buffer; the arena
             // slot is reused by the next packet.
             if link
@@ -421,13 +421,16 @@ impl DataPlane {
         let Some(link) = m.link.as_mut() else {
             return;
         };
-        let opened = link.session.open(crate::mono_now(), buf);
+        let now = crate::mono_now();
+        let opened = link.session.open(now, buf);
         if opened.is_ok() {
-            if let (Some(from), Some(to)) = (fast, link.fast) {
-                if from != to {
-                    log::debug!("{}: fast lane moves to {from}", pid.short());
-                    link.fast = Some(from);
+            match fast {
+                Some(from) => {
+                    if link.paths.heard_fast(now, from).is_some() {
+                        log::debug!("{}: fast lane moves to {from}", pid.short());
+                    }
                 }
+                None => link.paths.heard_quic(now),
             }
         }
         let n = match opened {

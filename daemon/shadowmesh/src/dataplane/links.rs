@@ -33,7 +33,7 @@ impl DataPlane {
         let link = Link {
             conn: peer.conn.clone(),
             session,
-            fast: None,
+            paths: Paths::new(peer.conn.remote_address()),
             max_datagram: peer.conn.max_datagram_size(),
             precedence,
             role: peer.role,
@@ -292,7 +292,7 @@ impl DataPlane {
                 let a =
                     control::handle(crate::mono_now(), &mut l.session, t, &buf, self.fast_lane());
                 if a == Action::FastLane {
-                    l.fast = Some(l.conn.remote_address());
+                    l.paths.offer_fast(l.conn.remote_address());
                 }
                 (a, l.control.clone())
             };
@@ -401,7 +401,7 @@ impl DataPlane {
         if l.session.seal(now, FrameType::Keepalive, &mut f).is_err() {
             return;
         }
-        match (l.fast, self.fast_socket.borrow().as_ref()) {
+        match (l.paths.fast_addr(), self.fast_socket.borrow().as_ref()) {
             (Some(to), Some(s)) => {
                 let _ = s.send_to(&f, to);
             }
@@ -431,7 +431,7 @@ impl DataPlane {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = crate::mono_now();
             for (_, m) in dp.members.borrow_mut().iter_mut() {
-                if let Some(l) = m.link.as_mut().filter(|l| l.fast.is_some()) {
+                if let Some(l) = m.link.as_mut().filter(|l| l.paths.fast_addr().is_some()) {
                     dp.keepalive(l, now);
                 }
             }
@@ -468,6 +468,7 @@ impl DataPlane {
         for (_, m) in self.members.borrow_mut().iter_mut() {
             if let Some(l) = m.link.as_mut().filter(|l| l.conn.close_reason().is_none()) {
                 l.max_datagram = l.conn.max_datagram_size();
+                l.paths.quic_seen(l.conn.remote_address(), l.conn.rtt());
             }
         }
     }
@@ -516,6 +517,7 @@ impl DataPlane {
     /// Every member, for `shadowmesh peers`.
     pub fn members(&self) -> Vec<MemberInfo> {
         let roster = self.roster.borrow();
+        let now = crate::mono_now();
         self.members
             .borrow()
             .iter()
@@ -548,11 +550,19 @@ impl DataPlane {
                         None => "",
                     },
                     connection_id: live.map(|l| l.conn.stable_id() as u64).unwrap_or(0),
-                    lane: match live.map(|l| l.fast.is_some()) {
+                    lane: match live.map(|l| l.paths.fast_addr().is_some()) {
                         Some(true) => "udp",
                         Some(false) => "quic",
                         None => "",
                     },
+                    paths: live
+                        .map(|l| {
+                            l.paths
+                                .iter()
+                                .map(|p| (*p, p.last_received.map(|t| now.saturating_sub(t))))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect()

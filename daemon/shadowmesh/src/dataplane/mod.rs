@@ -38,6 +38,7 @@ use shadowmesh_link::control::{self, Action};
 use shadowmesh_link::exchange::{Exchange, Verdict};
 pub use shadowmesh_link::members::Counters;
 use shadowmesh_link::members::{self, LinkUp, Members};
+use shadowmesh_link::paths::{Path, Paths};
 use shadowmesh_link::roster::Update;
 use shadowmesh_link::timers::{self, Activity};
 use shadowmesh_link::{Output, Roster, RosterConfig};
@@ -194,9 +195,9 @@ struct ReaderState {
 struct Link {
     conn: Connection,
     session: Session,
-    /// Where to send data frames as plain UDP, once the member said it takes them (its
-    /// connection's remote address, refreshed every tick); `None`: QUIC datagrams.
-    fast: Option<SocketAddr>,
+    /// The QUIC path and, once the member said it takes data frames as plain UDP, the fast
+    /// lane (then data frames go there, else in QUIC datagrams).
+    paths: Paths,
     /// quinn's datagram limit, refreshed every tick (asking per packet takes quinn's lock).
     max_datagram: Option<usize>,
     precedence: (u64, bool),
@@ -264,6 +265,8 @@ pub struct MemberInfo {
     pub connection_id: u64,
     /// How data frames travel: "udp" (the fast lane), "quic" (QUIC datagrams), or "".
     pub lane: &'static str,
+    /// The live link's paths, each with how long ago an authenticated frame came over it.
+    pub paths: Vec<(Path, Option<Duration>)>,
 }
 
 /// Settings of the data plane.
