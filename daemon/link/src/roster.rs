@@ -46,6 +46,18 @@ impl Entry {
     pub fn judged(&self) -> &Judged {
         &self.judged
     }
+
+    /// Where to dial it, in order: where we last reached it, then each address its record
+    /// gives, once each.
+    pub fn dial_candidates(&self) -> Vec<SocketAddr> {
+        let mut a: Vec<SocketAddr> = self.endpoint.into_iter().collect();
+        for x in &self.payload.addrs {
+            if !a.contains(x) {
+                a.push(*x);
+            }
+        }
+        a
+    }
 }
 
 /// What a record did to the roster.
@@ -411,6 +423,26 @@ fn refusal(p: Prefix, e: InsertError<PeerId>) -> Refusal {
 mod tests {
     use super::*;
     use shadowmesh_proto::record::Route;
+
+    #[test]
+    fn dial_candidates_start_where_we_last_reached_the_member_and_repeat_nothing() {
+        let a = |p: u16| SocketAddr::from(([192, 0, 2, 1], p));
+        let mut e = Entry {
+            payload: Payload {
+                addrs: vec![a(2), a(1), a(3), a(2)],
+                ..Payload::default()
+            },
+            ed25519: [0; 32],
+            seq: 1,
+            endpoint: None,
+            judged: Judged::default(),
+        };
+        assert_eq!(e.dial_candidates(), [a(2), a(1), a(3)]);
+        e.endpoint = Some(a(1));
+        assert_eq!(e.dial_candidates(), [a(1), a(2), a(3)]);
+        e.endpoint = Some(a(9));
+        assert_eq!(e.dial_candidates(), [a(9), a(2), a(1), a(3)]);
+    }
 
     const NK: [u8; 32] = [0x42; 32];
 

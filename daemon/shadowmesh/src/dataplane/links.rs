@@ -204,9 +204,7 @@ impl DataPlane {
         let (addrs, ed) = {
             let roster = self.roster.borrow();
             let Some(m) = roster.get(&pid) else { return };
-            let mut a: Vec<SocketAddr> = m.endpoint.into_iter().collect();
-            a.extend(m.payload.addrs.iter().filter(|x| Some(**x) != m.endpoint));
-            (a, m.ed25519)
+            (m.dial_candidates(), m.ed25519)
         };
         let weak = self.mesh.borrow().clone();
         tokio::task::spawn_local(async move {
