@@ -114,6 +114,37 @@ pub struct RosterConfig {
     pub capacity: usize,
 }
 
+impl RosterConfig {
+    /// The settings of member `me` whose record carries `payload` (its overlay addresses, and
+    /// the routes it advertises as its own), in the mesh whose overlay IPv4 /16 is the one its
+    /// address lies in and whose IPv6 /48 is `v6`; members' LAN routes accepted anywhere until
+    /// the configuration narrows it. `None` if the payload claims no overlay IPv4 address.
+    pub fn member(me: PeerId, payload: &Payload, v6: V6Prefix, capacity: usize) -> Option<Self> {
+        let ipv4 = payload.ipv4?;
+        let o = ipv4.octets();
+        let v4 = V4Prefix { net: [o[0], o[1]] };
+        Some(RosterConfig {
+            me,
+            ipv4: (ipv4, payload.ipv4_counter),
+            ipv6: payload.ipv6,
+            v4,
+            v6,
+            policy: RoutePolicy {
+                accept_routes: true,
+                accept: vec![],
+                overlay: vec![v4.prefix(), v6.prefix()],
+                own: payload
+                    .routes
+                    .iter()
+                    .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+                    .collect(),
+                local: vec![],
+            },
+            capacity,
+        })
+    }
+}
+
 /// The members, their records and the routes they hold.
 pub struct Roster {
     /// Who we are and what we take (our own addresses change on a collision).
@@ -425,6 +456,28 @@ mod tests {
     use shadowmesh_proto::record::Route;
 
     #[test]
+    fn a_member_s_settings_come_from_its_payload() {
+        let me = pid(1, 2, 3);
+        let mut p = payload(&me, 0, &["192.168.1.0/24"]);
+        p.ipv4 = Some(Ipv4Addr::new(10, 101, 7, 9));
+        p.ipv4_counter = 2;
+        let c = RosterConfig::member(me, &p, v6(), 8).unwrap();
+        assert_eq!(c.ipv4, (Ipv4Addr::new(10, 101, 7, 9), 2));
+        assert_eq!(c.v4, V4Prefix { net: [10, 101] });
+        assert_eq!(
+            c.policy.own,
+            [Prefix::new("192.168.1.0".parse().unwrap(), 24).unwrap()]
+        );
+        assert!(c.policy.accept_routes && c.policy.accept.is_empty());
+        assert_eq!(c.capacity, 8);
+        p.ipv4 = None;
+        assert!(
+            RosterConfig::member(me, &p, v6(), 8).is_none(),
+            "a seed claims no address"
+        );
+    }
+
+    #[test]
     fn dial_candidates_start_where_we_last_reached_the_member_and_repeat_nothing() {
         let a = |p: u16| SocketAddr::from(([192, 0, 2, 1], p));
         let mut e = Entry {
@@ -480,26 +533,14 @@ mod tests {
 
     fn roster(me: PeerId, own: &[&str]) -> Roster {
         let p = payload(&me, 0, own);
-        let policy = RoutePolicy {
-            accept_routes: true,
-            accept: vec![],
-            overlay: vec![V4Prefix::default().prefix(), v6().prefix()],
-            own: p
-                .routes
-                .iter()
-                .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
-                .collect(),
-            local: vec![],
-        };
-        Roster::new(RosterConfig {
-            me,
-            ipv4: (p.ipv4.unwrap(), 0),
-            ipv6: p.ipv6,
-            v4: V4Prefix::default(),
-            v6: v6(),
-            policy,
-            capacity: 64,
-        })
+        let cfg = RosterConfig::member(me, &p, v6(), 64).unwrap();
+        assert_eq!(cfg.v4, V4Prefix::default(), "the /16 our address lies in");
+        assert_eq!(
+            cfg.policy.overlay,
+            [V4Prefix::default().prefix(), v6().prefix()]
+        );
+        assert_eq!(cfg.policy.own.len(), own.len(), "our routes are our own");
+        Roster::new(cfg)
     }
 
     fn prefix(s: &str) -> Prefix {

@@ -431,8 +431,8 @@ fn open_dataplane(
     );
     let mut dcfg = DataPlaneConfig::new(pid, payload, nk, cfg.allowed_peers.clone())
         .expect("members claim an overlay IPv4 address");
-    dcfg.policy.accept_routes = cfg.accept_routes;
-    dcfg.policy.accept = prefixes(&cfg.accept_route);
+    dcfg.roster.policy.accept_routes = cfg.accept_routes;
+    dcfg.roster.policy.accept = prefixes(&cfg.accept_route);
     Ok(DataPlane::new(dcfg, tun, mtu))
 }
 

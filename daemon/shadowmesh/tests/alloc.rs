@@ -101,7 +101,7 @@ async fn linked(
     let b = Node::bind(ib, nb).unwrap();
     let addr = b.local_addr().unwrap();
     let (d, l) = tokio::join!(a.dial(addr, b_id, pin), async { b.accept().await.unwrap() });
-    let v4 = [da.ipv4, db.ipv4];
+    let v4 = [da.roster.ipv4.0, db.roster.ipv4.0];
     let dp_a = DataPlane::new(da, tun_a(v4[0]), shadowmesh::node::DEFAULT_TUNNEL_MTU);
     let dp_b = DataPlane::new(db, Tun::memory("b"), shadowmesh::node::DEFAULT_TUNNEL_MTU);
     if fast {

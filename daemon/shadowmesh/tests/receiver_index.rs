@@ -138,7 +138,7 @@ fn a_frame_from_a_new_address_moves_the_path_only_once_it_authenticates() {
         let (dialled, accepted) = tokio::join!(b.dial(via, a_id, a_pin), async {
             a.accept().await.unwrap()
         });
-        let (va, vb) = (da.ipv4, db.ipv4);
+        let (va, vb) = (da.roster.ipv4.0, db.roster.ipv4.0);
         let dp_a = DataPlane::new(da, Tun::memory("a"), shadowmesh::node::DEFAULT_TUNNEL_MTU);
         let dp_b = DataPlane::new(db, Tun::memory("b"), shadowmesh::node::DEFAULT_TUNNEL_MTU);
         dp_a.enable_fast_lane(&a, true).unwrap();

@@ -27,7 +27,7 @@ impl DataPlane {
                 return false;
             }
         };
-        let precedence = peer.precedence(&self.cfg.borrow().me);
+        let precedence = peer.precedence(&self.cfg.borrow().roster.me);
         let control_rx = peer.control_rx.take();
         let control = Rc::new(tokio::sync::Mutex::new(peer.control));
         let link = Link {
@@ -360,7 +360,7 @@ impl DataPlane {
         let Some(mesh) = self.mesh_side() else {
             return;
         };
-        let me = self.cfg.borrow().me;
+        let me = self.cfg.borrow().roster.me;
         let now = crate::mono_now();
         for c in list {
             let known = self

@@ -50,7 +50,7 @@ use shadowmesh_proto::gso::{
 };
 use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
 use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
-use shadowmesh_proto::policy::{Refusal, RoutePolicy};
+use shadowmesh_proto::policy::Refusal;
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, Prefix};
 use shadowmesh_proto::PeerId;
@@ -272,20 +272,8 @@ pub struct MemberInfo {
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
 pub struct DataPlaneConfig {
-    /// Our PeerId.
-    pub me: PeerId,
-    /// Our overlay IPv4 address.
-    pub ipv4: Ipv4Addr,
-    /// The rehash counter that derives it (0 unless a lower PeerId holds our first choice).
-    pub ipv4_counter: u32,
-    /// Our overlay IPv6 address.
-    pub ipv6: Option<Ipv6Addr>,
-    /// What we install from members: our own routes, the overlay prefixes, `accept_route(s)`.
-    pub policy: RoutePolicy,
-    /// The overlay IPv4 /16 (members' claims are checked against it).
-    pub v4_prefix: V4Prefix,
-    /// The mesh's overlay IPv6 /48.
-    pub v6_prefix: V6Prefix,
+    /// Who we are and what we install from members (the link core's roster settings).
+    pub roster: RosterConfig,
     /// If not empty, the only PeerIds admitted.
     pub allowed: Vec<PeerId>,
     /// The network key (opens members' record payloads).
@@ -303,27 +291,9 @@ impl DataPlaneConfig {
         allowed: Vec<PeerId>,
     ) -> Option<Self> {
         let network_key = network_key.into();
-        let o = payload.ipv4?.octets();
-        let v4_prefix = V4Prefix { net: [o[0], o[1]] };
-        let v6_prefix = V6Prefix::for_network(&network_key);
+        let v6 = V6Prefix::for_network(&network_key);
         Some(DataPlaneConfig {
-            me,
-            ipv4: payload.ipv4?,
-            ipv4_counter: payload.ipv4_counter,
-            ipv6: payload.ipv6,
-            policy: RoutePolicy {
-                accept_routes: true,
-                accept: vec![],
-                overlay: vec![v4_prefix.prefix(), v6_prefix.prefix()],
-                own: payload
-                    .routes
-                    .iter()
-                    .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
-                    .collect(),
-                local: vec![],
-            },
-            v4_prefix,
-            v6_prefix,
+            roster: RosterConfig::member(me, payload, v6, MAX_MEMBERS)?,
             allowed,
             network_key,
         })
@@ -390,15 +360,7 @@ pub struct DataPlane {
 impl DataPlane {
     /// Wraps an open TUN device.
     pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
-        let roster = Roster::new(RosterConfig {
-            me: cfg.me,
-            ipv4: (cfg.ipv4, cfg.ipv4_counter),
-            ipv6: cfg.ipv6,
-            v4: cfg.v4_prefix,
-            v6: cfg.v6_prefix,
-            policy: cfg.policy.clone(),
-            capacity: MAX_MEMBERS,
-        });
+        let roster = Roster::new(cfg.roster.clone());
         let gro = tun.vnet().then(Coalescer::new);
         let vnet = tun.vnet();
         Rc::new(DataPlane {
