@@ -63,53 +63,9 @@ pub fn handle<S: SessionState>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::double::Double;
     use shadowmesh_proto::dht::wire::emit_contact_list;
     use shadowmesh_proto::PeerId;
-
-    /// A session that answers rekeys with what it is told to.
-    #[derive(Default)]
-    struct Double {
-        refuse: bool,
-        inits: usize,
-        resps: usize,
-    }
-
-    impl SessionState for Double {
-        type Error = &'static str;
-        fn is_initiator(&self) -> bool {
-            false
-        }
-        fn last_sent(&self) -> Duration {
-            Duration::ZERO
-        }
-        fn last_received(&self) -> Duration {
-            Duration::ZERO
-        }
-        fn send_key(&self) -> Option<(Duration, u64)> {
-            None
-        }
-        fn rekey_started(&self) -> Option<Duration> {
-            None
-        }
-        fn start_rekey(&mut self, _: Duration) -> Result<Vec<u8>, &'static str> {
-            Err("responder")
-        }
-        fn handle_rekey_init(&mut self, _: Duration, body: &[u8]) -> Result<Vec<u8>, &'static str> {
-            self.inits += 1;
-            if self.refuse {
-                return Err("wrong epoch");
-            }
-            Ok(body.iter().rev().copied().collect())
-        }
-        fn handle_rekey_resp(&mut self, _: Duration, _: &[u8]) -> Result<(), &'static str> {
-            self.resps += 1;
-            if self.refuse {
-                Err("no rekey in flight")
-            } else {
-                Ok(())
-            }
-        }
-    }
 
     const T: Duration = Duration::from_secs(1);
 

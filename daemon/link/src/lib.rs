@@ -4,6 +4,8 @@
 //! were read) and carries out what it asks for (install or withdraw a kernel route, move our
 //! overlay address); tests drive it directly.
 //!
+//! - [`engine`]: all of the below behind one set of inputs (`handle_*`) and outputs
+//!   (`poll_output`, `poll_timeout`): what the daemon's data plane drives.
 //! - [`roster`]: the members, their records (a newer sequence number replaces an older one), the
 //!   order they joined in, and the judgement of every prefix they claim: overlay addresses by
 //!   the collision rule, LAN routes by the [`RoutePolicy`](shadowmesh_proto::policy::RoutePolicy).
@@ -20,6 +22,9 @@
 #![deny(missing_docs)]
 
 pub mod control;
+#[cfg(test)]
+mod double;
+pub mod engine;
 pub mod exchange;
 pub mod members;
 pub mod paths;

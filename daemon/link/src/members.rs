@@ -12,21 +12,33 @@ use std::time::Duration;
 
 use shadowmesh_proto::PeerId;
 
+use shadowmesh_proto::session::SessionState;
+
+use crate::paths::Paths;
 use crate::pending::Pending;
 use crate::timers::{check, Activity, Due, Timers};
 
-/// What the core needs to know of a link.
+/// What the core needs of a link: the daemon's holds a QUIC connection and an end-to-end
+/// session; the core reads and drives the session and the paths, and never the connection.
 pub trait Link {
+    /// The end-to-end session (rekeys are answered and started on it).
+    type Session: SessionState;
     /// Tells two connections apart (a member's links are compared by it).
     fn id(&self) -> usize;
     /// Whether the connection is still open.
     fn is_open(&self) -> bool;
     /// Of two open connections to one member, the higher stays.
     fn precedence(&self) -> (u64, bool);
+    /// Whether we dialled it (else the member did).
+    fn dialled(&self) -> bool;
     /// The receiver index of its session: frames for it carry this.
     fn index(&self) -> u32;
     /// What its session did, for the timers.
     fn activity(&self) -> Activity;
+    /// Its session.
+    fn session_mut(&mut self) -> &mut Self::Session;
+    /// The ways to the member over it.
+    fn paths_mut(&mut self) -> &mut Paths;
 }
 
 /// Traffic counters of one member (and the totals).
@@ -159,19 +171,17 @@ impl<L: Link> Members<L> {
         LinkUp::Linked { replaced, pending }
     }
 
-    /// The connection `id` of `pid` ended: if it is the member's link, the member has none
-    /// now (it stays known). Whether it was.
-    pub fn link_down(&mut self, pid: &PeerId, id: usize) -> bool {
-        let Some(m) = self.map.get_mut(pid) else {
-            return false;
-        };
+    /// The connection `id` of `pid` ended (or is to be closed): if it is the member's link,
+    /// the member has none now (it stays known), and the link is returned.
+    pub fn link_down(&mut self, pid: &PeerId, id: usize) -> Option<L> {
+        let m = self.map.get_mut(pid)?;
         if m.link.as_ref().is_none_or(|l| l.id() != id) {
-            return false;
+            return None;
         }
-        m.link = None;
+        let l = m.link.take();
         self.forget_indexes(pid);
         self.timers.disarm(pid);
-        true
+        l
     }
 
     /// Forgets `pid` altogether; returns what we held for it.
@@ -272,47 +282,10 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    struct Test {
-        id: usize,
-        open: bool,
-        precedence: u64,
-        index: u32,
-        activity: Activity,
-    }
-
-    impl Link for Test {
-        fn id(&self) -> usize {
-            self.id
-        }
-        fn is_open(&self) -> bool {
-            self.open
-        }
-        fn precedence(&self) -> (u64, bool) {
-            (self.precedence, false)
-        }
-        fn index(&self) -> u32 {
-            self.index
-        }
-        fn activity(&self) -> Activity {
-            self.activity
-        }
-    }
+    type Test = crate::double::TestLink;
 
     fn link(id: usize, precedence: u64, index: u32, t: Duration) -> Test {
-        Test {
-            id,
-            open: true,
-            precedence,
-            index,
-            activity: Activity {
-                initiator: false,
-                last_sent: t,
-                last_received: t,
-                send_key: Some((t, 0)),
-                rekey_started: None,
-            },
-        }
+        Test::new(id, precedence, index, t)
     }
 
     fn pid(n: u8) -> PeerId {
@@ -339,7 +312,7 @@ mod tests {
         assert!(m
             .link_up(S(0), pid(1), link(1, 5, 11, S(0)), 100)
             .is_linked());
-        assert!(m.link_down(&pid(1), 1));
+        assert!(m.link_down(&pid(1), 1).is_some());
         let w = &mut m.get_mut(&pid(1)).unwrap().wait;
         assert!(w.hold(b"one", 16).dial);
         assert!(!w.hold(b"two", 16).dial, "one dial at a time");
@@ -372,9 +345,9 @@ mod tests {
         let (replaced, _) = linked(m.link_up(S(0), pid(1), link(4, 1, 14, S(0)), 0));
         assert_eq!(replaced.map(|l| l.id), Some(3));
         // The end of a connection that is no longer the member's link changes nothing.
-        assert!(!m.link_down(&pid(1), 3));
+        assert!(m.link_down(&pid(1), 3).is_none());
         assert_eq!(m.connected(), 1);
-        assert!(m.link_down(&pid(1), 4));
+        assert!(m.link_down(&pid(1), 4).is_some());
         assert_eq!((m.connected(), m.len()), (0, 1), "the member stays known");
     }
 

@@ -67,10 +67,10 @@ impl Paths {
         }
     }
 
-    /// The member takes data frames as plain UDP at `addr` (its connection's address when it
-    /// said so).
-    pub fn offer_fast(&mut self, addr: SocketAddr) {
-        self.fast = Some(Path::new(PathKind::Fast, addr));
+    /// The member takes data frames as plain UDP, at its QUIC path's address (where it said
+    /// so from).
+    pub fn offer_fast(&mut self) {
+        self.fast = Some(Path::new(PathKind::Fast, self.quic.addr));
     }
 
     /// Where data frames go as plain UDP; `None`: in QUIC datagrams.
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(p.heard_fast(T(1), a(2)), None, "a lane never offered");
         assert_eq!(p.fast_addr(), None);
         assert_eq!(p.iter().count(), 1);
-        p.offer_fast(a(1));
+        p.offer_fast();
         assert_eq!(p.fast_addr(), Some(a(1)));
         let kinds: Vec<_> = p.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, [PathKind::Quic, PathKind::Fast]);
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn an_authenticated_frame_from_elsewhere_moves_the_fast_lane() {
         let mut p = Paths::new(a(1));
-        p.offer_fast(a(1));
+        p.offer_fast();
         assert_eq!(p.heard_fast(T(1), a(1)), None);
         assert_eq!(p.heard_fast(T(2), a(9)), Some(a(9)));
         assert_eq!(p.fast_addr(), Some(a(9)));
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn each_path_keeps_its_own_liveness() {
         let mut p = Paths::new(a(1));
-        p.offer_fast(a(1));
+        p.offer_fast();
         p.heard_quic(T(5));
         p.quic_seen(a(7), Duration::from_millis(12));
         let paths: Vec<Path> = p.iter().copied().collect();

@@ -145,6 +145,24 @@ impl RosterConfig {
     }
 }
 
+/// The record payload of member `me` of the mesh with `network_key`, before addresses and
+/// routes: the overlay addresses it claims (IPv4 from the first rehash candidate in the default
+/// `10.100.0.0/16`, IPv6 from the PeerId inside the mesh's /48).
+pub fn member_payload(me: &PeerId, network_key: &[u8; 32]) -> Payload {
+    member_payload_in(me, network_key, V4Prefix::default())
+}
+
+/// [`member_payload`] with the overlay IPv4 /16 `v4` (`option overlay_ipv4`).
+pub fn member_payload_in(me: &PeerId, network_key: &[u8; 32], v4: V4Prefix) -> Payload {
+    let (addr, counter) = overlay::ipv4_candidate(v4, me, 0);
+    Payload {
+        ipv4: Some(addr),
+        ipv4_counter: counter,
+        ipv6: Some(overlay::ipv6(V6Prefix::for_network(network_key), me)),
+        ..Payload::default()
+    }
+}
+
 /// The members, their records and the routes they hold.
 pub struct Roster {
     /// Who we are and what we take (our own addresses change on a collision).
@@ -220,6 +238,11 @@ impl Roster {
         self.cfg.policy.own = own;
         self.cfg.policy.accept_routes = accept_routes;
         self.cfg.policy.accept = accept;
+    }
+
+    /// Our PeerId.
+    pub fn me(&self) -> PeerId {
+        self.cfg.me
     }
 
     /// Member `pid`, if known.

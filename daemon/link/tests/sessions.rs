@@ -1,19 +1,26 @@
-//! Two link cores, each holding a real end-to-end session with the other, over a virtual
+//! Two link engines, each holding a real end-to-end session with the other, over a virtual
 //! network (loss, reordering, a reliable control stream) on virtual time: frames find their
 //! session by the receiver index, rekeys across the key-phase flip lose nothing, keepalives
 //! keep a quiet session alive, and a session is given up when the other side goes silent or
-//! never answers a rekey.
+//! never answers a rekey. Everything the engines ask for goes through `poll_output`, as in
+//! the daemon.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use shadowmesh_crypto::session::{initiate, respond, Session};
 use shadowmesh_crypto::Identity;
-use shadowmesh_link::control::{self, Action};
-use shadowmesh_link::members::{Link, LinkUp, Members};
+use shadowmesh_link::control::Action;
+use shadowmesh_link::engine::{Engine, Output};
+use shadowmesh_link::members::Link;
+use shadowmesh_link::paths::Paths;
+use shadowmesh_link::roster::member_payload;
 use shadowmesh_link::timers::{self, Activity, Teardown};
+use shadowmesh_link::RosterConfig;
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::msg::MsgType;
+use shadowmesh_proto::overlay::V6Prefix;
 use shadowmesh_proto::PeerId;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -25,13 +32,21 @@ enum Msg {
     RekeyResp(Vec<u8>),
 }
 
-/// A link as the core holds it: here just the session.
+/// A link as the core holds it: here the session and its paths.
 struct SessionLink {
     id: usize,
     session: Session,
+    paths: Paths,
+}
+
+impl std::fmt::Debug for SessionLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "link {}", self.id)
+    }
 }
 
 impl Link for SessionLink {
+    type Session = Session;
     fn id(&self) -> usize {
         self.id
     }
@@ -41,18 +56,27 @@ impl Link for SessionLink {
     fn precedence(&self) -> (u64, bool) {
         (0, false)
     }
+    fn dialled(&self) -> bool {
+        self.session.is_initiator()
+    }
     fn index(&self) -> u32 {
         self.session.index()
     }
     fn activity(&self) -> Activity {
         timers::activity(&self.session)
     }
+    fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    fn paths_mut(&mut self) -> &mut Paths {
+        &mut self.paths
+    }
 }
 
 struct Side {
     /// The other side, this side's only member.
     peer: PeerId,
-    members: Members<SessionLink>,
+    engine: Engine<SessionLink>,
     /// Data frames sent, by counter.
     sent: u64,
     /// Counters of the data frames opened, in arrival order.
@@ -69,13 +93,31 @@ struct Side {
 }
 
 impl Side {
-    fn new(t0: Duration, peer: PeerId, session: Session) -> Side {
-        let mut members = Members::new(4);
-        let up = members.link_up(t0, peer, SessionLink { id: 1, session }, 0);
-        assert!(matches!(up, LinkUp::Linked { .. }));
+    fn new(t0: Duration, me: PeerId, peer: PeerId, session: Session) -> Side {
+        let nk = [7u8; 32];
+        let v6 = V6Prefix::for_network(&nk);
+        let cfg = RosterConfig::member(me, &member_payload(&me, &nk), v6, 4).unwrap();
+        let mut engine = Engine::new(cfg, vec![]);
+        let at = SocketAddr::from(([192, 0, 2, 1], 4433));
+        let paths = Paths::new(at);
+        let link = SessionLink {
+            id: 1,
+            session,
+            paths,
+        };
+        let record = (member_payload(&peer, &nk), [0; 32], 1);
+        assert!(engine.handle_link_up(t0, 0, peer, link, record, at));
+        // The roster asks for the host's routes once; there are none here.
+        while let Some(o) = engine.poll_output() {
+            match o {
+                Output::ReadRoutes => engine.handle_local_routes(vec![]),
+                Output::Route(_) => {}
+                other => panic!("a new link asked for {other:?}"),
+            }
+        }
         Side {
             peer,
-            members,
+            engine,
             sent: 0,
             got: vec![],
             keepalives_sent: 0,
@@ -88,17 +130,12 @@ impl Side {
     }
 
     fn session(&self) -> &Session {
-        let m = self.members.get(&self.peer).unwrap();
+        let m = self.engine.members().get(&self.peer).unwrap();
         &m.link.as_ref().expect("a live session").session
     }
 
-    fn session_link(&self) -> &SessionLink {
-        let m = self.members.get(&self.peer).unwrap();
-        m.link.as_ref().expect("a live session")
-    }
-
     fn session_mut(&mut self) -> Option<&mut Session> {
-        let m = self.members.get_mut(&self.peer)?;
+        let m = self.engine.parts_mut().1.get_mut(&self.peer)?;
         m.link.as_mut().map(|l| &mut l.session)
     }
 
@@ -137,8 +174,8 @@ impl World {
         World {
             now: t0,
             sides: [
-                Side::new(t0, b.peer_id(), sa),
-                Side::new(t0, a.peer_id(), sb),
+                Side::new(t0, a.peer_id(), b.peer_id(), sa),
+                Side::new(t0, b.peer_id(), a.peer_id(), sb),
             ],
             wire: vec![],
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -198,7 +235,7 @@ impl World {
                 let phase = Header::parse(&f).unwrap().key_phase as usize;
                 let side = &mut self.sides[to];
                 let index = Header::peek_receiver(&f).unwrap();
-                let Some((pid, m)) = side.members.by_index(index) else {
+                let Some((pid, m)) = side.engine.parts_mut().1.by_index(index) else {
                     side.unknown_index += 1;
                     return;
                 };
@@ -213,50 +250,63 @@ impl World {
                     FrameType::Keepalive => side.keepalives_got += 1,
                 }
             }
-            // The control messages go through the link core's handler, as in the daemon.
+            // The control messages go through the engine, as in the daemon.
             Msg::RekeyInit(body) => {
                 if to == 1 && self.deaf_1 {
                     return;
                 }
-                let session = self.sides[to].session_mut().unwrap();
-                match control::handle(now, session, MsgType::RekeyInit, &body, false) {
-                    Action::Send(MsgType::RekeyResp, resp) => self.send(to, Msg::RekeyResp(resp)),
-                    other => panic!("side {to} at {now:?}: REKEY_INIT gave {other:?}"),
-                }
+                self.control(to, MsgType::RekeyInit, &body);
             }
             Msg::RekeyResp(body) => {
-                let session = self.sides[to].session_mut().unwrap();
-                let a = control::handle(now, session, MsgType::RekeyResp, &body, false);
-                assert_eq!(a, Action::Rekeyed, "side {to} at {now:?}");
+                let a = self.control(to, MsgType::RekeyResp, &body);
+                assert_eq!(a, Some(Action::Rekeyed), "side {to} at {now:?}");
             }
         }
     }
 
-    /// Does what side `k`'s link core says is due.
-    fn timers(&mut self, k: usize) {
+    fn control(&mut self, k: usize, t: MsgType, body: &[u8]) -> Option<Action> {
+        let (now, peer) = (self.now, self.sides[k].peer);
+        let a = self.sides[k].engine.handle_control(now, peer, 1, t, body);
+        self.outputs(k);
+        a
+    }
+
+    /// Carries out what side `k`'s engine asks.
+    fn outputs(&mut self, k: usize) {
         let now = self.now;
-        while let Some((pid, due)) = self.sides[k].members.pop_due(now) {
-            if let Some(t) = due.teardown {
-                let side = &mut self.sides[k];
-                side.dead = Some((now, t));
-                side.gone = Some(side.session_link().activity());
-                assert!(side.members.link_down(&pid, 1));
-                continue;
-            }
-            if due.keepalive {
-                let f = self.sides[k].seal(now, FrameType::Keepalive, &[]).unwrap();
-                self.sides[k].keepalives_sent += 1;
-                self.send(k, Msg::Frame(f));
-            }
-            if due.rekey {
-                let body = self.sides[k]
-                    .session_mut()
-                    .unwrap()
-                    .start_rekey(now)
-                    .unwrap();
-                self.send(k, Msg::RekeyInit(body));
+        while let Some(o) = self.sides[k].engine.poll_output() {
+            match o {
+                Output::Close(l, code, why) => {
+                    assert_eq!(code, CLOSE_SESSION_DEAD, "side {k} at {now:?}: {why}");
+                    let side = &mut self.sides[k];
+                    let why = [
+                        Teardown::Silent,
+                        Teardown::KeysExpired,
+                        Teardown::RekeyUnanswered,
+                    ]
+                    .into_iter()
+                    .find(|t| t.as_str() == why)
+                    .expect("a teardown");
+                    side.dead = Some((now, why));
+                    side.gone = Some(l.activity());
+                }
+                Output::Keepalive(_) => {
+                    let f = self.sides[k].seal(now, FrameType::Keepalive, &[]).unwrap();
+                    self.sides[k].keepalives_sent += 1;
+                    self.send(k, Msg::Frame(f));
+                }
+                Output::Control(_, MsgType::RekeyInit, body) => self.send(k, Msg::RekeyInit(body)),
+                Output::Control(_, MsgType::RekeyResp, body) => self.send(k, Msg::RekeyResp(body)),
+                other => panic!("side {k} at {now:?}: {other:?}"),
             }
         }
+    }
+
+    /// Does what side `k`'s engine says is due.
+    fn timers(&mut self, k: usize) {
+        let now = self.now;
+        self.sides[k].engine.handle_timeout(now);
+        self.outputs(k);
     }
 
     /// Runs until `end`; each side sends a burst of three data frames every `every` (none if
@@ -266,8 +316,8 @@ impl World {
         loop {
             let wire = self.wire.iter().map(|w| w.0).min();
             let next = [
-                self.sides[0].members.poll_timeout(),
-                self.sides[1].members.poll_timeout(),
+                self.sides[0].engine.poll_timeout(),
+                self.sides[1].engine.poll_timeout(),
                 wire,
                 next_data,
             ]

@@ -55,7 +55,7 @@ impl DataPlane {
             (Some(s), _) => s.send_to(&batch.buf, to).is_ok(),
             (None, _) => false,
         };
-        if let Some(m) = self.members.borrow_mut().get_mut(&pid) {
+        if let Some(m) = self.core.borrow_mut().parts_mut().1.get_mut(&pid) {
             if sent {
                 m.counters.tx_packets += batch.count as u64;
                 m.counters.tx_bytes += batch.bytes;
@@ -251,33 +251,18 @@ impl DataPlane {
         let Ok(a) = route::addrs(packet) else {
             return;
         };
-        let Some(pid) = self.roster.borrow().lookup(a.dst) else {
-            // Not ours to carry (the kernel routed it here through the /16 or /48): drop.
-            return;
-        };
         let n = packet.len();
-        let mut members = self.members.borrow_mut();
-        let Some(m) = members.get_mut(&pid) else {
+        let mut core = self.core.borrow_mut();
+        let Some((pid, m)) = core.route(a.dst, packet) else {
+            // No member holds it (the kernel routed it here through the /16 or /48: dropped),
+            // or its member has no link: held, and the core may want a dial.
+            if core.has_output() {
+                drop(core);
+                self.wake_driver();
+            }
             return;
         };
         let Some(link) = m.link.as_mut() else {
-            // No connection: queue and dial.
-            let held = m.wait.hold(packet, PENDING_MAX);
-            if !held.queued {
-                m.counters.tx_dropped += 1;
-            }
-            let dial = held.dial;
-            drop(members);
-            if dial {
-                if crate::dataplane::thread::on_data_thread() {
-                    self.dial_later.borrow_mut().push(pid);
-                    if let Some(w) = self.dialer.borrow_mut().take() {
-                        w.wake();
-                    }
-                } else {
-                    self.dial(pid, false);
-                }
-            }
             return;
         };
         if let Some(to) = link.paths.fast_addr() {
@@ -291,14 +276,14 @@ impl DataPlane {
                 m.counters.tx_dropped += 1;
                 return;
             }
-            drop(members);
+            drop(core);
             self.batch_push(batch, pid, to, &frame[..], n);
             return;
         }
         if let Some(max) = link.max_datagram {
             if n + FRAME_OVERHEAD > max {
                 let limit = (max - FRAME_OVERHEAD) as u16;
-                drop(members);
+                drop(core);
                 self.too_big(&frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + n], limit);
                 return;
             }
@@ -325,7 +310,7 @@ impl DataPlane {
                 // Closed under us: the next packet dials again.
                 m.counters.tx_dropped += 1;
                 let id = link.conn.stable_id();
-                members.link_down(&pid, id);
+                core.handle_link_down(&pid, id);
             }
             Err(_) => m.counters.tx_dropped += 1,
         }
@@ -335,8 +320,8 @@ impl DataPlane {
     pub(super) fn send_packet(&self, pid: &PeerId, packet: &[u8]) {
         let mut frame = BytesMut::zeroed(packet.len() + FRAME_OVERHEAD);
         frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + packet.len()].copy_from_slice(packet);
-        let mut members = self.members.borrow_mut();
-        let Some(link) = members.get_mut(pid).and_then(|m| m.link.as_mut()) else {
+        let mut core = self.core.borrow_mut();
+        let Some(link) = core.link_mut(pid) else {
             return;
         };
         if link
@@ -363,7 +348,8 @@ impl DataPlane {
 
     /// Opens one datagram from `pid` and writes its packet to the TUN.
     pub(super) fn deliver(&self, pid: &PeerId, conn_id: usize, d: &[u8]) {
-        let mut members = self.members.borrow_mut();
+        let mut core = self.core.borrow_mut();
+        let (roster, members) = core.parts_mut();
         let Some(m) = members.get_mut(pid) else {
             return;
         };
@@ -380,18 +366,19 @@ impl DataPlane {
         }
         let buf = &mut scratch[..d.len()];
         buf.copy_from_slice(d);
-        self.open_deliver(pid, m, buf, None);
+        self.open_deliver(roster, pid, m, buf, None);
     }
 
     /// A fast-lane frame from `from`, opened in place where the socket put it.
     pub fn deliver_fast(&self, from: SocketAddr, frame: &mut [u8]) {
         let _ours = alloc_probe::Ours::enter();
-        let mut members = self.members.borrow_mut();
+        let mut core = self.core.borrow_mut();
+        let (roster, members) = core.parts_mut();
         let Some((pid, m)) = Header::peek_receiver(frame).and_then(|i| members.by_index(i)) else {
             log::trace!("fast-lane frame from {from} for no session of ours: dropped");
             return;
         };
-        self.open_deliver(&pid, m, frame, Some(from));
+        self.open_deliver(roster, &pid, m, frame, Some(from));
     }
 
     /// Writes what the coalescer holds.
@@ -412,6 +399,7 @@ impl DataPlane {
     /// replayed or forged from a victim's address moves nothing.
     pub(super) fn open_deliver(
         &self,
+        roster: &Roster,
         pid: &PeerId,
         m: &mut Member,
         buf: &mut [u8],
@@ -448,7 +436,7 @@ impl DataPlane {
             m.counters.rx_invalid += 1;
             return;
         };
-        if self.roster.borrow().lookup(a.src) != Some(*pid) {
+        if roster.lookup(a.src) != Some(*pid) {
             m.counters.rx_spoofed += 1;
             log::debug!(
                 "{}: dropped a packet from {} (not theirs)",

@@ -10,8 +10,11 @@
 //!   member -> TUN write (offload: consecutive TCP segments coalesced into one write)
 //! ```
 //!
-//! The route table holds each member's overlay addresses (/32, /128) and the LAN routes its
-//! record advertises; the same table checks sources on the way in, as WireGuard's cryptokey
+//! What to do about members (their records, links, routes, waiting packets, peer exchange,
+//! session timers) the link core decides ([`shadowmesh_link::engine::Engine`]); this shell
+//! feeds it and carries out its outputs (`links.rs`), and seals and opens frames on the member
+//! it names. The route table holds each member's overlay addresses (/32, /128) and the LAN
+//! routes its record advertises; the same table checks sources on the way in, as WireGuard's cryptokey
 //! routing does: a member may only send from addresses it owns. Members stay known (and their
 //! routes installed) after their connection ends; the next packet for one dials it again while
 //! up to [`PENDING_MAX`] packets wait.
@@ -21,8 +24,9 @@
 //! opened in one scratch buffer shared by the connections' readers. quinn's own allocations (one
 //! `Bytes` per received datagram) are its own; `tests/alloc.rs` counts both.
 //!
-//! Everything runs on one thread (tokio `current_thread` + `LocalSet`); state lives in
-//! `RefCell`s that are never borrowed across an `.await`.
+//! Everything runs on one thread at a time (tokio `current_thread` + `LocalSet`, and the
+//! data-plane thread while it holds the baton, [`thread`]); state lives in `RefCell`s that are
+//! never borrowed across an `.await`.
 
 use shadowmesh_crypto::NetworkKey;
 use std::cell::{Cell, RefCell};
@@ -34,22 +38,22 @@ use std::time::Duration;
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
-use shadowmesh_link::control::{self, Action};
-use shadowmesh_link::exchange::{Exchange, Verdict};
+use shadowmesh_link::control::Action;
+use shadowmesh_link::engine::{Engine, Output as CoreOutput};
+use shadowmesh_link::members;
 pub use shadowmesh_link::members::Counters;
-use shadowmesh_link::members::{self, LinkUp, Members};
 use shadowmesh_link::paths::{Path, Paths};
-use shadowmesh_link::roster::Update;
+pub use shadowmesh_link::roster::{member_payload, member_payload_in};
 use shadowmesh_link::timers::{self, Activity};
 use shadowmesh_link::{Output, Roster, RosterConfig};
 use shadowmesh_proto::consts::*;
-use shadowmesh_proto::dht::wire::{emit_contact_list, Contact};
+use shadowmesh_proto::dht::wire::Contact;
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::gso::{
     complete_csum, Coalescer, TcpGso, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
 };
-use shadowmesh_proto::msg::{MsgType, Role, PEERS_MAX};
-use shadowmesh_proto::overlay::{self, V4Prefix, V6Prefix};
+use shadowmesh_proto::msg::{MsgType, Role};
+use shadowmesh_proto::overlay::V6Prefix;
 use shadowmesh_proto::policy::Refusal;
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::route::{self, Prefix};
@@ -60,8 +64,7 @@ use crate::tun::Tun;
 
 /// Most members one node keeps (each holds a record, routes and, when connected, a session).
 pub const MAX_MEMBERS: usize = 1024;
-/// Packets held per member while its connection is being dialled.
-pub const PENDING_MAX: usize = 16;
+pub use shadowmesh_link::engine::PENDING_MAX;
 /// Bytes of each of the two outgoing frame buffers ([`Arena`]): larger than quinn's datagram
 /// send buffer, so that one is free again by the time the other is used up.
 const ARENA: usize = 384 * 1024;
@@ -70,87 +73,17 @@ const MAX_PACKET: usize = 9000;
 /// How often the links' paths are read from quinn (where each connection now is, its datagram
 /// limit): quinn tells no one when they change.
 const TICK: Duration = Duration::from_secs(1);
-/// Peer-exchange dials in flight at once (each is a handshake: ML-DSA work and ~50 KiB).
-const LEARN_IN_FLIGHT: usize = 8;
-/// A member named in peer exchange is dialled at most this often.
-const LEARN_AGAIN: Duration = Duration::from_secs(60);
 
-/// Marks which code runs, so that a counting allocator in a test can tell allocations of our
-/// forwarding code from quinn's (`tests/alloc.rs`). Two thread-local flags with the
-/// `test-hooks` feature; without it (the shipped binary) the guards are empty and cost nothing.
 #[cfg(any(test, feature = "test-hooks"))]
-pub mod alloc_probe {
-    use std::cell::Cell;
-
-    thread_local! {
-        static OURS: Cell<u32> = const { Cell::new(0) };
-        static QUINN: Cell<u32> = const { Cell::new(0) };
-    }
-
-    /// Whether our forwarding code (and not a quinn call inside it) is running. (False while
-    /// the thread's locals are torn down: an allocator asks.)
-    pub fn in_ours() -> bool {
-        OURS.try_with(|o| o.get() > 0).unwrap_or(false) && !in_quinn()
-    }
-
-    /// Whether a quinn call made by the forwarding code is running.
-    pub fn in_quinn() -> bool {
-        QUINN.try_with(|q| q.get() > 0).unwrap_or(false)
-    }
-
-    /// Guard: our forwarding code runs.
-    pub struct Ours(());
-    impl Ours {
-        /// Enters.
-        pub fn enter() -> Ours {
-            OURS.with(|o| o.set(o.get() + 1));
-            Ours(())
-        }
-    }
-    impl Drop for Ours {
-        fn drop(&mut self) {
-            OURS.with(|o| o.set(o.get() - 1));
-        }
-    }
-
-    /// Guard: a quinn call runs.
-    pub struct Quinn(());
-    impl Quinn {
-        /// Enters.
-        pub fn enter() -> Quinn {
-            QUINN.with(|q| q.set(q.get() + 1));
-            Quinn(())
-        }
-    }
-    impl Drop for Quinn {
-        fn drop(&mut self) {
-            QUINN.with(|q| q.set(q.get() - 1));
-        }
-    }
-}
-
-/// The shipped binary's probe: empty guards.
+pub mod alloc_probe;
 #[cfg(not(any(test, feature = "test-hooks")))]
-mod alloc_probe {
-    pub struct Ours;
-    impl Ours {
-        #[inline(always)]
-        pub fn enter() -> Ours {
-            Ours
-        }
-    }
-    pub struct Quinn;
-    impl Quinn {
-        #[inline(always)]
-        pub fn enter() -> Quinn {
-            Quinn
-        }
-    }
-}
-
+#[path = "alloc_probe_off.rs"]
+mod alloc_probe;
 mod batch;
 mod forward;
 mod links;
+mod report;
+pub use report::MemberInfo;
 pub mod thread;
 
 use batch::FastSink;
@@ -210,6 +143,7 @@ struct Link {
 type Member = members::Member<Link>;
 
 impl members::Link for Link {
+    type Session = Session;
     fn id(&self) -> usize {
         self.conn.stable_id()
     }
@@ -219,54 +153,27 @@ impl members::Link for Link {
     fn precedence(&self) -> (u64, bool) {
         self.precedence
     }
+    fn dialled(&self) -> bool {
+        self.role == Role::Dialler
+    }
     fn index(&self) -> u32 {
         self.session.index()
     }
     fn activity(&self) -> Activity {
         timers::activity(&self.session)
     }
+    fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    fn paths_mut(&mut self) -> &mut Paths {
+        &mut self.paths
+    }
 }
 
-/// What `peers` reports for one member.
-#[derive(Debug, Clone)]
-pub struct MemberInfo {
-    /// PeerId.
-    pub peer_id: PeerId,
-    /// Overlay IPv4.
-    pub ipv4: Option<Ipv4Addr>,
-    /// The rehash counter its record gives for it.
-    pub ipv4_counter: u32,
-    /// Overlay IPv6.
-    pub ipv6: Option<Ipv6Addr>,
-    /// Advertised LAN routes.
-    pub routes: Vec<Prefix>,
-    /// Its prefixes (overlay addresses and LAN routes) this gateway installed.
-    pub routes_accepted: Vec<Prefix>,
-    /// Its prefixes this gateway refused, with the reason.
-    pub routes_refused: Vec<(Prefix, Refusal)>,
-    /// The sequence number of its record we hold.
-    pub record_seq: u64,
-    /// Remote UDP address of the live connection (or the last one).
-    pub endpoint: Option<SocketAddr>,
-    /// Whether a session is up.
-    pub connected: bool,
-    /// quinn's smoothed RTT.
-    pub rtt: Option<Duration>,
-    /// Traffic.
-    pub counters: Counters,
-    /// Unix time of the last completed handshake (0: never).
-    pub last_handshake: u64,
-    /// Completed rekeys on the current session.
-    pub rekeys: u32,
-    /// Who dialled the live connection: "dialled" (we did), "accepted", or "".
-    pub role: &'static str,
-    /// quinn's id of the live connection (unchanged across a migration; a new handshake
-    /// makes a new one).
-    pub connection_id: u64,
-    /// How data frames travel: "udp" (the fast lane), "quic" (QUIC datagrams), or "".
-    pub lane: &'static str,
-    /// The live link's paths, each with how long ago an authenticated frame came over it.
-    pub paths: Vec<(Path, Option<Duration>)>,
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection {}", self.conn.stable_id())
+    }
 }
 
 /// Settings of the data plane.
@@ -300,39 +207,16 @@ impl DataPlaneConfig {
     }
 }
 
-/// The record payload of member `me` of the mesh with `network_key`, before addresses and
-/// routes: the overlay addresses it claims (IPv4 from the first rehash candidate in the default
-/// `10.100.0.0/16`, IPv6 from the PeerId inside the mesh's /48).
-pub fn member_payload(me: &PeerId, network_key: &[u8; 32]) -> Payload {
-    member_payload_in(me, network_key, V4Prefix::default())
-}
-
-/// [`member_payload`] with the overlay IPv4 /16 `v4` (`option overlay_ipv4`).
-pub fn member_payload_in(me: &PeerId, network_key: &[u8; 32], v4: V4Prefix) -> Payload {
-    let (addr, counter) = overlay::ipv4_candidate(v4, me, 0);
-    Payload {
-        ipv4: Some(addr),
-        ipv4_counter: counter,
-        ipv6: Some(overlay::ipv6(V6Prefix::for_network(network_key), me)),
-        ..Payload::default()
-    }
-}
-
 /// The data plane of one member node.
 pub struct DataPlane {
     cfg: RefCell<DataPlaneConfig>,
     tun: Tun,
     mtu: u16,
-    /// The members' links, counters and waiting packets, and their session timers (the link
-    /// core); its keys are exactly the roster's members.
-    members: RefCell<Members<Link>>,
-    /// The members' records and the routes they hold (the sans-IO core).
-    roster: RefCell<Roster>,
+    /// The link core: the members, their records, links, routes, waiting packets, peer
+    /// exchange and session timers.
+    core: RefCell<Engine<Link>>,
     /// The host's own routes as last read (kept when a read fails).
     local_routes: RefCell<Vec<Prefix>>,
-    /// Peer-exchange dials: when each PeerId was last tried (at most [`MAX_MEMBERS`]), and how
-    /// many are in flight.
-    learned: RefCell<Exchange>,
     mesh: RefCell<Option<Weak<dyn Dialer>>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
@@ -351,16 +235,14 @@ pub struct DataPlane {
     tun_backlog: Cell<bool>,
     /// The data-plane thread, when it reads the TUN and the socket ([`crate::dataplane::thread`]).
     thread: RefCell<Option<crate::dataplane::thread::Thread>>,
-    /// Members the data-plane thread found a packet for but no connection: the runtime dials
-    /// them (the thread spawns nothing), woken through `dialer`.
-    dial_later: RefCell<Vec<PeerId>>,
-    dialer: RefCell<Option<std::task::Waker>>,
+    /// Wakes the task that drives the core ([`DataPlane::driver`]).
+    driver: RefCell<Option<std::task::Waker>>,
 }
 
 impl DataPlane {
     /// Wraps an open TUN device.
     pub fn new(cfg: DataPlaneConfig, tun: Tun, mtu: u16) -> Rc<DataPlane> {
-        let roster = Roster::new(cfg.roster.clone());
+        let core = Engine::new(cfg.roster.clone(), cfg.allowed.clone());
         let gro = tun.vnet().then(Coalescer::new);
         let vnet = tun.vnet();
         Rc::new(DataPlane {
@@ -378,18 +260,15 @@ impl DataPlane {
             cfg: RefCell::new(cfg),
             tun,
             mtu,
-            members: RefCell::new(Members::new(MAX_MEMBERS)),
-            roster: RefCell::new(roster),
+            core: RefCell::new(core),
             local_routes: RefCell::new(Vec::new()),
-            learned: RefCell::new(Exchange::new(LEARN_IN_FLIGHT, LEARN_AGAIN, MAX_MEMBERS)),
             mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
             gso: RefCell::new(None),
             light: Cell::new(true),
             tun_backlog: Cell::new(false),
             thread: RefCell::new(None),
-            dial_later: RefCell::new(Vec::new()),
-            dialer: RefCell::new(None),
+            driver: RefCell::new(None),
         })
     }
 
@@ -406,7 +285,7 @@ impl DataPlane {
         if self.thread.borrow().is_none() {
             tokio::task::spawn_local(self.clone().tun_reader());
         }
-        tokio::task::spawn_local(self.clone().ticker(Rc::downgrade(&mesh)));
+        tokio::task::spawn_local(self.clone().driver(Rc::downgrade(&mesh)));
         if self.tun.index() != 0 {
             tokio::task::spawn_local(self.clone().watch_link(Rc::downgrade(&mesh)));
         }
@@ -452,7 +331,7 @@ impl DataPlane {
             }
         }
         let mut restored = 0;
-        for (p, _) in self.roster.borrow().installed() {
+        for (p, _) in self.core.borrow().roster().installed() {
             match self.tun.add_route(p) {
                 Ok(()) => restored += 1,
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -481,6 +360,7 @@ impl DataPlane {
             }
         }
         *self.fast_socket.borrow_mut() = Some(s);
+        self.core.borrow_mut().set_fast_lane(true);
         let sink: crate::fastlane::Sink = Rc::new(FastSink(Rc::downgrade(self)));
         crate::fastlane::set_sink(local, Some(sink.clone()));
         let demux = node.demux();
@@ -497,7 +377,6 @@ impl DataPlane {
                     self.tun.stop_watching();
                     demux.take_over();
                     *self.thread.borrow_mut() = Some(t);
-                    tokio::task::spawn_local(self.clone().dialer());
                     return Ok(());
                 }
                 Ok(None) => {}
@@ -514,31 +393,9 @@ impl DataPlane {
         self.thread.borrow().is_some()
     }
 
-    /// Dials the members the data-plane thread asked for.
-    async fn dialer(self: Rc<Self>) {
-        loop {
-            std::future::poll_fn(|cx| {
-                if self.dial_later.borrow().is_empty() {
-                    *self.dialer.borrow_mut() = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Ready(())
-            })
-            .await;
-            let list = std::mem::take(&mut *self.dial_later.borrow_mut());
-            for pid in list {
-                self.dial(pid, false);
-            }
-        }
-    }
-
     /// Whether the last TUN drain stopped at a full burst (for the data-plane thread).
     pub(crate) fn tun_backlog(&self) -> bool {
         self.tun_backlog.get()
-    }
-
-    fn fast_lane(&self) -> bool {
-        self.fast_socket.borrow().is_some()
     }
 
     /// The TUN device.
@@ -566,36 +423,10 @@ impl DataPlane {
         accept_routes: bool,
         accept: Vec<Prefix>,
     ) {
-        self.cfg.borrow_mut().allowed = allowed;
-        self.roster
+        self.cfg.borrow_mut().allowed = allowed.clone();
+        self.core
             .borrow_mut()
-            .reconfigure(own_routes, accept_routes, accept);
-        let gone: Vec<PeerId> = self
-            .members
-            .borrow()
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| !self.admitted(p))
-            .collect();
-        for p in gone {
-            self.forget(&p);
-        }
-        self.rebuild_routes();
-    }
-
-    fn admitted(&self, p: &PeerId) -> bool {
-        let c = self.cfg.borrow();
-        c.allowed.is_empty() || c.allowed.contains(p)
-    }
-
-    fn forget(&self, p: &PeerId) {
-        self.roster.borrow_mut().remove(p);
-        if let Some(m) = self.members.borrow_mut().remove(p) {
-            if let Some(l) = m.link {
-                l.conn
-                    .close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"not allowed");
-            }
-        }
-        self.rebuild_routes();
+            .reconfigure(allowed, own_routes, accept_routes, accept);
+        self.run();
     }
 }

@@ -23,7 +23,8 @@
 //! neither starves the other.
 //!
 //! What the thread must not do is call into the runtime: it spawns nothing (a packet for a
-//! member without a connection asks the runtime to dial, [`on_data_thread`]), and the runtime
+//! member without a connection leaves a dial in the link core's outputs, and the runtime's
+//! driver task is woken to carry it out), and the runtime
 //! stops watching the TUN and the socket ([`crate::tun::Tun::stop_watching`],
 //! [`crate::udp::Udp::stop_reading`]) so that packets do not wake it too. QUIC datagrams it
 //! reads go to quinn through the fast lane's stash, and quinn's driver is woken as a task

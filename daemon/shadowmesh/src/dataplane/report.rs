@@ -1,0 +1,112 @@
+//! What `peers` and `status` report of the members: the core's view of each, with what quinn
+//! knows of its connection.
+
+use super::*;
+
+/// What `peers` reports for one member.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    /// PeerId.
+    pub peer_id: PeerId,
+    /// Overlay IPv4.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The rehash counter its record gives for it.
+    pub ipv4_counter: u32,
+    /// Overlay IPv6.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Advertised LAN routes.
+    pub routes: Vec<Prefix>,
+    /// Its prefixes (overlay addresses and LAN routes) this gateway installed.
+    pub routes_accepted: Vec<Prefix>,
+    /// Its prefixes this gateway refused, with the reason.
+    pub routes_refused: Vec<(Prefix, Refusal)>,
+    /// The sequence number of its record we hold.
+    pub record_seq: u64,
+    /// Remote UDP address of the live connection (or the last one).
+    pub endpoint: Option<SocketAddr>,
+    /// Whether a session is up.
+    pub connected: bool,
+    /// quinn's smoothed RTT.
+    pub rtt: Option<Duration>,
+    /// Traffic.
+    pub counters: Counters,
+    /// Unix time of the last completed handshake (0: never).
+    pub last_handshake: u64,
+    /// Completed rekeys on the current session.
+    pub rekeys: u32,
+    /// Who dialled the live connection: "dialled" (we did), "accepted", or "".
+    pub role: &'static str,
+    /// quinn's id of the live connection (unchanged across a migration; a new handshake
+    /// makes a new one).
+    pub connection_id: u64,
+    /// How data frames travel: "udp" (the fast lane), "quic" (QUIC datagrams), or "".
+    pub lane: &'static str,
+    /// The live link's paths, each with how long ago an authenticated frame came over it.
+    pub paths: Vec<(Path, Option<Duration>)>,
+}
+
+impl DataPlane {
+    /// Every member, for `shadowmesh peers`.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let core = self.core.borrow();
+        let roster = core.roster();
+        let now = crate::mono_now();
+        core.members()
+            .iter()
+            .filter_map(|(p, m)| Some((p, m, roster.get(p)?)))
+            .map(|(p, m, e)| {
+                let live = m.link.as_ref().filter(|l| l.conn.close_reason().is_none());
+                MemberInfo {
+                    peer_id: *p,
+                    ipv4: e.payload.ipv4,
+                    ipv4_counter: e.payload.ipv4_counter,
+                    ipv6: e.payload.ipv6,
+                    routes_accepted: e.judged().accepted.clone(),
+                    routes_refused: e.judged().refused.clone(),
+                    record_seq: e.seq,
+                    routes: e
+                        .payload
+                        .routes
+                        .iter()
+                        .filter_map(|r| Prefix::new(r.addr, r.prefix_len))
+                        .collect(),
+                    endpoint: live.map(|l| l.conn.remote_address()).or(e.endpoint),
+                    connected: live.is_some(),
+                    rtt: live.map(|l| l.conn.rtt()),
+                    counters: m.counters,
+                    last_handshake: m.last_handshake,
+                    rekeys: live.map(|l| l.session.epoch()).unwrap_or(0),
+                    role: match live.map(|l| l.role) {
+                        Some(Role::Dialler) => "dialled",
+                        Some(Role::Listener) => "accepted",
+                        None => "",
+                    },
+                    connection_id: live.map(|l| l.conn.stable_id() as u64).unwrap_or(0),
+                    lane: match live.map(|l| l.paths.fast_addr().is_some()) {
+                        Some(true) => "udp",
+                        Some(false) => "quic",
+                        None => "",
+                    },
+                    paths: live
+                        .map(|l| {
+                            l.paths
+                                .iter()
+                                .map(|p| (*p, p.last_received.map(|t| now.saturating_sub(t))))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Members with a live session.
+    pub fn connected(&self) -> usize {
+        self.core.borrow().members().connected()
+    }
+
+    /// Our overlay addresses, and the rehash counter of the IPv4 one.
+    pub fn addresses(&self) -> (Ipv4Addr, u32, Option<Ipv6Addr>) {
+        self.core.borrow().roster().addresses()
+    }
+}
