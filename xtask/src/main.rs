@@ -51,6 +51,7 @@ mod lab;
 mod load_peers;
 mod luci;
 mod mesh;
+mod nat_lab;
 mod openwrt;
 mod profile;
 mod support;
@@ -92,6 +93,14 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
+        Some("nat-lab") => release_bin().and_then(|bin| {
+            let json = args[1..].iter().any(|a| a == "--json");
+            let rep = nat_lab::run(&bin, json)?;
+            rep.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| rep.failures.join("\n"))
+        }),
         Some("trust") => release_bin().and_then(|bin| {
             let rep = trust::run(&bin, &release_example("hostile")?)?;
             rep.failures
@@ -125,7 +134,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

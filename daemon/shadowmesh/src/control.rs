@@ -3,7 +3,9 @@
 //! talk to it.
 //!
 //! Commands: `status` (with `started`: the options read only at start, as this instance has
-//! them; `restart_pending`: those the file has changed since); `peers` (members, their addresses, routes, traffic and paths); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! them; `restart_pending`: those the file has changed since; `observed`: the addresses other
+//! nodes agree they see us at; `nat`: the NAT between us and them, `unknown`, `none`,
+//! `endpoint-independent` or `endpoint-dependent`); `peers` (members, their addresses, routes, traffic and paths); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
 use shadowmesh_crypto::NetworkKey;
@@ -109,6 +111,12 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                 .bool("clock_unset", crate::clock_unset())
                 .num("clock_offset_s", crate::clock_offset() as f64)
                 .raw("restart_pending", &string_list(&crate::restart_pending()));
+            let (observed, nat) = mesh.observed_state();
+            let observed: Vec<String> = observed.iter().map(|a| a.to_string()).collect();
+            let observed: Vec<&str> = observed.iter().map(String::as_str).collect();
+            o = o
+                .raw("observed", &string_list(&observed))
+                .str("nat", nat.as_str());
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();

@@ -147,9 +147,10 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         applied.push("log_level");
     }
     if new.routes != cfg.routes || new.advertise != cfg.advertise {
+        mesh.set_advertise(new.advertise.clone());
         let mut p = mesh.node().payload();
         p.routes = new.routes.clone();
-        p.addrs = new.advertise.clone();
+        p.addrs = mesh.record_addrs();
         mesh.node().set_payload(p);
         match mesh.node().refresh_record() {
             Ok(rec) => {
@@ -257,6 +258,8 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
+    mesh.set_advertise(cfg.advertise.clone());
+    mesh.observe();
     if crate::clock_unset() {
         log::warn!(
             "the system clock reads {} (Unix seconds), earlier than any correct clock: records \

@@ -9,14 +9,16 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream};
 use shadowmesh_crypto::record::DhtRecordCheck;
-use shadowmesh_proto::consts::{CLOSE_BUSY, CLOSE_IDLE, CLOSE_REPLACED};
+use shadowmesh_proto::consts::{CLOSE_BUSY, CLOSE_IDLE, CLOSE_REPLACED, RECORD_MAX_ADDRS};
 use shadowmesh_proto::dht::node::{Dht, LookupId, LookupOutcome, Output, RequestId};
+use shadowmesh_proto::dht::observed::NatClass;
 use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode, DHT_MAX_MSG};
 use shadowmesh_proto::dht::REQUEST_TIMEOUT;
 use shadowmesh_proto::PeerId;
@@ -156,6 +158,9 @@ pub struct Mesh {
     epoch: Instant,
     wake: Notify,
     dataplane: RefCell<Option<Rc<DataPlane>>>,
+    /// The addresses our record carries because the configuration names them
+    /// (`list advertise`), and those other nodes see us at ([`Dht::observed`]).
+    addrs: RefCell<(Vec<SocketAddr>, Vec<SocketAddr>)>,
 }
 
 impl Mesh {
@@ -175,6 +180,7 @@ impl Mesh {
             epoch: Instant::now(),
             wake: Notify::new(),
             dataplane: RefCell::new(None),
+            addrs: RefCell::new((Vec::new(), Vec::new())),
         }))
     }
 
@@ -409,6 +415,7 @@ impl Mesh {
                         let _ = tx.send(o);
                     }
                 }
+                Some(Output::Observed(addrs)) => self.observed(addrs),
             }
         }
         self.wake.notify_one();
@@ -539,6 +546,75 @@ impl Mesh {
         let now = self.now();
         let id = self.dht.borrow_mut().find_value(key, owner, 0, now);
         self.wait(id).await
+    }
+
+    /// Asks other nodes now and then where they see us ([`Dht::set_observing`]); the
+    /// addresses they agree on go into our record.
+    pub fn observe(&self) {
+        let now = self.now();
+        self.dht.borrow_mut().set_observing(true, now);
+        self.wake.notify_one();
+    }
+
+    /// Where other nodes see us, and the NAT between us and them.
+    pub fn observed_state(&self) -> (Vec<SocketAddr>, NatClass) {
+        let now = self.now();
+        let local = crate::netlink::local_addresses(0).unwrap_or_default();
+        let port = self.node.local_addr().map(|a| a.port()).unwrap_or(0);
+        let dht = self.dht.borrow();
+        let o = dht.observed();
+        (o.addresses(now), o.class(now, port, &local))
+    }
+
+    /// Other nodes agree that they see us at `addrs` now.
+    fn observed(self: &Rc<Self>, addrs: Vec<SocketAddr>) {
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        log::info!("other nodes see us at: {}", list.join(", "));
+        self.addrs.borrow_mut().1 = addrs;
+        self.republish_addrs();
+    }
+
+    /// Sets the addresses the configuration names for our record (`list advertise`).
+    pub fn set_advertise(&self, advertise: Vec<SocketAddr>) {
+        self.addrs.borrow_mut().0 = advertise;
+    }
+
+    /// The addresses our record carries: those configured, then those observed, each once, at
+    /// most [`RECORD_MAX_ADDRS`].
+    pub fn record_addrs(&self) -> Vec<SocketAddr> {
+        let (advertise, observed) = &*self.addrs.borrow();
+        let mut v: Vec<SocketAddr> = Vec::new();
+        for a in advertise.iter().chain(observed) {
+            if !v.contains(a) && v.len() < RECORD_MAX_ADDRS {
+                v.push(*a);
+            }
+        }
+        v
+    }
+
+    /// Re-signs our record if its addresses changed, tells the members and publishes it.
+    fn republish_addrs(self: &Rc<Self>) {
+        let addrs = self.record_addrs();
+        let mut p = self.node.payload();
+        if p.addrs == addrs || self.node.config().network_key.is_none() {
+            return;
+        }
+        p.addrs = addrs;
+        self.node.set_payload(p);
+        match self.node.refresh_record() {
+            Ok(rec) => {
+                if let Some(dp) = self.dataplane() {
+                    dp.announce_record(&rec);
+                }
+                let me = self.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(code) = me.publish(rec).await {
+                        log::error!("our own record was refused: {code:?}");
+                    }
+                });
+            }
+            Err(e) => log::error!("re-signing our record failed: {e}"),
+        }
     }
 
     /// Publishes our record (and keeps republishing it hourly).

@@ -19,9 +19,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::kbucket::{bucket_index, subnet_key, Insert, RoutingTable};
 use super::lookup::{Lookup, Step};
+use super::observed::Observed;
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
 use super::{K, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT, VALUE_QUORUM};
+use super::{OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
 use crate::limit::TokenBuckets;
 use crate::PeerId;
 
@@ -109,6 +111,9 @@ pub enum Output<R> {
     },
     /// A lookup (other than a refresh) finished.
     LookupDone(LookupOutcome<R>),
+    /// The addresses other nodes see us at changed ([`Dht::observed`]): our record may need
+    /// them.
+    Observed(Vec<SocketAddr>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +171,9 @@ pub struct Dht<C: RecordCheck> {
     last_refresh_check: Duration,
     rate: TokenBuckets<SocketAddr>,
     joining: Option<LookupId>,
+    observed: Observed,
+    /// When to ask where others see us next; `None`: we do not ask ([`Dht::set_observing`]).
+    next_observe: Option<Duration>,
     /// Counters.
     pub stats: DhtStats,
 }
@@ -199,6 +207,8 @@ impl<C: RecordCheck> Dht<C> {
             last_refresh_check: Duration::ZERO,
             rate: TokenBuckets::new(RATE_BURST, RATE_PER_SEC, RATE_TRACKED),
             joining: None,
+            observed: Observed::new(),
+            next_observe: None,
             stats: DhtStats::default(),
         }
     }
@@ -216,6 +226,18 @@ impl<C: RecordCheck> Dht<C> {
     /// Records held for others.
     pub fn store(&self) -> &RecordStore<C::Record> {
         &self.store
+    }
+
+    /// What other nodes saw of our address.
+    pub fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
+    /// Whether to ask other nodes where they see us (PINGs every [`OBSERVE_INTERVAL`]; see
+    /// [`super::observed`]). Off until set: a node that needs no address of its own (a test,
+    /// the simulator) sends no such PINGs. PONGs are read either way.
+    pub fn set_observing(&mut self, on: bool, now: Duration) {
+        self.next_observe = on.then_some(now);
     }
 
     /// Lookups under way.
@@ -434,6 +456,10 @@ impl<C: RecordCheck> Dht<C> {
                 p.kind = ReqKind::Store; // answers will only update the table
             }
         }
+        // Joined: now there are nodes to ask where they see us.
+        if self.joining == Some(id) && self.next_observe.is_some() {
+            self.next_observe = Some(now);
+        }
         let closest = st.lookup.result();
         let mut stores_sent = 0;
         let report = match st.query {
@@ -583,6 +609,17 @@ impl<C: RecordCheck> Dht<C> {
             return;
         }
         self.heard_from(via, now);
+        if let Response::Pong { observed } = &resp {
+            // Only a node outside every private network sees our public side.
+            let public = subnet_key(&via.addr).is_some();
+            if public && self.observed.report(now, via.addr, *observed) {
+                let addrs = self.observed.addresses(now);
+                if !addrs.is_empty() && self.next_observe.is_some() {
+                    self.next_observe = Some(now + OBSERVE_INTERVAL);
+                }
+                self.out.push_back(Output::Observed(addrs));
+            }
+        }
         match p.kind {
             ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, true, now),
             ReqKind::Ping { lru: false } | ReqKind::Store => {}
@@ -657,7 +694,10 @@ impl<C: RecordCheck> Dht<C> {
     /// When [`Dht::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
         let req = self.pending.values().map(|p| p.deadline).min();
-        let periodic = self.last_refresh_check + Duration::from_secs(60);
+        let mut periodic = self.last_refresh_check + Duration::from_secs(60);
+        if let Some(t) = self.next_observe {
+            periodic = periodic.min(t);
+        }
         Some(req.map_or(periodic, |r| r.min(periodic)))
     }
 
@@ -679,6 +719,9 @@ impl<C: RecordCheck> Dht<C> {
         for id in ids {
             self.drive(id, now);
         }
+        if self.next_observe.is_some_and(|t| now >= t) {
+            self.observe(now);
+        }
         if now >= self.last_refresh_check + Duration::from_secs(60) {
             self.last_refresh_check = now;
             self.store.expire(now, now_unix);
@@ -698,6 +741,34 @@ impl<C: RecordCheck> Dht<C> {
                 }
             }
         }
+    }
+
+    /// Asks [`OBSERVE_PINGS`] contacts with public addresses, each in another network, where
+    /// they see us; again after [`OBSERVE_INTERVAL`], or [`OBSERVE_RETRY`] while no address
+    /// has a quorum. A contact at a private, loopback or carrier-grade-NAT address, or in our
+    /// own network, is not asked: it sees our inside.
+    fn observe(&mut self, now: Duration) {
+        let target = self.random();
+        let mine = subnet_key(&self.local.addr);
+        let mut asked: Vec<[u8; 7]> = Vec::new();
+        for c in self.table.closest(&target, K) {
+            let Some(net) = subnet_key(&c.addr) else {
+                continue;
+            };
+            if asked.len() >= OBSERVE_PINGS || Some(net) == mine || asked.contains(&net) {
+                continue;
+            }
+            asked.push(net);
+            self.send(c, Request::Ping, ReqKind::Ping { lru: false }, now);
+        }
+        let known = !self.observed.addresses(now).is_empty();
+        self.next_observe = Some(
+            now + if known {
+                OBSERVE_INTERVAL
+            } else {
+                OBSERVE_RETRY
+            },
+        );
     }
 
     /// The next thing to do, if any.

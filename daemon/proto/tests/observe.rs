@@ -1,0 +1,112 @@
+//! A node behind a NAT learns its public address from the PONGs of nodes in other networks:
+//! it asks a few on a timer, believes an address once two networks agree, reports the change
+//! once, and then asks less often.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shadowmesh_proto::dht::node::{Dht, Output, RecordCheck};
+use shadowmesh_proto::dht::observed::NatClass;
+use shadowmesh_proto::dht::store::RecordMeta;
+use shadowmesh_proto::dht::wire::{Contact, Request, Response, StoreCode};
+use shadowmesh_proto::dht::{OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
+use shadowmesh_proto::limit::source_key;
+use shadowmesh_proto::PeerId;
+
+struct NoRecords;
+impl RecordCheck for NoRecords {
+    type Record = Vec<u8>;
+    fn check(&self, _: &Vec<u8>, _: u64) -> Result<RecordMeta, StoreCode> {
+        Err(StoreCode::BadSignature)
+    }
+}
+
+fn contact(i: u8, addr: &str) -> Contact {
+    Contact {
+        id: PeerId([i; 32]),
+        ed25519: [i; 32],
+        addr: addr.parse().unwrap(),
+    }
+}
+
+/// The PINGs the node sent, by request id.
+fn pings(d: &mut Dht<NoRecords>) -> Vec<(u64, Contact)> {
+    let mut v = vec![];
+    while let Some(o) = d.poll_output() {
+        if let Output::Send {
+            to,
+            id,
+            req: Request::Ping,
+        } = o
+        {
+            v.push((id, to));
+        }
+    }
+    v
+}
+
+#[test]
+fn the_public_address_is_learnt_from_two_networks_and_then_checked_now_and_then() {
+    let me = contact(0, "10.0.1.2:4433");
+    let mut d = Dht::new(me, NoRecords, 1);
+    let t0 = Duration::from_secs(100);
+    // Off until asked for: no PINGs.
+    d.handle_timeout(t0, 0);
+    assert!(pings(&mut d).is_empty());
+    d.set_observing(true, t0);
+    // Nobody to ask yet: try again soon.
+    d.handle_timeout(t0, 0);
+    assert!(pings(&mut d).is_empty());
+    assert_eq!(d.poll_timeout(), Some(t0 + OBSERVE_RETRY));
+    // Contacts in three public networks, and two at private addresses (on our side of some
+    // NAT: they would see our inside address).
+    for (i, a) in [
+        (1, "198.51.100.7:4433"),
+        (2, "198.51.100.8:4433"),
+        (3, "203.0.113.9:4433"),
+        (4, "192.0.2.5:4433"),
+        (5, "10.0.1.9:4433"),
+        (6, "100.64.3.3:4433"),
+    ] {
+        d.add_contact(contact(i, a), t0);
+    }
+    let t1 = t0 + OBSERVE_RETRY;
+    d.handle_timeout(t1, 0);
+    let asked = pings(&mut d);
+    assert_eq!(asked.len(), OBSERVE_PINGS);
+    let mut nets: Vec<SocketAddr> = asked.iter().map(|(_, c)| source_key(c.addr)).collect();
+    nets.sort();
+    nets.dedup();
+    assert_eq!(nets.len(), OBSERVE_PINGS, "each in another network");
+    assert!(asked
+        .iter()
+        .all(|(_, c)| c.addr.ip().to_string() != "10.0.1.9"));
+    // The NAT maps us to one public address and port whoever we talk to.
+    let public: SocketAddr = "192.0.2.77:4433".parse().unwrap();
+    let mut changed = vec![];
+    for (id, c) in &asked {
+        d.handle_response(*id, Response::Pong { observed: public }, t1, 0);
+        while let Some(o) = d.poll_output() {
+            if let Output::Observed(a) = o {
+                changed.push((c.id, a));
+            }
+        }
+    }
+    assert_eq!(
+        changed.len(),
+        1,
+        "reported once, when the second network agreed"
+    );
+    assert_eq!(changed[0].0, asked[1].1.id);
+    assert_eq!(changed[0].1, [public]);
+    assert_eq!(d.observed().addresses(t1), [public]);
+    let local = ["10.0.1.2".parse().unwrap()];
+    assert_eq!(
+        d.observed().class(t1, 4433, &local),
+        NatClass::EndpointIndependent
+    );
+    d.handle_timeout(t1 + Duration::from_secs(60), 0);
+    assert!(pings(&mut d).is_empty(), "known: not asked again so soon");
+    d.handle_timeout(t1 + OBSERVE_INTERVAL, 0);
+    assert_eq!(pings(&mut d).len(), OBSERVE_PINGS);
+}
