@@ -159,7 +159,8 @@ impl<L: Link> Engine<L> {
     /// A member's connection authenticated at `now` (Unix time `unix_now`): `payload`, `ed25519`
     /// and `seq` are from its record, `at` is where it is. Returns whether the link was
     /// taken; if not, an [`Output::Close`] for it follows. A taken link is offered the fast
-    /// lane and told who else is in the mesh; what waited for it goes out.
+    /// lane and told who else is in the mesh, and a member new to us is named to the others;
+    /// what waited for it goes out.
     #[allow(clippy::too_many_arguments)]
     pub fn handle_link_up(
         &mut self,
@@ -196,9 +197,28 @@ impl<L: Link> Engine<L> {
             }
         };
         let (payload, ed25519, seq) = record;
-        self.roster.record(pid, payload, ed25519, seq);
+        let added = self.roster.record(pid, payload, ed25519, seq) == Update::Added;
         self.roster.set_endpoint(&pid, at);
         self.judge_later();
+        if added {
+            // A member new to us is news to the others we hold links with: one that cannot be
+            // dialled from outside its NAT (it joined after them) is then dialled by them.
+            let mut body = Vec::new();
+            emit_contact_list(
+                &[Contact {
+                    id: pid,
+                    ed25519,
+                    addr: at,
+                }],
+                &mut body,
+            );
+            for (p, m) in self.members.iter() {
+                if *p != pid && m.link.is_some() {
+                    self.out
+                        .push_back(Output::Control(*p, MsgType::Peers, body.clone()));
+                }
+            }
+        }
         if self.fast_lane {
             self.out
                 .push_back(Output::Control(pid, MsgType::FastLane, Vec::new()));

@@ -128,19 +128,29 @@ fn a_new_link_is_offered_the_fast_lane_and_told_who_else_is_here() {
         "no one else yet"
     );
     up(&mut e, S(0), 2, TestLink::new(2, 0, 12, S(0)));
-    let peers = drain(&mut e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Control(p, MsgType::Peers, b) if p == pid(2) => Some(b),
-            _ => None,
-        })
-        .expect("a peer list for the new member");
-    let list = parse_contact_list(&peers, PEERS_MAX).unwrap();
-    assert_eq!(list.len(), 1);
+    let out = drain(&mut e);
+    let peers_for = |out: &[Output<TestLink>], to: PeerId| -> Vec<(PeerId, SocketAddr)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Control(p, MsgType::Peers, b) if *p == to => Some(b),
+                _ => None,
+            })
+            .flat_map(|b| parse_contact_list(b, PEERS_MAX).unwrap())
+            .map(|c| (c.id, c.addr))
+            .collect()
+    };
     assert_eq!(
-        (list[0].id, list[0].addr, list[0].ed25519),
-        (pid(1), at(1), [1; 32])
+        peers_for(&out, pid(2)),
+        [(pid(1), at(1))],
+        "who else is here"
     );
+    // ... and the new member is named to the one we held (which it may not be able to dial:
+    // it joined later, from behind a NAT).
+    assert_eq!(peers_for(&out, pid(1)), [(pid(2), at(2))]);
+    // A member we knew coming back is no news.
+    e.handle_link_down(&pid(2), 2);
+    up(&mut e, S(1), 2, TestLink::new(3, 0, 13, S(1)));
+    assert!(peers_for(&drain(&mut e), pid(1)).is_empty());
     // The member's own offer opens the lane at its QUIC path's address.
     e.handle_control(S(1), pid(1), 1, MsgType::FastLane, &[]);
     let l = e.members().get(&pid(1)).unwrap().link.as_ref().unwrap();
