@@ -20,7 +20,9 @@
 //! class of its NAT (`status`: `observed`, `nat`), the public member that it has none; a
 //! member's record carries its observed address; every pair of members pings the other's
 //! overlay address within 5 s, except a symmetric NAT's gateway and a port-restricted one's:
-//! without relays nothing crosses those two.
+//! without relays nothing crosses those two. Last, a gateway behind a port-restricted NAT
+//! restarts on another port and must reach another such gateway: only an introduction through
+//! a member both hold links with (each dials the other at once) gets it through.
 //!
 //! Reported: the matrix of every pair: whether it worked, how long the first reply took, and
 //! over what path.
@@ -385,6 +387,28 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             }),
         );
     }
+    // gw1 restarts on another port (a reboot, a NAT that moved it): gw2 still holds its old
+    // connection, and gw2's NAT lets nothing in from gw1's new port. gw1 learns of gw2 from the
+    // public member, and its dial only completes because the public member introduces them.
+    lab.kill9(&members[1].node.name)?;
+    let conf = std::fs::read_to_string(&members[1].node.config).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &members[1].node.config,
+        conf.replace("listen_port '4433'", "listen_port '4434'"),
+    )
+    .map_err(|e| e.to_string())?;
+    lab.start(&members[1].node)?;
+    let t = Instant::now();
+    let up = lab::until_reachable(&members[1].node.ns, &overlay[2], Duration::from_secs(20))?;
+    rep.check(
+        "gw1, restarted on a new port, reaches gw2 (both port-restricted) through an introduction",
+        up.is_some(),
+        match up {
+            Some(_) => format!("first reply after {:.1} s", t.elapsed().as_secs_f64()),
+            None => "no reply in 20 s".into(),
+        },
+    );
+
     if json {
         let list: Vec<String> = pairs
             .iter()

@@ -23,6 +23,10 @@ pub enum Action {
     FastLane,
     /// Members this one holds sessions with, for the peer exchange to consider dialling.
     Learn(Vec<Contact>),
+    /// The member cannot complete a dial of this contact: ask it to dial the member too.
+    IntroduceReq(Contact),
+    /// This contact is dialling us through NATs: dial it at once.
+    Introduce(Contact),
     /// Our rekey completed: the session sends on the new keys.
     Rekeyed,
     /// Nothing to do; the reason, for the debug log.
@@ -55,6 +59,14 @@ pub fn handle<S: SessionState>(
         MsgType::Peers => match parse_contact_list(body, PEERS_MAX) {
             Ok(list) => Action::Learn(list),
             Err(e) => Action::Ignore(format!("bad peer list: {e}")),
+        },
+        MsgType::IntroduceReq | MsgType::Introduce => match parse_contact_list(body, 1) {
+            Ok(list) if list.len() == 1 && t == MsgType::IntroduceReq => {
+                Action::IntroduceReq(list[0])
+            }
+            Ok(list) if list.len() == 1 => Action::Introduce(list[0]),
+            Ok(_) => Action::Ignore("an introduction names one contact".into()),
+            Err(e) => Action::Ignore(format!("bad introduction: {e}")),
         },
         other => Action::Ignore(format!("unexpected control message {other:?}")),
     }
@@ -135,6 +147,36 @@ mod tests {
             handle(T, &mut s, MsgType::Peers, &body[..3], true),
             Action::Ignore(_)
         ));
+    }
+
+    #[test]
+    fn introductions_name_exactly_one_contact() {
+        let mut s = Double::default();
+        let c = |i: u8| Contact {
+            id: PeerId([i; 32]),
+            ed25519: [i; 32],
+            addr: ([192, 0, 2, i], 4433).into(),
+        };
+        let mut one = Vec::new();
+        emit_contact_list(&[c(1)], &mut one);
+        assert_eq!(
+            handle(T, &mut s, MsgType::IntroduceReq, &one, true),
+            Action::IntroduceReq(c(1))
+        );
+        assert_eq!(
+            handle(T, &mut s, MsgType::Introduce, &one, true),
+            Action::Introduce(c(1))
+        );
+        let mut two = Vec::new();
+        emit_contact_list(&[c(1), c(2)], &mut two);
+        let mut none = Vec::new();
+        emit_contact_list(&[], &mut none);
+        for body in [&two[..], &none[..], &one[..3]] {
+            assert!(matches!(
+                handle(T, &mut s, MsgType::Introduce, body, true),
+                Action::Ignore(_)
+            ));
+        }
     }
 
     #[test]

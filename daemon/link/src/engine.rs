@@ -37,6 +37,14 @@ pub const PENDING_MAX: usize = 16;
 pub const LEARN_IN_FLIGHT: usize = 8;
 /// A member named in peer exchange is dialled at most this often.
 pub const LEARN_AGAIN: Duration = Duration::from_secs(60);
+/// A dial of a member not complete after this long asks the members we hold links with to
+/// introduce us: the member dials us too, which opens both NATs (a direct dial's handshake
+/// takes a few round trips; one through two filtering NATs never completes alone).
+pub const INTRODUCE_AFTER: Duration = Duration::from_secs(1);
+/// Members asked to introduce us to one member.
+pub const INTRODUCERS: usize = 2;
+/// Introductions acted on per PeerId (asked for, made, answered by a dial) at most this often.
+pub const INTRODUCE_AGAIN: Duration = Duration::from_secs(10);
 
 /// What the shell must do.
 #[derive(Debug)]
@@ -85,6 +93,13 @@ pub struct Engine<L> {
     fast_lane: bool,
     /// A [`Output::ReadRoutes`] is out and not answered yet.
     reading: bool,
+    /// Dials under way, and when to ask for an introduction if they have not completed.
+    intro_at: Vec<(Duration, Contact)>,
+    /// Introductions we ask for, make for a requester, and answer with a dial: each PeerId
+    /// once per [`INTRODUCE_AGAIN`] in each role.
+    intro_asked: Exchange,
+    intro_made: Exchange,
+    intro_dialled: Exchange,
     out: VecDeque<Output<L>>,
 }
 
@@ -100,6 +115,10 @@ impl<L: Link> Engine<L> {
             allowed,
             fast_lane: false,
             reading: false,
+            intro_at: Vec::new(),
+            intro_asked: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
+            intro_made: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
+            intro_dialled: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
             out: VecDeque::new(),
         }
     }
@@ -146,7 +165,11 @@ impl<L: Link> Engine<L> {
 
     /// When to call [`Engine::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.members.poll_timeout()
+        let intro = self.intro_at.iter().map(|(t, _)| *t).min();
+        match (self.members.poll_timeout(), intro) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn judge_later(&mut self) {
@@ -293,6 +316,8 @@ impl<L: Link> Engine<L> {
             }
             Action::Record => self.out.push_back(Output::Record(pid, body.to_vec())),
             Action::Learn(list) => self.learn(now, list),
+            Action::IntroduceReq(c) => self.introduce(now, pid, *c),
+            Action::Introduce(c) => self.introduced(now, *c),
             Action::FastLane | Action::Rekeyed | Action::Ignore(_) => {}
         }
         Some(action)
@@ -346,7 +371,10 @@ impl<L: Link> Engine<L> {
                 continue;
             }
             match self.exchange.offer(now, c.id) {
-                Verdict::Dial => self.out.push_back(Output::Learn(*c)),
+                Verdict::Dial => {
+                    self.introduce_later(now, *c);
+                    self.out.push_back(Output::Learn(*c));
+                }
                 Verdict::Recent => {}
                 Verdict::Busy => return,
             }
@@ -362,8 +390,14 @@ impl<L: Link> Engine<L> {
     /// the packet on. A member without one gets `packet` queued (at most [`PENDING_MAX`];
     /// more are dropped and counted) and, if no dial is under way, an [`Output::Dial`].
     /// `None` also when no member holds `dst`.
+    /// A dial that has not completed after [`INTRODUCE_AFTER`] asks for an introduction.
     #[inline]
-    pub fn route(&mut self, dst: IpAddr, packet: &[u8]) -> Option<(PeerId, &mut Member<L>)> {
+    pub fn route(
+        &mut self,
+        now: Duration,
+        dst: IpAddr,
+        packet: &[u8],
+    ) -> Option<(PeerId, &mut Member<L>)> {
         let pid = self.roster.lookup(dst)?;
         let m = self.members.get_mut(&pid)?;
         if m.link.is_none() {
@@ -373,9 +407,20 @@ impl<L: Link> Engine<L> {
             }
             if held.dial {
                 if let Some(e) = self.roster.get(&pid) {
+                    let addrs = e.dial_candidates();
+                    if let Some(&addr) = addrs.first() {
+                        let c = Contact {
+                            id: pid,
+                            ed25519: e.ed25519,
+                            addr,
+                        };
+                        if self.intro_at.len() < self.roster.capacity() {
+                            self.intro_at.push((now + INTRODUCE_AFTER, c));
+                        }
+                    }
                     self.out.push_back(Output::Dial {
                         pid,
-                        addrs: e.dial_candidates(),
+                        addrs,
                         ed25519: e.ed25519,
                         fresh: false,
                     });
@@ -384,6 +429,100 @@ impl<L: Link> Engine<L> {
             return None;
         }
         Some((pid, m))
+    }
+
+    /// A dial of `c` starts at `now`: if it has not completed after [`INTRODUCE_AFTER`], ask
+    /// for an introduction.
+    fn introduce_later(&mut self, now: Duration, c: Contact) {
+        if self.intro_at.len() < self.roster.capacity() {
+            self.intro_at.push((now + INTRODUCE_AFTER, c));
+        }
+    }
+
+    /// Asks up to [`INTRODUCERS`] members we hold links with to introduce us to `c`, whose
+    /// dial has not completed: each tells `c` to dial us.
+    fn ask_introduction(&mut self, now: Duration, c: Contact) {
+        let linked = |m: &Member<L>| m.link.as_ref().is_some_and(|l| l.is_open());
+        if self.members.get(&c.id).is_some_and(linked) {
+            return;
+        }
+        if self.intro_asked.offer(now, c.id) != Verdict::Dial {
+            return;
+        }
+        self.intro_asked.finished();
+        let mut body = Vec::new();
+        emit_contact_list(&[c], &mut body);
+        let asked: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(p, m)| **p != c.id && linked(m))
+            .map(|(p, _)| *p)
+            .take(INTRODUCERS)
+            .collect();
+        for p in asked {
+            self.out
+                .push_back(Output::Control(p, MsgType::IntroduceReq, body.clone()));
+        }
+    }
+
+    /// Member `from` asks us to introduce it to `c`: if we hold a link with `c`, `c` is told
+    /// to dial `from` where we see it.
+    fn introduce(&mut self, now: Duration, from: PeerId, c: Contact) {
+        let linked = self
+            .members
+            .get(&c.id)
+            .is_some_and(|m| m.link.as_ref().is_some_and(|l| l.is_open()));
+        let Some(e) = self.roster.get(&from) else {
+            return;
+        };
+        let Some(at) = e.endpoint else {
+            return;
+        };
+        if c.id == from || !linked || self.intro_made.offer(now, from) != Verdict::Dial {
+            return;
+        }
+        self.intro_made.finished();
+        let mut body = Vec::new();
+        let me = Contact {
+            id: from,
+            ed25519: e.ed25519,
+            addr: at,
+        };
+        emit_contact_list(&[me], &mut body);
+        self.out
+            .push_back(Output::Control(c.id, MsgType::Introduce, body));
+    }
+
+    /// A member tells us that `c` is dialling us: dial it at once (where the introducer sees
+    /// it first, then where its record says). A link we hold with `c` at another address is a
+    /// stale one (it restarted, its NAT moved it): the dial is a new connection.
+    fn introduced(&mut self, now: Duration, c: Contact) {
+        let held = self
+            .members
+            .get_mut(&c.id)
+            .and_then(|m| m.link.as_mut())
+            .filter(|l| l.is_open())
+            .map(|l| l.paths_mut().iter().any(|p| p.addr == c.addr));
+        if c.id == self.roster.me() || held == Some(true) || !self.admitted(&c.id) {
+            return;
+        }
+        if self.intro_dialled.offer(now, c.id) != Verdict::Dial {
+            return;
+        }
+        self.intro_dialled.finished();
+        let mut addrs = vec![c.addr];
+        if let Some(e) = self.roster.get(&c.id) {
+            addrs.extend(e.dial_candidates().into_iter().filter(|a| *a != c.addr));
+        }
+        if let Some(m) = self.members.get_mut(&c.id) {
+            m.wait.dialling_now();
+        }
+        self.out.push_back(Output::Dial {
+            pid: c.id,
+            addrs,
+            ed25519: c.ed25519,
+            fresh: held.is_some(),
+        });
     }
 
     /// A dial of `pid` ended: if it left the member without an open link, what waited for it
@@ -423,6 +562,16 @@ impl<L: Link> Engine<L> {
     /// its message sent on the control stream), or giving the session up (its connection is
     /// closed; the member stays, and its next packet dials again).
     pub fn handle_timeout(&mut self, now: Duration) {
+        let due: Vec<Contact> = self
+            .intro_at
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, c)| *c)
+            .collect();
+        self.intro_at.retain(|(t, _)| *t > now);
+        for c in due {
+            self.ask_introduction(now, c);
+        }
         while let Some((pid, due)) = self.members.pop_due(now) {
             if let Some(why) = due.teardown {
                 let id = self

@@ -240,6 +240,11 @@ impl Roster {
         self.cfg.policy.accept = accept;
     }
 
+    /// The most members it holds.
+    pub fn capacity(&self) -> usize {
+        self.cfg.capacity
+    }
+
     /// Our PeerId.
     pub fn me(&self) -> PeerId {
         self.cfg.me

@@ -69,6 +69,13 @@ pub enum MsgType {
     /// "I accept data frames as plain UDP on this connection's path" (empty body; the fast
     /// lane, DESIGN.md "Data plane").
     FastLane = 8,
+    /// "Ask this member to dial me": the sender's dial of the one contact in the body (a
+    /// contact list of one) does not complete, and the receiver holds a session with it (hole
+    /// punching through a common member).
+    IntroduceReq = 9,
+    /// "This member is dialling you: dial it too": the one contact in the body, as the sender
+    /// sees it, so that the two dials open both NATs at once.
+    Introduce = 10,
 }
 
 /// Most contacts one peer-exchange message may carry.
@@ -86,6 +93,8 @@ impl TryFrom<u8> for MsgType {
             6 => MsgType::Peers,
             7 => MsgType::Record,
             8 => MsgType::FastLane,
+            9 => MsgType::IntroduceReq,
+            10 => MsgType::Introduce,
             t => return Err(Error::UnknownType(t)),
         })
     }
@@ -479,7 +488,7 @@ mod tests {
             parse_header(&[1, 0, 1, 0, 1]),
             Err(Error::TooLarge { .. })
         ));
-        assert_eq!(parse_header(&[9, 0, 0, 0, 0]), Err(Error::UnknownType(9)));
+        assert_eq!(parse_header(&[11, 0, 0, 0, 0]), Err(Error::UnknownType(11)));
     }
 
     #[test]

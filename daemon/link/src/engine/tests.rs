@@ -70,7 +70,7 @@ fn a_packet_without_a_link_dials_once_and_waits_for_it() {
     assert!(!e.handle_link_down(&pid(1), 1), "once");
     let dst = ipv4_of(1);
     for i in 0..PENDING_MAX as u8 + 2 {
-        assert!(e.route(dst, &[i]).is_none(), "no link: held");
+        assert!(e.route(S(0), dst, &[i]).is_none(), "no link: held");
     }
     let out = drain(&mut e);
     assert_eq!(out.len(), 1, "one dial for the burst: {out:?}");
@@ -90,10 +90,12 @@ fn a_packet_without_a_link_dials_once_and_waits_for_it() {
         .collect();
     let want: Vec<Vec<u8>> = (0..PENDING_MAX as u8).map(|i| vec![i]).collect();
     assert_eq!(sent, want);
-    let (p, m) = e.route(dst, &[0]).expect("the live link");
+    let (p, m) = e.route(S(0), dst, &[0]).expect("the live link");
     assert_eq!((p, m.link.as_ref().unwrap().id), (pid(1), 2));
     // An address no member holds goes nowhere and dials no one.
-    assert!(e.route("10.100.255.254".parse().unwrap(), &[0]).is_none());
+    assert!(e
+        .route(S(0), "10.100.255.254".parse().unwrap(), &[0])
+        .is_none());
     assert!(drain(&mut e).is_empty());
 }
 
@@ -104,12 +106,12 @@ fn a_dial_that_ends_without_a_link_drops_what_waited_and_lets_the_next_packet_tr
     drain(&mut e);
     e.handle_link_down(&pid(1), 1);
     let dst = ipv4_of(1);
-    e.route(dst, b"a");
-    e.route(dst, b"b");
+    e.route(S(0), dst, b"a");
+    e.route(S(0), dst, b"b");
     assert_eq!(drain(&mut e).len(), 1);
     e.handle_dial_end(&pid(1));
     assert_eq!(e.members().get(&pid(1)).unwrap().counters.tx_dropped, 2);
-    e.route(dst, b"c");
+    e.route(S(0), dst, b"c");
     assert!(matches!(drain(&mut e)[..], [Output::Dial { .. }]));
 }
 
@@ -248,6 +250,12 @@ fn peer_exchange_dials_few_and_each_peer_once_a_while() {
         learn, want,
         "not ourselves, not a member we hold, at most {LEARN_IN_FLIGHT}"
     );
+    // Those dials do not complete: the member that named them is asked to introduce us.
+    e.handle_timeout(S(5) + INTRODUCE_AFTER);
+    let asked = contacts_in(&drain(&mut e), MsgType::IntroduceReq);
+    let named: Vec<PeerId> = asked.iter().map(|(_, c)| c.id).collect();
+    assert_eq!(named, want);
+    assert!(asked.iter().all(|(p, _)| *p == pid(1)));
     for _ in 0..LEARN_IN_FLIGHT {
         e.handle_learn_end();
     }
@@ -387,8 +395,152 @@ fn a_reload_forgets_members_no_longer_allowed_and_redials_only_accepted_links() 
     assert!(matches!(out[1], Output::ReadRoutes));
     assert!(e.members().get(&pid(1)).is_none() && e.roster().get(&pid(1)).is_none());
     assert!(
-        e.route(ipv4_of(1), &[0]).is_none(),
+        e.route(S(0), ipv4_of(1), &[0]).is_none(),
         "its address routes nowhere now"
     );
-    assert!(e.route(ipv4_of(2), &[0]).is_some());
+    assert!(e.route(S(0), ipv4_of(2), &[0]).is_some());
+}
+
+fn contact_body(c: &[Contact]) -> Vec<u8> {
+    let mut b = vec![];
+    emit_contact_list(c, &mut b);
+    b
+}
+
+fn contacts_in(out: &[Output<TestLink>], t: MsgType) -> Vec<(PeerId, Contact)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Control(p, tt, b) if *tt == t => Some((*p, b)),
+            _ => None,
+        })
+        .flat_map(|(p, b)| {
+            parse_contact_list(b, 1)
+                .unwrap()
+                .into_iter()
+                .map(move |c| (p, c))
+        })
+        .collect()
+}
+
+#[test]
+fn a_dial_that_does_not_complete_asks_the_members_we_hold_for_an_introduction() {
+    let mut e = engine(vec![]);
+    for n in 1..=4 {
+        up(
+            &mut e,
+            S(0),
+            n,
+            TestLink::new(n as usize, 0, 10 + n as u32, S(0)),
+        );
+    }
+    drain(&mut e);
+    e.handle_link_down(&pid(4), 4);
+    e.route(S(10), ipv4_of(4), &[0]);
+    assert!(matches!(drain(&mut e)[..], [Output::Dial { .. }]));
+    e.handle_timeout(S(10) + INTRODUCE_AFTER - Duration::from_millis(1));
+    assert!(
+        contacts_in(&drain(&mut e), MsgType::IntroduceReq).is_empty(),
+        "not yet"
+    );
+    assert!(e.poll_timeout() <= Some(S(10) + INTRODUCE_AFTER));
+    e.handle_timeout(S(10) + INTRODUCE_AFTER);
+    let asked = contacts_in(&drain(&mut e), MsgType::IntroduceReq);
+    let who: Vec<PeerId> = asked.iter().map(|(p, _)| *p).collect();
+    assert_eq!(who.len(), INTRODUCERS);
+    assert!(!who.contains(&pid(4)));
+    assert!(asked.iter().all(|(_, c)| c.id == pid(4) && c.addr == at(4)));
+    // The dial failed; the next one soon after asks no one again.
+    e.handle_dial_end(&pid(4));
+    e.route(S(12), ipv4_of(4), &[0]);
+    e.handle_timeout(S(12) + INTRODUCE_AFTER);
+    assert!(contacts_in(&drain(&mut e), MsgType::IntroduceReq).is_empty());
+    // A dial that completes in time asks no one.
+    e.handle_dial_end(&pid(4));
+    e.route(S(30), ipv4_of(4), &[0]);
+    up(&mut e, S(30), 4, TestLink::new(5, 0, 15, S(30)));
+    e.handle_timeout(S(30) + INTRODUCE_AFTER);
+    assert!(contacts_in(&drain(&mut e), MsgType::IntroduceReq).is_empty());
+}
+
+#[test]
+fn an_introducer_tells_the_member_it_holds_and_no_one_else() {
+    let mut e = engine(vec![]);
+    up(&mut e, S(0), 1, TestLink::new(1, 0, 11, S(0)));
+    up(&mut e, S(0), 2, TestLink::new(2, 0, 12, S(0)));
+    drain(&mut e);
+    let req = contact_body(&[Contact {
+        id: pid(2),
+        ed25519: [2; 32],
+        addr: at(2),
+    }]);
+    e.handle_control(S(1), pid(1), 1, MsgType::IntroduceReq, &req);
+    let told = contacts_in(&drain(&mut e), MsgType::Introduce);
+    assert_eq!(told.len(), 1);
+    let (to, c) = told[0];
+    assert_eq!(
+        (to, c.id, c.addr, c.ed25519),
+        (pid(2), pid(1), at(1), [1; 32])
+    );
+    // Once per INTRODUCE_AGAIN per requester.
+    e.handle_control(S(2), pid(1), 1, MsgType::IntroduceReq, &req);
+    assert!(drain(&mut e).is_empty());
+    // Not to a member we hold no link with, nor to the requester itself.
+    e.handle_link_down(&pid(2), 2);
+    e.handle_control(S(20), pid(1), 1, MsgType::IntroduceReq, &req);
+    let me = contact_body(&[Contact {
+        id: pid(1),
+        ed25519: [1; 32],
+        addr: at(1),
+    }]);
+    e.handle_control(S(40), pid(1), 1, MsgType::IntroduceReq, &me);
+    assert!(drain(&mut e).is_empty());
+}
+
+#[test]
+fn an_introduction_is_answered_by_one_dial() {
+    let mut e = engine(vec![]);
+    up(&mut e, S(0), 1, TestLink::new(1, 0, 11, S(0)));
+    drain(&mut e);
+    let far: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+    let intro = contact_body(&[Contact {
+        id: pid(5),
+        ed25519: [5; 32],
+        addr: far,
+    }]);
+    e.handle_control(S(1), pid(1), 1, MsgType::Introduce, &intro);
+    let out = drain(&mut e);
+    assert!(
+        matches!(&out[..], [Output::Dial { pid: p, addrs, ed25519, fresh: false }]
+        if *p == pid(5) && addrs == &[far] && *ed25519 == [5; 32])
+    );
+    e.handle_control(S(2), pid(1), 1, MsgType::Introduce, &intro);
+    assert!(drain(&mut e).is_empty(), "once per INTRODUCE_AGAIN");
+    // Not a member we hold a link with there, not ourselves, not one the allowlist refuses.
+    for (n, addr) in [(1, at(1)), (0, far)] {
+        let c = contact_body(&[Contact {
+            id: pid(n),
+            ed25519: [n; 32],
+            addr,
+        }]);
+        e.handle_control(S(30), pid(1), 1, MsgType::Introduce, &c);
+    }
+    assert!(drain(&mut e).is_empty());
+    // A member we hold a link with at another address moved (it restarted behind its NAT):
+    // a new connection.
+    up(&mut e, S(0), 2, TestLink::new(2, 0, 12, S(0)));
+    drain(&mut e);
+    let moved = contact_body(&[Contact {
+        id: pid(2),
+        ed25519: [2; 32],
+        addr: far,
+    }]);
+    e.handle_control(S(31), pid(1), 1, MsgType::Introduce, &moved);
+    assert!(
+        matches!(&drain(&mut e)[..], [Output::Dial { pid: p, fresh: true, .. }] if *p == pid(2))
+    );
+    let mut only = engine(vec![pid(1)]);
+    up(&mut only, S(0), 1, TestLink::new(1, 0, 11, S(0)));
+    drain(&mut only);
+    only.handle_control(S(1), pid(1), 1, MsgType::Introduce, &intro);
+    assert!(drain(&mut only).is_empty());
 }

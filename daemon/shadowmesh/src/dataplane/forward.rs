@@ -253,7 +253,7 @@ impl DataPlane {
         };
         let n = packet.len();
         let mut core = self.core.borrow_mut();
-        let Some((pid, m)) = core.route(a.dst, packet) else {
+        let Some((pid, m)) = core.route(crate::mono_now(), a.dst, packet) else {
             // No member holds it (the kernel routed it here through the /16 or /48: dropped),
             // or its member has no link: held, and the core may want a dial.
             if core.has_output() {

@@ -252,6 +252,12 @@ impl DataPlane {
                     log::debug!("{}: data frames on the fast lane", pid.short())
                 }
                 Some(Action::Rekeyed) => log::debug!("{}: rekeyed", pid.short()),
+                Some(Action::IntroduceReq(c)) => {
+                    log::info!("{} asks to be introduced to {}", pid.short(), c.id.short())
+                }
+                Some(Action::Introduce(c)) => {
+                    log::info!("{} introduces {} at {}", pid.short(), c.id.short(), c.addr)
+                }
                 Some(Action::Ignore(why)) => log::debug!("{}: {why}", pid.short()),
                 _ => {}
             }
