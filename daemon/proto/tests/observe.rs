@@ -105,8 +105,28 @@ fn the_public_address_is_learnt_from_two_networks_and_then_checked_now_and_then(
         d.observed().class(t1, 4433, &local),
         NatClass::EndpointIndependent
     );
-    d.handle_timeout(t1 + Duration::from_secs(60), 0);
+    d.handle_timeout(t1 + OBSERVE_RETRY, 0);
     assert!(pings(&mut d).is_empty(), "known: not asked again so soon");
+    // The same contacts each time: their connections stay open.
     d.handle_timeout(t1 + OBSERVE_INTERVAL, 0);
-    assert_eq!(pings(&mut d).len(), OBSERVE_PINGS);
+    let again = pings(&mut d);
+    let ids = |v: &[(u64, Contact)]| {
+        let mut ids: Vec<PeerId> = v.iter().map(|(_, c)| c.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&again), ids(&asked));
+    // The router gets a new public address: as soon as two networks see it, it is reported.
+    let moved: SocketAddr = "192.0.2.78:4433".parse().unwrap();
+    let t2 = t1 + OBSERVE_INTERVAL;
+    let mut reported = None;
+    for (id, _) in &again {
+        d.handle_response(*id, Response::Pong { observed: moved }, t2, 0);
+        while let Some(o) = d.poll_output() {
+            if let Output::Observed(a) = o {
+                reported = Some(a);
+            }
+        }
+    }
+    assert_eq!(reported.as_deref(), Some(&[moved][..]));
 }

@@ -49,9 +49,11 @@ pub const LOOKUP_MAX_PEERS: usize = 3 * K;
 /// Distinct holders whose answers a FIND_VALUE collects before it stops early (the newest
 /// of their records wins, so one stale or lying holder cannot decide the result).
 pub const VALUE_QUORUM: usize = 3;
-/// How often a node asks a few others where they see it ([`observed`]): PINGs to
-/// [`OBSERVE_PINGS`] contacts in different networks.
-pub const OBSERVE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// How often a node asks a few others where they see it ([`observed`]): PINGs to the
+/// [`OBSERVE_PINGS`] contacts closest to it in different networks, the same ones each time (so
+/// the connections stay open: a PING is a request, and an idle stranger's connection closes
+/// after a minute).
+pub const OBSERVE_INTERVAL: Duration = Duration::from_secs(45);
 /// ... and how soon again while no address has a quorum yet.
 pub const OBSERVE_RETRY: Duration = Duration::from_secs(15);
 /// Contacts asked each time.

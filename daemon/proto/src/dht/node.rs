@@ -743,12 +743,12 @@ impl<C: RecordCheck> Dht<C> {
         }
     }
 
-    /// Asks [`OBSERVE_PINGS`] contacts with public addresses, each in another network, where
-    /// they see us; again after [`OBSERVE_INTERVAL`], or [`OBSERVE_RETRY`] while no address
+    /// Asks the [`OBSERVE_PINGS`] contacts closest to us with public addresses, each in another
+    /// network, where they see us; again after [`OBSERVE_INTERVAL`], or [`OBSERVE_RETRY`] while no address
     /// has a quorum. A contact at a private, loopback or carrier-grade-NAT address, or in our
     /// own network, is not asked: it sees our inside.
     fn observe(&mut self, now: Duration) {
-        let target = self.random();
+        let target = self.local.id.0;
         let mine = subnet_key(&self.local.addr);
         let mut asked: Vec<[u8; 7]> = Vec::new();
         for c in self.table.closest(&target, K) {
