@@ -95,8 +95,8 @@ pub struct Engine<L> {
     reading: bool,
     /// Dials under way, and when to ask for an introduction if they have not completed.
     intro_at: Vec<(Duration, Contact)>,
-    /// Introductions we ask for, make for a requester, and answer with a dial: each PeerId
-    /// once per [`INTRODUCE_AGAIN`] in each role.
+    /// Introductions we ask for (per member), make (per requester and member), and answer
+    /// with a dial (per member): each once per [`INTRODUCE_AGAIN`].
     intro_asked: Exchange,
     intro_made: Exchange,
     intro_dialled: Exchange,
@@ -478,7 +478,13 @@ impl<L: Link> Engine<L> {
         let Some(at) = e.endpoint else {
             return;
         };
-        if c.id == from || !linked || self.intro_made.offer(now, from) != Verdict::Dial {
+        // Once a while per requester and target: a gateway that just started asks for several
+        // members at once.
+        let mut pair = from;
+        for (a, b) in pair.0.iter_mut().zip(c.id.0) {
+            *a ^= b;
+        }
+        if c.id == from || !linked || self.intro_made.offer(now, pair) != Verdict::Dial {
             return;
         }
         self.intro_made.finished();

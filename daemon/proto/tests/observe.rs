@@ -129,4 +129,14 @@ fn the_public_address_is_learnt_from_two_networks_and_then_checked_now_and_then(
         }
     }
     assert_eq!(reported.as_deref(), Some(&[moved][..]));
+    // A round that goes unanswered (the address may have just changed under us) is followed
+    // by another soon, not a full interval later.
+    let t3 = t2 + OBSERVE_INTERVAL;
+    d.handle_timeout(t3, 0);
+    assert_eq!(pings(&mut d).len(), OBSERVE_PINGS);
+    let t4 = t3 + shadowmesh_proto::dht::REQUEST_TIMEOUT;
+    d.handle_timeout(t4, 0);
+    assert!(d.poll_timeout() <= Some(t4 + OBSERVE_RETRY));
+    d.handle_timeout(t4 + OBSERVE_RETRY, 0);
+    assert_eq!(pings(&mut d).len(), OBSERVE_PINGS);
 }

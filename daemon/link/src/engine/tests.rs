@@ -481,9 +481,19 @@ fn an_introducer_tells_the_member_it_holds_and_no_one_else() {
         (to, c.id, c.addr, c.ed25519),
         (pid(2), pid(1), at(1), [1; 32])
     );
-    // Once per INTRODUCE_AGAIN per requester.
+    // Once per INTRODUCE_AGAIN per requester and member; another member at once.
     e.handle_control(S(2), pid(1), 1, MsgType::IntroduceReq, &req);
     assert!(drain(&mut e).is_empty());
+    up(&mut e, S(0), 3, TestLink::new(3, 0, 13, S(0)));
+    drain(&mut e);
+    let req3 = contact_body(&[Contact {
+        id: pid(3),
+        ed25519: [3; 32],
+        addr: at(3),
+    }]);
+    e.handle_control(S(2), pid(1), 1, MsgType::IntroduceReq, &req3);
+    let told = contacts_in(&drain(&mut e), MsgType::Introduce);
+    assert_eq!(told.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [pid(3)]);
     // Not to a member we hold no link with, nor to the requester itself.
     e.handle_link_down(&pid(2), 2);
     e.handle_control(S(20), pid(1), 1, MsgType::IntroduceReq, &req);

@@ -677,6 +677,13 @@ impl<C: RecordCheck> Dht<C> {
     }
 
     fn failed(&mut self, p: Pending, now: Duration) {
+        // An unanswered observation: our address may have just changed under us; ask again
+        // soon (other contacts may answer, or new connections).
+        if p.kind == (ReqKind::Ping { lru: false }) {
+            if let Some(t) = self.next_observe.as_mut() {
+                *t = (*t).min(now + OBSERVE_RETRY);
+            }
+        }
         match p.kind {
             ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, false, now),
             _ => {
