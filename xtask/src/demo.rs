@@ -31,11 +31,7 @@ pub(crate) fn demo(args: &[String]) -> Result {
 }
 
 pub(crate) fn demo_in(bin: &Path, dir: &Path) -> Result {
-    let mut nk = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
-        .map_err(|e| e.to_string())?;
-    let nk_hex: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    let nk_hex = crate::support::random_network_key()?;
     let nk_file = dir.join("network_key");
     std::fs::write(&nk_file, &nk_hex).map_err(|e| e.to_string())?;
     let key_a = dir.join("a.key");

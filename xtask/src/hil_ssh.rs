@@ -301,11 +301,7 @@ fn scenario(hosts: &[Host], secs: u32) -> Result {
         deploy(h, &bin)?;
     }
     let _cleanup = Remote { hosts };
-    let mut nk = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
-        .map_err(|e| e.to_string())?;
-    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    let nk = crate::support::random_network_key()?;
     let mut ids = vec![];
     for h in hosts {
         let id = h.run(&format!("{} keygen --out {}/key", h.bin(), h.dir()))?;

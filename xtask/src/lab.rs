@@ -92,6 +92,28 @@ impl Drop for Lab {
     }
 }
 
+/// Runs `scenario` in a new lab with daemon binary `bin`, once `ip`, `ping` and `nft` are
+/// there; if it fails, prints the logs of the daemons named `nodes`. The lab (namespaces,
+/// processes, files) is gone when this returns.
+pub(crate) fn in_lab(
+    bin: &Path,
+    nodes: &[String],
+    scenario: impl FnOnce(&mut Lab) -> Result<crate::mesh::Report>,
+) -> Result<crate::mesh::Report> {
+    catch_signals();
+    require_tools(
+        &["ip", "ping", "nft"],
+        "run .ci/setup (apt-get install iproute2 iputils-ping nftables)",
+    )?;
+    let mut lab = Lab::new(bin)?;
+    let r = scenario(&mut lab);
+    if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
+        let nodes: Vec<Node> = nodes.iter().map(|n| lab.node_named(n)).collect();
+        eprintln!("daemon logs:\n{}", lab.logs(&nodes));
+    }
+    r
+}
+
 pub(crate) fn ip(args: &[&str]) -> Result {
     let out = Command::new("ip")
         .args(args)
@@ -176,7 +198,8 @@ impl Lab {
         c
     }
 
-    fn sysctl(&self, ns: &str, kv: &str) -> Result {
+    /// Sets `kv` (`name=value`) in namespace `ns`.
+    pub(crate) fn sysctl(&self, ns: &str, kv: &str) -> Result {
         let st = self
             .exec(ns, &["sysctl", "-qw", kv])
             .status()

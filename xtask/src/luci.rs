@@ -178,11 +178,7 @@ fn with_daemons(
     let sw = lab.ns("sw")?;
     ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-    let mut nk = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
-        .map_err(|e| e.to_string())?;
-    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    let nk = crate::support::random_network_key()?;
     let mut nodes = Vec::new();
     for (name, addr) in [("a", "10.251.0.1"), ("b", "10.251.0.2")] {
         let ns = lab.underlay_ns(&sw, name, addr)?;

@@ -114,11 +114,7 @@ fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {
     let sw = lab.ns("sw")?;
     ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-    let mut nk = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
-        .map_err(|e| e.to_string())?;
-    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    let nk = crate::support::random_network_key()?;
 
     let seed_ns = lab.underlay_ns(&sw, "seed", "10.250.0.1")?;
     let (seed_key, seed_id) = lab.keygen("seed")?;

@@ -64,21 +64,9 @@ struct Pair {
 
 /// Runs the lab with daemon binary `bin`; `json`: print the result as one JSON object.
 pub fn run(bin: &Path, json: bool) -> Result<Report> {
-    lab::catch_signals();
-    lab::require_tools(
-        &["ip", "ping", "nft"],
-        "run .ci/setup (apt-get install iproute2 iputils-ping nftables)",
-    )?;
-    let mut lab = Lab::new(bin)?;
-    let r = scenario(&mut lab, json);
-    if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
-        let mut names = vec!["seed".to_string(), "p".to_string()];
-        names.extend((1..=NATS.len()).map(|i| format!("gw{i}")));
-        let nodes: Vec<Node> = names.iter().map(|n| lab.node_named(n)).collect();
-        eprintln!("daemon logs:\n{}", lab.logs(&nodes));
-    }
-    drop(lab);
-    let rep = r?;
+    let mut names = vec!["seed".to_string(), "p".to_string()];
+    names.extend((1..=NATS.len()).map(|i| format!("gw{i}")));
+    let rep = lab::in_lab(bin, &names, |lab| scenario(lab, json))?;
     if !json {
         println!();
         println!("{}", rep.table());
@@ -114,15 +102,6 @@ fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
         "via",
         &format!("{net}.1"),
     ])
-}
-
-fn sysctl(ns: &str, kv: &str) -> Result {
-    let ok = lab::netns_exec(ns, &["sysctl", "-qw", kv])
-        .status()
-        .map_err(|e| e.to_string())?
-        .success();
-    ok.then_some(())
-        .ok_or_else(|| format!("sysctl {kv} in {ns} failed"))
 }
 
 /// The nftables rules of a NAT router of kind `kind` whose inside host is `inside`.
@@ -178,12 +157,8 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         NATS.len()
     ));
     let inet = lab.ns("inet")?;
-    sysctl(&inet, "net.ipv4.ip_forward=1")?;
-    let mut nk = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
-        .map_err(|e| e.to_string())?;
-    let nk: String = nk.iter().map(|b| format!("{b:02x}")).collect();
+    lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
+    let nk = crate::support::random_network_key()?;
 
     let seed_ns = lab.ns("seed")?;
     uplink(&inet, &seed_ns, "eth0", "198.51.100")?;
@@ -223,7 +198,7 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         let router = lab.ns(&format!("nat{i}"))?;
         let wan = format!("198.18.{i}");
         uplink(&inet, &router, "wan0", &wan)?;
-        sysctl(&router, "net.ipv4.ip_forward=1")?;
+        lab.sysctl(&router, "net.ipv4.ip_forward=1")?;
         let gw = lab.ns(&name)?;
         ip(&[
             "-n", &router, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",

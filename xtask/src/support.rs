@@ -28,6 +28,15 @@ pub(crate) fn field(line: &str, name: &str) -> Option<String> {
     }
 }
 
+/// A new random network key, as the 64 hex digits a config file takes.
+pub(crate) fn random_network_key() -> Result<String, String> {
+    let mut nk = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nk))
+        .map_err(|e| e.to_string())?;
+    Ok(nk.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -48,19 +48,8 @@ const REFLECT: [&str; 6] = [
 
 /// Runs the scenario with daemon binary `bin` and the hostile member `hostile`.
 pub fn run(bin: &Path, hostile: &Path) -> Result<Report> {
-    lab::catch_signals();
-    lab::require_tools(
-        &["ip", "ping", "nft"],
-        "run .ci/setup (apt-get install iproute2 iputils-ping nftables)",
-    )?;
-    let mut lab = Lab::new(bin)?;
-    let r = scenario(&mut lab, hostile);
-    if r.as_ref().map_or(true, |rep| !rep.failures.is_empty()) {
-        let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| lab.node_named(n)).collect();
-        eprintln!("daemon logs:\n{}", lab.logs(&nodes));
-    }
-    drop(lab);
-    let mut rep = r?;
+    let names = ["a", "b", "c"].map(String::from);
+    let mut rep = lab::in_lab(bin, &names, |lab| scenario(lab, hostile))?;
     crate::clock::run(bin, &mut rep)?;
     crate::collide::run(bin, &mut rep)?;
     println!();
