@@ -102,7 +102,16 @@ impl TryFrom<u8> for MsgType {
 
 /// Parses the 5-byte message prefix: type and body length (bounded).
 pub fn parse_header(h: &[u8; MSG_HEADER_LEN]) -> Result<(MsgType, usize), Error> {
-    let t = MsgType::try_from(h[0])?;
+    match parse_header_any(h)? {
+        (Ok(t), len) => Ok((t, len)),
+        (Err(t), _) => Err(Error::UnknownType(t)),
+    }
+}
+
+/// [`parse_header`], with a type this version does not know given back as `Err(type)` rather
+/// than refused: a reader skips that message's body and reads on, so that a newer member's new
+/// message does not stop an older one's control stream.
+pub fn parse_header_any(h: &[u8; MSG_HEADER_LEN]) -> Result<(Result<MsgType, u8>, usize), Error> {
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
     if len > CONTROL_MAX_BODY {
         return Err(Error::TooLarge {
@@ -111,7 +120,7 @@ pub fn parse_header(h: &[u8; MSG_HEADER_LEN]) -> Result<(MsgType, usize), Error>
             max: CONTROL_MAX_BODY,
         });
     }
-    Ok((t, len))
+    Ok((MsgType::try_from(h[0]).map_err(|_| h[0]), len))
 }
 
 /// Writes a message prefix for a body of `len` bytes.
@@ -489,6 +498,15 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(parse_header(&[11, 0, 0, 0, 0]), Err(Error::UnknownType(11)));
+        assert_eq!(parse_header_any(&[11, 0, 0, 0, 7]), Ok((Err(11), 7)));
+        assert_eq!(
+            parse_header_any(&[10, 0, 0, 0, 7]),
+            Ok((Ok(MsgType::Introduce), 7))
+        );
+        assert!(matches!(
+            parse_header_any(&[200, 0, 1, 0, 1]),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -333,16 +333,23 @@ pub async fn expect_msg(
     Ok(())
 }
 
-/// Reads one length-prefixed control message into `buf` (bounded by `CONTROL_MAX_BODY`).
+/// Reads one length-prefixed control message into `buf` (bounded by `CONTROL_MAX_BODY`); one of
+/// a type this version does not know is skipped.
 pub async fn read_msg(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Result<MsgType, HandshakeError> {
-    let mut h = [0u8; msg::MSG_HEADER_LEN];
-    recv.read_exact(&mut h).await?;
-    let (t, len) = msg::parse_header(&h)
-        .map_err(|_| HandshakeError::Protocol("bad control message header"))?;
-    buf.clear();
-    buf.resize(len, 0);
-    recv.read_exact(buf).await?;
-    Ok(t)
+    loop {
+        let mut h = [0u8; msg::MSG_HEADER_LEN];
+        recv.read_exact(&mut h).await?;
+        let (t, len) = msg::parse_header_any(&h)
+            .map_err(|_| HandshakeError::Protocol("bad control message header"))?;
+        buf.clear();
+        buf.resize(len, 0);
+        recv.read_exact(buf).await?;
+        match t {
+            Ok(t) => return Ok(t),
+            // A newer member's message: skipped (its body is bounded like any other).
+            Err(t) => log::debug!("skipped a control message of unknown type {t}"),
+        }
+    }
 }
 
 /// Writes one control message.
