@@ -24,8 +24,8 @@
 //! restarts on another port and must reach another such gateway: only an introduction through
 //! a member both hold links with (each dials the other at once) gets it through.
 //!
-//! Reported: the matrix of every pair: whether it worked, how long the first reply took, and
-//! over what path.
+//! Reported: the matrix of every pair: whether it worked, how long the first reply took, over
+//! what path, and iperf3 TCP throughput over it (2 s).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,7 +60,12 @@ struct Pair {
     b: usize,
     path: &'static str,
     first_packet_ms: Option<f64>,
+    /// iperf3 TCP from a to b over the path, [`IPERF_SECONDS`] long.
+    mbps: Option<f64>,
 }
+
+/// Seconds of iperf3 per pair that passes traffic.
+const IPERF_SECONDS: u32 = 2;
 
 /// Runs the lab with daemon binary `bin`; `json`: print the result as one JSON object.
 pub fn run(bin: &Path, json: bool) -> Result<Report> {
@@ -334,11 +339,19 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 Some(_) => "direct",
                 None => "none",
             };
+            let mbps = match first {
+                Some(_) => {
+                    let to = members[b].node.ns.clone();
+                    Some(lab::iperf3(lab, &to, &from.node.ns, dst, IPERF_SECONDS)?)
+                }
+                None => None,
+            };
             pairs.push(Pair {
                 a,
                 b,
                 path,
                 first_packet_ms: first,
+                mbps,
             });
         }
     }
@@ -390,7 +403,7 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             .map(|p| {
                 let (a, b) = (&members[p.a], &members[p.b]);
                 format!(
-                    "{{\"a\":\"{}\",\"b\":\"{}\",\"a_nat\":\"{}\",\"b_nat\":\"{}\",\"path\":\"{}\",\"first_packet_ms\":{},\"direct_ms\":{},\"mbps\":null}}",
+                    "{{\"a\":\"{}\",\"b\":\"{}\",\"a_nat\":\"{}\",\"b_nat\":\"{}\",\"path\":\"{}\",\"first_packet_ms\":{},\"direct_ms\":{},\"mbps\":{}}}",
                     a.node.name,
                     b.node.name,
                     a.nat,
@@ -398,6 +411,7 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                     p.path,
                     p.first_packet_ms.map_or("null".into(), |v| format!("{v:.0}")),
                     p.first_packet_ms.map_or("null".into(), |v| format!("{v:.0}")),
+                    p.mbps.map_or("null".into(), |v| format!("{v:.0}")),
                 )
             })
             .collect();
@@ -409,8 +423,8 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         );
     } else {
         println!();
-        println!("| a | b | a's NAT | b's NAT | path | first packet |");
-        println!("| --- | --- | --- | --- | --- | ---: |");
+        println!("| a | b | a's NAT | b's NAT | path | first packet | iperf3 TCP |");
+        println!("| --- | --- | --- | --- | --- | ---: | ---: |");
         for p in &pairs {
             let (a, b) = (&members[p.a], &members[p.b]);
             println!(
