@@ -253,7 +253,9 @@ impl DataPlane {
         };
         let n = packet.len();
         let mut core = self.core.borrow_mut();
-        let Some((pid, m)) = core.route(crate::mono_now(), a.dst, packet) else {
+        // One clock read per packet: the core's (a dial's start) and the seal's.
+        let now = crate::mono_now();
+        let Some((pid, m)) = core.route(now, a.dst, packet) else {
             // No member holds it (the kernel routed it here through the /16 or /48: dropped),
             // or its member has no link: held, and the core may want a dial.
             if core.has_output() {
@@ -270,7 +272,7 @@ impl DataPlane {
             // slot is reused by the next packet.
             if link
                 .session
-                .seal(crate::mono_now(), FrameType::Data, &mut frame[..])
+                .seal(now, FrameType::Data, &mut frame[..])
                 .is_err()
             {
                 m.counters.tx_dropped += 1;
@@ -290,7 +292,7 @@ impl DataPlane {
         }
         if link
             .session
-            .seal(crate::mono_now(), FrameType::Data, &mut frame[..])
+            .seal(now, FrameType::Data, &mut frame[..])
             .is_err()
         {
             m.counters.tx_dropped += 1;
