@@ -43,6 +43,10 @@ pub const LEARN_AGAIN: Duration = Duration::from_secs(60);
 pub const INTRODUCE_AFTER: Duration = Duration::from_secs(1);
 /// Members asked to introduce us to one member.
 pub const INTRODUCERS: usize = 2;
+/// Members told of a member new to us (the closest to it by XOR distance): enough that a late
+/// joiner behind a NAT is dialled by some at once; telling every member would cost a full mesh
+/// N messages at each of N nodes per join (introductions reach the rest when they need it).
+pub const ANNOUNCE_TO: usize = 8;
 /// Introductions acted on per PeerId (asked for, made, answered by a dial) at most this often.
 pub const INTRODUCE_AGAIN: Duration = Duration::from_secs(10);
 
@@ -235,11 +239,23 @@ impl<L: Link> Engine<L> {
                 }],
                 &mut body,
             );
-            for (p, m) in self.members.iter() {
-                if *p != pid && m.link.is_some() {
-                    self.out
-                        .push_back(Output::Control(*p, MsgType::Peers, body.clone()));
+            let mut told: Vec<PeerId> = self
+                .members
+                .iter()
+                .filter(|(p, m)| **p != pid && m.link.is_some())
+                .map(|(p, _)| *p)
+                .collect();
+            let distance = |p: &PeerId| {
+                let mut d = p.0;
+                for (a, b) in d.iter_mut().zip(pid.0) {
+                    *a ^= b;
                 }
+                d
+            };
+            told.sort_by_key(distance);
+            for p in told.into_iter().take(ANNOUNCE_TO) {
+                self.out
+                    .push_back(Output::Control(p, MsgType::Peers, body.clone()));
             }
         }
         if self.fast_lane {

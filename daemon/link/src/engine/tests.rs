@@ -21,9 +21,13 @@ fn at(n: u8) -> SocketAddr {
 }
 
 fn engine(allowed: Vec<PeerId>) -> Engine<TestLink> {
+    engine_of(allowed, 8)
+}
+
+fn engine_of(allowed: Vec<PeerId>, capacity: usize) -> Engine<TestLink> {
     let me = pid(0);
     let v6 = V6Prefix::for_network(&NK);
-    let cfg = RosterConfig::member(me, &member_payload(&me, &NK), v6, 8).unwrap();
+    let cfg = RosterConfig::member(me, &member_payload(&me, &NK), v6, capacity).unwrap();
     Engine::new(cfg, allowed)
 }
 
@@ -149,6 +153,28 @@ fn a_new_link_is_offered_the_fast_lane_and_told_who_else_is_here() {
     // ... and the new member is named to the one we held (which it may not be able to dial:
     // it joined later, from behind a NAT).
     assert_eq!(peers_for(&out, pid(1)), [(pid(2), at(2))]);
+    // In a larger mesh, only the ANNOUNCE_TO members closest to the newcomer hear of it.
+    let mut big = engine_of(vec![], 32);
+    for n in 1..=20 {
+        up(
+            &mut big,
+            S(0),
+            n,
+            TestLink::new(n as usize, 0, 100 + n as u32, S(0)),
+        );
+        drain(&mut big);
+    }
+    up(&mut big, S(0), 21, TestLink::new(21, 0, 121, S(0)));
+    let out = drain(&mut big);
+    let told: Vec<PeerId> = (1..=20)
+        .map(pid)
+        .filter(|p| !peers_for(&out, *p).is_empty())
+        .collect();
+    let mut nearest: Vec<PeerId> = (1..=20).map(pid).collect();
+    nearest.sort_by_key(|p| p.0[0] ^ 21);
+    nearest.truncate(ANNOUNCE_TO);
+    nearest.sort();
+    assert_eq!(told, nearest);
     // A member we knew coming back is no news.
     e.handle_link_down(&pid(2), 2);
     up(&mut e, S(1), 2, TestLink::new(3, 0, 13, S(1)));
