@@ -428,14 +428,15 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         for p in &pairs {
             let (a, b) = (&members[p.a], &members[p.b]);
             println!(
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 a.node.name,
                 b.node.name,
                 a.nat,
                 b.nat,
                 p.path,
                 p.first_packet_ms
-                    .map_or("-".into(), |ms| format!("{ms:.0} ms"))
+                    .map_or("-".into(), |ms| format!("{ms:.0} ms")),
+                p.mbps.map_or("-".into(), |m| format!("{m:.0} Mbit/s"))
             );
         }
     }
