@@ -252,7 +252,7 @@ impl<L: Link> Engine<L> {
                 }
                 d
             };
-            told.sort_by_key(distance);
+            told.sort_unstable_by_key(distance);
             for p in told.into_iter().take(ANNOUNCE_TO) {
                 self.out
                     .push_back(Output::Control(p, MsgType::Peers, body.clone()));

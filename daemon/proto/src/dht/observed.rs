@@ -116,7 +116,7 @@ impl Observed {
             }
         }
         counted.retain(|(_, n)| *n >= QUORUM);
-        counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counted.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         counted.into_iter().map(|(a, _)| a).collect()
     }
 
