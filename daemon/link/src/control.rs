@@ -8,6 +8,7 @@ use std::time::Duration;
 use shadowmesh_proto::consts::CLOSE_PROTOCOL;
 use shadowmesh_proto::dht::wire::{parse_contact_list, Contact};
 use shadowmesh_proto::msg::{MsgType, PEERS_MAX};
+use shadowmesh_proto::relay::Circuit;
 use shadowmesh_proto::session::SessionState;
 
 /// What a control message asks of the shell.
@@ -27,6 +28,10 @@ pub enum Action {
     IntroduceReq(Contact),
     /// This contact is dialling us through NATs: dial it at once.
     Introduce(Contact),
+    /// The member relays for members.
+    Relay,
+    /// The member, a relay, opened (or refused) a circuit for us.
+    Circuit(Circuit),
     /// Our rekey completed: the session sends on the new keys.
     Rekeyed,
     /// Nothing to do; the reason, for the debug log.
@@ -67,6 +72,11 @@ pub fn handle<S: SessionState>(
             Ok(list) if list.len() == 1 => Action::Introduce(list[0]),
             Ok(_) => Action::Ignore("an introduction names one contact".into()),
             Err(e) => Action::Ignore(format!("bad introduction: {e}")),
+        },
+        MsgType::Relay => Action::Relay,
+        MsgType::Circuit => match Circuit::parse(body) {
+            Ok(c) => Action::Circuit(c),
+            Err(e) => Action::Ignore(format!("bad circuit: {e}")),
         },
         other => Action::Ignore(format!("unexpected control message {other:?}")),
     }

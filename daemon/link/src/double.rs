@@ -131,6 +131,9 @@ impl Link for TestLink {
     fn session_mut(&mut self) -> &mut Double {
         &mut self.session
     }
+    fn relayed(&self) -> bool {
+        self.paths.relayed()
+    }
     fn paths_mut(&mut self) -> &mut Paths {
         &mut self.paths
     }

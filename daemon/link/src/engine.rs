@@ -22,6 +22,7 @@ use shadowmesh_proto::consts::{
 use shadowmesh_proto::dht::wire::{emit_contact_list, Contact};
 use shadowmesh_proto::msg::{MsgType, PEERS_MAX};
 use shadowmesh_proto::record::Payload;
+use shadowmesh_proto::relay::{Circuit, CircuitStatus};
 use shadowmesh_proto::route::Prefix;
 use shadowmesh_proto::session::SessionState;
 use shadowmesh_proto::PeerId;
@@ -29,6 +30,7 @@ use shadowmesh_proto::PeerId;
 use crate::control::{self, Action};
 use crate::exchange::{Exchange, Verdict};
 use crate::members::{Link, LinkUp, Member, Members, Refusal};
+use crate::relay::{self as relaying, Relay};
 use crate::roster::{self, Roster, RosterConfig, Update};
 
 /// Packets held per member while its connection is being dialled.
@@ -84,6 +86,19 @@ pub enum Output<L> {
     ReadRoutes,
     /// What a judgement of the members' prefixes asks (install, withdraw, readdress, log).
     Route(roster::Output),
+    /// Member `relay` opened a circuit to `peer` for us: give `peer` a local address that
+    /// reaches `relay`'s address with `circuit` in the envelope, and when `dial`, dial `peer`
+    /// there (a new connection, through the relay).
+    Circuit {
+        /// The relay.
+        relay: PeerId,
+        /// The id our envelopes carry.
+        circuit: u32,
+        /// The member at the other end.
+        peer: Contact,
+        /// We dial; else the other end does.
+        dial: bool,
+    },
 }
 
 /// The link core.
@@ -104,6 +119,11 @@ pub struct Engine<L> {
     intro_asked: Exchange,
     intro_made: Exchange,
     intro_dialled: Exchange,
+    /// Whether we relay for members, and the circuits we carry.
+    relay_on: bool,
+    relay: Relay,
+    /// Circuits we were told to dial through, per member, once per [`INTRODUCE_AGAIN`].
+    relay_dialled: Exchange,
     out: VecDeque<Output<L>>,
 }
 
@@ -123,6 +143,9 @@ impl<L: Link> Engine<L> {
             intro_asked: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
             intro_made: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
             intro_dialled: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
+            relay_on: false,
+            relay: Relay::new(),
+            relay_dialled: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
             out: VecDeque::new(),
         }
     }
@@ -130,6 +153,65 @@ impl<L: Link> Engine<L> {
     /// Whether we offer the fast lane to new links.
     pub fn set_fast_lane(&mut self, on: bool) {
         self.fast_lane = on;
+    }
+
+    /// Whether we relay for members (members we hold links with are told when it turns on;
+    /// turning it off drops the circuits).
+    pub fn set_relay(&mut self, on: bool) {
+        if on && !self.relay_on {
+            for (p, m) in self.members.iter() {
+                if m.link.as_ref().is_some_and(|l| l.is_open() && !l.relayed()) {
+                    self.out
+                        .push_back(Output::Control(*p, MsgType::Relay, Vec::new()));
+                }
+            }
+        }
+        if !on {
+            let counters = self.relay.counters();
+            self.relay = Relay::new();
+            self.relay.restore(counters);
+        }
+        self.relay_on = on;
+    }
+
+    /// What relaying carried and refused since start.
+    pub fn relay_counters(&self) -> relaying::RelayCounters {
+        self.relay.counters()
+    }
+
+    /// The circuits we carry, when we relay.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay_on.then_some(&self.relay)
+    }
+
+    /// A relayed datagram of `len` bytes from `from` names circuit `id`: where it goes and the
+    /// id its envelope carries on (`None`: dropped).
+    #[inline]
+    pub fn relay_forward(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        id: u32,
+        len: usize,
+    ) -> Option<(SocketAddr, u32)> {
+        if !self.relay_on {
+            return None;
+        }
+        self.relay.forward(now, from, id, len)
+    }
+
+    /// The circuits follow the members' links where their NATs moved them (call after the
+    /// links' QUIC paths were read).
+    pub fn relay_moved(&mut self) {
+        if self.relay.circuits().is_empty() {
+            return;
+        }
+        for (p, m) in self.members.iter_mut() {
+            if let Some(l) = m.link.as_mut().filter(|l| l.is_open()) {
+                let a = l.paths_mut().quic_addr();
+                self.relay.moved(p, a);
+            }
+        }
     }
 
     /// Whether `pid` may be a member.
@@ -225,7 +307,11 @@ impl<L: Link> Engine<L> {
         };
         let (payload, ed25519, seq) = record;
         let added = self.roster.record(pid, payload, ed25519, seq) == Update::Added;
-        self.roster.set_endpoint(&pid, at);
+        // A relayed link's address is ours alone (a local stand-in for the circuit).
+        let relayed = shadowmesh_proto::relay::is_mapped(at);
+        if !relayed {
+            self.roster.set_endpoint(&pid, at);
+        }
         self.judge_later();
         if added {
             // A member new to us is news to the others we hold links with: one that cannot be
@@ -258,9 +344,13 @@ impl<L: Link> Engine<L> {
                     .push_back(Output::Control(p, MsgType::Peers, body.clone()));
             }
         }
-        if self.fast_lane {
+        if self.fast_lane && !relayed {
             self.out
                 .push_back(Output::Control(pid, MsgType::FastLane, Vec::new()));
+        }
+        if self.relay_on && !relayed {
+            self.out
+                .push_back(Output::Control(pid, MsgType::Relay, Vec::new()));
         }
         let list = self.contacts(Some(&pid));
         if !list.is_empty() {
@@ -296,7 +386,11 @@ impl<L: Link> Engine<L> {
     /// Connection `id` of member `pid` ended. Whether it was the member's link (the member
     /// stays known; its next packet dials again).
     pub fn handle_link_down(&mut self, pid: &PeerId, id: usize) -> bool {
-        self.members.link_down(pid, id).is_some()
+        let was = self.members.link_down(pid, id).is_some();
+        if was {
+            self.relay.gone(pid);
+        }
+        was
     }
 
     /// A control message `t` with `body` arrived at `now` on connection `id` of member `pid`.
@@ -318,8 +412,15 @@ impl<L: Link> Engine<L> {
                 .and_then(|m| m.link.as_mut())
                 .filter(|l| l.id() == id)?;
             let a = control::handle(now, l.session_mut(), t, body, fast_lane);
+            // As a relay only over a direct link (a circuit through a circuit is not one).
+            let relays = a == Action::Relay && !l.relayed();
             if a == Action::FastLane {
                 l.paths_mut().offer_fast();
+            }
+            if relays {
+                if let Some(m) = self.members.get_mut(&pid) {
+                    m.relays = true;
+                }
             }
             a
         };
@@ -334,7 +435,8 @@ impl<L: Link> Engine<L> {
             Action::Learn(list) => self.learn(now, list),
             Action::IntroduceReq(c) => self.introduce(now, pid, *c),
             Action::Introduce(c) => self.introduced(now, *c),
-            Action::FastLane | Action::Rekeyed | Action::Ignore(_) => {}
+            Action::Circuit(c) => self.circuit(now, pid, *c),
+            Action::FastLane | Action::Relay | Action::Rekeyed | Action::Ignore(_) => {}
         }
         Some(action)
     }
@@ -468,13 +570,15 @@ impl<L: Link> Engine<L> {
         self.intro_asked.finished();
         let mut body = Vec::new();
         emit_contact_list(&[c], &mut body);
-        let asked: Vec<PeerId> = self
+        // Relays first: one that holds a link with `c` opens a circuit as it introduces us.
+        let mut asked: Vec<(bool, PeerId)> = self
             .members
             .iter()
             .filter(|(p, m)| **p != c.id && linked(m))
-            .map(|(p, _)| *p)
-            .take(INTRODUCERS)
+            .map(|(p, m)| (!m.relays, *p))
             .collect();
+        asked.sort_unstable();
+        let asked = asked.into_iter().map(|(_, p)| p).take(INTRODUCERS);
         for p in asked {
             self.out
                 .push_back(Output::Control(p, MsgType::IntroduceReq, body.clone()));
@@ -500,19 +604,113 @@ impl<L: Link> Engine<L> {
         for (a, b) in pair.0.iter_mut().zip(c.id.0) {
             *a ^= b;
         }
-        if c.id == from || !linked || self.intro_made.offer(now, pair) != Verdict::Dial {
-            return;
-        }
-        self.intro_made.finished();
-        let mut body = Vec::new();
-        let me = Contact {
+        let asker = Contact {
             id: from,
             ed25519: e.ed25519,
             addr: at,
         };
-        emit_contact_list(&[me], &mut body);
+        if c.id == from || self.intro_made.offer(now, pair) != Verdict::Dial {
+            return;
+        }
+        self.intro_made.finished();
+        if !linked {
+            if self.relay_on {
+                self.refuse_circuit(from, c, CircuitStatus::Unreachable);
+            }
+            return;
+        }
+        let mut body = Vec::new();
+        emit_contact_list(&[asker], &mut body);
         self.out
             .push_back(Output::Control(c.id, MsgType::Introduce, body));
+        if self.relay_on {
+            self.open_circuit(now, asker, c);
+        }
+    }
+
+    /// The quic address of member `pid`'s open, direct link.
+    fn direct_addr(&mut self, pid: &PeerId) -> Option<SocketAddr> {
+        let l = self.members.get_mut(pid)?.link.as_mut()?;
+        (l.is_open() && !l.relayed()).then(|| l.paths_mut().quic_addr())
+    }
+
+    /// As a relay: opens a circuit from `a` (who asked) to `b`, both members we hold direct
+    /// links with, and tells both ends (`b` dials through it), or tells `a` why not.
+    fn open_circuit(&mut self, now: Duration, a: Contact, b: Contact) {
+        let (Some(a_at), Some(b_at)) = (self.direct_addr(&a.id), self.direct_addr(&b.id)) else {
+            self.refuse_circuit(a.id, b, CircuitStatus::Unreachable);
+            return;
+        };
+        let b = Contact {
+            addr: self
+                .roster
+                .get(&b.id)
+                .and_then(|e| e.endpoint)
+                .unwrap_or(b_at),
+            ..b
+        };
+        match self.relay.open(now, (a.id, a_at), (b.id, b_at)) {
+            Ok((ia, ib)) => {
+                for (to, peer, id, status) in [
+                    (a.id, b, ia, CircuitStatus::Accept),
+                    (b.id, a, ib, CircuitStatus::Dial),
+                ] {
+                    let mut body = Vec::new();
+                    Circuit { peer, id, status }.emit(&mut body);
+                    self.out
+                        .push_back(Output::Control(to, MsgType::Circuit, body));
+                }
+            }
+            Err(relaying::Refused::Full) => self.refuse_circuit(a.id, b, CircuitStatus::Full),
+            Err(relaying::Refused::MemberFull) => {
+                self.refuse_circuit(a.id, b, CircuitStatus::MemberFull)
+            }
+        }
+    }
+
+    fn refuse_circuit(&mut self, to: PeerId, peer: Contact, status: CircuitStatus) {
+        let mut body = Vec::new();
+        Circuit {
+            peer,
+            id: 0,
+            status,
+        }
+        .emit(&mut body);
+        self.out
+            .push_back(Output::Control(to, MsgType::Circuit, body));
+    }
+
+    /// Member `relay` opened a circuit to `c.peer` for us (or refused one; the shell logs
+    /// that): unless we hold a link with the member already, the shell maps it and, when we
+    /// are the end that dials, dials through it.
+    fn circuit(&mut self, now: Duration, relay: PeerId, c: Circuit) {
+        let id = c.peer.id;
+        let linked = self
+            .members
+            .get(&id)
+            .is_some_and(|m| m.link.as_ref().is_some_and(|l| l.is_open()));
+        if !c.status.open() || id == self.roster.me() || id == relay || linked {
+            return;
+        }
+        if !self.admitted(&id) {
+            return;
+        }
+        let dial = c.status == CircuitStatus::Dial;
+        if dial {
+            if self.relay_dialled.offer(now, id) != Verdict::Dial {
+                return;
+            }
+            self.relay_dialled.finished();
+            if let Some(m) = self.members.get_mut(&id) {
+                m.wait.dialling_now();
+            }
+        }
+        self.out.push_back(Output::Circuit {
+            relay,
+            circuit: c.id,
+            peer: c.peer,
+            dial,
+        });
     }
 
     /// A member tells us that `c` is dialling us: dial it at once (where the introducer sees
@@ -591,6 +789,7 @@ impl<L: Link> Engine<L> {
             .map(|(_, c)| *c)
             .collect();
         self.intro_at.retain(|(t, _)| *t > now);
+        self.relay.expire(now);
         for c in due {
             self.ask_introduction(now, c);
         }

@@ -14,7 +14,9 @@
 //! - [`control`]: what a member's control message asks of us (rekeys answered here).
 //! - [`exchange`]: which members named in peer exchange we dial, and when.
 //! - [`paths`]: the ways a member is reached (its QUIC connection, the fast lane), each with
-//!   its own liveness; a path moves only on an authenticated frame.
+//!   its own liveness; a path moves only on an authenticated frame; a direct
+//!   link replaces one through a relay.
+//! - [`relay`]: the circuits this node carries as a relay, and their limits.
 //! - [`pending`]: packets for a member without a link, queued while it is dialled.
 //! - [`timers`]: every session's keepalive, rekey and teardown deadlines in one queue.
 
@@ -29,6 +31,7 @@ pub mod exchange;
 pub mod members;
 pub mod paths;
 pub mod pending;
+pub mod relay;
 pub mod roster;
 pub mod timers;
 

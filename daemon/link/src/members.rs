@@ -39,6 +39,8 @@ pub trait Link {
     fn session_mut(&mut self) -> &mut Self::Session;
     /// The ways to the member over it.
     fn paths_mut(&mut self) -> &mut Paths;
+    /// Whether it goes through a relay.
+    fn relayed(&self) -> bool;
 }
 
 /// Traffic counters of one member (and the totals).
@@ -71,6 +73,10 @@ pub struct Member<L> {
     pub last_handshake: u64,
     /// Packets waiting for a link, and whether one is being dialled.
     pub wait: Pending,
+    /// The member said it relays for members ([`MsgType::Relay`]).
+    ///
+    /// [`MsgType::Relay`]: shadowmesh_proto::msg::MsgType::Relay
+    pub relays: bool,
 }
 
 impl<L> Default for Member<L> {
@@ -80,6 +86,7 @@ impl<L> Default for Member<L> {
             counters: Counters::default(),
             last_handshake: 0,
             wait: Pending::default(),
+            relays: false,
         }
     }
 }
@@ -153,7 +160,15 @@ impl<L: Link> Members<L> {
             return LinkUp::Refused(link, Refusal::Full);
         }
         if let Some(old) = known.and_then(|m| m.link.as_ref()) {
-            if old.is_open() && old.id() != link.id() && old.precedence() > link.precedence() {
+            // A direct link replaces one through a relay and is never replaced by one; between
+            // two of a kind, the precedence (the same at both ends) decides.
+            let (old_relayed, new_relayed) = (old.relayed(), link.relayed());
+            let earlier_wins = match (old_relayed, new_relayed) {
+                (false, true) => true,
+                (true, false) => false,
+                _ => old.precedence() > link.precedence(),
+            };
+            if old.is_open() && old.id() != link.id() && earlier_wins {
                 return LinkUp::Refused(link, Refusal::EarlierWins);
             }
         }

@@ -68,9 +68,25 @@ impl Paths {
     }
 
     /// The member takes data frames as plain UDP, at its QUIC path's address (where it said
-    /// so from).
+    /// so from). Not over a relay: there the QUIC datagrams are the only lane (the relay
+    /// forwards the connection's packets, and frames in them reach the member end to end).
     pub fn offer_fast(&mut self) {
-        self.fast = Some(Path::new(PathKind::Fast, self.quic.addr));
+        if !self.relayed() {
+            self.fast = Some(Path::new(PathKind::Fast, self.quic.addr));
+        }
+    }
+
+    /// Whether the QUIC path goes through a relay (its address is a relayed member's local
+    /// one, [`shadowmesh_proto::relay::is_mapped`]).
+    #[inline]
+    pub fn relayed(&self) -> bool {
+        shadowmesh_proto::relay::is_mapped(self.quic.addr)
+    }
+
+    /// The member's address on the QUIC path.
+    #[inline]
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic.addr
     }
 
     /// Where data frames go as plain UDP; `None`: in QUIC datagrams.
@@ -132,6 +148,11 @@ mod tests {
         assert_eq!(p.fast_addr(), Some(a(1)));
         let kinds: Vec<_> = p.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, [PathKind::Quic, PathKind::Fast]);
+        // Over a relay, never.
+        let mut r = Paths::new(shadowmesh_proto::relay::mapped(3));
+        assert!(r.relayed());
+        r.offer_fast();
+        assert_eq!(r.fast_addr(), None);
     }
 
     #[test]

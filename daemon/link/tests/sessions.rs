@@ -71,6 +71,9 @@ impl Link for SessionLink {
     fn paths_mut(&mut self) -> &mut Paths {
         &mut self.paths
     }
+    fn relayed(&self) -> bool {
+        self.paths.relayed()
+    }
 }
 
 struct Side {

@@ -23,6 +23,7 @@
 //! - [`policy`]: which prefixes advertised by members this gateway installs.
 //! - [`limit`]: per-source token buckets and in-flight counts, bounded.
 //! - [`join`]: the join string (network key and bootstrap gateways) a new gateway is given.
+//! - [`relay`]: the relayed datagram's envelope, the circuit message, relayed members' local addresses.
 //! - [`session`]: what an end-to-end session is to the code that drives it ([`session::SessionState`]).
 
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod overlay;
 pub mod peer;
 pub mod policy;
 pub mod record;
+pub mod relay;
 pub mod replay;
 pub mod route;
 pub mod session;

@@ -76,6 +76,11 @@ pub enum MsgType {
     /// "This member is dialling you: dial it too": the one contact in the body, as the sender
     /// sees it, so that the two dials open both NATs at once.
     Introduce = 10,
+    /// "I relay for members" (empty body; sent on link-up by a node that does).
+    Relay = 11,
+    /// A relay opened (or refused) a circuit to another member for us
+    /// ([`crate::relay::Circuit`]).
+    Circuit = 12,
 }
 
 /// Most contacts one peer-exchange message may carry.
@@ -95,6 +100,8 @@ impl TryFrom<u8> for MsgType {
             8 => MsgType::FastLane,
             9 => MsgType::IntroduceReq,
             10 => MsgType::Introduce,
+            11 => MsgType::Relay,
+            12 => MsgType::Circuit,
             t => return Err(Error::UnknownType(t)),
         })
     }
@@ -497,8 +504,8 @@ mod tests {
             parse_header(&[1, 0, 1, 0, 1]),
             Err(Error::TooLarge { .. })
         ));
-        assert_eq!(parse_header(&[11, 0, 0, 0, 0]), Err(Error::UnknownType(11)));
-        assert_eq!(parse_header_any(&[11, 0, 0, 0, 7]), Ok((Err(11), 7)));
+        assert_eq!(parse_header(&[13, 0, 0, 0, 0]), Err(Error::UnknownType(13)));
+        assert_eq!(parse_header_any(&[13, 0, 0, 0, 7]), Ok((Err(13), 7)));
         assert_eq!(
             parse_header_any(&[10, 0, 0, 0, 7]),
             Ok((Ok(MsgType::Introduce), 7))

@@ -580,3 +580,5 @@ fn an_introduction_is_answered_by_one_dial() {
     only.handle_control(S(1), pid(1), 1, MsgType::Introduce, &intro);
     assert!(drain(&mut only).is_empty());
 }
+
+mod relay;
