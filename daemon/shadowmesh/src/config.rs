@@ -21,6 +21,7 @@
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
 //!     option offload '1'                        # 0: no TUN offload (one packet per read)
+//!     option relay 'auto'                       # relay for members: auto (when reachable), 1, 0
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'
 //!     list advertise '192.0.2.7:4433'
 //!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
@@ -121,6 +122,8 @@ pub struct Config {
     pub fast_lane: bool,
     /// TUN offload (TCP super-packets cut in user space, partial checksums completed).
     pub offload: bool,
+    /// Whether to relay for members that cannot reach each other (`option relay`).
+    pub relay: RelayMode,
     /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
     /// a mesh must use the same.
     pub overlay_ipv4: V4Prefix,
@@ -151,6 +154,7 @@ impl Default for Config {
             tunnel: true,
             fast_lane: true,
             offload: true,
+            relay: RelayMode::Auto,
             overlay_ipv4: V4Prefix::default(),
             ignored: vec![],
         }
@@ -200,6 +204,41 @@ fn parse_overlay_ipv4(v: &str) -> Result<V4Prefix, String> {
     Ok(V4Prefix { net: [o[0], o[1]] })
 }
 
+/// `option relay`: whether this gateway carries circuits between members that cannot reach
+/// each other (DESIGN.md, "Relays").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// Where others can reach us: our NAT class is "none", or not known yet and the host holds
+    /// a public address.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl RelayMode {
+    /// The UCI value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayMode::Auto => "auto",
+            RelayMode::On => "1",
+            RelayMode::Off => "0",
+        }
+    }
+}
+
+fn parse_relay(v: &str) -> Result<RelayMode, String> {
+    match v {
+        "auto" => Ok(RelayMode::Auto),
+        v => match parse_bool(v) {
+            Ok(true) => Ok(RelayMode::On),
+            Ok(false) => Ok(RelayMode::Off),
+            Err(_) => Err("expected auto, 1 or 0".into()),
+        },
+    }
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "1" | "on" | "true" | "yes" | "enabled" => Ok(true),
@@ -236,6 +275,7 @@ impl Config {
             .bool("tunnel", self.tunnel)
             .bool("fast_lane", self.fast_lane)
             .bool("offload", self.offload)
+            .str("relay", self.relay.as_str())
             .bool("plain_udp", self.plain_udp)
             .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
             .raw("bootstrap", &format!("[{}]", boot.join(",")))
@@ -336,6 +376,10 @@ impl Config {
                     for v in list(o) {
                         c.accept_route.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
                     }
+                }
+                "relay" => {
+                    let v = single(o)?;
+                    c.relay = parse_relay(&v).map_err(|m| bad(&v, m))?;
                 }
                 "fast_lane" => {
                     let v = single(o)?;
@@ -542,6 +586,22 @@ mod tests {
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.mtu, Some(1380));
         assert_eq!(parse("config shadowmesh\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn relay_is_auto_unless_forced() {
+        assert_eq!(parse("config shadowmesh\n").unwrap().relay, RelayMode::Auto);
+        for (v, want) in [
+            ("auto", RelayMode::Auto),
+            ("1", RelayMode::On),
+            ("0", RelayMode::Off),
+        ] {
+            let c = parse(&format!("config shadowmesh\n option relay '{v}'\n")).unwrap();
+            assert_eq!(c.relay, want);
+        }
+        let e = parse("config shadowmesh\n option relay 'maybe'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("relay"));
+        assert!(e.msg.contains("auto, 1 or 0"), "{}", e.msg);
     }
 
     #[test]

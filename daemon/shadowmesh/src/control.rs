@@ -5,7 +5,9 @@
 //! Commands: `status` (with `started`: the options read only at start, as this instance has
 //! them; `restart_pending`: those the file has changed since; `observed`: the addresses other
 //! nodes agree they see us at; `nat`: the NAT between us and them, `unknown`, `none`,
-//! `endpoint-independent` or `endpoint-dependent`); `peers` (members, their addresses, routes, traffic and paths); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
+//! `endpoint-independent` or `endpoint-dependent`; `relay`: what we relay for members and the
+//! relays our links go through); `peers` (members, their addresses, routes, traffic and paths,
+//! `path` `direct` or `relayed` with the `relay`); `lookup <PEERID>` (members only: FIND_VALUE for that member's record,
 //! with what it says). The socket is created mode 0600 (root only on a router).
 
 use shadowmesh_crypto::NetworkKey;
@@ -130,7 +132,8 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                         &v6.map(|a| a.to_string()).unwrap_or_default(),
                     )
                     .uint("peers_known", members.len() as u64)
-                    .uint("peers_connected", dp.connected() as u64);
+                    .uint("peers_connected", dp.connected() as u64)
+                    .raw("relay", &relay_json(&dp.relay_info()));
             }
             // Last: its names repeat top-level ones (`interface`, `overlay_ipv4`), and a script
             // that takes the first occurrence of a name must keep getting the running value.
@@ -191,6 +194,36 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
     }
 }
 
+/// `status`'s `relay`: whether we relay, the totals, the circuits we carry, and the relays our
+/// links go through.
+fn relay_json(r: &crate::dataplane::RelayInfo) -> String {
+    let circuits: Vec<String> = r
+        .circuits
+        .iter()
+        .map(|c| {
+            Obj::new()
+                .str("a", &c.a.pid.to_string())
+                .str("b", &c.b.pid.to_string())
+                .uint("bytes", c.bytes)
+                .uint("packets", c.packets)
+                .uint("dropped", c.dropped)
+                .finish()
+        })
+        .collect();
+    let in_use: Vec<String> = r.in_use.iter().map(|p| format!("\"{p}\"")).collect();
+    let c = &r.counters;
+    Obj::new()
+        .bool("on", r.on)
+        .uint("circuits_opened", c.opened)
+        .uint("circuits_refused", c.refused)
+        .uint("bytes", c.bytes)
+        .uint("packets", c.packets)
+        .uint("dropped", c.dropped)
+        .raw("circuits", &format!("[{}]", circuits.join(",")))
+        .raw("in_use", &format!("[{}]", in_use.join(",")))
+        .finish()
+}
+
 fn opt_str<T: ToString>(v: Option<T>) -> String {
     v.map(|a| a.to_string()).unwrap_or_default()
 }
@@ -232,7 +265,15 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .raw("routes_refused", &refused)
         .uint("record_seq", m.record_seq)
         .str("endpoint", &opt_str(m.endpoint))
-        .str("path", "direct")
+        .str(
+            "path",
+            if m.relay.is_some() {
+                "relayed"
+            } else {
+                "direct"
+            },
+        )
+        .str("relay", &opt_str(m.relay))
         .str("lane", m.lane)
         .bool("connected", m.connected)
         .str("role", m.role)

@@ -330,6 +330,9 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     }
     tokio::task::spawn_local(join_and_publish(mesh.clone(), cfg.clone(), initial));
     tokio::task::spawn_local(watch_addresses(mesh.clone()));
+    if mesh.dataplane().is_some() {
+        tokio::task::spawn_local(watch_relay(mesh.clone(), cfg.relay));
+    }
 
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k| signal(k).map_err(|e| CliError::fail(format!("signal handler: {e}")));
@@ -353,6 +356,34 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let _ = std::fs::remove_file(&control);
     mesh.node().shutdown().await;
     Ok(())
+}
+
+/// Keeps relaying on where `option relay` says (in `auto`, while others can reach us: our NAT
+/// class is "none", or not known yet and the host holds a public address).
+async fn watch_relay(mesh: Rc<Mesh>, mode: crate::config::RelayMode) {
+    use crate::config::RelayMode;
+    use shadowmesh_proto::dht::kbucket::subnet_key;
+    use shadowmesh_proto::dht::observed::NatClass;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(dp) = mesh.dataplane() else {
+            return;
+        };
+        let on = match mode {
+            RelayMode::On => true,
+            RelayMode::Off => false,
+            RelayMode::Auto => match mesh.observed_state().1 {
+                NatClass::None => true,
+                NatClass::Unknown => crate::netlink::local_addresses(dp.tun().index())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|ip| subnet_key(&std::net::SocketAddr::new(*ip, 1)).is_some()),
+                _ => false,
+            },
+        };
+        dp.set_relay(on);
+    }
 }
 
 /// Notices when the host's addresses change (DHCP renewal, a new uplink, a moved gateway) and

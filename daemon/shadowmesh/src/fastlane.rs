@@ -43,6 +43,9 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use shadowmesh_proto::consts::{FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION};
+use shadowmesh_proto::relay::{envelope, is_mapped, ENVELOPE_LEN};
+
+use crate::relayed::Relayed;
 
 /// The first six bytes of every SMSH frame: magic `SMSH`, then the version.
 pub const SMSH_PREFIX: [u8; 6] = {
@@ -61,6 +64,11 @@ pub trait FrameSink {
     fn frame(&self, from: SocketAddr, frame: &mut [u8]);
     /// The end of one receive batch (what was coalesced can be written now).
     fn end_of_batch(&self);
+    /// A relayed datagram from `from` on a circuit we may carry as a relay: its envelope is
+    /// rewritten for the other end, and where it goes returned (`None`: dropped).
+    fn relay(&self, _from: SocketAddr, _datagram: &mut [u8]) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// A registered sink.
@@ -92,14 +100,16 @@ fn sink(local: SocketAddr) -> Option<Sink> {
 }
 
 /// Takes the SMSH frames out of one received buffer of `len` bytes made of `stride`-sized
-/// segments (GRO), hands them to `sink` (dropped without one), and moves the remaining (QUIC)
-/// segments to the front, in order. Returns the bytes left for quinn.
+/// segments (GRO), hands them to `sink` (dropped without one) and relayed datagrams to
+/// `relayed`, and moves the remaining (QUIC) segments to the front, in order. Returns the bytes
+/// left for quinn.
 fn take_frames(
     buf: &mut [u8],
     len: usize,
     stride: usize,
     sink: Option<&Sink>,
     addr: SocketAddr,
+    relayed: &mut dyn FnMut(&mut [u8]),
 ) -> usize {
     let stride = stride.max(1).min(len.max(1));
     let mut kept = 0;
@@ -110,6 +120,8 @@ fn take_frames(
             if let Some(f) = sink {
                 f.frame(addr, &mut buf[at..end]);
             }
+        } else if envelope(&buf[at..end]).is_some() {
+            relayed(&mut buf[at..end]);
         } else {
             if kept != at {
                 buf.copy_within(at..end, kept);
@@ -134,6 +146,8 @@ pub struct DemuxSocket {
     full: AtomicBool,
     /// The socket under `inner`, when it is ours: the data-plane thread can then take it over.
     udp: Option<Arc<crate::udp::Udp>>,
+    /// The circuits we are an end of, by local address ([`crate::relayed`]).
+    relayed: Relayed,
 }
 
 /// The stash is full at this many QUIC datagrams or bytes: the receiver then stops reading the
@@ -274,12 +288,52 @@ impl DemuxSocket {
             stash: Mutex::new(Stash::default()),
             full: AtomicBool::new(false),
             udp,
+            relayed: Relayed::default(),
         }))
     }
 
     fn stash(&self) -> MutexGuard<'_, Stash> {
         // Nothing panics while holding it; a poisoned stash is still consistent.
         self.stash.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The circuits we are an end of.
+    pub fn relayed(&self) -> &Relayed {
+        &self.relayed
+    }
+
+    /// One relayed datagram `d` from `meta.addr`: when we are an end of its circuit, its
+    /// payload goes to quinn from the circuit's local address (stashed; returns true); else, if
+    /// the sink relays it, on to the circuit's other end.
+    fn enveloped(&self, meta: &RecvMeta, d: &mut [u8], sink: Option<&Sink>) -> bool {
+        let Some(id) = envelope(d) else {
+            return false;
+        };
+        if let Some(local) = self.relayed.local(meta.addr, id) {
+            let payload = &d[ENVELOPE_LEN..];
+            let m = RecvMeta {
+                addr: local,
+                len: payload.len(),
+                stride: payload.len(),
+                ..*meta
+            };
+            let mut st = self.stash();
+            let ok = st.push(m, payload);
+            self.full.store(st.full(), Ordering::Release);
+            return ok;
+        }
+        if let Some(to) = sink.and_then(|s| s.relay(meta.addr, d)) {
+            let t = Transmit {
+                destination: to,
+                ecn: meta.ecn,
+                contents: d,
+                segment_size: None,
+                src_ip: None,
+            };
+            // A full socket buffer drops it, as a full link would.
+            let _ = self.inner.try_send(&t);
+        }
+        false
     }
 
     /// QUIC datagrams dropped because quinn's driver fell behind the receiver.
@@ -394,7 +448,11 @@ impl DemuxSocket {
         let mut stashed = false;
         for (m, b) in meta.iter().zip(buf.chunks_mut(RX_BUF_LEN)) {
             let len = m.len.min(b.len());
-            let kept = take_frames(b, len, m.stride, sink, m.addr);
+            let mut relayed = false;
+            let kept = take_frames(b, len, m.stride, sink, m.addr, &mut |d| {
+                relayed |= self.enveloped(m, d, sink);
+            });
+            stashed |= relayed;
             took |= kept < len;
             if kept > 0 {
                 let mut st = self.stash();
@@ -421,6 +479,9 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        if is_mapped(t.destination) {
+            return self.relayed.send(&*self.inner, t);
+        }
         self.inner.try_send(t)
     }
 
@@ -440,19 +501,35 @@ impl AsyncUdpSocket for DemuxSocket {
             }
             return Poll::Ready(Ok(n));
         }
-        // Remembered for the switch to [`DemuxSocket::receive`].
-        self.stash().set_waker(cx);
+        // Relayed datagrams read by an earlier call first.
+        {
+            let mut st = self.stash();
+            let n = st.pop_into(bufs, meta);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            // Remembered for the switch to [`DemuxSocket::receive`].
+            st.set_waker(cx);
+        }
         let n = match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
         let sink = sink(self.local);
         let mut took = false;
+        let mut relayed = false;
         for (b, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
             // quinn handles a zero-length entry as nothing received.
             let len = m.len.min(b.len());
-            m.len = take_frames(&mut b[..], len, m.stride, sink.as_ref(), m.addr);
+            let seen = *m;
+            m.len = take_frames(&mut b[..], len, m.stride, sink.as_ref(), m.addr, &mut |d| {
+                relayed |= self.enveloped(&seen, d, sink.as_ref());
+            });
             took |= m.len < len;
+        }
+        if relayed {
+            // Stashed for the next call.
+            cx.waker().wake_by_ref();
         }
         if took {
             if let Some(f) = sink {
@@ -577,7 +654,7 @@ mod tests {
         buf.extend_from_slice(&frame);
         buf.extend_from_slice(&quic_b);
         let len = buf.len();
-        let kept = take_frames(&mut buf, len, 40, Some(&sink), addr);
+        let kept = take_frames(&mut buf, len, 40, Some(&sink), addr, &mut |_| {});
         assert_eq!(seen.get(), 2);
         assert_eq!(kept, 65);
         assert_eq!(&buf[..40], &quic_a);
@@ -587,13 +664,19 @@ mod tests {
             0x53u8, 0x00, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ];
         let l = short.len();
-        assert_eq!(take_frames(&mut short, l, l, Some(&sink), addr), l);
+        assert_eq!(
+            take_frames(&mut short, l, l, Some(&sink), addr, &mut |_| {}),
+            l
+        );
         // Every segment a frame: nothing for quinn.
         let mut two = [frame, frame].concat();
-        assert_eq!(take_frames(&mut two, 80, 40, Some(&sink), addr), 0);
+        assert_eq!(
+            take_frames(&mut two, 80, 40, Some(&sink), addr, &mut |_| {}),
+            0
+        );
         assert_eq!(seen.get(), 4);
         // Without a sink, frames are dropped, not handed to quinn.
-        assert_eq!(take_frames(&mut two, 80, 40, None, addr), 0);
+        assert_eq!(take_frames(&mut two, 80, 40, None, addr, &mut |_| {}), 0);
         assert_eq!(seen.get(), 4);
     }
 

@@ -32,6 +32,7 @@ pub mod netlink;
 pub mod node;
 pub mod plainudp;
 pub mod probe;
+pub mod relayed;
 pub mod rpcd;
 pub mod selftest;
 pub mod tun;

@@ -93,6 +93,17 @@ impl crate::fastlane::FrameSink for FastSink {
         }
     }
 
+    fn relay(&self, from: SocketAddr, datagram: &mut [u8]) -> Option<SocketAddr> {
+        let dp = self.0.upgrade()?;
+        let id = shadowmesh_proto::relay::envelope(datagram)?;
+        let (to, next) =
+            dp.core
+                .borrow_mut()
+                .relay_forward(crate::mono_now(), from, id, datagram.len())?;
+        shadowmesh_proto::relay::set_envelope(datagram, next);
+        Some(to)
+    }
+
     fn end_of_batch(&self) {
         if let Some(dp) = self.0.upgrade() {
             let _ours = alloc_probe::Ours::enter();

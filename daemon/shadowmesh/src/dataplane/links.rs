@@ -90,6 +90,12 @@ impl DataPlane {
                     self.core.borrow_mut().handle_local_routes(local);
                 }
                 CoreOutput::Route(r) => self.route_output(r),
+                CoreOutput::Circuit {
+                    relay,
+                    circuit,
+                    peer,
+                    dial,
+                } => self.circuit(relay, circuit, peer, dial),
             }
         }
     }
@@ -199,6 +205,36 @@ impl DataPlane {
         });
     }
 
+    /// A relay opened a circuit to `peer` for us: the socket gives it a local address, which
+    /// we dial when we are the end that dials.
+    fn circuit(&self, relay: PeerId, id: u32, peer: Contact, dial: bool) {
+        let Some(mesh) = self.mesh_side() else {
+            return;
+        };
+        let Some(relay_addr) = self
+            .core
+            .borrow_mut()
+            .link_mut(&relay)
+            .map(|l| l.conn.remote_address())
+        else {
+            return;
+        };
+        let local = mesh
+            .node()
+            .demux()
+            .relayed()
+            .map(relay, relay_addr, id, peer.id);
+        log::info!(
+            "{} relays to {} (circuit {id:08x}, here {local}){}",
+            relay.short(),
+            peer.id.short(),
+            if dial { ": dialling through it" } else { "" }
+        );
+        if dial {
+            self.dial(peer.id, vec![local], peer.ed25519, false);
+        }
+    }
+
     /// Dials a node a member named in peer exchange (the core chose it and bounds how many;
     /// the address is checked where every dial passes, [`Mesh::dial_new`]).
     fn learn(&self, c: Contact) {
@@ -223,6 +259,12 @@ impl DataPlane {
             self.deliver(&pid, conn.stable_id(), &d);
             let _quinn = alloc_probe::Quinn::enter();
             drop(d);
+        }
+        let at = conn.remote_address();
+        if shadowmesh_proto::relay::is_mapped(at) {
+            if let Some(mesh) = self.mesh_side() {
+                mesh.node().demux().relayed().unmap(at);
+            }
         }
         if self
             .core
@@ -258,6 +300,13 @@ impl DataPlane {
                 Some(Action::Introduce(c)) => {
                     log::info!("{} introduces {} at {}", pid.short(), c.id.short(), c.addr)
                 }
+                Some(Action::Circuit(c)) if !c.status.open() => log::info!(
+                    "relay {} refused a circuit to {}: {}",
+                    pid.short(),
+                    c.peer.id.short(),
+                    c.status.as_str()
+                ),
+                Some(Action::Relay) => log::debug!("{} relays for members", pid.short()),
                 Some(Action::Ignore(why)) => log::debug!("{}: {why}", pid.short()),
                 _ => {}
             }
@@ -372,6 +421,17 @@ impl DataPlane {
                 l.max_datagram = l.conn.max_datagram_size();
                 l.paths.quic_seen(l.conn.remote_address(), l.conn.rtt());
             }
+        }
+        self.core.borrow_mut().relay_moved();
+    }
+
+    /// Relays for members or stops (logged when it changes).
+    pub fn set_relay(&self, on: bool) {
+        let was = self.core.borrow().relay().is_some();
+        if was != on {
+            log::info!("relaying for members: {}", if on { "on" } else { "off" });
+            self.core.borrow_mut().set_relay(on);
+            self.run();
         }
     }
 

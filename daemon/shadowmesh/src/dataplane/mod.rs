@@ -83,7 +83,7 @@ mod batch;
 mod forward;
 mod links;
 mod report;
-pub use report::MemberInfo;
+pub use report::{MemberInfo, RelayInfo};
 pub mod thread;
 
 use batch::FastSink;
@@ -167,6 +167,9 @@ impl members::Link for Link {
     }
     fn paths_mut(&mut self) -> &mut Paths {
         &mut self.paths
+    }
+    fn relayed(&self) -> bool {
+        self.paths.relayed()
     }
 }
 

@@ -43,11 +43,29 @@ pub struct MemberInfo {
     pub lane: &'static str,
     /// The live link's paths, each with how long ago an authenticated frame came over it.
     pub paths: Vec<(Path, Option<Duration>)>,
+    /// The relay the live link goes through, if it does.
+    pub relay: Option<PeerId>,
+}
+
+/// What `status` reports of relaying: ours for others, and the relays our links go through.
+#[derive(Debug, Clone, Default)]
+pub struct RelayInfo {
+    /// Whether we relay for members.
+    pub on: bool,
+    /// The totals (kept across turning it off and on).
+    pub counters: shadowmesh_link::relay::RelayCounters,
+    /// The circuits we carry now.
+    pub circuits: Vec<shadowmesh_link::relay::Circuit>,
+    /// The relays our members' links go through.
+    pub in_use: Vec<PeerId>,
 }
 
 impl DataPlane {
     /// Every member, for `shadowmesh peers`.
     pub fn members(&self) -> Vec<MemberInfo> {
+        let mesh = self.mesh_side();
+        let relayed = mesh.as_ref().map(|m| m.node().demux().relayed());
+        let relay_of = |a: SocketAddr| relayed.and_then(|r| r.get(a)).map(|e| e.relay);
         let core = self.core.borrow();
         let roster = core.roster();
         let now = crate::mono_now();
@@ -95,9 +113,25 @@ impl DataPlane {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    relay: live.and_then(|l| relay_of(l.conn.remote_address())),
                 }
             })
             .collect()
+    }
+
+    /// What we relay, and through which relays our links go.
+    pub fn relay_info(&self) -> RelayInfo {
+        let mut in_use: Vec<PeerId> = self.members().iter().filter_map(|m| m.relay).collect();
+        in_use.sort_unstable();
+        in_use.dedup();
+        let core = self.core.borrow();
+        let r = core.relay();
+        RelayInfo {
+            on: r.is_some(),
+            counters: core.relay_counters(),
+            circuits: r.map(|r| r.circuits().to_vec()).unwrap_or_default(),
+            in_use,
+        }
     }
 
     /// Members with a live session.
