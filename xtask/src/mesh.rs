@@ -28,6 +28,10 @@ use crate::Result;
 pub struct Report {
     rows: Vec<(String, String)>,
     pub failures: Vec<String>,
+    /// Relays the run measured: name, bytes forwarded, CPU milliseconds.
+    pub relays: Vec<(String, u64, f64)>,
+    /// CPU ms per GB: at a relay for relayed traffic, at the sender for direct traffic.
+    pub cost: Option<(f64, f64)>,
 }
 
 impl Report {
@@ -105,10 +109,7 @@ fn lab_nodes(lab: &Lab) -> Vec<Node> {
 }
 
 fn scenario(lab: &mut Lab, full: bool) -> Result<Report> {
-    let mut rep = Report {
-        rows: vec![],
-        failures: vec![],
-    };
+    let mut rep = Report::default();
     let t0 = Instant::now();
     println!("building the lab: 1 seed, 3 gateways with a LAN host each, in network namespaces");
     let sw = lab.ns("sw")?;

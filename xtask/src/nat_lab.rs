@@ -19,13 +19,15 @@
 //! Checked (these fail the run): each gateway learns the address other nodes see it at and the
 //! class of its NAT (`status`: `observed`, `nat`), the public member that it has none; a
 //! member's record carries its observed address; every pair of members pings the other's
-//! overlay address within 5 s, except a symmetric NAT's gateway and a port-restricted one's:
-//! without relays nothing crosses those two. Last, a gateway behind a port-restricted NAT
+//! overlay address within 2 s, and goes direct within 5 s (`peers`: `path`) unless a symmetric
+//! NAT faces a filtering one, where the public member relays; datagrams a stranger sends the
+//! relay with made-up circuit ids go nowhere. Last, a gateway behind a port-restricted NAT
 //! restarts on another port and must reach another such gateway: only an introduction through
 //! a member both hold links with (each dials the other at once) gets it through.
 //!
 //! Reported: the matrix of every pair: whether it worked, how long the first reply took, over
-//! what path, and iperf3 TCP throughput over it (2 s).
+//! what path, when it went direct, and iperf3 TCP throughput over it (2 s); the bytes and CPU
+//! time the relay spent, and its CPU per relayed GB against a direct sender's per GB.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -43,7 +45,9 @@ const NATS: [&str; 4] = [
 ];
 
 /// How long a pair may take for its first ping reply.
-const FIRST_PACKET: Duration = Duration::from_secs(5);
+const FIRST_PACKET: Duration = Duration::from_secs(2);
+/// How long after the first ping a pair that can go direct may take to.
+const DIRECT: Duration = Duration::from_secs(5);
 
 /// One member of the lab: the public one or a gateway behind a NAT.
 struct Member {
@@ -60,6 +64,9 @@ struct Pair {
     b: usize,
     path: &'static str,
     first_packet_ms: Option<f64>,
+    /// From the first ping until a's link with b went direct; `None`: it did not (in
+    /// [`DIRECT`]).
+    direct_ms: Option<f64>,
     /// iperf3 TCP from a to b over the path, [`IPERF_SECONDS`] long.
     mbps: Option<f64>,
 }
@@ -324,21 +331,48 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         },
     );
 
+    // The relay's CPU time and bytes before the matrix (the public member relays; the seed
+    // holds no network key, so it is no member and carries no circuits).
+    let relays: Vec<&Node> = vec![&members[0].node];
+    let cpu_before: Vec<u64> = relays.iter().map(|n| cpu_ticks(lab, &n.name)).collect();
+    let bytes_before: Vec<u64> = relays.iter().map(|n| relayed_bytes(lab, n)).collect();
+
     // Every pair, each pinging the other's overlay address from its own namespace.
     let overlay: Vec<String> = status
         .iter()
         .map(|s| field(s, "overlay_ipv4").unwrap_or_default())
         .collect();
     let mut pairs = vec![];
+    // Per pair with traffic: its path, and CPU ms per GB at the relay and at the sender.
+    let mut cost: Vec<(&str, f64, f64)> = vec![];
     for (a, from) in members.iter().enumerate() {
         for (b, dst) in overlay.iter().enumerate().skip(a + 1) {
             let t = Instant::now();
             let up = lab::until_reachable(&from.node.ns, dst, FIRST_PACKET)?;
             let first = up.map(|_| t.elapsed().as_secs_f64() * 1e3);
-            let path = match first {
-                Some(_) => "direct",
-                None => "none",
+            // The path a's link with b takes, until it goes direct.
+            let mut path = if first.is_some() { "relayed" } else { "none" };
+            let mut direct_ms = None;
+            while first.is_some() && t.elapsed() < DIRECT {
+                let peers = lab::members(&lab.ctl(&from.node, "peers"));
+                let m = lab::member_of(&peers, &members[b].node.peer_id);
+                if m.and_then(|m| field(m, "path")).as_deref() == Some("direct")
+                    && m.and_then(|m| field(m, "connected")).as_deref() == Some("true")
+                {
+                    path = "direct";
+                    direct_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+                    break;
+                }
+                sleep(Duration::from_millis(100))?;
+            }
+            // CPU time of the relay and of the sending end over the iperf3 run.
+            let cpu = |lab: &Lab| {
+                (
+                    cpu_ticks(lab, &relays[0].name),
+                    cpu_ticks(lab, &from.node.name),
+                )
             };
+            let before = cpu(lab);
             let mbps = match first {
                 Some(_) => {
                     let to = members[b].node.ns.clone();
@@ -346,35 +380,121 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 }
                 None => None,
             };
+            let after = cpu(lab);
+            if let Some(m) = mbps.filter(|m| *m > 0.0) {
+                let gb = m * IPERF_SECONDS as f64 / 8e3;
+                let per_gb =
+                    |a: u64, b: u64| a.saturating_sub(b) as f64 * 1e3 / clock_ticks() as f64 / gb;
+                let relay_ms = per_gb(after.0, before.0);
+                let sender_ms = per_gb(after.1, before.1);
+                cost.push((path, relay_ms, sender_ms));
+            }
             pairs.push(Pair {
                 a,
                 b,
                 path,
                 first_packet_ms: first,
+                direct_ms,
                 mbps,
             });
         }
     }
-    // Without relays, a symmetric NAT facing a port-restricted one cannot be crossed; every
-    // other pair reaches: one side public or forwarding, or both endpoint-independent, the two
-    // dialling each other at once when peer exchange names one to the other.
+    // Every pair reaches the other within FIRST_PACKET, through a relay if need be. A pair
+    // with an endpoint-independent side goes direct within DIRECT (one side public or
+    // forwarding, or both dialling each other at once when introduced); a symmetric NAT facing
+    // a port-restricted one (or another symmetric one) may stay relayed: nothing else crosses.
     for p in &pairs {
         let (a, b) = (&members[p.a], &members[p.b]);
-        let blocked = |x: &str, y: &str| x == "symmetric" && y == "port-restricted";
-        if blocked(a.nat, b.nat) || blocked(b.nat, a.nat) {
-            continue;
-        }
+        let stuck =
+            |x: &str, y: &str| x == "symmetric" && matches!(y, "port-restricted" | "symmetric");
+        let may_stay_relayed = stuck(a.nat, b.nat) || stuck(b.nat, a.nat);
         rep.check(
             &format!(
                 "{} ({}) reaches {} ({})",
                 a.node.name, a.nat, b.node.name, b.nat
             ),
-            p.first_packet_ms.is_some(),
+            p.first_packet_ms
+                .is_some_and(|ms| ms <= FIRST_PACKET.as_secs_f64() * 1e3),
             p.first_packet_ms.map_or("no reply".into(), |ms| {
-                format!("first reply after {ms:.0} ms")
+                format!("first reply after {ms:.0} ms, {}", p.path)
             }),
         );
+        if !may_stay_relayed {
+            rep.check(
+                &format!("{} and {} go direct", a.node.name, b.node.name),
+                p.direct_ms.is_some(),
+                p.direct_ms.map_or(format!("still {}", p.path), |ms| {
+                    format!("direct after {ms:.0} ms")
+                }),
+            );
+        }
     }
+    // What the relays carried for the matrix, and the CPU time they took doing it.
+    let tick = 1e3 / clock_ticks() as f64;
+    for (i, n) in relays.iter().enumerate() {
+        let bytes = relayed_bytes(lab, n).saturating_sub(bytes_before[i]);
+        let cpu_ms = cpu_ticks(lab, &n.name).saturating_sub(cpu_before[i]) as f64 * tick;
+        say(&format!(
+            "relay {}: {:.1} MB forwarded, {cpu_ms:.0} ms of CPU over the matrix",
+            n.name,
+            bytes as f64 / 1e6
+        ));
+        rep.relays.push((n.name.clone(), bytes, cpu_ms));
+    }
+    // What a relayed GB costs the relay, against what a direct GB costs its sender (pairs the
+    // relay is not an end of; each iperf3 run's CPU time over the bytes it moved).
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let relayed = mean(
+        cost.iter()
+            .filter(|c| c.0 == "relayed")
+            .map(|c| c.1)
+            .collect(),
+    );
+    let direct = mean(
+        cost.iter()
+            .filter(|c| c.0 == "direct")
+            .map(|c| c.2)
+            .collect(),
+    );
+    if let (Some(r), Some(d)) = (relayed, direct) {
+        say(&format!(
+            "CPU per GB: {r:.0} ms at the relay for a relayed pair, {d:.0} ms at the sender of a direct one ({:.2}x)",
+            r / d
+        ));
+        rep.cost = Some((r, d));
+    }
+    // A stranger (the seed holds no network key) sends the relay envelopes with made-up
+    // circuit ids: none is forwarded, each is counted as dropped.
+    let relay = &members[0];
+    let dropped = |s: &str| {
+        s.split("\"relay\":{")
+            .nth(1)
+            .and_then(|r| field(&format!("{{{r}"), "dropped"))
+            .and_then(|b| b.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = dropped(&lab.ctl(&relay.node, "status"));
+    let forged = (1..=20u32)
+        .map(|i| {
+            format!(
+                "printf 'SMSH\\xff\\x01\\x00\\x00\\x00\\x{i:02x}forged' > /dev/udp/{}/4433",
+                relay.public_ip
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = lab::netns_exec(&seed.ns, &["bash", "-c", &forged]).status();
+    sleep(Duration::from_millis(500))?;
+    let after = dropped(&lab.ctl(&relay.node, "status"));
+    rep.check(
+        "a stranger's relayed datagrams go nowhere",
+        after >= before + 20,
+        format!(
+            "20 sent, {} dropped by the relay",
+            after.saturating_sub(before)
+        ),
+    );
+
     // gw1 restarts on another port (a reboot, a NAT that moved it): gw2 still holds its old
     // connection, and gw2's NAT lets nothing in from gw1's new port. gw1 learns of gw2 from the
     // public member, and its dial only completes because the public member introduces them.
@@ -410,25 +530,34 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                     b.nat,
                     p.path,
                     p.first_packet_ms.map_or("null".into(), |v| format!("{v:.0}")),
-                    p.first_packet_ms.map_or("null".into(), |v| format!("{v:.0}")),
+                    p.direct_ms.map_or("null".into(), |v| format!("{v:.0}")),
                     p.mbps.map_or("null".into(), |v| format!("{v:.0}")),
                 )
             })
             .collect();
         let failures: Vec<String> = rep.failures.iter().map(|f| format!("{f:?}")).collect();
+        let relays: Vec<String> = rep
+            .relays
+            .iter()
+            .map(|(n, b, cpu)| format!("{{\"name\":\"{n}\",\"bytes\":{b},\"cpu_ms\":{cpu:.0}}}"))
+            .collect();
+        let cost = rep.cost.map_or("null".into(), |(r, d)| {
+            format!("{{\"relay_cpu_ms_per_gb\":{r:.0},\"direct_sender_cpu_ms_per_gb\":{d:.0}}}")
+        });
         println!(
-            "{{\"pairs\":[{}],\"runs\":1,\"failures\":[{}]}}",
+            "{{\"pairs\":[{}],\"runs\":1,\"relays\":[{}],\"cost\":{cost},\"failures\":[{}]}}",
             list.join(","),
+            relays.join(","),
             failures.join(",")
         );
     } else {
         println!();
-        println!("| a | b | a's NAT | b's NAT | path | first packet | iperf3 TCP |");
-        println!("| --- | --- | --- | --- | --- | ---: | ---: |");
+        println!("| a | b | a's NAT | b's NAT | path | first packet | direct | iperf3 TCP |");
+        println!("| --- | --- | --- | --- | --- | ---: | ---: | ---: |");
         for p in &pairs {
             let (a, b) = (&members[p.a], &members[p.b]);
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 a.node.name,
                 b.node.name,
                 a.nat,
@@ -436,6 +565,7 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 p.path,
                 p.first_packet_ms
                     .map_or("-".into(), |ms| format!("{ms:.0} ms")),
+                p.direct_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
                 p.mbps.map_or("-".into(), |m| format!("{m:.0} Mbit/s"))
             );
         }
@@ -451,6 +581,39 @@ fn lookup(lab: &Lab, node: &Node, peer_id: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// User and system CPU time of daemon `name`, in clock ticks (0 if it is not running).
+fn cpu_ticks(lab: &Lab, name: &str) -> u64 {
+    let Some(pid) = lab.daemon_pid(name) else {
+        return 0;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3; utime and stime are 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Bytes node `n` forwarded as a relay since it started (`status`'s `relay.bytes`).
+fn relayed_bytes(lab: &Lab, n: &Node) -> u64 {
+    let s = lab.ctl(n, "status");
+    s.split("\"relay\":{")
+        .nth(1)
+        .and_then(|r| field(&format!("{{{r}"), "bytes"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `observed` list of a `status` line.

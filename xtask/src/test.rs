@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use crate::*;
 
 pub(crate) const FUZZ_TARGETS: &[&str] = &[
-    "frame", "record", "hello", "e2e", "keyfile", "dht", "uci", "packet", "join",
+    "frame", "record", "hello", "e2e", "keyfile", "dht", "uci", "packet", "join", "relay",
 ];
 
 pub(crate) fn test(args: &[String]) -> Result {
