@@ -127,6 +127,8 @@ pub struct Session {
     peer_index: u32,
     last_send: Duration,
     last_recv: Duration,
+    /// The first data frame sealed since the last one opened.
+    unanswered: Option<Duration>,
     /// Counters.
     pub stats: SessionStats,
 }
@@ -306,6 +308,7 @@ impl Session {
             peer_index,
             last_send: now,
             last_recv: now,
+            unanswered: None,
             stats: SessionStats::default(),
         }
     }
@@ -361,6 +364,9 @@ impl Session {
         keys.send.seal(&h, frame)?;
         keys.send_seq += 1;
         self.last_send = now;
+        if kind != FrameType::Keepalive && self.unanswered.is_none() {
+            self.unanswered = Some(now);
+        }
         self.stats.sent += 1;
         Ok(())
     }
@@ -398,6 +404,7 @@ impl Session {
         keys.replay.mark(h.seq)?;
         self.stats.received += 1;
         self.last_recv = now;
+        self.unanswered = None;
         if self.confirm_phase == Some(phase) {
             // The initiator sends on the new keys: it has them, so we may switch too.
             self.send_phase = phase;
@@ -409,6 +416,11 @@ impl Session {
     /// When a frame was last sealed (or the session began).
     pub fn last_sent(&self) -> Duration {
         self.last_send
+    }
+
+    /// When the first data frame went out that nothing opened since answered.
+    pub fn unanswered_since(&self) -> Option<Duration> {
+        self.unanswered
     }
 
     /// When a frame last opened (or the session began).
@@ -556,6 +568,9 @@ impl shadowmesh_proto::session::SessionState for Session {
     }
     fn rekey_started(&self) -> Option<Duration> {
         Session::rekey_started(self)
+    }
+    fn unanswered_since(&self) -> Option<Duration> {
+        Session::unanswered_since(self)
     }
     fn start_rekey(&mut self, now: Duration) -> Result<Vec<u8>, Error> {
         Session::start_rekey(self, now)
@@ -787,5 +802,29 @@ mod tests {
         );
         b.open(t2, &mut f).unwrap();
         assert_eq!(b.last_received(), t2);
+    }
+
+    #[test]
+    fn the_first_unanswered_data_frame_is_remembered_until_something_opens() {
+        let t0 = Duration::from_secs(5);
+        let (mut a, mut b) = pair(t0);
+        assert_eq!(a.unanswered_since(), None);
+        // A keepalive starts nothing; data does, and more data keeps the first time.
+        let mut k = vec![0u8; FRAME_OVERHEAD];
+        a.seal(t0, FrameType::Keepalive, &mut k).unwrap();
+        assert_eq!(a.unanswered_since(), None);
+        let t1 = t0 + Duration::from_secs(1);
+        let _ = frame(&mut a, t1, b"x");
+        let _ = frame(&mut a, t1 + Duration::from_secs(2), b"y");
+        assert_eq!(a.unanswered_since(), Some(t1));
+        // A forged answer clears nothing; a real one (a keepalive too) does.
+        let mut back = vec![0u8; FRAME_OVERHEAD];
+        b.seal(t1, FrameType::Keepalive, &mut back).unwrap();
+        let mut forged = back.clone();
+        forged[FRAME_HEADER_LEN] ^= 1;
+        assert!(a.open(t1, &mut forged).is_err());
+        assert_eq!(a.unanswered_since(), Some(t1));
+        a.open(t1, &mut back).unwrap();
+        assert_eq!(a.unanswered_since(), None);
     }
 }

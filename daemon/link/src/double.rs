@@ -18,6 +18,7 @@ pub struct Double {
     pub last_received: Duration,
     pub send_key: Option<(Duration, u64)>,
     pub rekey_started: Option<Duration>,
+    pub unanswered: Option<Duration>,
     /// Refuse every rekey message.
     pub refuse: bool,
     pub inits: usize,
@@ -53,6 +54,9 @@ impl SessionState for Double {
     }
     fn rekey_started(&self) -> Option<Duration> {
         self.rekey_started
+    }
+    fn unanswered_since(&self) -> Option<Duration> {
+        self.unanswered
     }
     fn start_rekey(&mut self, now: Duration) -> Result<Vec<u8>, &'static str> {
         if !self.initiator {

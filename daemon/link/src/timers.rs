@@ -14,8 +14,9 @@
 //! - rekey: the initiator, once its sending key is [`REKEY_AFTER_TIME`] old or has sealed
 //!   [`REKEY_AFTER_MESSAGES`] frames, one rekey at a time;
 //! - teardown ([`Teardown`]): nothing authenticated received for [`SILENT_AFTER`], the
-//!   sending key older than [`REJECT_AFTER_TIME`] (nothing can be sent), or a rekey unanswered
-//!   for [`REKEY_ANSWER_TIMEOUT`]. The caller closes the link; the member stays known and its
+//!   sending key older than [`REJECT_AFTER_TIME`] (nothing can be sent), a rekey unanswered
+//!   for [`REKEY_ANSWER_TIMEOUT`], or data sent and nothing received for [`UNANSWERED_AFTER`]
+//!   (a dead path: a relay gone, a NAT that dropped our mapping). The caller closes the link; the member stays known and its
 //!   next packet dials it again.
 //!
 //! Time is the caller's monotonic clock, as a `Duration` since any fixed epoch.
@@ -26,7 +27,7 @@ use shadowmesh_proto::session::SessionState;
 
 use shadowmesh_proto::consts::{
     KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
-    REKEY_ANSWER_TIMEOUT, SILENT_AFTER,
+    REKEY_ANSWER_TIMEOUT, SILENT_AFTER, UNANSWERED_AFTER,
 };
 
 /// What a session did, as its timers need to know it.
@@ -42,6 +43,8 @@ pub struct Activity {
     pub send_key: Option<(Duration, u64)>,
     /// When the rekey in flight started.
     pub rekey_started: Option<Duration>,
+    /// When the first data frame went out that nothing answered since.
+    pub unanswered: Option<Duration>,
 }
 
 /// Why a session is given up.
@@ -53,6 +56,8 @@ pub enum Teardown {
     KeysExpired,
     /// A rekey got no answer for [`REKEY_ANSWER_TIMEOUT`].
     RekeyUnanswered,
+    /// Data went out and nothing came back for [`UNANSWERED_AFTER`]: the path is dead.
+    Unanswered,
 }
 
 impl Teardown {
@@ -62,6 +67,7 @@ impl Teardown {
             Teardown::Silent => "nothing received",
             Teardown::KeysExpired => "keys expired",
             Teardown::RekeyUnanswered => "rekey unanswered",
+            Teardown::Unanswered => "data unanswered",
         }
     }
 }
@@ -88,6 +94,7 @@ pub fn activity<S: SessionState>(s: &S) -> Activity {
         last_received: s.last_received(),
         send_key: s.send_key(),
         rekey_started: s.rekey_started(),
+        unanswered: s.unanswered_since(),
     }
 }
 
@@ -96,6 +103,9 @@ pub fn check(now: Duration, a: &Activity) -> Due {
     let since = |t: Duration| now.saturating_sub(t);
     let teardown = match a.send_key {
         _ if since(a.last_received) >= SILENT_AFTER => Some(Teardown::Silent),
+        _ if a.unanswered.is_some_and(|t| since(t) >= UNANSWERED_AFTER) => {
+            Some(Teardown::Unanswered)
+        }
         None => Some(Teardown::KeysExpired),
         Some((made, _)) if since(made) >= REJECT_AFTER_TIME => Some(Teardown::KeysExpired),
         _ if a
@@ -125,6 +135,9 @@ pub fn check(now: Duration, a: &Activity) -> Due {
     let mut next = (last_sent + KEEPALIVE_TIMEOUT)
         .min(a.last_received + SILENT_AFTER)
         .min(made + REJECT_AFTER_TIME);
+    if let Some(t) = a.unanswered {
+        next = next.min(t + UNANSWERED_AFTER);
+    }
     match rekey_started {
         Some(t) => next = next.min(t + REKEY_ANSWER_TIMEOUT),
         None if a.initiator => next = next.min(made + REKEY_AFTER_TIME),
@@ -216,7 +229,24 @@ mod tests {
             last_received: t,
             send_key: Some((t, 0)),
             rekey_started: None,
+            unanswered: None,
         }
+    }
+
+    #[test]
+    fn data_unanswered_for_fifteen_seconds_gives_the_path_up() {
+        let mut a = fresh(S(0), false);
+        // Data out at 20 (a keepalive came in at 18): answered by 30 at the latest, else dead.
+        a.last_received = S(18);
+        a.last_sent = S(34);
+        a.unanswered = Some(S(20));
+        let d = check(S(34), &a);
+        assert_eq!(d.teardown, None);
+        assert_eq!(d.next, S(35), "watched until then");
+        assert_eq!(check(S(35), &a).teardown, Some(Teardown::Unanswered));
+        // Answered: only silence counts again.
+        a.unanswered = None;
+        assert_eq!(check(S(40), &a).teardown, None);
     }
 
     #[test]

@@ -286,6 +286,7 @@ impl World {
                         Teardown::Silent,
                         Teardown::KeysExpired,
                         Teardown::RekeyUnanswered,
+                        Teardown::Unanswered,
                     ]
                     .into_iter()
                     .find(|t| t.as_str() == why)
@@ -399,18 +400,40 @@ fn a_silent_member_is_given_up_and_then_so_are_we() {
     let t0 = S(0);
     let mut w = World::new(t0, 0);
     w.cut_1_from = Some(t0 + S(60));
-    w.run(t0 + S(200), Some(S(1)));
-    // Side 1's last frame left just before 60 s; side 0 gives up SILENT_AFTER after it arrived.
+    // Quiet: keepalives only, which never start the unanswered clock.
+    w.run(t0 + S(200), None);
+    // Side 1's last keepalive left before 60 s; side 0 gives up SILENT_AFTER after it arrived.
     let (at, why) = w.sides[0].dead.expect("side 0 gave up");
     assert_eq!(why, Teardown::Silent);
     let last = w.sides[0].gone.unwrap().last_received;
-    assert!(last < t0 + S(60) && last > t0 + S(59), "{last:?}");
+    assert!(last < t0 + S(60) && last > t0 + S(49), "{last:?}");
     assert_eq!(at, last + SILENT_AFTER);
     // Side 0 then sends nothing more; side 1 gives up in turn.
     let (at1, why1) = w.sides[1].dead.expect("side 1 gave up");
     assert_eq!(why1, Teardown::Silent);
     assert_eq!(at1, w.sides[1].gone.unwrap().last_received + SILENT_AFTER);
     assert!(at1 > at);
+}
+
+#[test]
+fn data_that_goes_unanswered_gives_the_path_up_sooner() {
+    let t0 = S(0);
+    let mut w = World::new(t0, 0);
+    w.cut_1_from = Some(t0 + S(60));
+    w.run(t0 + S(200), Some(S(1)));
+    // Side 1's last frame left just before 60 s; side 0's data from then on is unanswered,
+    // and UNANSWERED_AFTER later side 0 gives up (20 s before silence would have).
+    let (at, why) = w.sides[0].dead.expect("side 0 gave up");
+    assert_eq!(why, Teardown::Unanswered);
+    let gone = w.sides[0].gone.unwrap();
+    let first = gone.unanswered.expect("data went unanswered");
+    assert!(first >= gone.last_received && first < gone.last_received + S(1));
+    assert_eq!(at, first + UNANSWERED_AFTER);
+    assert!(at < gone.last_received + SILENT_AFTER);
+    // Side 0 then sends nothing more; side 1's data goes unanswered in turn.
+    let (at1, why1) = w.sides[1].dead.expect("side 1 gave up");
+    assert_eq!(why1, Teardown::Unanswered);
+    assert!(at1 > at && at1 <= at + UNANSWERED_AFTER + S(1), "{at1:?}");
 }
 
 #[test]
@@ -430,5 +453,8 @@ fn an_unanswered_rekey_gives_the_session_up() {
     assert!(w.sides[0].unknown_index > 0);
     // The responder never rekeyed: its key runs out unless it stops hearing first.
     let (_, why) = w.sides[1].dead.expect("side 1 gave up");
-    assert!(matches!(why, Teardown::Silent | Teardown::KeysExpired));
+    assert!(matches!(
+        why,
+        Teardown::Silent | Teardown::KeysExpired | Teardown::Unanswered
+    ));
 }

@@ -66,6 +66,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// one ends a session whose frames stopped while its connection lives (keys gone, a lane that
 /// drops them).
 pub const SILENT_AFTER: Duration = Duration::from_secs(35);
+/// Give a session up when data went out and nothing authenticated came back for this long
+/// (WireGuard's `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`, after which it handshakes again): the other
+/// side sends at least a keepalive every [`KEEPALIVE_TIMEOUT`], so its path is dead (a relay
+/// gone, a NAT that lost our mapping for good). Keepalives alone never start this clock: a quiet
+/// session is ended only by [`SILENT_AFTER`].
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(15);
 /// Give a session up when a REKEY_INIT got no answer for this long. It travels on the control
 /// stream, which retransmits: no answer means the other side is gone or broken.
 pub const REKEY_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

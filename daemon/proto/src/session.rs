@@ -19,6 +19,9 @@ pub trait SessionState {
     fn last_received(&self) -> Duration;
     /// When the sending key was made and how many frames it sealed; `None` once it is gone.
     fn send_key(&self) -> Option<(Duration, u64)>;
+    /// When the first data frame went out that nothing authenticated answered since; `None`
+    /// when every data frame was followed by one received.
+    fn unanswered_since(&self) -> Option<Duration>;
     /// When the rekey in flight started.
     fn rekey_started(&self) -> Option<Duration>;
     /// Starts a rekey (initiator): the REKEY_INIT body.
