@@ -49,6 +49,15 @@ pub const INTRODUCERS: usize = 2;
 /// joiner behind a NAT is dialled by some at once; telling every member would cost a full mesh
 /// N messages at each of N nodes per join (introductions reach the rest when they need it).
 pub const ANNOUNCE_TO: usize = 8;
+/// How long a member with no address to dial may take to reach us through an introduction or
+/// a circuit before what was queued for it is dropped (and its next packet tries again).
+pub const INTRODUCED_WITHIN: Duration = Duration::from_secs(5);
+/// The address an introduction request names for a member that published none (the
+/// introducer knows where it is).
+const NO_ADDRESS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
 /// Introductions acted on per PeerId (asked for, made, answered by a dial) at most this often.
 pub const INTRODUCE_AGAIN: Duration = Duration::from_secs(10);
 
@@ -122,8 +131,12 @@ pub struct Engine<L> {
     /// Whether we relay for members, and the circuits we carry.
     relay_on: bool,
     relay: Relay,
-    /// Circuits we were told to dial through, per member, once per [`INTRODUCE_AGAIN`].
+    /// Circuits we were told to dial through, per relay and member, once per
+    /// [`INTRODUCE_AGAIN`].
     relay_dialled: Exchange,
+    /// Members with no address to dial, waiting for an introduction or a circuit: the wait
+    /// ends (and what was queued for them is dropped) at the deadline.
+    intro_wait: Vec<(Duration, PeerId)>,
     out: VecDeque<Output<L>>,
 }
 
@@ -146,6 +159,7 @@ impl<L: Link> Engine<L> {
             relay_on: false,
             relay: Relay::new(),
             relay_dialled: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
+            intro_wait: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -192,7 +206,12 @@ impl<L: Link> Engine<L> {
 
     /// When to call [`Engine::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let intro = self.intro_at.iter().map(|(t, _)| *t).min();
+        let intro = self
+            .intro_at
+            .iter()
+            .map(|(t, _)| *t)
+            .chain(self.intro_wait.iter().map(|(t, _)| *t))
+            .min();
         match (self.members.poll_timeout(), intro) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -326,12 +345,10 @@ impl<L: Link> Engine<L> {
 
     /// Connection `id` of member `pid` ended. Whether it was the member's link (the member
     /// stays known; its next packet dials again).
+    /// Circuits through us stay (a link replaced or redialled comes back at the same address,
+    /// or [`Engine::relay_moved`] moves them); unused, they expire.
     pub fn handle_link_down(&mut self, pid: &PeerId, id: usize) -> bool {
-        let was = self.members.link_down(pid, id).is_some();
-        if was {
-            self.relay.gone(pid);
-        }
-        was
+        self.members.link_down(pid, id).is_some()
     }
 
     /// A control message `t` with `body` arrived at `now` on connection `id` of member `pid`.
@@ -467,22 +484,30 @@ impl<L: Link> Engine<L> {
             if held.dial {
                 if let Some(e) = self.roster.get(&pid) {
                     let addrs = e.dial_candidates();
-                    if let Some(&addr) = addrs.first() {
-                        let c = Contact {
-                            id: pid,
-                            ed25519: e.ed25519,
-                            addr,
-                        };
-                        if self.intro_at.len() < self.roster.capacity() {
-                            self.intro_at.push((now + INTRODUCE_AFTER, c));
-                        }
-                    }
-                    self.out.push_back(Output::Dial {
-                        pid,
-                        addrs,
+                    let c = Contact {
+                        id: pid,
                         ed25519: e.ed25519,
-                        fresh: false,
-                    });
+                        addr: addrs.first().copied().unwrap_or(NO_ADDRESS),
+                    };
+                    let room = self.roster.capacity();
+                    if self.intro_at.len() < room {
+                        self.intro_at.push((now + INTRODUCE_AFTER, c));
+                    }
+                    if addrs.is_empty() {
+                        // Nowhere to dial (behind a NAT that maps every destination apart, it
+                        // publishes no address): only an introduction or a circuit opens a
+                        // path, from its side.
+                        if self.intro_wait.len() < room {
+                            self.intro_wait.push((now + INTRODUCED_WITHIN, pid));
+                        }
+                    } else {
+                        self.out.push_back(Output::Dial {
+                            pid,
+                            addrs,
+                            ed25519: e.ed25519,
+                            fresh: false,
+                        });
+                    }
                 }
             }
             return None;
@@ -534,6 +559,16 @@ impl<L: Link> Engine<L> {
             .map(|(_, c)| *c)
             .collect();
         self.intro_at.retain(|(t, _)| *t > now);
+        let waited: Vec<PeerId> = self
+            .intro_wait
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        self.intro_wait.retain(|(t, _)| *t > now);
+        for p in waited {
+            self.handle_dial_end(&p);
+        }
         self.relay.expire(now);
         for c in due {
             self.ask_introduction(now, c);

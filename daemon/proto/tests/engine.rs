@@ -173,3 +173,30 @@ fn the_owner_answers_for_its_own_record() {
     // Not newer than what the asker has: contacts instead.
     assert!(matches!(ask(&mut d, 7), Some(Response::Nodes { .. })));
 }
+
+/// A member that reaches us through a relay (its connection's address a local stand-in in
+/// 240.0.0.0/8) is answered but never goes into the table, where others would be told of an
+/// address none of them can dial.
+#[test]
+fn relayed_contacts_are_answered_and_not_learnt() {
+    let mut d = Dht::new(contact(0), Plain, 1);
+    let relayed = Contact {
+        addr: shadowmesh_proto::relay::mapped(7),
+        ..contact(5)
+    };
+    let r = d.handle_request(
+        relayed,
+        shadowmesh_proto::dht::wire::Request::Ping,
+        Duration::from_secs(1),
+        0,
+    );
+    assert!(matches!(r, Some(Response::Pong { .. })));
+    assert!(!d.table().contains(&relayed.id));
+    d.handle_request(
+        contact(6),
+        shadowmesh_proto::dht::wire::Request::Ping,
+        Duration::from_secs(1),
+        0,
+    );
+    assert!(d.table().contains(&contact(6).id), "a direct one is");
+}

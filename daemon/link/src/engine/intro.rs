@@ -212,7 +212,12 @@ impl<L: Link> Engine<L> {
         }
         let dial = c.status == CircuitStatus::Dial;
         if dial {
-            if self.relay_dialled.offer(now, id) != Verdict::Dial {
+            // Per relay and member: when one relay's circuit fails, another's is tried.
+            let mut pair = relay;
+            for (a, b) in pair.0.iter_mut().zip(id.0) {
+                *a ^= b;
+            }
+            if self.relay_dialled.offer(now, pair) != Verdict::Dial {
                 return;
             }
             self.relay_dialled.finished();

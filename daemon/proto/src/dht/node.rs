@@ -264,7 +264,9 @@ impl<C: RecordCheck> Dht<C> {
     }
 
     fn heard_from(&mut self, c: Contact, now: Duration) {
-        if c.id == self.local.id {
+        // A member that reaches us through a relay is known here by a local stand-in address
+        // (240.0.0.0/8) that no other node can dial: answered, never passed on.
+        if c.id == self.local.id || crate::relay::is_mapped(c.addr) {
             return;
         }
         if let Insert::PingLru(lru) = self.table.insert(c, now) {

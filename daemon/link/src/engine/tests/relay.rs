@@ -82,9 +82,17 @@ fn a_relay_opens_a_circuit_as_it_introduces_and_forwards_only_along_it() {
     assert_eq!(e.relay_forward(S(1), at(3), ca.id, 100), None);
     let r = e.relay().unwrap();
     assert_eq!((r.counters().packets, r.counters().dropped), (2, 1));
-    // A member's link goes: its circuits with it.
+    // A member's link goes (replaced, redialled): its circuits stay, and expire unused.
     e.handle_link_down(&pid(2), 2);
-    assert_eq!(e.relay_forward(S(1), at(1), ca.id, 100), None);
+    assert_eq!(
+        e.relay_forward(S(2), at(1), ca.id, 100),
+        Some((at(2), cb.id))
+    );
+    e.handle_timeout(S(2) + crate::relay::CIRCUIT_IDLE);
+    assert_eq!(
+        e.relay_forward(S(2) + crate::relay::CIRCUIT_IDLE, at(1), ca.id, 100),
+        None
+    );
     // Off: nothing is forwarded, nothing is opened.
     e.set_relay(false);
     assert!(e.relay().is_none());
@@ -193,7 +201,7 @@ fn an_end_maps_the_circuit_dials_through_it_and_a_direct_link_replaces_it() {
             if *relay == pid(5) && peer.id == pid(2)),
         "{out:?}"
     );
-    // Once per INTRODUCE_AGAIN.
+    // Once per INTRODUCE_AGAIN through one relay; another relay's circuit is tried too.
     e.handle_control(
         S(2),
         pid(5),
@@ -202,6 +210,26 @@ fn an_end_maps_the_circuit_dials_through_it_and_a_direct_link_replaces_it() {
         &circuit(CircuitStatus::Dial),
     );
     assert!(drain(&mut e).is_empty());
+    e.handle_link_up(
+        S(0),
+        0,
+        pid(6),
+        link_at(6, 6, at(6), S(0)),
+        record(6, &[]),
+        at(6),
+    );
+    drain(&mut e);
+    e.handle_control(
+        S(2),
+        pid(6),
+        6,
+        MsgType::Circuit,
+        &circuit(CircuitStatus::Dial),
+    );
+    assert!(matches!(
+        &drain(&mut e)[..],
+        [Output::Circuit { relay, dial: true, .. }] if *relay == pid(6)
+    ));
     // A refusal asks nothing of the shell but its log.
     e.handle_control(
         S(2),
@@ -275,4 +303,60 @@ fn introductions_are_asked_of_relays_first() {
         .collect();
     assert_eq!(asked.len(), INTRODUCERS);
     assert_eq!(asked[0], pid(6), "the relay first: {asked:?}");
+}
+
+#[test]
+fn a_member_with_no_address_is_reached_by_introduction_alone() {
+    let mut e = engine(vec![]);
+    e.handle_link_up(
+        S(0),
+        0,
+        pid(5),
+        link_at(5, 5, at(5), S(0)),
+        record(5, &[]),
+        at(5),
+    );
+    // Member 4 published no address (a symmetric NAT) and never linked with us directly.
+    let mut r = record(4, &[]);
+    r.0.addrs.clear();
+    e.handle_link_up(
+        S(0),
+        0,
+        pid(4),
+        link_at(4, 4, mapped(9), S(0)),
+        r,
+        mapped(9),
+    );
+    drain(&mut e);
+    e.handle_link_down(&pid(4), 4);
+    assert!(e.route(S(10), ipv4_of(4), &[1]).is_none());
+    assert!(e.route(S(10), ipv4_of(4), &[2]).is_none());
+    assert!(drain(&mut e).is_empty(), "nothing to dial");
+    e.handle_timeout(S(10) + INTRODUCE_AFTER);
+    let asked = contacts_in(&drain(&mut e), MsgType::IntroduceReq);
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].0, asked[0].1.id), (pid(5), pid(4)));
+    // What waited goes out when the member reaches us in time.
+    let m = mapped(10);
+    assert!(e.handle_link_up(
+        S(12),
+        0,
+        pid(4),
+        link_at(41, 4, m, S(12)),
+        record(4, &[]),
+        m
+    ));
+    let sent = drain(&mut e)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send(p, _) if *p == pid(4)))
+        .count();
+    assert_eq!(sent, 2);
+    // Not in time: the queue is dropped at INTRODUCED_WITHIN and the next packet tries again.
+    e.handle_link_down(&pid(4), 41);
+    assert!(e.route(S(20), ipv4_of(4), &[3]).is_none());
+    e.handle_timeout(S(20) + INTRODUCED_WITHIN);
+    drain(&mut e);
+    let m = e.members().get(&pid(4)).unwrap();
+    assert_eq!(m.counters.tx_dropped, 1);
+    assert!(!m.wait.dialling());
 }
