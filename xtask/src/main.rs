@@ -43,6 +43,7 @@ mod boards;
 mod clock;
 mod collide;
 mod cross;
+mod delay_line;
 mod demo;
 mod flood;
 mod hil;
@@ -93,6 +94,10 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
+        Some("delay-line") => match (args.get(1), args.get(2).and_then(|m| m.parse().ok())) {
+            (Some(dev), Some(ms)) => delay_line::run(dev, std::time::Duration::from_millis(ms)),
+            _ => Err("usage: cargo xtask delay-line DEV MS (the NAT lab runs it)".into()),
+        },
         Some("nat-lab") => release_bin().and_then(|bin| {
             let json = args[1..].iter().any(|a| a == "--json");
             let rep = nat_lab::run(&bin, json)?;
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

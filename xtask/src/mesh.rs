@@ -32,6 +32,9 @@ pub struct Report {
     pub relays: Vec<(String, u64, f64)>,
     /// CPU ms per GB: at a relay for relayed traffic, at the sender for direct traffic.
     pub cost: Option<(f64, f64)>,
+    /// The longest stall of a transfer across a NAT rebinding, and across a relay's death (s).
+    pub rebinding_gap_s: Option<f64>,
+    pub relay_kill_gap_s: Option<f64>,
 }
 
 impl Report {

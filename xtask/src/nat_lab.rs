@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!                      inet (the "internet": a router between public /24s)
-//!        198.51.100.2 seed     203.0.113.2 p (a public member)
+//!        198.51.100.2 seed     203.0.113.2 p, 192.0.2.2 q (public members, relays)
 //!        198.18.N.2 natN (WAN) --nftables NAT-- 10.N.0.1 | 10.N.0.2 gwN (a member)
 //! ```
 //!
@@ -20,14 +20,17 @@
 //! class of its NAT (`status`: `observed`, `nat`), the public member that it has none; a
 //! member's record carries its observed address; every pair of members pings the other's
 //! overlay address within 2 s, and goes direct within 5 s (`peers`: `path`) unless a symmetric
-//! NAT faces a filtering one, where the public member relays; datagrams a stranger sends the
-//! relay with made-up circuit ids go nowhere. Last, a gateway behind a port-restricted NAT
+//! NAT faces a filtering one, where a public member relays; datagrams a stranger sends a relay
+//! with made-up circuit ids go nowhere; iperf3 between two gateways completes while both their
+//! routers lose every mapping (`conntrack -F`), and between a relayed pair while its relay is
+//! killed (the other relay takes over). Last, a gateway behind a port-restricted NAT
 //! restarts on another port and must reach another such gateway: only an introduction through
 //! a member both hold links with (each dials the other at once) gets it through.
 //!
 //! Reported: the matrix of every pair: whether it worked, how long the first reply took, over
 //! what path, when it went direct, and iperf3 TCP throughput over it (2 s); the bytes and CPU
-//! time the relay spent, and its CPU per relayed GB against a direct sender's per GB.
+//! time the relays spent, their CPU per relayed GB against a direct sender's per GB, and the
+//! longest stall of each of the two transfers above.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -73,10 +76,15 @@ struct Pair {
 
 /// Seconds of iperf3 per pair that passes traffic.
 const IPERF_SECONDS: u32 = 2;
+/// Seconds of iperf3 for the relay's cost per GB.
+const COST_SECONDS: u32 = 5;
+/// The public side's one-way delay (the delay line), and its loss in percent (nftables).
+const DELAY_MS: u32 = 20;
+const LOSS_PCT: u32 = 1;
 
 /// Runs the lab with daemon binary `bin`; `json`: print the result as one JSON object.
 pub fn run(bin: &Path, json: bool) -> Result<Report> {
-    let mut names = vec!["seed".to_string(), "p".to_string()];
+    let mut names = vec!["seed".to_string(), "p".to_string(), "q".to_string()];
     names.extend((1..=NATS.len()).map(|i| format!("gw{i}")));
     let rep = lab::in_lab(bin, &names, |lab| scenario(lab, json))?;
     if !json {
@@ -165,11 +173,15 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         }
     };
     say(&format!(
-        "building the NAT lab: a seed, a public member, {} gateways behind NAT routers",
+        "building the NAT lab: a seed, two public members, {} gateways behind NAT routers",
         NATS.len()
     ));
     let inet = lab.ns("inet")?;
     lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
+    let impairment = Impairment::on(lab, &inet, DELAY_MS, LOSS_PCT)?;
+    say(&format!(
+        "the public side: {DELAY_MS} ms of delay and {LOSS_PCT}% loss per crossing"
+    ));
     let nk = crate::support::random_network_key()?;
 
     let seed_ns = lab.ns("seed")?;
@@ -203,6 +215,24 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         node,
         nat: "none",
         public_ip: "203.0.113.2".into(),
+    });
+    // A second public member: a second relay, for when the first one dies.
+    let q_ns = lab.ns("q")?;
+    uplink(&inet, &q_ns, "eth0", "192.0.2")?;
+    let (key, id) = lab.keygen("q")?;
+    let node = Node {
+        name: "q".into(),
+        config: lab.write_config("q", &key, Some(&nk), Some(&boot), &[])?,
+        ns: q_ns,
+        underlay: "192.0.2.2".into(),
+        peer_id: id,
+        lan: None,
+    };
+    lab.start(&node)?;
+    members.push(Member {
+        node,
+        nat: "none",
+        public_ip: "192.0.2.2".into(),
     });
     for (i, kind) in NATS.iter().enumerate() {
         let i = i + 1;
@@ -311,8 +341,8 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
     }
 
     // A gateway's record carries the address it was seen at: the public member finds it there.
-    let gw1 = &members[1];
-    let seen = observed(&status[1]).first().cloned().unwrap_or_default();
+    let gw1 = &members[2];
+    let seen = observed(&status[2]).first().cloned().unwrap_or_default();
     let t = Instant::now();
     let mut found = String::new();
     while t.elapsed() < Duration::from_secs(20) {
@@ -331,9 +361,9 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         },
     );
 
-    // The relay's CPU time and bytes before the matrix (the public member relays; the seed
+    // The relays' CPU time and bytes before the matrix (the public members relay; the seed
     // holds no network key, so it is no member and carries no circuits).
-    let relays: Vec<&Node> = vec![&members[0].node];
+    let relays: Vec<Node> = vec![members[0].node.clone(), members[1].node.clone()];
     let cpu_before: Vec<u64> = relays.iter().map(|n| cpu_ticks(lab, &n.name)).collect();
     let bytes_before: Vec<u64> = relays.iter().map(|n| relayed_bytes(lab, n)).collect();
 
@@ -343,8 +373,6 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         .map(|s| field(s, "overlay_ipv4").unwrap_or_default())
         .collect();
     let mut pairs = vec![];
-    // Per pair with traffic: its path, and CPU ms per GB at the relay and at the sender.
-    let mut cost: Vec<(&str, f64, f64)> = vec![];
     for (a, from) in members.iter().enumerate() {
         for (b, dst) in overlay.iter().enumerate().skip(a + 1) {
             let t = Instant::now();
@@ -365,14 +393,6 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 }
                 sleep(Duration::from_millis(100))?;
             }
-            // CPU time of the relay and of the sending end over the iperf3 run.
-            let cpu = |lab: &Lab| {
-                (
-                    cpu_ticks(lab, &relays[0].name),
-                    cpu_ticks(lab, &from.node.name),
-                )
-            };
-            let before = cpu(lab);
             let mbps = match first {
                 Some(_) => {
                     let to = members[b].node.ns.clone();
@@ -380,15 +400,6 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 }
                 None => None,
             };
-            let after = cpu(lab);
-            if let Some(m) = mbps.filter(|m| *m > 0.0) {
-                let gb = m * IPERF_SECONDS as f64 / 8e3;
-                let per_gb =
-                    |a: u64, b: u64| a.saturating_sub(b) as f64 * 1e3 / clock_ticks() as f64 / gb;
-                let relay_ms = per_gb(after.0, before.0);
-                let sender_ms = per_gb(after.1, before.1);
-                cost.push((path, relay_ms, sender_ms));
-            }
             pairs.push(Pair {
                 a,
                 b,
@@ -441,22 +452,42 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         ));
         rep.relays.push((n.name.clone(), bytes, cpu_ms));
     }
-    // What a relayed GB costs the relay, against what a direct GB costs its sender (pairs the
-    // relay is not an end of; each iperf3 run's CPU time over the bytes it moved).
-    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let relayed = mean(
-        cost.iter()
-            .filter(|c| c.0 == "relayed")
-            .map(|c| c.1)
-            .collect(),
-    );
-    let direct = mean(
-        cost.iter()
-            .filter(|c| c.0 == "direct")
-            .map(|c| c.2)
-            .collect(),
-    );
-    if let (Some(r), Some(d)) = (relayed, direct) {
+    // The public side clean again for what follows: costs and stalls measured without the
+    // loss's noise.
+    impairment.off()?;
+
+    // What a relayed GB costs its relay, against what a direct GB costs its sender: gw1 to gw4
+    // (relayed) and gw1 to gw3 (direct), each run's CPU time over the bytes it moved.
+    let mut cost = [0.0f64; 2];
+    for (i, b) in [5usize, 4].into_iter().enumerate() {
+        let (from, to) = (members[2].node.clone(), members[b].node.clone());
+        let peers = lab::members(&lab.ctl(&from, "peers"));
+        let via = lab::member_of(&peers, &to.peer_id)
+            .and_then(|m| field(m, "relay"))
+            .and_then(|r| relays.iter().find(|n| n.peer_id == r))
+            .map(|n| n.name.clone());
+        let who = if i == 0 {
+            via.clone()
+        } else {
+            Some(from.name.clone())
+        };
+        let Some(who) = who else {
+            break;
+        };
+        let before = cpu_ticks(lab, &who);
+        let mbps = lab::iperf3(lab, &to.ns, &from.ns, &overlay[b], COST_SECONDS)?;
+        let ms = cpu_ticks(lab, &who).saturating_sub(before) as f64 * 1e3 / clock_ticks() as f64;
+        let gb = mbps * COST_SECONDS as f64 / 8e3;
+        cost[i] = if gb > 0.0 { ms / gb } else { 0.0 };
+        say(&format!(
+            "{} to {} ({}): {mbps:.0} Mbit/s, {ms:.0} ms of CPU at {who}",
+            from.name,
+            to.name,
+            if i == 0 { "relayed" } else { "direct" }
+        ));
+    }
+    if cost.iter().all(|c| *c > 0.0) {
+        let (r, d) = (cost[0], cost[1]);
         say(&format!(
             "CPU per GB: {r:.0} ms at the relay for a relayed pair, {d:.0} ms at the sender of a direct one ({:.2}x)",
             r / d
@@ -495,19 +526,92 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         ),
     );
 
+    // NAT rebinding mid-transfer: both routers of a direct pair lose every mapping at once
+    // (conntrack flushed); the next packets each side sends map afresh and meet, as a hole
+    // punch does.
+    let (a, b) = (members[2].node.clone(), members[3].node.clone());
+    let nats = [ns_of(lab, "nat1"), ns_of(lab, "nat2")];
+    let t = transfer(lab, &a, &b, &overlay[3], 10, Duration::from_secs(3), |_| {
+        for n in &nats {
+            let ok = lab::netns_exec(n, &["conntrack", "-F"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!(
+                    "conntrack -F in {n} failed (apt-get install conntrack)"
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    say(&format!("NAT rebinding mid-transfer: {t}"));
+    rep.check(
+        "gw1 to gw2: iperf3 completes across both NATs losing their mappings",
+        t.completed,
+        t.to_string(),
+    );
+    rep.rebinding_gap_s = Some(t.gap_s);
+
+    // The relay of a relayed pair dies mid-transfer: the pair's data goes unanswered, its link
+    // is given up after UNANSWERED_AFTER, and the next packets are introduced again through the
+    // other relay.
+    let (a, b) = (members[3].node.clone(), members[5].node.clone());
+    let peers = lab::members(&lab.ctl(&a, "peers"));
+    let via = lab::member_of(&peers, &b.peer_id)
+        .and_then(|m| field(m, "relay"))
+        .and_then(|r| relays.iter().find(|n| n.peer_id == r).cloned());
+    match via {
+        Some(r) => {
+            let other = relays.iter().find(|n| n.name != r.name).cloned();
+            let t = transfer(
+                lab,
+                &a,
+                &b,
+                &overlay[5],
+                20,
+                Duration::from_secs(4),
+                |lab| lab.kill9(&r.name),
+            )?;
+            let peers = lab::members(&lab.ctl(&a, "peers"));
+            let now_via = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "relay"));
+            say(&format!(
+                "relay {} killed mid-transfer (gw2 to gw4): {t}; now through {}",
+                r.name,
+                now_via.as_deref().map_or("nothing".into(), |v| relays
+                    .iter()
+                    .find(|n| n.peer_id == v)
+                    .map_or(v.to_string(), |n| n.name.clone()))
+            ));
+            rep.check(
+                &format!("gw2 to gw4: iperf3 completes when relay {} dies", r.name),
+                t.completed && now_via.is_some() && now_via == other.map(|o| o.peer_id),
+                t.to_string(),
+            );
+            rep.relay_kill_gap_s = Some(t.gap_s);
+        }
+        None => rep.check(
+            "gw2 to gw4 goes through a relay before one is killed",
+            false,
+            "not relayed".into(),
+        ),
+    }
+
     // gw1 restarts on another port (a reboot, a NAT that moved it): gw2 still holds its old
     // connection, and gw2's NAT lets nothing in from gw1's new port. gw1 learns of gw2 from the
     // public member, and its dial only completes because the public member introduces them.
-    lab.kill9(&members[1].node.name)?;
-    let conf = std::fs::read_to_string(&members[1].node.config).map_err(|e| e.to_string())?;
+    let gw1 = members[2].node.clone();
+    lab.kill9(&gw1.name)?;
+    let conf = std::fs::read_to_string(&gw1.config).map_err(|e| e.to_string())?;
     std::fs::write(
-        &members[1].node.config,
+        &gw1.config,
         conf.replace("listen_port '4433'", "listen_port '4434'"),
     )
     .map_err(|e| e.to_string())?;
-    lab.start(&members[1].node)?;
+    lab.start(&gw1)?;
     let t = Instant::now();
-    let up = lab::until_reachable(&members[1].node.ns, &overlay[2], Duration::from_secs(20))?;
+    let up = lab::until_reachable(&gw1.ns, &overlay[3], Duration::from_secs(20))?;
     rep.check(
         "gw1, restarted on a new port, reaches gw2 (both port-restricted) through an introduction",
         up.is_some(),
@@ -541,11 +645,13 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             .iter()
             .map(|(n, b, cpu)| format!("{{\"name\":\"{n}\",\"bytes\":{b},\"cpu_ms\":{cpu:.0}}}"))
             .collect();
+        let gap = |g: Option<f64>| g.map_or("null".into(), |g| format!("{g:.1}"));
+        let (rebind, kill) = (gap(rep.rebinding_gap_s), gap(rep.relay_kill_gap_s));
         let cost = rep.cost.map_or("null".into(), |(r, d)| {
             format!("{{\"relay_cpu_ms_per_gb\":{r:.0},\"direct_sender_cpu_ms_per_gb\":{d:.0}}}")
         });
         println!(
-            "{{\"pairs\":[{}],\"runs\":1,\"relays\":[{}],\"cost\":{cost},\"failures\":[{}]}}",
+            "{{\"pairs\":[{}],\"runs\":1,\"relays\":[{}],\"cost\":{cost},\"rebinding_gap_s\":{rebind},\"relay_kill_gap_s\":{kill},\"failures\":[{}]}}",
             list.join(","),
             relays.join(","),
             failures.join(",")
@@ -581,6 +687,202 @@ fn lookup(lab: &Lab, node: &Node, peer_id: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Delay and loss on everything the "internet" router forwards: the packets go through a delay
+/// line (`cargo xtask delay-line`, a TUN in its namespace; policy routing sends every packet
+/// not coming from it to it) and nftables drops `loss` in a hundred on their way in.
+struct Impairment {
+    inet: String,
+    /// The delay line's PID (its `Child` is the lab's, which reaps it).
+    line: u32,
+}
+
+impl Impairment {
+    fn on(lab: &mut Lab, inet: &str, delay_ms: u32, loss: u32) -> Result<Impairment> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = exe.to_string_lossy().to_string();
+        let line = lab::netns_exec(inet, &[&exe, "delay-line", "dl0", &delay_ms.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("delay line: {e}"))?;
+        let imp = Impairment {
+            inet: inet.to_string(),
+            line: line.id(),
+        };
+        // The lab ends it with the rest if anything below fails.
+        lab.others.push(line);
+        let t = Instant::now();
+        while ip(&["-n", inet, "link", "show", "dl0"]).is_err() {
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err("the delay line's device did not appear".into());
+            }
+            sleep(Duration::from_millis(50))?;
+        }
+        for k in ["all", "default", "dl0"] {
+            lab.sysctl(inet, &format!("net.ipv4.conf.{k}.rp_filter=0"))?;
+        }
+        ip(&["-n", inet, "link", "set", "dl0", "up"])?;
+        ip(&[
+            "-n", inet, "route", "add", "default", "dev", "dl0", "table", "100",
+        ])?;
+        ip(&[
+            "-n", inet, "rule", "add", "iif", "dl0", "lookup", "main", "pref", "100",
+        ])?;
+        ip(&["-n", inet, "rule", "add", "lookup", "100", "pref", "101"])?;
+        nft(
+            inet,
+            &format!(
+                "table inet impair {{\n chain loss {{\n  type filter hook forward priority 0; policy accept;\n  \
+                 iifname != \"dl0\" numgen random mod 100 < {loss} drop\n }}\n}}\n"
+            ),
+        )?;
+        Ok(imp)
+    }
+
+    /// Takes the delay and loss away (the delay line we started ends).
+    fn off(self) -> Result {
+        let inet = &self.inet;
+        ip(&["-n", inet, "rule", "del", "pref", "101"])?;
+        ip(&["-n", inet, "rule", "del", "pref", "100"])?;
+        nft(inet, "delete table inet impair")?;
+        // SAFETY: kill(2) on the delay line we started; the lab holds it unreaped.
+        unsafe { libc::kill(self.line as libc::pid_t, libc::SIGKILL) };
+        Ok(())
+    }
+}
+
+/// What one iperf3 run across an event measured.
+struct Transfer {
+    /// iperf3 ended with its results.
+    completed: bool,
+    /// Its average, Mbit/s.
+    mbps: f64,
+    /// The longest run of half-second intervals that moved (almost) nothing, in seconds.
+    gap_s: f64,
+    /// What iperf3 said went wrong, if it did.
+    error: Option<String>,
+}
+
+impl std::fmt::Display for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.completed {
+            write!(
+                f,
+                "completed, {:.0} Mbit/s, longest gap {:.1} s",
+                self.mbps, self.gap_s
+            )
+        } else {
+            write!(
+                f,
+                "did not complete: {} (longest gap {:.1} s)",
+                self.error.as_deref().unwrap_or("no result"),
+                self.gap_s
+            )
+        }
+    }
+}
+
+/// The namespace the lab made for `name`.
+fn ns_of(lab: &Lab, name: &str) -> String {
+    format!("{}{name}", lab.tag)
+}
+
+/// iperf3 TCP from `a` to `b` (at `dst`) for `secs`, with `event` done `at` into it; waits up
+/// to two minutes past its end for it to finish.
+fn transfer(
+    lab: &mut Lab,
+    a: &Node,
+    b: &Node,
+    dst: &str,
+    secs: u32,
+    at: Duration,
+    event: impl FnOnce(&mut Lab) -> Result,
+) -> Result<Transfer> {
+    use std::process::Stdio;
+    let server = lab::netns_exec(&b.ns, &["iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    lab.others.push(server);
+    sleep(Duration::from_millis(500))?;
+    let mut client = lab::netns_exec(
+        &a.ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-t",
+            &secs.to_string(),
+            "-i",
+            "0.5",
+            "-J",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .map_err(|e| format!("iperf3: {e}"))?;
+    sleep(at)?;
+    let done = event(lab);
+    let limit = Instant::now() + Duration::from_secs(secs as u64 + 120);
+    let completed = loop {
+        match client.try_wait() {
+            Ok(Some(s)) => break s.success(),
+            Ok(None) if Instant::now() < limit => sleep(Duration::from_millis(200))?,
+            _ => {
+                let _ = client.kill();
+                break false;
+            }
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut out) = client.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut text);
+    }
+    let _ = client.wait();
+    done?;
+    let error = text.split("\"error\":").nth(1).map(|e| {
+        e.trim()
+            .trim_start_matches('"')
+            .split('"')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    });
+    let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    // Each interval's "sum": {"start", "end", "seconds", "bytes", ...}.
+    let intervals = text
+        .split("\"intervals\":[")
+        .nth(1)
+        .and_then(|r| r.split("\"end\":{").next())
+        .unwrap_or("");
+    let mut gap = 0.0f64;
+    let mut run = 0.0f64;
+    for sum in intervals.split("\"sum\":{").skip(1) {
+        let num = |k: &str| field(&format!("{{{sum}"), k).and_then(|v| v.parse::<f64>().ok());
+        let (secs, bytes) = (num("seconds").unwrap_or(0.0), num("bytes").unwrap_or(0.0));
+        // Under 1% of the interval at 10 Mbit/s: nothing got through.
+        if bytes < secs * 10e6 / 8.0 / 100.0 {
+            run += secs;
+            gap = gap.max(run);
+        } else {
+            run = 0.0;
+        }
+    }
+    let mbps = text
+        .rfind("\"sum_received\"")
+        .and_then(|i| field(&text[i..], "bits_per_second"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |b| b / 1e6);
+    Ok(Transfer {
+        completed: completed && mbps > 0.0,
+        mbps,
+        gap_s: gap,
+        error,
+    })
 }
 
 /// User and system CPU time of daemon `name`, in clock ticks (0 if it is not running).

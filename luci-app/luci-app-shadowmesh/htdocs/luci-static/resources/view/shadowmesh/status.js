@@ -213,7 +213,7 @@ return view.extend({
 				E('td', { 'class': 'td', 'title': p.peer_id }, [p.name]),
 				E('td', { 'class': 'td' }, [[p.overlay_ipv4, p.overlay_ipv6].filter(Boolean).join(' ')]),
 				E('td', { 'class': 'td' }, [p.endpoint || '-']),
-				E('td', { 'class': 'td' }, [p.connected ? (p.path == 'relayed' ? _('relayed') : _('direct')) : _('not connected')]),
+				E('td', { 'class': 'td' }, [p.connected ? (p.path == 'relayed' ? _('relayed via %s').format((p.relay || '').slice(0, 12)) : _('direct')) : _('not connected')]),
 				E('td', { 'class': 'td' }, [p.connected ? '%.1f ms'.format(p.rtt_ms) : '-']),
 				E('td', { 'class': 'td' }, ['%1024.1mB / %1024.1mB'.format(+p.rx_bytes || 0, +p.tx_bytes || 0)]),
 				E('td', { 'class': 'td' }, [fmtAgo(p.last_handshake)])
