@@ -304,7 +304,7 @@ impl<L: Link> Engine<L> {
                     .push_back(Output::Control(p, MsgType::Peers, body.clone()));
             }
         }
-        if self.fast_lane && !relayed {
+        if self.fast_lane {
             self.out
                 .push_back(Output::Control(pid, MsgType::FastLane, Vec::new()));
         }

@@ -68,12 +68,11 @@ impl Paths {
     }
 
     /// The member takes data frames as plain UDP, at its QUIC path's address (where it said
-    /// so from). Not over a relay: there the QUIC datagrams are the only lane (the relay
-    /// forwards the connection's packets, and frames in them reach the member end to end).
+    /// so from). Through a relay that address is the circuit's local one: the frames go to the
+    /// relay in the circuit's envelope, outside QUIC (whose loss-based congestion control held
+    /// a relayed TCP flow to 1-2 Mbit/s at 1% loss and 80 ms).
     pub fn offer_fast(&mut self) {
-        if !self.relayed() {
-            self.fast = Some(Path::new(PathKind::Fast, self.quic.addr));
-        }
+        self.fast = Some(Path::new(PathKind::Fast, self.quic.addr));
     }
 
     /// Whether the QUIC path goes through a relay (its address is a relayed member's local
@@ -148,11 +147,11 @@ mod tests {
         assert_eq!(p.fast_addr(), Some(a(1)));
         let kinds: Vec<_> = p.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, [PathKind::Quic, PathKind::Fast]);
-        // Over a relay, never.
+        // Through a relay: at the circuit's local address.
         let mut r = Paths::new(shadowmesh_proto::relay::mapped(3));
         assert!(r.relayed());
         r.offer_fast();
-        assert_eq!(r.fast_addr(), None);
+        assert_eq!(r.fast_addr(), Some(shadowmesh_proto::relay::mapped(3)));
     }
 
     #[test]

@@ -310,7 +310,15 @@ impl DemuxSocket {
             return false;
         };
         if let Some(local) = self.relayed.local(meta.addr, id) {
-            let payload = &d[ENVELOPE_LEN..];
+            let payload = &mut d[ENVELOPE_LEN..];
+            // A data frame on the fast lane through the circuit: opened where it landed.
+            if is_frame(payload) {
+                if let Some(f) = sink {
+                    f.frame(local, payload);
+                }
+                return false;
+            }
+            let payload = &*payload;
             let m = RecvMeta {
                 addr: local,
                 len: payload.len(),

@@ -36,7 +36,30 @@ impl DataPlane {
         let Some((to, pid)) = batch.to else {
             return;
         };
-        let sent = match (
+        let sent = if shadowmesh_proto::relay::is_mapped(to) {
+            self.send_relayed(batch, to)
+        } else {
+            self.send_direct(batch, to)
+        };
+        if let Some(m) = self.core.borrow_mut().parts_mut().1.get_mut(&pid) {
+            if sent {
+                m.counters.tx_packets += batch.count as u64;
+                m.counters.tx_bytes += batch.bytes;
+            } else {
+                // A full socket buffer drops, as a router queue would.
+                m.counters.tx_dropped += batch.count as u64;
+            }
+        }
+        batch.buf.clear();
+        batch.count = 0;
+        batch.bytes = 0;
+        batch.closed = false;
+        batch.to = None;
+    }
+
+    /// Sends `batch` to `to` on the socket: a GSO batch in one `sendmsg` where it can.
+    fn send_direct(&self, batch: &Batch, to: SocketAddr) -> bool {
+        match (
             self.fast_socket.borrow().as_ref(),
             self.gso.borrow().as_ref(),
         ) {
@@ -54,21 +77,24 @@ impl DataPlane {
                 .is_ok(),
             (Some(s), _) => s.send_to(&batch.buf, to).is_ok(),
             (None, _) => false,
-        };
-        if let Some(m) = self.core.borrow_mut().parts_mut().1.get_mut(&pid) {
-            if sent {
-                m.counters.tx_packets += batch.count as u64;
-                m.counters.tx_bytes += batch.bytes;
-            } else {
-                // A full socket buffer drops, as a router queue would.
-                m.counters.tx_dropped += batch.count as u64;
-            }
         }
-        batch.buf.clear();
-        batch.count = 0;
-        batch.bytes = 0;
-        batch.closed = false;
-        batch.to = None;
+    }
+
+    /// Sends `batch` to a member reached through a relay (`to` is the circuit's local
+    /// address): the endpoint's socket puts each frame in the circuit's envelope, to the relay.
+    fn send_relayed(&self, batch: &Batch, to: SocketAddr) -> bool {
+        use quinn::AsyncUdpSocket;
+        let Some(d) = self.demux.borrow().clone() else {
+            return false;
+        };
+        d.try_send(&quinn::udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: &batch.buf,
+            segment_size: (batch.count > 1).then_some(batch.seg),
+            src_ip: None,
+        })
+        .is_ok()
     }
 
     /// Adds a sealed frame for `pid` at `to` to `batch`, sending what it held first if the

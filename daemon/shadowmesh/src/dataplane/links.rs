@@ -338,6 +338,18 @@ impl DataPlane {
             return;
         }
         match (l.paths.fast_addr(), self.fast_socket.borrow().as_ref()) {
+            (Some(to), _) if shadowmesh_proto::relay::is_mapped(to) => {
+                if let Some(d) = self.demux.borrow().as_ref() {
+                    use quinn::AsyncUdpSocket;
+                    let _ = d.try_send(&quinn::udp::Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents: &f,
+                        segment_size: None,
+                        src_ip: None,
+                    });
+                }
+            }
             (Some(to), Some(s)) => {
                 let _ = s.send_to(&f, to);
             }

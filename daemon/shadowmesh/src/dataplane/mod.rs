@@ -223,6 +223,9 @@ pub struct DataPlane {
     mesh: RefCell<Option<Weak<dyn Dialer>>>,
     /// The endpoint's socket for fast-lane sends; `None` when the fast lane is off.
     fast_socket: RefCell<Option<std::net::UdpSocket>>,
+    /// The socket as quinn sees it, for frames to members reached through a relay (it puts
+    /// them in the circuit's envelope); `None` when the fast lane is off.
+    demux: RefCell<Option<std::sync::Arc<crate::fastlane::DemuxSocket>>>,
     /// quinn-udp's sender for GSO batches (`None`: one `sendto` per frame, as on `plain_udp`).
     gso: RefCell<Option<quinn::udp::UdpSocketState>>,
     /// With TUN offload: received TCP segments of one flow, written as one packet at the end
@@ -267,6 +270,7 @@ impl DataPlane {
             local_routes: RefCell::new(Vec::new()),
             mesh: RefCell::new(None),
             fast_socket: RefCell::new(None),
+            demux: RefCell::new(None),
             gso: RefCell::new(None),
             light: Cell::new(true),
             tun_backlog: Cell::new(false),
@@ -363,6 +367,7 @@ impl DataPlane {
             }
         }
         *self.fast_socket.borrow_mut() = Some(s);
+        *self.demux.borrow_mut() = Some(node.demux().clone());
         self.core.borrow_mut().set_fast_lane(true);
         let sink: crate::fastlane::Sink = Rc::new(FastSink(Rc::downgrade(self)));
         crate::fastlane::set_sink(local, Some(sink.clone()));

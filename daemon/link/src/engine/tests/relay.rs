@@ -240,17 +240,21 @@ fn an_end_maps_the_circuit_dials_through_it_and_a_direct_link_replaces_it() {
     );
     assert!(drain(&mut e).is_empty());
 
-    // The relayed link comes up: no fast lane offered over it, its address not published.
+    // The relayed link comes up: the fast lane offered over it too, its address not published.
     let m = mapped(1);
     assert!(e.handle_link_up(S(2), 0, pid(2), link_at(20, 2, m, S(2)), record(2, &[]), m));
     let out = drain(&mut e);
-    assert!(!out
+    assert!(out
         .iter()
         .any(|o| matches!(o, Output::Control(p, MsgType::FastLane, _) if *p == pid(2))));
     assert_eq!(e.roster().get(&pid(2)).unwrap().endpoint, None);
     e.handle_control(S(2), pid(2), 20, MsgType::FastLane, &[]);
     let l = e.link_mut(&pid(2)).unwrap();
-    assert_eq!(l.paths.fast_addr(), None, "not over a relay");
+    assert_eq!(
+        l.paths.fast_addr(),
+        Some(m),
+        "to the circuit's local address"
+    );
     // A direct link replaces it whatever the precedence; a relayed one never replaces that.
     let mut direct = link_at(21, 2, at(2), S(3));
     direct.precedence = 0;
