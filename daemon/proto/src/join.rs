@@ -1,11 +1,12 @@
 //! The join string: what a new gateway needs to become a member, in one line that fits a QR
 //! code and a clipboard.
 //!
-//! `shadowmesh:join?network_key=HEX64&bootstrap=PEERID@IP:PORT[&bootstrap=…]`
+//! `shadowmesh:join?network_key=HEX64&bootstrap=PEERID@HOST:PORT[&bootstrap=…]`
 //!
 //! - `network_key`: the mesh's 32-byte key, 64 hex digits, exactly once;
 //! - `bootstrap`: one to [`MAX_BOOTSTRAP`] gateways to join through, each exactly as
-//!   `list bootstrap` takes it (IPv6 in brackets, port not 0);
+//!   `list bootstrap` takes it: an address (IPv6 in brackets) or a DNS name, port not 0
+//!   ([`HostPort`]; a home router is often reached by a dynamic-DNS name);
 //! - values may be percent-encoded (`%40` for `@`, as some QR readers and chat apps rewrite
 //!   them); parameters this version does not know are skipped, so a newer string still joins.
 //!
@@ -57,13 +58,90 @@ impl fmt::Display for JoinError {
 
 impl std::error::Error for JoinError {}
 
+/// Where a gateway is: an address, or a DNS name and a port (resolved by whoever dials it,
+/// again when it may have moved).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPort {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A DNS name (letters, digits, `-` and `.`; checked by [`parse_host_port`]) and port.
+    Name(String, u16),
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPort::Addr(a) => write!(f, "{a}"),
+            HostPort::Name(n, p) => write!(f, "{n}:{p}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(a: SocketAddr) -> HostPort {
+        HostPort::Addr(a)
+    }
+}
+
+impl core::str::FromStr for HostPort {
+    type Err = &'static str;
+    fn from_str(v: &str) -> Result<HostPort, &'static str> {
+        parse_host_port(v)
+    }
+}
+
+impl HostPort {
+    /// The address, if it is one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            HostPort::Addr(a) => Some(*a),
+            HostPort::Name(..) => None,
+        }
+    }
+}
+
+/// Parses `IP:PORT` (IPv6 in brackets) or `NAME:PORT`, port not 0. A name is at most 253
+/// characters of dot-separated labels, each 1 to 63 letters, digits or `-`, not starting or
+/// ending with `-`; one that is all digits and dots (a mistyped address) is refused.
+pub fn parse_host_port(v: &str) -> Result<HostPort, &'static str> {
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err("port 0");
+        }
+        return Ok(HostPort::Addr(a));
+    }
+    let (name, port) = v
+        .rsplit_once(':')
+        .ok_or("the address must be IP:PORT or NAME:PORT")?;
+    let port: u16 = port.parse().map_err(|_| "the port must be 1 to 65535")?;
+    if port == 0 {
+        return Err("port 0");
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty()
+        || name.len() > 253
+        || !name.split('.').all(label_ok)
+        || name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return Err("the address must be IP:PORT (IPv6 in brackets) or NAME:PORT");
+    }
+    Ok(HostPort::Name(name.to_ascii_lowercase(), port))
+}
+
 /// A parsed join string.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Join {
     /// The mesh's network key.
     pub network_key: [u8; 32],
     /// Gateways to join through, in the string's order, without repeats.
-    pub bootstrap: Vec<(PeerId, SocketAddr)>,
+    pub bootstrap: Vec<(PeerId, HostPort)>,
 }
 
 impl fmt::Debug for Join {
@@ -75,17 +153,11 @@ impl fmt::Debug for Join {
     }
 }
 
-/// Parses `PEERID@IP:PORT`, the form of `list bootstrap`.
-pub fn parse_peer_addr(v: &str) -> Result<(PeerId, SocketAddr), &'static str> {
-    let (id, addr) = v.split_once('@').ok_or("expected PEERID@IP:PORT")?;
+/// Parses `PEERID@IP:PORT` or `PEERID@NAME:PORT`, the form of `list bootstrap`.
+pub fn parse_peer_addr(v: &str) -> Result<(PeerId, HostPort), &'static str> {
+    let (id, addr) = v.split_once('@').ok_or("expected PEERID@HOST:PORT")?;
     let id: PeerId = id.parse().map_err(|_| "the PeerId must be 64 hex digits")?;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| "the address must be IP:PORT (IPv6 in brackets)")?;
-    if addr.port() == 0 {
-        return Err("port 0");
-    }
-    Ok((id, addr))
+    Ok((id, parse_host_port(addr)?))
 }
 
 fn unhex(b: u8) -> Option<u8> {
@@ -130,7 +202,7 @@ pub fn parse(s: &str) -> Result<Join, JoinError> {
     }
     let query = s.strip_prefix(PREFIX).ok_or(JoinError::NotAJoinString)?;
     let mut key: Option<[u8; 32]> = None;
-    let mut bootstrap: Vec<(PeerId, SocketAddr)> = Vec::new();
+    let mut bootstrap: Vec<(PeerId, HostPort)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v)?;
@@ -254,10 +326,10 @@ mod tests {
             ),
             (
                 format!(
-                    "{PREFIX}network_key={key}&bootstrap={}@openwrt.lan:4433",
+                    "{PREFIX}network_key={key}&bootstrap={}@open_wrt.lan:4433",
                     id(2)
                 ),
-                JoinError::Bootstrap("the address must be IP:PORT (IPv6 in brackets)"),
+                JoinError::Bootstrap("the address must be IP:PORT (IPv6 in brackets) or NAME:PORT"),
             ),
             (format!("{ok}{}", "x".repeat(MAX_LEN)), JoinError::TooLong),
         ] {
@@ -273,5 +345,42 @@ mod tests {
         // Repeats count once.
         let same = format!("{ok}&{b}&{b}");
         assert_eq!(parse(&same).unwrap().bootstrap.len(), 1);
+    }
+
+    #[test]
+    fn names_are_taken_where_addresses_are() {
+        let j = format!(
+            "{PREFIX}network_key={}&bootstrap={}@Home.Example.NET.:4433",
+            "ab".repeat(32),
+            id(2)
+        );
+        let j = parse(&j).unwrap();
+        assert_eq!(
+            j.bootstrap,
+            [(id(2), HostPort::Name("home.example.net".into(), 4433))]
+        );
+        assert_eq!(parse(&j.to_string()).unwrap(), j);
+        assert_eq!(parse_host_port("gw:1"), Ok(HostPort::Name("gw".into(), 1)));
+        for bad in [
+            "gw",
+            "gw:0",
+            "gw:65536",
+            ":4433",
+            "-gw:1",
+            "gw-:1",
+            "a..b:1",
+            "1.2.3.4.5:1",
+            "10.0.0.1:x",
+            "g w:1",
+            "[::1:1",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}:1", vec!["a".repeat(63); 4].join("."));
+        assert!(parse_host_port(&long).is_err(), "254 characters");
+        assert_eq!(
+            parse_host_port("[2001:db8::1]:4433"),
+            Ok(HostPort::Addr("[2001:db8::1]:4433".parse().unwrap()))
+        );
     }
 }

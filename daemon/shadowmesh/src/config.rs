@@ -22,8 +22,8 @@
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
 //!     option offload '1'                        # 0: no TUN offload (one packet per read)
 //!     option relay 'auto'                       # relay for members: auto (when reachable), 1, 0
-//!     list bootstrap '<PEERID>@192.0.2.1:4433'
-//!     list advertise '192.0.2.7:4433'
+//!     list bootstrap '<PEERID>@192.0.2.1:4433'    # or <PEERID>@NAME:PORT (resolved now and then)
+//!     list advertise '192.0.2.7:4433'             # or NAME:PORT (a dynamic-DNS name)
 //!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
 //!     list allowed_peer '<PEERID>'
 //!     option accept_routes '1'                  # 0: install no member's LAN routes
@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use shadowmesh_proto::consts::DEFAULT_PORT;
+use shadowmesh_proto::join::{parse_host_port, HostPort};
 use shadowmesh_proto::overlay::{V4Prefix, V6Prefix};
 use shadowmesh_proto::policy::RoutePolicy;
 use shadowmesh_proto::record::Route;
@@ -99,10 +100,11 @@ pub struct Config {
     /// Discover gateways on the LAN by multicast: parsed and kept, not built yet (the daemon
     /// does nothing with it).
     pub lan_discovery: bool,
-    /// Seed nodes.
-    pub bootstrap: Vec<(PeerId, SocketAddr)>,
-    /// Addresses to publish in our record (default: the listen address if it is specific).
-    pub advertise: Vec<SocketAddr>,
+    /// Seed nodes, by address or DNS name.
+    pub bootstrap: Vec<(PeerId, HostPort)>,
+    /// Addresses to publish in our record, or DNS names resolved to them (default: the listen
+    /// address if it is specific).
+    pub advertise: Vec<HostPort>,
     /// LAN routes to advertise.
     pub routes: Vec<Route>,
     /// If non-empty, only these PeerIds may exchange packets with us.
@@ -172,8 +174,8 @@ pub fn control_path(cfg: &Config) -> PathBuf {
 /// The tunnel MTU when the configuration names none ([`crate::node::DEFAULT_TUNNEL_MTU`]).
 pub const DEFAULT_MTU: u16 = crate::node::DEFAULT_TUNNEL_MTU;
 
-/// Parses `PEERID@IP:PORT`.
-pub fn parse_bootstrap(v: &str) -> Result<(PeerId, SocketAddr), String> {
+/// Parses `PEERID@IP:PORT` or `PEERID@NAME:PORT`.
+pub fn parse_bootstrap(v: &str) -> Result<(PeerId, HostPort), String> {
     shadowmesh_proto::join::parse_peer_addr(v).map_err(String::from)
 }
 
@@ -463,8 +465,11 @@ impl Config {
                 }
                 "advertise" => {
                     for v in list(o) {
-                        c.advertise
-                            .push(v.parse().map_err(|_| bad(&v, "expected IP:PORT".into()))?);
+                        c.advertise.push(
+                            parse_host_port(&v).map_err(|m| {
+                                bad(&v, format!("expected IP:PORT or NAME:PORT: {m}"))
+                            })?,
+                        );
                     }
                 }
                 "route" => {
@@ -523,7 +528,7 @@ impl Config {
         }
         c.listen = SocketAddr::new(ip, port);
         if c.advertise.is_empty() && !ip.is_unspecified() {
-            c.advertise.push(c.listen);
+            c.advertise.push(HostPort::Addr(c.listen));
         }
         Ok(c)
     }
@@ -580,12 +585,34 @@ mod tests {
         );
         let c = parse(&t).unwrap();
         assert_eq!(c.listen, "127.0.0.1:5000".parse().unwrap());
-        assert_eq!(c.advertise, vec![c.listen]);
+        assert_eq!(c.advertise, vec![HostPort::Addr(c.listen)]);
         assert_eq!(c.network_key.as_deref(), Some(&[0x11; 32]));
         assert_eq!(c.bootstrap.len(), 1);
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.mtu, Some(1380));
         assert_eq!(parse("config shadowmesh\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bootstrap_and_advertise_take_names() {
+        let c = parse(&format!(
+            "config shadowmesh\n list bootstrap '{ID}@seed.example.net:4433'\n list advertise 'home.dyndns.example:4433'\n list advertise '192.0.2.7:4433'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.bootstrap[0].1,
+            HostPort::Name("seed.example.net".into(), 4433)
+        );
+        assert_eq!(
+            c.advertise,
+            [
+                HostPort::Name("home.dyndns.example".into(), 4433),
+                HostPort::Addr("192.0.2.7:4433".parse().unwrap())
+            ]
+        );
+        let e = parse("config shadowmesh\n list advertise 'bad_name:4433'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("advertise"));
+        assert!(e.msg.contains("NAME:PORT"), "{}", e.msg);
     }
 
     #[test]

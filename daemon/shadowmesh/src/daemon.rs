@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::keyfile::write_atomic;
 use shadowmesh_crypto::Identity;
 use shadowmesh_proto::dht::wire::{emit_contact_list, parse_contact_list, Contact};
+use shadowmesh_proto::join::HostPort;
 use shadowmesh_proto::record::Payload;
 
 use crate::args::{CliError, Opts};
@@ -147,7 +148,11 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         applied.push("log_level");
     }
     if new.routes != cfg.routes || new.advertise != cfg.advertise {
-        mesh.set_advertise(new.advertise.clone());
+        mesh.set_advertise(new.advertise.iter().filter_map(HostPort::addr).collect());
+        if crate::names::any_name(&new.advertise) {
+            let (m, list) = (mesh.clone(), new.advertise.clone());
+            tokio::task::spawn_local(async move { crate::names::advertise(&m, &list).await });
+        }
         let mut p = mesh.node().payload();
         p.routes = new.routes.clone();
         p.addrs = mesh.record_addrs();
@@ -244,7 +249,8 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         Some(nk) => crate::dataplane::member_payload_in(&pid, nk, cfg.overlay_ipv4),
         None => Payload::default(),
     };
-    payload.addrs = cfg.advertise.clone();
+    // Addresses now; names once resolved (off the start's path: DNS may be slow at boot).
+    payload.addrs = cfg.advertise.iter().filter_map(HostPort::addr).collect();
     payload.routes = cfg.routes.clone();
     let mut ncfg = NodeConfig::dht_only(cfg.listen);
     if let Some(k) = &cfg.network_key {
@@ -258,7 +264,20 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     let node =
         Node::bind(id, ncfg).map_err(|e| CliError::fail(format!("binding {}: {e}", cfg.listen)))?;
     let mesh = Mesh::new(node).map_err(|e| CliError::fail(e.to_string()))?;
-    mesh.set_advertise(cfg.advertise.clone());
+    mesh.set_advertise(cfg.advertise.iter().filter_map(HostPort::addr).collect());
+    if crate::names::any_name(
+        cfg.advertise
+            .iter()
+            .chain(cfg.bootstrap.iter().map(|(_, h)| h)),
+    ) {
+        let (m, list) = (mesh.clone(), cfg.advertise.clone());
+        tokio::task::spawn_local(async move { crate::names::advertise(&m, &list).await });
+        tokio::task::spawn_local(crate::names::refresh(
+            Rc::downgrade(&mesh),
+            cfg.advertise.clone(),
+            cfg.bootstrap.clone(),
+        ));
+    }
     mesh.observe();
     if crate::clock_unset() {
         log::warn!(
@@ -300,15 +319,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     ));
 
     let cached = read_cache(&cache_path(&cfg));
-    let mut initial: Vec<Contact> = cfg
-        .bootstrap
-        .iter()
-        .map(|(peer, addr)| Contact {
-            id: *peer,
-            ed25519: [0; 32],
-            addr: *addr,
-        })
-        .collect();
+    let mut initial: Vec<Contact> = crate::names::seeds(&cfg.bootstrap).await;
     initial.extend(cached.iter().copied());
     initial.retain(|c| c.id != pid);
     for c in &initial {

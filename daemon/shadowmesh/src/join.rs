@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use shadowmesh_proto::join::{self, Join};
+use shadowmesh_proto::join::{self, HostPort, Join};
 use shadowmesh_proto::peer::{to_hex, PeerId};
 use shadowmesh_proto::uci;
 
@@ -37,7 +37,7 @@ fn link_local(ip: &IpAddr) -> bool {
 /// Where other gateways can reach this one, best first: the advertised addresses, a specific
 /// listen address, then the host's addresses (public before private) on the listen port.
 /// Never loopback, link-local, multicast, the overlay, or a family the socket does not serve.
-pub fn offered_addrs(cfg: &Config, host: &[IpAddr]) -> Vec<SocketAddr> {
+pub fn offered_addrs(cfg: &Config, host: &[IpAddr]) -> Vec<HostPort> {
     let port = cfg.listen.port();
     let overlay = crate::config::overlay_prefixes(cfg.overlay_ipv4, cfg.network_key.as_deref());
     let serves = |ip: &IpAddr| match cfg.listen.ip() {
@@ -52,9 +52,9 @@ pub fn offered_addrs(cfg: &Config, host: &[IpAddr]) -> Vec<SocketAddr> {
             && !link_local(ip)
             && !overlay.iter().any(|p| p.contains(*ip))
     };
-    let mut out: Vec<SocketAddr> = cfg.advertise.clone();
+    let mut out: Vec<HostPort> = cfg.advertise.clone();
     if !cfg.listen.ip().is_unspecified() {
-        out.push(cfg.listen);
+        out.push(HostPort::Addr(cfg.listen));
     }
     let mut host: Vec<IpAddr> = host
         .iter()
@@ -62,7 +62,10 @@ pub fn offered_addrs(cfg: &Config, host: &[IpAddr]) -> Vec<SocketAddr> {
         .filter(|ip| usable(ip) && serves(ip))
         .collect();
     host.sort_by_key(private);
-    out.extend(host.into_iter().map(|ip| SocketAddr::new(ip, port)));
+    out.extend(
+        host.into_iter()
+            .map(|ip| HostPort::Addr(SocketAddr::new(ip, port))),
+    );
     let mut seen = Vec::with_capacity(OFFERED);
     for a in out {
         if seen.len() < OFFERED && !seen.contains(&a) {
@@ -227,7 +230,7 @@ mod tests {
         .map(|s| s.parse().unwrap())
         .collect();
         let got = offered_addrs(&c, &host);
-        let want: Vec<SocketAddr> = ["203.0.113.7:4500", "192.168.1.1:4500", "100.64.0.9:4500"]
+        let want: Vec<HostPort> = ["203.0.113.7:4500", "192.168.1.1:4500", "100.64.0.9:4500"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();

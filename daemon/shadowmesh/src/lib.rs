@@ -28,6 +28,7 @@ pub mod json;
 pub mod keyfile;
 pub mod logger;
 pub mod mesh;
+pub mod names;
 pub mod netlink;
 pub mod node;
 pub mod plainudp;

@@ -576,6 +576,16 @@ impl Mesh {
         self.republish_addrs();
     }
 
+    /// The addresses `list advertise` stands for changed (its names resolved again): our
+    /// record is re-signed and published if its addresses did.
+    pub fn advertise_addrs(self: &Rc<Self>, advertise: Vec<SocketAddr>) {
+        if self.addrs.borrow().0 == advertise {
+            return;
+        }
+        self.set_advertise(advertise);
+        self.republish_addrs();
+    }
+
     /// Sets the addresses the configuration names for our record (`list advertise`).
     pub fn set_advertise(&self, advertise: Vec<SocketAddr>) {
         self.addrs.borrow_mut().0 = advertise;

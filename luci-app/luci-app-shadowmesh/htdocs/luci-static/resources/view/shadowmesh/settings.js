@@ -71,7 +71,23 @@ function parseSocket(s) {
 	return (ip && isPort(m[2])) ? ip : null;
 }
 
-// shadowmesh:join?network_key=HEX64&bootstrap=PEERID@IP:PORT[&bootstrap=…] (the status page of a
+// A DNS name (a home router's dynamic-DNS name) and a port, or IP:PORT; the daemon's
+// parse_host_port (daemon/proto/src/join.rs) is the reference.
+function isName(n) {
+	n = n.replace(/\.$/, '');
+	if (!n || n.length > 253 || /^[\d.]+$/.test(n))
+		return false;
+	return n.split('.').every(function(l) { return /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l); });
+}
+
+function isHostPort(s) {
+	if (parseSocket(s))
+		return true;
+	var m = /^([^:\[\]]+):(\d+)$/.exec(s);
+	return !!(m && isName(m[1]) && isPort(m[2]));
+}
+
+// shadowmesh:join?network_key=HEX64&bootstrap=PEERID@HOST:PORT[&bootstrap=…] (the status page of a
 // member shows it; daemon/proto/src/join.rs is the reference): { key, bootstrap } or a message.
 function parseJoin(s) {
 	var prefix = 'shadowmesh:join?', key = null, boot = [];
@@ -129,13 +145,13 @@ var V = {
 	bootstrap: function(v) {
 		var at = v.indexOf('@');
 		if (at < 0)
-			return _('Expecting PEERID@IP:PORT');
+			return _('Expecting PEERID@IP:PORT or PEERID@NAME:PORT');
 		if (!/^[0-9a-fA-F]{64}$/.test(v.substring(0, at)))
 			return _('The PeerId before @ must be 64 hexadecimal digits');
-		return !!parseSocket(v.substring(at + 1)) || _('Expecting IP:PORT after @ (IPv6 in brackets)');
+		return isHostPort(v.substring(at + 1)) || _('Expecting IP:PORT (IPv6 in brackets) or NAME:PORT after @');
 	},
-	socket: function(v) {
-		return !!parseSocket(v) || _('Expecting IP:PORT (IPv6 in brackets)');
+	hostport: function(v) {
+		return isHostPort(v) || _('Expecting IP:PORT (IPv6 in brackets) or NAME:PORT');
 	},
 	cidr: function(v) {
 		var m = /^([^/]+)\/(\d{1,3})$/.exec(v);
@@ -285,7 +301,7 @@ return view.extend({
 		o.validate = check(V.mtu);
 
 		strictList(s, 'bootstrap', _('Bootstrap peers'),
-			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT.'), V.bootstrap);
+			_('Seeds or gateways to join the DHT through: PEERID@IP:PORT, or PEERID@NAME:PORT for a gateway reached by a (dynamic) DNS name.'), V.bootstrap);
 
 		// Not an option of its own: a join string sets network_key and adds bootstrap peers. It
 		// comes after both (LuCI parses options in order, and each writes what it holds).
@@ -328,7 +344,7 @@ return view.extend({
 		o.validate = check(V.overlay4);
 
 		strictList(s, 'advertise', _('Advertised addresses'),
-			_('IP:PORT published in this gateway\'s record (default: the listen address if it is specific).'), V.socket);
+			_('IP:PORT published in this gateway\'s record, or NAME:PORT (a dynamic-DNS name, resolved now and every 5 minutes; default: the listen address if it is specific).'), V.hostport);
 
 		strictList(s, 'allowed_peer', _('Allowed peers'),
 			_('If any are listed, only these PeerIds get a session.'), V.peerid);
