@@ -87,6 +87,8 @@ impl Drop for Lab {
         }
         for n in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
+            // Files `ip netns exec` mounts over /etc for it ([`Lab::etc_file`]).
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(n));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -267,6 +269,14 @@ impl Lab {
             ));
         }
         Ok((key, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    /// Gives namespace `ns` its own `/etc/NAME` (`ip netns exec` mounts `/etc/netns/NS/NAME`
+    /// over it, in the mount namespace it makes for the command); removed with the lab.
+    pub(crate) fn etc_file(&self, ns: &str, name: &str, text: &str) -> Result {
+        let d = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::write(d.join(name), text).map_err(|e| format!("{}: {e}", d.display()))
     }
 
     pub(crate) fn write_config(

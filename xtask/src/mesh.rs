@@ -35,6 +35,8 @@ pub struct Report {
     /// The longest stall of a transfer across a NAT rebinding, and across a relay's death (s).
     pub rebinding_gap_s: Option<f64>,
     pub relay_kill_gap_s: Option<f64>,
+    /// When a renumbered gateway's observed addresses showed its new address (s after).
+    pub renumbered_observed_s: Option<f64>,
 }
 
 impl Report {

@@ -14,7 +14,9 @@
 //!   answers from where the inside sent to get in);
 //! - `full-cone`: the same, and every packet to the WAN's port 4433 forwarded inside;
 //! - `symmetric`: `masquerade random` (another outside port per destination,
-//!   endpoint-dependent).
+//!   endpoint-dependent);
+//! - `double`: a port-restricted home router whose WAN is in 100.64.0.0/10, behind a
+//!   carrier-grade NAT router (`cgnN`, port-restricted too).
 //!
 //! Checked (these fail the run): each gateway learns the address other nodes see it at and the
 //! class of its NAT (`status`: `observed`, `nat`), the public member that it has none; a
@@ -40,11 +42,12 @@ use crate::mesh::Report;
 use crate::{field, Result};
 
 /// The NAT kinds of the lab's gateways, in order (`gw1`, `gw2`, ...).
-const NATS: [&str; 4] = [
+const NATS: [&str; 5] = [
     "port-restricted",
     "port-restricted",
     "full-cone",
     "symmetric",
+    "double",
 ];
 
 /// How long a pair may take for its first ping reply.
@@ -72,10 +75,14 @@ struct Pair {
     direct_ms: Option<f64>,
     /// iperf3 TCP from a to b over the path, [`IPERF_SECONDS`] long.
     mbps: Option<f64>,
+    /// When there was no reply: what a's `peers` said of b then.
+    seen: String,
 }
 
 /// Seconds of iperf3 per pair that passes traffic.
 const IPERF_SECONDS: u32 = 2;
+/// How long after its router is renumbered a gateway must be reachable again.
+const RENUMBERED: Duration = Duration::from_secs(60);
 /// Seconds of iperf3 for the relay's cost per GB.
 const COST_SECONDS: u32 = 5;
 /// The public side's one-way delay (the delay line), and its loss in percent (nftables).
@@ -239,7 +246,50 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         let name = format!("gw{i}");
         let router = lab.ns(&format!("nat{i}"))?;
         let wan = format!("198.18.{i}");
-        uplink(&inet, &router, "wan0", &wan)?;
+        if *kind == "double" {
+            // A home router behind the ISP's carrier-grade NAT: the home router's WAN is in
+            // 100.64.0.0/10, and the carrier's router masquerades that to the internet.
+            let cgn = lab.ns(&format!("cgn{i}"))?;
+            uplink(&inet, &cgn, "wan0", &wan)?;
+            lab.sysctl(&cgn, "net.ipv4.ip_forward=1")?;
+            ip(&[
+                "-n", &cgn, "link", "add", "lan0", "type", "veth", "peer", "name", "wan0", "netns",
+                &router,
+            ])?;
+            let home_wan = format!("100.64.{i}.2");
+            ip(&[
+                "-n",
+                &cgn,
+                "addr",
+                "add",
+                &format!("100.64.{i}.1/24"),
+                "dev",
+                "lan0",
+            ])?;
+            ip(&["-n", &cgn, "link", "set", "lan0", "up"])?;
+            ip(&[
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("{home_wan}/24"),
+                "dev",
+                "wan0",
+            ])?;
+            ip(&["-n", &router, "link", "set", "wan0", "up"])?;
+            ip(&[
+                "-n",
+                &router,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("100.64.{i}.1"),
+            ])?;
+            nft(&cgn, &nat_rules("port-restricted", &home_wan))?;
+        } else {
+            uplink(&inet, &router, "wan0", &wan)?;
+        }
         lab.sysctl(&router, "net.ipv4.ip_forward=1")?;
         let gw = lab.ns(&name)?;
         ip(&[
@@ -278,6 +328,14 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         ])?;
         nft(&router, &nat_rules(kind, &inside))?;
         let (key, id) = lab.keygen(&name)?;
+        // gw3 knows the seed by name only, as a home router knows another by its dynamic-DNS
+        // name: its namespace's /etc/hosts has it.
+        let boot = if *kind == "full-cone" {
+            lab.etc_file(&gw, "hosts", "198.51.100.2 seed.mesh.example\n")?;
+            format!("{seed_id}@seed.mesh.example:4433")
+        } else {
+            boot.clone()
+        };
         let node = Node {
             config: lab.write_config(&name, &key, Some(&nk), Some(&boot), &[])?,
             name,
@@ -339,6 +397,23 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             ),
         );
     }
+
+    // gw3 was given its seed by name: it joined through it.
+    let gw3 = &members[4];
+    let contacts = field(&status[4], "dht_contacts")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    rep.check(
+        "gw3 joins through a bootstrap given by name (its /etc/hosts)",
+        status[4].contains("seed.mesh.example:4433") && contacts > 0,
+        format!(
+            "{contacts} DHT contacts; {}",
+            lab.log(&gw3.node.name)
+                .lines()
+                .find(|l| l.contains("resolving"))
+                .unwrap_or("resolved")
+        ),
+    );
 
     // A gateway's record carries the address it was seen at: the public member finds it there.
     let gw1 = &members[2];
@@ -407,6 +482,24 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 first_packet_ms: first,
                 direct_ms,
                 mbps,
+                seen: if first.is_none() {
+                    let peers = lab::members(&lab.ctl(&from.node, "peers"));
+                    let m = lab::member_of(&peers, &members[b].node.peer_id);
+                    let f = |k: &str| m.and_then(|m| field(m, k)).unwrap_or_default();
+                    format!(
+                        "{}'s view: connected {}, path {}, endpoint {}, lane {}, tx {} rx {} dropped {}",
+                        from.node.name,
+                        f("connected"),
+                        f("path"),
+                        f("endpoint"),
+                        f("lane"),
+                        f("tx_packets"),
+                        f("rx_packets"),
+                        f("tx_dropped")
+                    )
+                } else {
+                    String::new()
+                },
             });
         }
     }
@@ -416,8 +509,9 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
     // a port-restricted one (or another symmetric one) may stay relayed: nothing else crosses.
     for p in &pairs {
         let (a, b) = (&members[p.a], &members[p.b]);
-        let stuck =
-            |x: &str, y: &str| x == "symmetric" && matches!(y, "port-restricted" | "symmetric");
+        let stuck = |x: &str, y: &str| {
+            x == "symmetric" && matches!(y, "port-restricted" | "symmetric" | "double")
+        };
         let may_stay_relayed = stuck(a.nat, b.nat) || stuck(b.nat, a.nat);
         rep.check(
             &format!(
@@ -426,9 +520,10 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             ),
             p.first_packet_ms
                 .is_some_and(|ms| ms <= FIRST_PACKET.as_secs_f64() * 1e3),
-            p.first_packet_ms.map_or("no reply".into(), |ms| {
-                format!("first reply after {ms:.0} ms, {}", p.path)
-            }),
+            p.first_packet_ms
+                .map_or(format!("no reply; {}", p.seen), |ms| {
+                    format!("first reply after {ms:.0} ms, {}", p.path)
+                }),
         );
         if !may_stay_relayed {
             rep.check(
@@ -620,6 +715,60 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             None => "no reply in 20 s".into(),
         },
     );
+
+    // gw2's home router gets a new public address from its ISP (the lab renumbers its WAN
+    // side, and its mappings go with the old one). Nothing changes on gw2 itself: its members
+    // find the links to the old address dead (their data unanswered, or silence) and meet it
+    // again by dialling and introductions, and gw2 learns its new address from other nodes.
+    let nat2 = ns_of(lab, "nat2");
+    ip(&["-n", &nat2, "addr", "del", "198.18.2.2/24", "dev", "wan0"])?;
+    ip(&["-n", &nat2, "addr", "add", "198.18.2.3/24", "dev", "wan0"])?;
+    ip(&[
+        "-n",
+        &nat2,
+        "route",
+        "replace",
+        "default",
+        "via",
+        "198.18.2.1",
+    ])?;
+    let _ = lab::netns_exec(&nat2, &["conntrack", "-F"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let t0 = Instant::now();
+    for i in [0usize, 4, 5] {
+        let from = &members[i];
+        let left = RENUMBERED.saturating_sub(t0.elapsed());
+        let up = lab::until_reachable(&from.node.ns, &overlay[3], left)?;
+        rep.check(
+            &format!(
+                "{} reaches gw2 again after gw2's router was renumbered",
+                from.node.name
+            ),
+            up.is_some(),
+            match up {
+                Some(_) => format!("{:.1} s after the renumbering", t0.elapsed().as_secs_f64()),
+                None => format!("no reply in {} s", RENUMBERED.as_secs()),
+            },
+        );
+    }
+    let mut seen = vec![];
+    while t0.elapsed() < RENUMBERED {
+        seen = observed(&lab.ctl(&members[3].node, "status"));
+        if seen.iter().any(|a| a.starts_with("198.18.2.3:")) {
+            break;
+        }
+        sleep(Duration::from_millis(500))?;
+    }
+    say(&format!(
+        "gw2 observed at {seen:?} {:.1} s after the renumbering",
+        t0.elapsed().as_secs_f64()
+    ));
+    rep.renumbered_observed_s = seen
+        .iter()
+        .any(|a| a.starts_with("198.18.2.3:"))
+        .then(|| t0.elapsed().as_secs_f64());
 
     if json {
         let list: Vec<String> = pairs
