@@ -530,8 +530,9 @@ fn prefixes(routes: &[shadowmesh_proto::record::Route]) -> Vec<Prefix> {
 async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, initial: Vec<Contact>) {
     let mut saved_once = false;
     let mut backoff = Duration::from_secs(1);
+    let named = crate::names::any_name(cfg.bootstrap.iter().map(|(_, h)| h));
     loop {
-        if !initial.is_empty() || mesh.table_len() > 0 {
+        if !initial.is_empty() || mesh.table_len() > 0 || named {
             if let Some(j) = mesh.bootstrap().await {
                 if !j.closest.is_empty() {
                     log::info!(
@@ -550,6 +551,12 @@ async fn join_and_publish(mesh: Rc<Mesh>, cfg: Config, initial: Vec<Contact>) {
             backoff = (backoff * 2).min(Duration::from_secs(30));
             for c in &initial {
                 mesh.add_contact(*c);
+            }
+            // A seed known by name may have moved (or its name did not resolve at start).
+            if named {
+                for c in crate::names::seeds(&cfg.bootstrap).await {
+                    mesh.add_contact(c);
+                }
             }
         } else {
             // Alone: join as soon as the first node contacts us.
