@@ -41,6 +41,11 @@ use crate::lab::{self, ip, sleep, Lab, Node};
 use crate::mesh::Report;
 use crate::{field, Result};
 
+mod measure;
+mod net;
+use measure::{clock_ticks, cpu_ticks, lookup, observed, relayed_bytes, transfer};
+use net::{nat_rules, nft, ns_of, uplink, Impairment};
+
 /// The NAT kinds of the lab's gateways, in order (`gw1`, `gw2`, ...).
 const NATS: [&str; 5] = [
     "port-restricted",
@@ -101,77 +106,6 @@ pub fn run(bin: &Path, json: bool) -> Result<Report> {
     Ok(rep)
 }
 
-/// Links namespace `ns` to the internet router `inet` on its own /24 `net` (`net.1` the
-/// router, `net.2` the namespace, its default route).
-fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
-    let port = format!("to{}", net.replace('.', "x"));
-    ip(&[
-        "-n", inet, "link", "add", &port, "type", "veth", "peer", "name", dev, "netns", ns,
-    ])?;
-    ip(&[
-        "-n",
-        inet,
-        "addr",
-        "add",
-        &format!("{net}.1/24"),
-        "dev",
-        &port,
-    ])?;
-    ip(&["-n", inet, "link", "set", &port, "up"])?;
-    ip(&["-n", ns, "addr", "add", &format!("{net}.2/24"), "dev", dev])?;
-    ip(&["-n", ns, "link", "set", dev, "up"])?;
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &format!("{net}.1"),
-    ])
-}
-
-/// The nftables rules of a NAT router of kind `kind` whose inside host is `inside`.
-fn nat_rules(kind: &str, inside: &str) -> String {
-    let post = match kind {
-        "symmetric" => "oifname \"wan0\" masquerade random",
-        _ => "oifname \"wan0\" masquerade",
-    };
-    let pre = match kind {
-        "full-cone" => format!("iifname \"wan0\" udp dport 4433 dnat to {inside}:4433"),
-        _ => String::new(),
-    };
-    // As a router's firewall does (OpenWrt's wan zone rejects input): nothing unsolicited
-    // reaches the router itself. Without it, a packet from outside to the WAN port 4433 leaves
-    // a conntrack entry that makes the NAT move our next mapping towards that sender to
-    // another port.
-    let input = "iifname \"wan0\" ct state new drop";
-    format!(
-        "table ip nat {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority -100;\n\t\t{pre}\n\t}}\n\tchain post {{\n\t\ttype nat hook postrouting priority 100;\n\t\t{post}\n\t}}\n}}\ntable ip filter {{\n\tchain input {{\n\t\ttype filter hook input priority 0;\n\t\t{input}\n\t}}\n}}\n"
-    )
-}
-
-fn nft(ns: &str, rules: &str) -> Result {
-    use std::io::Write;
-    let mut c = lab::netns_exec(ns, &["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    c.stdin
-        .take()
-        .expect("piped")
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = c.wait_with_output().map_err(|e| e.to_string())?;
-    out.status.success().then_some(()).ok_or_else(|| {
-        format!(
-            "nft in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })
-}
-
 fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
     let mut rep = Report::default();
     let say = |s: &str| {
@@ -206,41 +140,26 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
     let boot = format!("{seed_id}@198.51.100.2:4433");
 
     let mut members = vec![];
-    let p_ns = lab.ns("p")?;
-    uplink(&inet, &p_ns, "eth0", "203.0.113")?;
-    let (key, id) = lab.keygen("p")?;
-    let node = Node {
-        name: "p".into(),
-        config: lab.write_config("p", &key, Some(&nk), Some(&boot), &[])?,
-        ns: p_ns,
-        underlay: "203.0.113.2".into(),
-        peer_id: id,
-        lan: None,
-    };
-    lab.start(&node)?;
-    members.push(Member {
-        node,
-        nat: "none",
-        public_ip: "203.0.113.2".into(),
-    });
-    // A second public member: a second relay, for when the first one dies.
-    let q_ns = lab.ns("q")?;
-    uplink(&inet, &q_ns, "eth0", "192.0.2")?;
-    let (key, id) = lab.keygen("q")?;
-    let node = Node {
-        name: "q".into(),
-        config: lab.write_config("q", &key, Some(&nk), Some(&boot), &[])?,
-        ns: q_ns,
-        underlay: "192.0.2.2".into(),
-        peer_id: id,
-        lan: None,
-    };
-    lab.start(&node)?;
-    members.push(Member {
-        node,
-        nat: "none",
-        public_ip: "192.0.2.2".into(),
-    });
+    // Two public members (the second a relay for when the first one dies).
+    for (name, net) in [("p", "203.0.113"), ("q", "192.0.2")] {
+        let ns = lab.ns(name)?;
+        uplink(&inet, &ns, "eth0", net)?;
+        let (key, id) = lab.keygen(name)?;
+        let node = Node {
+            name: name.into(),
+            config: lab.write_config(name, &key, Some(&nk), Some(&boot), &[])?,
+            ns,
+            underlay: format!("{net}.2"),
+            peer_id: id,
+            lan: None,
+        };
+        lab.start(&node)?;
+        members.push(Member {
+            node,
+            nat: "none",
+            public_ip: format!("{net}.2"),
+        });
+    }
     for (i, kind) in NATS.iter().enumerate() {
         let i = i + 1;
         let name = format!("gw{i}");
@@ -826,255 +745,4 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         }
     }
     Ok(rep)
-}
-
-/// `shadowmesh dht --lookup PEERID` at `node`: what the record it finds says.
-fn lookup(lab: &Lab, node: &Node, peer_id: &str) -> String {
-    std::process::Command::new(&lab.bin)
-        .args(["dht", "--lookup", peer_id, "--json", "--config"])
-        .arg(&node.config)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Delay and loss on everything the "internet" router forwards: the packets go through a delay
-/// line (`cargo xtask delay-line`, a TUN in its namespace; policy routing sends every packet
-/// not coming from it to it) and nftables drops `loss` in a hundred on their way in.
-struct Impairment {
-    inet: String,
-    /// The delay line's PID (its `Child` is the lab's, which reaps it).
-    line: u32,
-}
-
-impl Impairment {
-    fn on(lab: &mut Lab, inet: &str, delay_ms: u32, loss: u32) -> Result<Impairment> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let exe = exe.to_string_lossy().to_string();
-        let line = lab::netns_exec(inet, &[&exe, "delay-line", "dl0", &delay_ms.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("delay line: {e}"))?;
-        let imp = Impairment {
-            inet: inet.to_string(),
-            line: line.id(),
-        };
-        // The lab ends it with the rest if anything below fails.
-        lab.others.push(line);
-        let t = Instant::now();
-        while ip(&["-n", inet, "link", "show", "dl0"]).is_err() {
-            if t.elapsed() > Duration::from_secs(5) {
-                return Err("the delay line's device did not appear".into());
-            }
-            sleep(Duration::from_millis(50))?;
-        }
-        for k in ["all", "default", "dl0"] {
-            lab.sysctl(inet, &format!("net.ipv4.conf.{k}.rp_filter=0"))?;
-        }
-        ip(&["-n", inet, "link", "set", "dl0", "up"])?;
-        ip(&[
-            "-n", inet, "route", "add", "default", "dev", "dl0", "table", "100",
-        ])?;
-        ip(&[
-            "-n", inet, "rule", "add", "iif", "dl0", "lookup", "main", "pref", "100",
-        ])?;
-        ip(&["-n", inet, "rule", "add", "lookup", "100", "pref", "101"])?;
-        nft(
-            inet,
-            &format!(
-                "table inet impair {{\n chain loss {{\n  type filter hook forward priority 0; policy accept;\n  \
-                 iifname != \"dl0\" numgen random mod 100 < {loss} drop\n }}\n}}\n"
-            ),
-        )?;
-        Ok(imp)
-    }
-
-    /// Takes the delay and loss away (the delay line we started ends).
-    fn off(self) -> Result {
-        let inet = &self.inet;
-        ip(&["-n", inet, "rule", "del", "pref", "101"])?;
-        ip(&["-n", inet, "rule", "del", "pref", "100"])?;
-        nft(inet, "delete table inet impair")?;
-        // SAFETY: kill(2) on the delay line we started; the lab holds it unreaped.
-        unsafe { libc::kill(self.line as libc::pid_t, libc::SIGKILL) };
-        Ok(())
-    }
-}
-
-/// What one iperf3 run across an event measured.
-struct Transfer {
-    /// iperf3 ended with its results.
-    completed: bool,
-    /// Its average, Mbit/s.
-    mbps: f64,
-    /// The longest run of half-second intervals that moved (almost) nothing, in seconds.
-    gap_s: f64,
-    /// What iperf3 said went wrong, if it did.
-    error: Option<String>,
-}
-
-impl std::fmt::Display for Transfer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.completed {
-            write!(
-                f,
-                "completed, {:.0} Mbit/s, longest gap {:.1} s",
-                self.mbps, self.gap_s
-            )
-        } else {
-            write!(
-                f,
-                "did not complete: {} (longest gap {:.1} s)",
-                self.error.as_deref().unwrap_or("no result"),
-                self.gap_s
-            )
-        }
-    }
-}
-
-/// The namespace the lab made for `name`.
-fn ns_of(lab: &Lab, name: &str) -> String {
-    format!("{}{name}", lab.tag)
-}
-
-/// iperf3 TCP from `a` to `b` (at `dst`) for `secs`, with `event` done `at` into it; waits up
-/// to two minutes past its end for it to finish.
-fn transfer(
-    lab: &mut Lab,
-    a: &Node,
-    b: &Node,
-    dst: &str,
-    secs: u32,
-    at: Duration,
-    event: impl FnOnce(&mut Lab) -> Result,
-) -> Result<Transfer> {
-    use std::process::Stdio;
-    let server = lab::netns_exec(&b.ns, &["iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("iperf3: {e}"))?;
-    lab.others.push(server);
-    sleep(Duration::from_millis(500))?;
-    let mut client = lab::netns_exec(
-        &a.ns,
-        &[
-            "iperf3",
-            "-c",
-            dst,
-            "-t",
-            &secs.to_string(),
-            "-i",
-            "0.5",
-            "-J",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .map_err(|e| format!("iperf3: {e}"))?;
-    sleep(at)?;
-    let done = event(lab);
-    let limit = Instant::now() + Duration::from_secs(secs as u64 + 120);
-    let completed = loop {
-        match client.try_wait() {
-            Ok(Some(s)) => break s.success(),
-            Ok(None) if Instant::now() < limit => sleep(Duration::from_millis(200))?,
-            _ => {
-                let _ = client.kill();
-                break false;
-            }
-        }
-    };
-    let mut text = String::new();
-    if let Some(mut out) = client.stdout.take() {
-        use std::io::Read;
-        let _ = out.read_to_string(&mut text);
-    }
-    let _ = client.wait();
-    done?;
-    let error = text.split("\"error\":").nth(1).map(|e| {
-        e.trim()
-            .trim_start_matches('"')
-            .split('"')
-            .next()
-            .unwrap_or("")
-            .to_string()
-    });
-    let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    // Each interval's "sum": {"start", "end", "seconds", "bytes", ...}.
-    let intervals = text
-        .split("\"intervals\":[")
-        .nth(1)
-        .and_then(|r| r.split("\"end\":{").next())
-        .unwrap_or("");
-    let mut gap = 0.0f64;
-    let mut run = 0.0f64;
-    for sum in intervals.split("\"sum\":{").skip(1) {
-        let num = |k: &str| field(&format!("{{{sum}"), k).and_then(|v| v.parse::<f64>().ok());
-        let (secs, bytes) = (num("seconds").unwrap_or(0.0), num("bytes").unwrap_or(0.0));
-        // Under 1% of the interval at 10 Mbit/s: nothing got through.
-        if bytes < secs * 10e6 / 8.0 / 100.0 {
-            run += secs;
-            gap = gap.max(run);
-        } else {
-            run = 0.0;
-        }
-    }
-    let mbps = text
-        .rfind("\"sum_received\"")
-        .and_then(|i| field(&text[i..], "bits_per_second"))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |b| b / 1e6);
-    Ok(Transfer {
-        completed: completed && mbps > 0.0,
-        mbps,
-        gap_s: gap,
-        error,
-    })
-}
-
-/// User and system CPU time of daemon `name`, in clock ticks (0 if it is not running).
-fn cpu_ticks(lab: &Lab, name: &str) -> u64 {
-    let Some(pid) = lab.daemon_pid(name) else {
-        return 0;
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: state is field 3; utime and stime are 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf reads a constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-/// Bytes node `n` forwarded as a relay since it started (`status`'s `relay.bytes`).
-fn relayed_bytes(lab: &Lab, n: &Node) -> u64 {
-    let s = lab.ctl(n, "status");
-    s.split("\"relay\":{")
-        .nth(1)
-        .and_then(|r| field(&format!("{{{r}"), "bytes"))
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The `observed` list of a `status` line.
-fn observed(status: &str) -> Vec<String> {
-    let Some(rest) = status.split("\"observed\":[").nth(1) else {
-        return vec![];
-    };
-    let list = rest.split(']').next().unwrap_or("");
-    list.split(',')
-        .map(|s| s.trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
