@@ -24,19 +24,26 @@ pub async fn resolve(list: &[HostPort]) -> Vec<SocketAddr> {
         let found = match h {
             HostPort::Addr(a) => vec![*a],
             HostPort::Name(n, port) => {
+                // A thread of its own, not tokio's blocking pool: the pool's code is 12 KiB
+                // of the aarch64 binary that nothing else uses.
                 let (name, port) = (n.clone(), *port);
-                let r = tokio::task::spawn_blocking(move || {
-                    (name.as_str(), port)
-                        .to_socket_addrs()
-                        .map(|i| i.collect::<Vec<_>>())
-                })
-                .await;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("resolve".into())
+                    .spawn(move || {
+                        let r = (name.as_str(), port)
+                            .to_socket_addrs()
+                            .map(|i| i.collect::<Vec<_>>());
+                        let _ = tx.send(r);
+                    });
+                let r = match spawned {
+                    Ok(_) => rx
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::Other.into())),
+                    Err(e) => Err(e),
+                };
                 match r {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) => {
-                        log::warn!("resolving {h}: {e}");
-                        vec![]
-                    }
+                    Ok(v) => v,
                     Err(e) => {
                         log::warn!("resolving {h}: {e}");
                         vec![]
