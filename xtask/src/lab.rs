@@ -90,6 +90,17 @@ impl Drop for Lab {
             // Files `ip netns exec` mounts over /etc for it ([`Lab::etc_file`]).
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(n));
         }
+        // `LAB_LOGS=DIR` keeps every daemon's whole log (DIR/NAME.log) for reading later.
+        if let Some(keep) = std::env::var_os("LAB_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for (name, _) in &self.daemons {
+                let _ = std::fs::copy(
+                    self.dir.join(name).join("log"),
+                    keep.join(format!("{name}.log")),
+                );
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -288,8 +299,10 @@ impl Lab {
         routes: &[String],
     ) -> Result<PathBuf> {
         let d = self.dir.join(name);
+        // `LAB_LOG_LEVEL=debug` for more than the daemons' defaults.
+        let level = std::env::var("LAB_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         let mut cfg = format!(
-            "config shadowmesh 'main'\n\toption listen_port '4433'\n\toption key_file '{}'\n\toption state_dir '{}'\n\toption interface 'smesh0'\n\toption log_level 'info'\n",
+            "config shadowmesh 'main'\n\toption listen_port '4433'\n\toption key_file '{}'\n\toption state_dir '{}'\n\toption interface 'smesh0'\n\toption log_level '{level}'\n",
             key.display(),
             d.display()
         );
@@ -325,6 +338,7 @@ impl Lab {
             .arg("run")
             .arg("--config")
             .arg(&node.config)
+            .env("SHADOWMESH_LOG_TIME", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

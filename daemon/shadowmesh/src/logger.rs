@@ -18,7 +18,19 @@ impl log::Log for Stderr {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            eprintln!("shadowmesh[{lvl}] {}", r.args());
+            if STAMPED.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                eprintln!(
+                    "{}.{:03} shadowmesh[{lvl}] {}",
+                    t.as_secs(),
+                    t.subsec_millis(),
+                    r.args()
+                );
+            } else {
+                eprintln!("shadowmesh[{lvl}] {}", r.args());
+            }
         }
     }
 
@@ -26,6 +38,10 @@ impl log::Log for Stderr {
 }
 
 static LOGGER: Stderr = Stderr;
+
+/// Lines start with the time (`SHADOWMESH_LOG_TIME=1`: for labs and terminals; logd stamps
+/// what procd hands it).
+static STAMPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Parses a level name (error, warn, info, debug, trace, off).
 pub fn parse_level(s: &str) -> Option<LevelFilter> {
@@ -44,4 +60,7 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 pub fn init(level: LevelFilter) {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
+    if std::env::var_os("SHADOWMESH_LOG_TIME").is_some_and(|v| v == "1") {
+        STAMPED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
