@@ -90,6 +90,7 @@ pub struct TestLink {
     pub id: usize,
     pub open: bool,
     pub precedence: u64,
+    pub tiebreak: u64,
     pub index: u32,
     pub dialled: bool,
     pub session: Double,
@@ -104,6 +105,7 @@ impl TestLink {
             id,
             open: true,
             precedence,
+            tiebreak: 0,
             index,
             dialled: false,
             session: Double::at(t, false),
@@ -122,6 +124,9 @@ impl Link for TestLink {
     }
     fn precedence(&self) -> (u64, bool) {
         (self.precedence, false)
+    }
+    fn tiebreak(&self) -> u64 {
+        self.tiebreak
     }
     fn dialled(&self) -> bool {
         self.dialled

@@ -29,6 +29,13 @@ pub trait Link {
     fn is_open(&self) -> bool;
     /// Of two open connections to one member, the higher stays.
     fn precedence(&self) -> (u64, bool);
+    /// Settles two connections of equal precedence (dialled the same way, e.g. through two
+    /// relays at once) that came up within [`DIAL_RACE`] of each other: both ends compute the
+    /// same value for one connection (the daemon's from the TLS exporter), so both keep the
+    /// same one whichever order their handshakes completed in.
+    fn tiebreak(&self) -> u64 {
+        0
+    }
     /// Whether we dialled it (else the member did).
     fn dialled(&self) -> bool;
     /// The receiver index of its session: frames for it carry this.
@@ -77,6 +84,8 @@ pub struct Member<L> {
     ///
     /// [`MsgType::Relay`]: shadowmesh_proto::msg::MsgType::Relay
     pub relays: bool,
+    /// When its link came up (the caller's monotonic clock).
+    pub linked_at: Duration,
 }
 
 impl<L> Default for Member<L> {
@@ -87,9 +96,16 @@ impl<L> Default for Member<L> {
             last_handshake: 0,
             wait: Pending::default(),
             relays: false,
+            linked_at: Duration::ZERO,
         }
     }
 }
+
+/// Two connections of equal precedence that come up within this of each other were dialled at
+/// once (through two relays, or a redial racing a dial): [`Link::tiebreak`] picks one. Past it,
+/// the newer replaces the older, which has likely died unnoticed (a NAT lost its mapping, a
+/// relay went).
+pub const DIAL_RACE: Duration = Duration::from_secs(5);
 
 /// Why a new link was refused (the caller closes its connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,14 +175,17 @@ impl<L: Link> Members<L> {
         if known.is_none() && self.map.len() >= self.capacity {
             return LinkUp::Refused(link, Refusal::Full);
         }
-        if let Some(old) = known.and_then(|m| m.link.as_ref()) {
+        if let Some((old, at)) = known.and_then(|m| Some((m.link.as_ref()?, m.linked_at))) {
             // A direct link replaces one through a relay and is never replaced by one; between
-            // two of a kind, the precedence (the same at both ends) decides.
+            // two of a kind, the precedence (the same at both ends) decides, and between two
+            // racing dials the tiebreak.
             let (old_relayed, new_relayed) = (old.relayed(), link.relayed());
+            let (a, b) = (old.precedence(), link.precedence());
             let earlier_wins = match (old_relayed, new_relayed) {
                 (false, true) => true,
                 (true, false) => false,
-                _ => old.precedence() > link.precedence(),
+                _ if a == b && now < at + DIAL_RACE => old.tiebreak() > link.tiebreak(),
+                _ => a > b,
             };
             if old.is_open() && old.id() != link.id() && earlier_wins {
                 return LinkUp::Refused(link, Refusal::EarlierWins);
@@ -181,6 +200,7 @@ impl<L: Link> Members<L> {
         let replaced = m.link.take().filter(|old| old.id() != link.id());
         m.link = Some(link);
         m.last_handshake = unix_now;
+        m.linked_at = now;
         let pending = m.wait.linked();
         self.timers.arm(pid, now);
         LinkUp::Linked { replaced, pending }
@@ -364,6 +384,31 @@ mod tests {
         assert_eq!(m.connected(), 1);
         assert!(m.link_down(&pid(1), 4).is_some());
         assert_eq!((m.connected(), m.len()), (0, 1), "the member stays known");
+    }
+
+    #[test]
+    fn racing_dials_end_on_the_same_connection_at_both_ends() {
+        let racer = |id: usize, tiebreak: u64| {
+            let mut l = link(id, 5, 20 + id as u32, S(0));
+            l.tiebreak = tiebreak;
+            l
+        };
+        // One end completes A then B, the other B then A: both keep B (the higher tiebreak).
+        let mut one = Members::<Test>::new(8);
+        linked(one.link_up(S(10), pid(1), racer(1, 3), 0));
+        let (replaced, _) = linked(one.link_up(S(11), pid(1), racer(2, 9), 0));
+        assert_eq!(replaced.map(|l| l.id), Some(1));
+        let mut other = Members::<Test>::new(8);
+        linked(other.link_up(S(10), pid(1), racer(2, 9), 0));
+        assert_eq!(
+            refused(other.link_up(S(11), pid(1), racer(1, 3), 0)),
+            Refusal::EarlierWins
+        );
+        assert_eq!(one.get(&pid(1)).unwrap().link.as_ref().unwrap().id, 2);
+        assert_eq!(other.get(&pid(1)).unwrap().link.as_ref().unwrap().id, 2);
+        // Past the race, a new connection is a redial: it replaces the old link, likely dead.
+        let (replaced, _) = linked(one.link_up(S(11) + DIAL_RACE, pid(1), racer(3, 1), 0));
+        assert_eq!(replaced.map(|l| l.id), Some(2));
     }
 
     #[test]

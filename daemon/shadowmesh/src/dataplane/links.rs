@@ -30,6 +30,7 @@ impl DataPlane {
             paths: Paths::new(at),
             max_datagram: peer.conn.max_datagram_size(),
             precedence: peer.precedence(&self.cfg.borrow().roster.me),
+            tiebreak: peer.tiebreak(),
             role: peer.role,
             control: Rc::new(tokio::sync::Mutex::new(peer.control)),
         };

@@ -134,6 +134,7 @@ struct Link {
     /// quinn's datagram limit, refreshed every tick (asking per packet takes quinn's lock).
     max_datagram: Option<usize>,
     precedence: (u64, bool),
+    tiebreak: u64,
     role: Role,
     control: Rc<tokio::sync::Mutex<SendStream>>,
 }
@@ -152,6 +153,9 @@ impl members::Link for Link {
     }
     fn precedence(&self) -> (u64, bool) {
         self.precedence
+    }
+    fn tiebreak(&self) -> u64 {
+        self.tiebreak
     }
     fn dialled(&self) -> bool {
         self.role == Role::Dialler

@@ -203,6 +203,20 @@ impl Peer {
         )
     }
 
+    /// What settles two connections of equal precedence that race each other
+    /// ([`shadowmesh_link::members::Link::tiebreak`]): 8 bytes of the TLS exporter, the same at
+    /// both ends of this connection and unrelated between connections.
+    pub fn tiebreak(&self) -> u64 {
+        let mut b = [0u8; 8];
+        match self
+            .conn
+            .export_keying_material(&mut b, b"shadowmesh tiebreak", b"")
+        {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
+    }
+
     /// Takes the receiving half of the control stream (for a reader task); the sending half
     /// stays in `control.0`.
     ///
