@@ -1,4 +1,4 @@
-//! DHT RPCs: request and response decoders, peer-exchange contact lists, and the engine answering whatever decodes (with
+//! DHT RPCs: request and response decoders, peer-exchange contact lists, observed addresses, and the engine answering whatever decodes (with
 //! real record verification), so a hostile peer's bytes go through every path a request takes.
 #![no_main]
 
@@ -29,6 +29,12 @@ fuzz_target!(|data: &[u8]| {
     // Peer exchange bodies (control stream) are contact lists too.
     if let Ok(list) = shadowmesh_proto::dht::wire::parse_contact_list(data, shadowmesh_proto::msg::PEERS_MAX) {
         assert!(list.len() <= shadowmesh_proto::msg::PEERS_MAX);
+    }
+    // A member's "I see you at" body (control stream) is one address, re-encoded exactly.
+    if let Ok(a) = shadowmesh_proto::dht::wire::parse_addr(data) {
+        let mut out = Vec::new();
+        shadowmesh_proto::dht::wire::emit_addr(&a, &mut out);
+        assert_eq!(out, data);
     }
     if let Ok(resp) = Response::parse(data) {
         let mut out = Vec::new();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use shadowmesh_proto::consts::CLOSE_PROTOCOL;
-use shadowmesh_proto::dht::wire::{parse_contact_list, Contact};
+use shadowmesh_proto::dht::wire::{parse_addr, parse_contact_list, Contact};
 use shadowmesh_proto::msg::{MsgType, PEERS_MAX};
 use shadowmesh_proto::relay::Circuit;
 use shadowmesh_proto::session::SessionState;
@@ -32,6 +32,9 @@ pub enum Action {
     Relay,
     /// The member, a relay, opened (or refused) a circuit for us.
     Circuit(Circuit),
+    /// The member sees us at this address now (our address moved under a connection we
+    /// dialled).
+    Seen(std::net::SocketAddr),
     /// Our rekey completed: the session sends on the new keys.
     Rekeyed,
     /// Nothing to do; the reason, for the debug log.
@@ -77,6 +80,10 @@ pub fn handle<S: SessionState>(
         MsgType::Circuit => match Circuit::parse(body) {
             Ok(c) => Action::Circuit(c),
             Err(e) => Action::Ignore(format!("bad circuit: {e}")),
+        },
+        MsgType::Seen => match parse_addr(body) {
+            Ok(a) => Action::Seen(a),
+            Err(e) => Action::Ignore(format!("bad address: {e}")),
         },
         other => Action::Ignore(format!("unexpected control message {other:?}")),
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use shadowmesh_proto::consts::{
     CLOSE_AUTH_FAILED, CLOSE_BUSY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SESSION_DEAD,
 };
-use shadowmesh_proto::dht::wire::{emit_contact_list, Contact};
+use shadowmesh_proto::dht::wire::{emit_addr, emit_contact_list, Contact};
 use shadowmesh_proto::msg::{MsgType, PEERS_MAX};
 use shadowmesh_proto::record::Payload;
 use shadowmesh_proto::relay::{Circuit, CircuitStatus};
@@ -95,6 +95,14 @@ pub enum Output<L> {
     ReadRoutes,
     /// What a judgement of the members' prefixes asks (install, withdraw, readdress, log).
     Route(roster::Output),
+    /// The member at `reporter` (the far end of a connection we dialled) sees us at `at` now:
+    /// a report for the addresses our record carries ([`shadowmesh_proto::dht::Dht::seen`]).
+    Seen {
+        /// The member's address.
+        reporter: SocketAddr,
+        /// Ours, as it sees it.
+        at: SocketAddr,
+    },
     /// Member `relay` opened a circuit to `peer` for us: give `peer` a local address that
     /// reaches `relay`'s address with `circuit` in the envelope, and when `dial`, dial `peer`
     /// there (a new connection, through the relay).
@@ -346,7 +354,7 @@ impl<L: Link> Engine<L> {
     /// Connection `id` of member `pid` ended. Whether it was the member's link (the member
     /// stays known; its next packet dials again).
     /// Circuits through us stay (a link replaced or redialled comes back at the same address,
-    /// or [`Engine::relay_moved`] moves them); unused, they expire.
+    /// or [`Engine::paths_read`] moves them); unused, they expire.
     pub fn handle_link_down(&mut self, pid: &PeerId, id: usize) -> bool {
         self.members.link_down(pid, id).is_some()
     }
@@ -372,6 +380,14 @@ impl<L: Link> Engine<L> {
             let a = control::handle(now, l.session_mut(), t, body, fast_lane);
             // As a relay only over a direct link (a circuit through a circuit is not one).
             let relays = a == Action::Relay && !l.relayed();
+            // Only the far end of a connection we dialled, directly, sees where we are: our
+            // side of a connection we accepted cannot move (QUIC servers do not migrate).
+            let seen = match a {
+                Action::Seen(at) if l.dialled() && !l.relayed() => {
+                    Some((l.paths_mut().quic_addr(), at))
+                }
+                _ => None,
+            };
             if a == Action::FastLane {
                 l.paths_mut().offer_fast();
             }
@@ -379,6 +395,9 @@ impl<L: Link> Engine<L> {
                 if let Some(m) = self.members.get_mut(&pid) {
                     m.relays = true;
                 }
+            }
+            if let Some((reporter, at)) = seen {
+                self.out.push_back(Output::Seen { reporter, at });
             }
             a
         };
@@ -394,7 +413,11 @@ impl<L: Link> Engine<L> {
             Action::IntroduceReq(c) => self.introduce(now, pid, *c),
             Action::Introduce(c) => self.introduced(now, *c),
             Action::Circuit(c) => self.circuit(now, pid, *c),
-            Action::FastLane | Action::Relay | Action::Rekeyed | Action::Ignore(_) => {}
+            Action::FastLane
+            | Action::Relay
+            | Action::Seen(_)
+            | Action::Rekeyed
+            | Action::Ignore(_) => {}
         }
         Some(action)
     }

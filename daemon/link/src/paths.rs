@@ -56,6 +56,8 @@ impl Path {
 pub struct Paths {
     quic: Path,
     fast: Option<Path>,
+    /// The QUIC path moved since [`Paths::take_moved`] last asked.
+    moved: bool,
 }
 
 impl Paths {
@@ -64,6 +66,7 @@ impl Paths {
         Paths {
             quic: Path::new(PathKind::Quic, quic),
             fast: None,
+            moved: false,
         }
     }
 
@@ -117,8 +120,14 @@ impl Paths {
     /// What quinn reports of the QUIC path: the member's current address (after a migration)
     /// and the smoothed round trip.
     pub fn quic_seen(&mut self, addr: SocketAddr, rtt: Duration) {
+        self.moved |= self.quic.addr != addr;
         self.quic.addr = addr;
         self.quic.rtt = Some(rtt);
+    }
+
+    /// Whether the QUIC path moved (a migration) since the last time this was asked.
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
     }
 
     /// Every path, the QUIC one first.

@@ -81,6 +81,10 @@ pub enum MsgType {
     /// A relay opened (or refused) a circuit to another member for us
     /// ([`crate::relay::Circuit`]).
     Circuit = 12,
+    /// "I see you at this address now" (one address, [`crate::dht::wire::emit_addr`]): sent by
+    /// the end that accepted a connection when the dialler's address moves under it (QUIC
+    /// migration), so that a router whose public address changed learns it at once.
+    Seen = 13,
 }
 
 /// Most contacts one peer-exchange message may carry.
@@ -102,6 +106,7 @@ impl TryFrom<u8> for MsgType {
             10 => MsgType::Introduce,
             11 => MsgType::Relay,
             12 => MsgType::Circuit,
+            13 => MsgType::Seen,
             t => return Err(Error::UnknownType(t)),
         })
     }
@@ -504,8 +509,8 @@ mod tests {
             parse_header(&[1, 0, 1, 0, 1]),
             Err(Error::TooLarge { .. })
         ));
-        assert_eq!(parse_header(&[13, 0, 0, 0, 0]), Err(Error::UnknownType(13)));
-        assert_eq!(parse_header_any(&[13, 0, 0, 0, 7]), Ok((Err(13), 7)));
+        assert_eq!(parse_header(&[14, 0, 0, 0, 0]), Err(Error::UnknownType(14)));
+        assert_eq!(parse_header_any(&[14, 0, 0, 0, 7]), Ok((Err(14), 7)));
         assert_eq!(
             parse_header_any(&[10, 0, 0, 0, 7]),
             Ok((Ok(MsgType::Introduce), 7))

@@ -70,7 +70,7 @@ fn bogus_contacts_do_not_stop_a_lookup() {
                 progressed = true;
                 match o {
                     Output::LookupDone(x) => done = Some(x),
-                    Output::Observed(_) => {}
+                    Output::Observed(_) | Output::Moved => {}
                     Output::Send { to, id: rid, req } => {
                         let Some(&dst) = by_addr.get(&to.addr) else {
                             bogus_sent += 1; // a contact that does not exist: never answers

@@ -140,3 +140,67 @@ fn the_public_address_is_learnt_from_two_networks_and_then_checked_now_and_then(
     d.handle_timeout(t4 + OBSERVE_RETRY, 0);
     assert_eq!(pings(&mut d).len(), OBSERVE_PINGS);
 }
+
+/// A member that sees our connection to it migrate tells us where it sees us now
+/// ([`Dht::seen`]): when that network saw us elsewhere before, we moved, and the others are
+/// asked again within seconds rather than at the next interval.
+#[test]
+fn a_node_that_saw_us_elsewhere_makes_us_ask_the_others_at_once() {
+    let me = contact(0, "10.0.1.2:4433");
+    let mut d = Dht::new(me, NoRecords, 1);
+    let t0 = Duration::from_secs(100);
+    for (i, a) in [
+        (1, "198.51.100.7:4433"),
+        (2, "203.0.113.9:4433"),
+        (3, "192.0.2.5:4433"),
+    ] {
+        d.add_contact(contact(i, a), t0);
+    }
+    d.set_observing(true, t0);
+    d.handle_timeout(t0, 0);
+    let public: SocketAddr = "198.18.2.2:4433".parse().unwrap();
+    for (id, _) in pings(&mut d) {
+        d.handle_response(id, Response::Pong { observed: public }, t0, 0);
+    }
+    let _ = pings(&mut d);
+    assert_eq!(d.observed().addresses(t0), [public]);
+    let moved_outputs = |d: &mut Dht<NoRecords>| {
+        let mut n = 0;
+        while let Some(o) = d.poll_output() {
+            n += matches!(o, Output::Moved) as usize;
+        }
+        n
+    };
+    // A node in a network that never reported says nothing about a move.
+    let t1 = t0 + Duration::from_secs(5);
+    let renumbered: SocketAddr = "198.18.2.3:4433".parse().unwrap();
+    d.seen(t1, "198.18.3.2:4433".parse().unwrap(), renumbered);
+    assert_eq!(moved_outputs(&mut d), 0);
+    // One that saw us at the old address does.
+    d.seen(t1, "203.0.113.9:4433".parse().unwrap(), renumbered);
+    assert_eq!(moved_outputs(&mut d), 1);
+    assert!(
+        d.observed().addresses(t1).contains(&renumbered),
+        "two networks see the new address"
+    );
+    assert_eq!(
+        d.poll_timeout(),
+        Some(t1 + shadowmesh_proto::dht::MOVED_SETTLE)
+    );
+    d.handle_timeout(t1 + shadowmesh_proto::dht::MOVED_SETTLE, 0);
+    assert_eq!(
+        pings(&mut d).len(),
+        OBSERVE_PINGS,
+        "the others asked at once"
+    );
+    // Told again and again, it says so at most once per OBSERVE_RETRY.
+    let t2 = t1 + Duration::from_secs(3);
+    d.seen(t2, "203.0.113.9:4433".parse().unwrap(), public);
+    assert_eq!(moved_outputs(&mut d), 0);
+    d.seen(
+        t1 + OBSERVE_RETRY,
+        "203.0.113.9:4433".parse().unwrap(),
+        renumbered,
+    );
+    assert_eq!(moved_outputs(&mut d), 1);
+}

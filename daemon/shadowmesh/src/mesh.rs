@@ -416,6 +416,7 @@ impl Mesh {
                     }
                 }
                 Some(Output::Observed(addrs)) => self.observed(addrs),
+                Some(Output::Moved) => self.moved(),
             }
         }
         self.wake.notify_one();
@@ -576,6 +577,16 @@ impl Mesh {
         self.republish_addrs();
     }
 
+    /// A node that saw us at one address sees us at another: our public address moved under
+    /// us (a renumbered router; our own addresses may be unchanged). The connections we
+    /// dialled migrated by themselves; those we accepted are dead ends, dialled again now.
+    fn moved(self: &Rc<Self>) {
+        log::info!("our public address moved: redialling the members that had dialled us");
+        if let Some(dp) = self.dataplane() {
+            dp.redial_accepted();
+        }
+    }
+
     /// The addresses `list advertise` stands for changed (its names resolved again): our
     /// record is re-signed and published if its addresses did.
     pub fn advertise_addrs(self: &Rc<Self>, advertise: Vec<SocketAddr>) {
@@ -677,5 +688,12 @@ impl crate::dataplane::Dialer for Mesh {
 
     fn dataplane(&self) -> Option<Rc<DataPlane>> {
         Mesh::dataplane(self)
+    }
+
+    fn seen(self: Rc<Self>, reporter: SocketAddr, at: SocketAddr) {
+        log::debug!("{reporter} sees us at {at} now");
+        let now = self.now();
+        self.dht.borrow_mut().seen(now, reporter, at);
+        self.pump();
     }
 }

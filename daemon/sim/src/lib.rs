@@ -304,7 +304,7 @@ impl Sim {
                         },
                     );
                 }
-                Output::Observed(_) => {}
+                Output::Observed(_) | Output::Moved => {}
                 Output::LookupDone(out) => {
                     if let Some(m) = self.measured.remove(&(n, out.id)) {
                         if m.find_value.is_none() {

@@ -50,17 +50,27 @@ impl<L: Link> Engine<L> {
         self.relay.forward(now, from, id, len)
     }
 
-    /// The circuits follow the members' links where their NATs moved them (call after the
-    /// links' QUIC paths were read).
-    pub fn relay_moved(&mut self) {
-        if self.relay.circuits().is_empty() {
-            return;
-        }
+    /// Call after the links' QUIC paths were read: a member whose connection to us migrated
+    /// is told where we see it now ([`MsgType::Seen`]: its public address may have changed,
+    /// and it cannot see that itself), and the circuits through us follow it there.
+    pub fn paths_read(&mut self) {
+        let mut told = Vec::new();
         for (p, m) in self.members.iter_mut() {
             if let Some(l) = m.link.as_mut().filter(|l| l.is_open()) {
+                let moved = l.paths_mut().take_moved();
                 let a = l.paths_mut().quic_addr();
-                self.relay.moved(p, a);
+                if moved && !l.dialled() && !l.relayed() {
+                    told.push((*p, a));
+                }
+                if !self.relay.circuits().is_empty() {
+                    self.relay.moved(p, a);
+                }
             }
+        }
+        for (p, a) in told {
+            let mut body = Vec::new();
+            emit_addr(&a, &mut body);
+            self.out.push_back(Output::Control(p, MsgType::Seen, body));
         }
     }
 

@@ -581,4 +581,60 @@ fn an_introduction_is_answered_by_one_dial() {
     assert!(drain(&mut only).is_empty());
 }
 
+#[test]
+fn a_member_whose_connection_migrated_is_told_where_we_see_it() {
+    use shadowmesh_proto::dht::wire::{emit_addr, parse_addr};
+    let mut e = engine(vec![]);
+    // Member 1 dialled us; member 2 we dialled.
+    assert!(up(&mut e, S(0), 1, TestLink::new(1, 0, 11, S(0))));
+    let mut ours = TestLink::new(2, 0, 12, S(0));
+    ours.dialled = true;
+    assert!(up(&mut e, S(0), 2, ours));
+    drain(&mut e);
+    let seen = |out: &[Output<TestLink>]| -> Vec<(PeerId, SocketAddr)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Control(p, MsgType::Seen, b) => Some((*p, parse_addr(b).unwrap())),
+                _ => None,
+            })
+            .collect()
+    };
+    e.paths_read();
+    assert!(seen(&drain(&mut e)).is_empty(), "nothing moved");
+    let moved = SocketAddr::from(([198, 51, 100, 9], 5000));
+    for n in [1, 2] {
+        e.link_mut(&pid(n))
+            .unwrap()
+            .paths
+            .quic_seen(moved, Duration::from_millis(5));
+    }
+    e.paths_read();
+    assert_eq!(
+        seen(&drain(&mut e)),
+        [(pid(1), moved)],
+        "told once, and only the member that dialled (a server's side cannot move)"
+    );
+    e.paths_read();
+    assert!(seen(&drain(&mut e)).is_empty());
+
+    // What a member says of us counts from the far end of a connection we dialled only.
+    let mut body = Vec::new();
+    emit_addr(&moved, &mut body);
+    let reports = |e: &mut Engine<TestLink>| -> Vec<(SocketAddr, SocketAddr)> {
+        drain(e)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Seen { reporter, at } => Some((reporter, at)),
+                _ => None,
+            })
+            .collect()
+    };
+    e.handle_control(S(1), pid(1), 1, MsgType::Seen, &body);
+    assert!(reports(&mut e).is_empty(), "we accepted that one");
+    e.handle_control(S(1), pid(2), 2, MsgType::Seen, &body);
+    assert_eq!(reports(&mut e), [(moved, moved)]);
+    e.handle_control(S(1), pid(2), 2, MsgType::Seen, &[4, 1]);
+    assert!(reports(&mut e).is_empty(), "a bad body is ignored");
+}
+
 mod relay;

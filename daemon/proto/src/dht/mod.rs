@@ -58,3 +58,6 @@ pub const OBSERVE_INTERVAL: Duration = Duration::from_secs(45);
 pub const OBSERVE_RETRY: Duration = Duration::from_secs(15);
 /// Contacts asked each time.
 pub const OBSERVE_PINGS: usize = 3;
+/// After a node saw us move ([`node::Output::Moved`]), how soon the others are asked: time
+/// for the connections we had accepted, dead now, to be dialled again from our new address.
+pub const MOVED_SETTLE: Duration = Duration::from_secs(2);

@@ -23,7 +23,7 @@ use super::observed::Observed;
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
 use super::{K, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT, VALUE_QUORUM};
-use super::{OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
+use super::{MOVED_SETTLE, OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
 use crate::limit::TokenBuckets;
 use crate::PeerId;
 
@@ -114,6 +114,10 @@ pub enum Output<R> {
     /// The addresses other nodes see us at changed ([`Dht::observed`]): our record may need
     /// them.
     Observed(Vec<SocketAddr>),
+    /// A node that saw us at one address before sees us at another now: our public address
+    /// moved (a renumbered router, a new uplink), and connections others dialled to us are
+    /// dead ends (QUIC servers cannot migrate). At most once per [`OBSERVE_RETRY`].
+    Moved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +178,8 @@ pub struct Dht<C: RecordCheck> {
     observed: Observed,
     /// When to ask where others see us next; `None`: we do not ask ([`Dht::set_observing`]).
     next_observe: Option<Duration>,
+    /// When we last said [`Output::Moved`].
+    last_moved: Option<Duration>,
     /// Counters.
     pub stats: DhtStats,
 }
@@ -209,6 +215,7 @@ impl<C: RecordCheck> Dht<C> {
             joining: None,
             observed: Observed::new(),
             next_observe: None,
+            last_moved: None,
             stats: DhtStats::default(),
         }
     }
@@ -612,15 +619,7 @@ impl<C: RecordCheck> Dht<C> {
         }
         self.heard_from(via, now);
         if let Response::Pong { observed } = &resp {
-            // Only a node outside every private network sees our public side.
-            let public = subnet_key(&via.addr).is_some();
-            if public && self.observed.report(now, via.addr, *observed) {
-                let addrs = self.observed.addresses(now);
-                if !addrs.is_empty() && self.next_observe.is_some() {
-                    self.next_observe = Some(now + OBSERVE_INTERVAL);
-                }
-                self.out.push_back(Output::Observed(addrs));
-            }
+            self.report(now, via.addr, *observed);
         }
         match p.kind {
             ReqKind::Ping { lru: true } => self.table.ping_result(&p.to.id, true, now),
@@ -668,6 +667,39 @@ impl<C: RecordCheck> Dht<C> {
                 }
                 self.drive(lid, now);
             }
+        }
+    }
+
+    /// A node at `reporter` told us, outside a PONG, that it sees us at `at` now (a member
+    /// whose connection from us migrated). Counts as its PONG would.
+    pub fn seen(&mut self, now: Duration, reporter: SocketAddr, at: SocketAddr) {
+        self.report(now, reporter, at);
+    }
+
+    /// The node at `reporter` sees us at `at`. Only a node outside every private network sees
+    /// our public side. When it saw us elsewhere before, we moved: the others are asked again
+    /// at once, rather than after [`OBSERVE_INTERVAL`].
+    fn report(&mut self, now: Duration, reporter: SocketAddr, at: SocketAddr) {
+        if subnet_key(&reporter).is_none() {
+            return;
+        }
+        let moved = self.observed.moved(now, reporter, at);
+        if self.observed.report(now, reporter, at) {
+            let addrs = self.observed.addresses(now);
+            if !addrs.is_empty() && self.next_observe.is_some() {
+                self.next_observe = Some(now + OBSERVE_INTERVAL);
+            }
+            self.out.push_back(Output::Observed(addrs));
+        }
+        let quiet = self.last_moved.is_none_or(|t| now >= t + OBSERVE_RETRY);
+        if moved && quiet {
+            self.last_moved = Some(now);
+            // Soon, not now: the connections to the other observers that died with our old
+            // address are being redialled.
+            if let Some(t) = self.next_observe.as_mut() {
+                *t = now + MOVED_SETTLE;
+            }
+            self.out.push_back(Output::Moved);
         }
     }
 

@@ -51,6 +51,15 @@ impl NatClass {
     }
 }
 
+/// An address someone could send to, of the reporter's family.
+fn usable(reporter: SocketAddr, observed: SocketAddr) -> bool {
+    let ip = observed.ip();
+    observed.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip.is_ipv4() == reporter.is_ipv4()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Report {
     at: Duration,
@@ -75,12 +84,7 @@ impl Observed {
     /// (unspecified, multicast, port 0) or one of another family than the reporter's is
     /// ignored. Returns whether the set of observed addresses changed.
     pub fn report(&mut self, now: Duration, reporter: SocketAddr, observed: SocketAddr) -> bool {
-        let ip = observed.ip();
-        if observed.port() == 0
-            || ip.is_unspecified()
-            || ip.is_multicast()
-            || ip.is_ipv4() != reporter.is_ipv4()
-        {
+        if !usable(reporter, observed) {
             return false;
         }
         let before = self.addresses(now);
@@ -97,6 +101,17 @@ impl Observed {
             observed,
         });
         self.addresses(now) != before
+    }
+
+    /// Whether `reporter`'s network, which saw us at another address within [`FRESH`], now
+    /// sees us at `observed`: our address moved (or the reporter lies, which one network
+    /// cannot make count: [`QUORUM`]).
+    pub fn moved(&self, now: Duration, reporter: SocketAddr, observed: SocketAddr) -> bool {
+        let network = source_key(reporter);
+        usable(reporter, observed)
+            && self
+                .fresh(now)
+                .any(|r| r.network == network && r.observed != observed)
     }
 
     fn fresh(&self, now: Duration) -> impl Iterator<Item = &Report> {
@@ -189,6 +204,29 @@ mod tests {
         assert_eq!(o.class(S(3), 4433, &local), NatClass::EndpointIndependent);
         // Reports age out.
         assert!(o.addresses(S(3) + FRESH).is_empty());
+    }
+
+    #[test]
+    fn a_network_that_saw_us_elsewhere_says_we_moved() {
+        let mut o = Observed::new();
+        let (seed, other) = (a("198.51.100.7:4433"), a("192.0.2.1:4433"));
+        assert!(
+            !o.moved(S(1), seed, a("203.0.113.5:4433")),
+            "nothing seen yet"
+        );
+        o.report(S(1), seed, a("203.0.113.5:4433"));
+        o.report(S(1), other, a("203.0.113.5:4433"));
+        assert!(!o.moved(S(2), seed, a("203.0.113.5:4433")));
+        assert!(o.moved(S(2), a("198.51.100.9:4433"), a("203.0.113.9:4433")));
+        assert!(!o.moved(S(2), seed, a("203.0.113.9:0")), "not an address");
+        assert!(
+            !o.moved(S(2), a("198.18.0.1:1"), a("203.0.113.9:4433")),
+            "a new network"
+        );
+        assert!(
+            !o.moved(S(2) + FRESH, seed, a("203.0.113.9:4433")),
+            "forgotten"
+        );
     }
 
     #[test]

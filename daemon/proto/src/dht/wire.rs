@@ -378,6 +378,19 @@ impl<'a> Response<&'a [u8]> {
     }
 }
 
+/// Encodes one address (`family u8 || ip || port u16`), as a PONG carries it.
+pub fn emit_addr(a: &SocketAddr, out: &mut Vec<u8>) {
+    write_addr(out, a);
+}
+
+/// Decodes an address written by [`emit_addr`] that fills `buf`.
+pub fn parse_addr(buf: &[u8]) -> Result<SocketAddr, Error> {
+    let mut r = Reader::new(buf);
+    let a = read_addr(&mut r)?;
+    r.finish()?;
+    Ok(a)
+}
+
 /// Encodes a list of contacts (the routing-table cache): `n u16 || n * contact`.
 pub fn emit_contact_list(contacts: &[Contact], out: &mut Vec<u8>) {
     let n = contacts.len().min(u16::MAX as usize);
@@ -471,6 +484,21 @@ mod tests {
                 - 3,
             71
         );
+    }
+
+    #[test]
+    fn one_address_round_trips_and_nothing_else_parses() {
+        for a in ["198.51.100.1:9", "[2001:db8::1]:4433"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut b = Vec::new();
+            emit_addr(&a, &mut b);
+            assert_eq!(parse_addr(&b), Ok(a));
+            assert!(parse_addr(&b[..b.len() - 1]).is_err());
+            b.push(0);
+            assert!(parse_addr(&b).is_err(), "trailing bytes");
+        }
+        assert!(parse_addr(&[5, 1, 2, 3, 4, 0, 1]).is_err());
+        assert!(parse_addr(&[]).is_err());
     }
 
     #[test]

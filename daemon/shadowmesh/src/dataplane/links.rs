@@ -97,6 +97,11 @@ impl DataPlane {
                     peer,
                     dial,
                 } => self.circuit(relay, circuit, peer, dial),
+                CoreOutput::Seen { reporter, at } => {
+                    if let Some(m) = self.mesh_side() {
+                        m.seen(reporter, at);
+                    }
+                }
             }
         }
     }
@@ -435,7 +440,7 @@ impl DataPlane {
                 l.paths.quic_seen(l.conn.remote_address(), l.conn.rtt());
             }
         }
-        self.core.borrow_mut().relay_moved();
+        self.core.borrow_mut().paths_read();
     }
 
     /// Relays for members or stops (logged when it changes).

@@ -107,6 +107,8 @@ pub trait Dialer {
     ) -> LocalFuture<Result<(), String>>;
     /// The data plane attached to it.
     fn dataplane(&self) -> Option<Rc<DataPlane>>;
+    /// A member at `reporter` sees us at `at` now (our connection to it migrated).
+    fn seen(self: Rc<Self>, reporter: std::net::SocketAddr, at: std::net::SocketAddr);
 }
 
 impl DataPlane {
