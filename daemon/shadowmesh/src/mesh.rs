@@ -585,6 +585,15 @@ impl Mesh {
         if let Some(dp) = self.dataplane() {
             dp.redial_accepted();
         }
+        // A DHT-only node's connection that we accepted: the next request dials afresh.
+        self.conns.borrow_mut().retain(|_, c| {
+            let dead = c.stranger && c.conn.side() == quinn::Side::Server;
+            if dead {
+                c.conn
+                    .close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"moved");
+            }
+            !dead
+        });
     }
 
     /// The addresses `list advertise` stands for changed (its names resolved again): our

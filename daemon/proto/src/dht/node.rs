@@ -683,16 +683,22 @@ impl<C: RecordCheck> Dht<C> {
         if subnet_key(&reporter).is_none() {
             return;
         }
-        let moved = self.observed.moved(now, reporter, at);
-        if self.observed.report(now, reporter, at) {
-            let addrs = self.observed.addresses(now);
+        let before = self.observed.addresses(now);
+        let quiet = self.last_moved.is_none_or(|t| now >= t + OBSERVE_RETRY);
+        // We left the address it saw us at: whoever else saw us there is asked again.
+        let moved = self.observed.moved(now, reporter, at).filter(|_| quiet);
+        if let Some(old) = moved {
+            self.observed.forget(old);
+        }
+        self.observed.report(now, reporter, at);
+        let addrs = self.observed.addresses(now);
+        if addrs != before {
             if !addrs.is_empty() && self.next_observe.is_some() {
                 self.next_observe = Some(now + OBSERVE_INTERVAL);
             }
             self.out.push_back(Output::Observed(addrs));
         }
-        let quiet = self.last_moved.is_none_or(|t| now >= t + OBSERVE_RETRY);
-        if moved && quiet {
+        if moved.is_some() {
             self.last_moved = Some(now);
             // Soon, not now: the connections to the other observers that died with our old
             // address are being redialled.

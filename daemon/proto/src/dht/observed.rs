@@ -52,9 +52,12 @@ impl NatClass {
 }
 
 /// An address someone could send to, of the reporter's family.
+/// A relay's circuit (a local address in 240.0.0.0/8) shows neither side's public address.
 fn usable(reporter: SocketAddr, observed: SocketAddr) -> bool {
     let ip = observed.ip();
-    observed.port() != 0
+    !crate::relay::is_mapped(reporter)
+        && !crate::relay::is_mapped(observed)
+        && observed.port() != 0
         && !ip.is_unspecified()
         && !ip.is_multicast()
         && ip.is_ipv4() == reporter.is_ipv4()
@@ -106,12 +109,25 @@ impl Observed {
     /// Whether `reporter`'s network, which saw us at another address within [`FRESH`], now
     /// sees us at `observed`: our address moved (or the reporter lies, which one network
     /// cannot make count: [`QUORUM`]).
-    pub fn moved(&self, now: Duration, reporter: SocketAddr, observed: SocketAddr) -> bool {
+    /// Returns where it saw us.
+    pub fn moved(
+        &self,
+        now: Duration,
+        reporter: SocketAddr,
+        observed: SocketAddr,
+    ) -> Option<SocketAddr> {
+        if !usable(reporter, observed) {
+            return None;
+        }
         let network = source_key(reporter);
-        usable(reporter, observed)
-            && self
-                .fresh(now)
-                .any(|r| r.network == network && r.observed != observed)
+        self.fresh(now)
+            .find(|r| r.network == network && r.observed != observed)
+            .map(|r| r.observed)
+    }
+
+    /// Forgets every report of `addr` (we left it: those who saw us there are asked again).
+    pub fn forget(&mut self, addr: SocketAddr) {
+        self.reports.retain(|r| r.observed != addr);
     }
 
     fn fresh(&self, now: Duration) -> impl Iterator<Item = &Report> {
@@ -210,23 +226,25 @@ mod tests {
     fn a_network_that_saw_us_elsewhere_says_we_moved() {
         let mut o = Observed::new();
         let (seed, other) = (a("198.51.100.7:4433"), a("192.0.2.1:4433"));
-        assert!(
-            !o.moved(S(1), seed, a("203.0.113.5:4433")),
-            "nothing seen yet"
+        let old = a("203.0.113.5:4433");
+        assert_eq!(o.moved(S(1), seed, old), None, "nothing seen yet");
+        o.report(S(1), seed, old);
+        o.report(S(1), other, old);
+        assert_eq!(o.moved(S(2), seed, old), None);
+        let new = a("203.0.113.9:4433");
+        assert_eq!(o.moved(S(2), a("198.51.100.9:4433"), new), Some(old));
+        assert_eq!(
+            o.moved(S(2), seed, a("203.0.113.9:0")),
+            None,
+            "not an address"
         );
-        o.report(S(1), seed, a("203.0.113.5:4433"));
-        o.report(S(1), other, a("203.0.113.5:4433"));
-        assert!(!o.moved(S(2), seed, a("203.0.113.5:4433")));
-        assert!(o.moved(S(2), a("198.51.100.9:4433"), a("203.0.113.9:4433")));
-        assert!(!o.moved(S(2), seed, a("203.0.113.9:0")), "not an address");
-        assert!(
-            !o.moved(S(2), a("198.18.0.1:1"), a("203.0.113.9:4433")),
-            "a new network"
-        );
-        assert!(
-            !o.moved(S(2) + FRESH, seed, a("203.0.113.9:4433")),
-            "forgotten"
-        );
+        assert_eq!(o.moved(S(2), a("198.18.0.1:1"), new), None, "a new network");
+        assert_eq!(o.moved(S(2) + FRESH, seed, new), None, "aged out");
+        // A circuit's local address is nobody's public one.
+        assert!(!o.report(S(2), a("240.0.0.1:1"), new));
+        assert!(!o.report(S(2), seed, a("240.0.0.1:1")));
+        o.forget(old);
+        assert!(o.addresses(S(2)).is_empty());
     }
 
     #[test]
