@@ -68,6 +68,8 @@ struct Report {
     at: Duration,
     /// The reporter's network ([`source_key`]).
     network: SocketAddr,
+    /// The reporter itself.
+    reporter: SocketAddr,
     observed: SocketAddr,
 }
 
@@ -101,15 +103,17 @@ impl Observed {
         self.reports.push(Report {
             at: now,
             network,
+            reporter,
             observed,
         });
         self.addresses(now) != before
     }
 
-    /// Whether `reporter`'s network, which saw us at another address within [`FRESH`], now
-    /// sees us at `observed`: our address moved (or the reporter lies, which one network
-    /// cannot make count: [`QUORUM`]).
-    /// Returns where it saw us.
+    /// Whether `reporter`, which saw us at another address within [`FRESH`], now sees us at
+    /// `observed`: our address moved (or the reporter lies, which one network cannot make
+    /// count: [`QUORUM`]). The same node, not only the same network: behind a NAT that maps
+    /// each destination to its own port, two nodes of one network see two ports. Returns
+    /// where it saw us.
     pub fn moved(
         &self,
         now: Duration,
@@ -119,9 +123,8 @@ impl Observed {
         if !usable(reporter, observed) {
             return None;
         }
-        let network = source_key(reporter);
         self.fresh(now)
-            .find(|r| r.network == network && r.observed != observed)
+            .find(|r| r.reporter == reporter && r.observed != observed)
             .map(|r| r.observed)
     }
 
@@ -232,7 +235,12 @@ mod tests {
         o.report(S(1), other, old);
         assert_eq!(o.moved(S(2), seed, old), None);
         let new = a("203.0.113.9:4433");
-        assert_eq!(o.moved(S(2), a("198.51.100.9:4433"), new), Some(old));
+        assert_eq!(o.moved(S(2), seed, new), Some(old));
+        assert_eq!(
+            o.moved(S(2), a("198.51.100.9:4433"), new),
+            None,
+            "another node of the seed's network (another port, behind a symmetric NAT)"
+        );
         assert_eq!(
             o.moved(S(2), seed, a("203.0.113.9:0")),
             None,
