@@ -100,7 +100,15 @@ fn main() -> ExitCode {
         },
         Some("nat-lab") => release_bin().and_then(|bin| {
             let json = args[1..].iter().any(|a| a == "--json");
-            let rep = nat_lab::run(&bin, json)?;
+            let runs = match args.iter().position(|a| a == "--runs") {
+                Some(i) => args
+                    .get(i + 1)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--runs takes a number of runs (1 or more)")?,
+                None => 1,
+            };
+            let rep = nat_lab::run(&bin, json, runs)?;
             rep.failures
                 .is_empty()
                 .then_some(())
@@ -139,7 +147,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,11 +37,19 @@ pub struct Report {
     pub relay_kill_gap_s: Option<f64>,
     /// When a renumbered gateway's observed addresses showed its new address (s after).
     pub renumbered_observed_s: Option<f64>,
+    /// Rows are not printed as they come (the output is JSON).
+    pub quiet: bool,
+    /// The NAT lab's pairs, each as a JSON object.
+    pub pairs_json: Vec<String>,
+    /// The NAT lab's pairs that must go direct: how long each took (ms; `None`: it did not).
+    pub direct_ms: Vec<Option<f64>>,
 }
 
 impl Report {
     fn row(&mut self, what: &str, value: String) {
-        println!("  {what:<52} {value}");
+        if !self.quiet {
+            println!("  {what:<52} {value}");
+        }
         self.rows.push((what.into(), value));
     }
 
@@ -59,6 +67,20 @@ impl Report {
             .iter()
             .filter(|(_, v)| v.starts_with("ok") || v.starts_with("FAILED"))
             .count() as u64
+    }
+
+    /// Takes in another run's checks and measurements (what was measured once, the last
+    /// run's).
+    pub(crate) fn absorb(&mut self, other: Report) {
+        self.rows.extend(other.rows);
+        self.failures.extend(other.failures);
+        self.relays.extend(other.relays);
+        self.pairs_json.extend(other.pairs_json);
+        self.direct_ms.extend(other.direct_ms);
+        self.cost = other.cost.or(self.cost);
+        self.rebinding_gap_s = other.rebinding_gap_s.or(self.rebinding_gap_s);
+        self.relay_kill_gap_s = other.relay_kill_gap_s.or(self.relay_kill_gap_s);
+        self.renumbered_observed_s = other.renumbered_observed_s.or(self.renumbered_observed_s);
     }
 
     pub(crate) fn table(&self) -> String {

@@ -49,7 +49,7 @@ pub(crate) fn test(args: &[String]) -> Result {
             ("mesh scenario", mesh::run(&bin, true)?),
             ("trust-boundary scenario", trust::run(&bin, &hostile)?),
             ("stranger flood scenario", flood::run(&bin, &flooder, 30)?),
-            ("NAT lab", nat_lab::run(&bin, false)?),
+            ("NAT lab", nat_lab::run(&bin, false, 1)?),
         ] {
             failed += rep.failures.len() as u64;
             passed += rep.checks() - rep.failures.len() as u64;

@@ -44,7 +44,18 @@ pub(super) fn nat_rules(kind: &str, inside: &str) -> String {
     };
     let pre = match kind {
         "full-cone" => format!("iifname \"wan0\" udp dport 4433 dnat to {inside}:4433"),
+        // Only from addresses the inside sent to (any port of theirs).
+        "address-restricted" => {
+            format!("iifname \"wan0\" udp dport 4433 ip saddr @contacted dnat to {inside}:4433")
+        }
         _ => String::new(),
+    };
+    // The addresses the inside sent to, for `address-restricted` (kept 5 minutes after the last
+    // packet, as conntrack keeps a UDP stream).
+    let contacted = if kind == "address-restricted" {
+        "\tset contacted {\n\t\ttype ipv4_addr;\n\t\tflags dynamic, timeout;\n\t\ttimeout 5m;\n\t}\n\tchain out {\n\t\ttype filter hook forward priority 0;\n\t\toifname \"wan0\" update @contacted { ip daddr }\n\t}\n"
+    } else {
+        ""
     };
     // As a router's firewall does (OpenWrt's wan zone rejects input): nothing unsolicited
     // reaches the router itself. Without it, a packet from outside to the WAN port 4433 leaves
@@ -52,7 +63,7 @@ pub(super) fn nat_rules(kind: &str, inside: &str) -> String {
     // another port.
     let input = "iifname \"wan0\" ct state new drop";
     format!(
-        "table ip nat {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority -100;\n\t\t{pre}\n\t}}\n\tchain post {{\n\t\ttype nat hook postrouting priority 100;\n\t\t{post}\n\t}}\n}}\ntable ip filter {{\n\tchain input {{\n\t\ttype filter hook input priority 0;\n\t\t{input}\n\t}}\n}}\n"
+        "table ip nat {{\n{contacted}\tchain pre {{\n\t\ttype nat hook prerouting priority -100;\n\t\t{pre}\n\t}}\n\tchain post {{\n\t\ttype nat hook postrouting priority 100;\n\t\t{post}\n\t}}\n}}\ntable ip filter {{\n\tchain input {{\n\t\ttype filter hook input priority 0;\n\t\t{input}\n\t}}\n}}\n"
     )
 }
 
