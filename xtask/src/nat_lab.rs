@@ -18,7 +18,11 @@
 //! - `double`: a port-restricted home router whose WAN is in 100.64.0.0/10, behind a
 //!   carrier-grade NAT router (`cgnN`, port-restricted too);
 //! - `address-restricted`: `masquerade`, and packets to the WAN's port 4433 forwarded inside
-//!   from any port of an address the inside sent to (an nftables set it fills).
+//!   from any port of an address the inside sent to (an nftables set it fills);
+//! - `upnp`: port-restricted, and the router runs miniupnpd (Debian's `miniupnpd-nftables`,
+//!   started by the lab in the router's namespace with a configuration of its own: NAT-PMP and
+//!   PCP, no UPnP IGD), which forwards the port the gateway asks for. Its WAN is in
+//!   198.20.7.0/24: miniupnpd refuses to map on a reserved address such as 198.18.0.0/15.
 //!
 //! Checked (these fail the run): each gateway learns the address other nodes see it at and the
 //! class of its NAT (`status`: `observed`, `nat`), the public member that it has none; a
@@ -49,13 +53,14 @@ use measure::{clock_ticks, cpu_ticks, lookup, observed, relayed_bytes, transfer}
 use net::{nat_rules, nft, ns_of, uplink, Impairment};
 
 /// The NAT kinds of the lab's gateways, in order (`gw1`, `gw2`, ...).
-const NATS: [&str; 6] = [
+const NATS: [&str; 7] = [
     "port-restricted",
     "port-restricted",
     "full-cone",
     "symmetric",
     "double",
     "address-restricted",
+    "upnp",
 ];
 
 /// How long a pair may take for its first ping reply.
@@ -114,6 +119,10 @@ const LOSS_PCT: u32 = 1;
 pub fn run(bin: &Path, json: bool, runs: u32) -> Result<Report> {
     let mut names = vec!["seed".to_string(), "p".to_string(), "q".to_string()];
     names.extend((1..=NATS.len()).map(|i| format!("gw{i}")));
+    lab::require_tools(
+        &["iperf3", "conntrack", "miniupnpd"],
+        "run .ci/setup-tests (apt-get install iperf3 conntrack miniupnpd-nftables)",
+    )?;
     let mut rep = Report::default();
     rep.quiet = json;
     for _ in 0..runs.max(1) {
@@ -229,7 +238,11 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         let i = i + 1;
         let name = format!("gw{i}");
         let router = lab.ns(&format!("nat{i}"))?;
-        let wan = format!("198.18.{i}");
+        let wan = if *kind == "upnp" {
+            format!("198.20.{i}")
+        } else {
+            format!("198.18.{i}")
+        };
         if *kind == "double" {
             // A home router behind the ISP's carrier-grade NAT: the home router's WAN is in
             // 100.64.0.0/10, and the carrier's router masquerades that to the internet.
@@ -311,6 +324,25 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
             &format!("10.{i}.0.1"),
         ])?;
         nft(&router, &nat_rules(kind, &inside))?;
+        if *kind == "upnp" {
+            nft(&router, net::MINIUPNPD_TABLE)?;
+            let dir = lab.dir.join(format!("nat{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let conf = dir.join("miniupnpd.conf");
+            std::fs::write(&conf, net::miniupnpd_conf(&format!("10.{i}.0")))
+                .map_err(|e| e.to_string())?;
+            let log = std::fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
+            let (conf, pid) = (conf.to_string_lossy(), dir.join("pid"));
+            let child = lab::netns_exec(
+                &router,
+                &["miniupnpd", "-d", "-f", &conf, "-P", &pid.to_string_lossy()],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("miniupnpd: {e}"))?;
+            lab.others.push(child);
+        }
         let (key, id) = lab.keygen(&name)?;
         // gw3 knows the seed by name only, as a home router knows another by its dynamic-DNS
         // name: its namespace's /etc/hosts has it.
@@ -379,6 +411,22 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 "nat {nat}, observed {observed:?}, within {:.1} s",
                 learnt.as_secs_f64()
             ),
+        );
+    }
+
+    // The gateway behind the router that maps ports asked it to, and got its port forwarded.
+    for (m, st) in members.iter().zip(&status).filter(|(m, _)| m.nat == "upnp") {
+        let pm = st
+            .split("\"port_mapping\":")
+            .nth(1)
+            .and_then(|r| r.split('}').next())
+            .unwrap_or_default()
+            .to_string();
+        rep.check(
+            &format!("{} ({}) maps its port on its router", m.node.name, m.nat),
+            pm.contains("\"state\":\"mapped\"")
+                && pm.contains(&format!("\"external\":\"{}:", m.public_ip)),
+            format!("port_mapping {pm}}}"),
         );
     }
 
@@ -756,6 +804,42 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
         .iter()
         .any(|a| a.starts_with("198.18.2.3:"))
         .then(|| t0.elapsed().as_secs_f64());
+
+    // A gateway that stops deletes the mapping it holds on its router.
+    if let Some(i) = NATS.iter().position(|k| *k == "upnp") {
+        let (name, router) = (format!("gw{}", i + 1), ns_of(lab, &format!("nat{}", i + 1)));
+        let forwards = || {
+            lab::netns_exec(
+                &router,
+                &[
+                    "nft",
+                    "list",
+                    "chain",
+                    "inet",
+                    "miniupnpd",
+                    "prerouting_miniupnpd",
+                ],
+            )
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).matches("dnat").count())
+            .unwrap_or(0)
+        };
+        let before = forwards();
+        lab.signal(&name, libc::SIGTERM)?;
+        let t = Instant::now();
+        while forwards() > 0 && t.elapsed() < Duration::from_secs(10) {
+            sleep(Duration::from_millis(100))?;
+        }
+        let after = forwards();
+        rep.check(
+            &format!("{name} deletes its port mapping when it stops"),
+            before > 0 && after == 0,
+            format!(
+                "{before} forward(s) on the router before SIGTERM, {after} {:.1} s after",
+                t.elapsed().as_secs_f64()
+            ),
+        );
+    }
 
     for p in &pairs {
         let (a, b) = (&members[p.a], &members[p.b]);

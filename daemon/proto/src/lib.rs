@@ -40,6 +40,7 @@ pub mod msg;
 pub mod overlay;
 pub mod peer;
 pub mod policy;
+pub mod portmap;
 pub mod record;
 pub mod relay;
 pub mod replay;

@@ -22,6 +22,7 @@
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
 //!     option offload '1'                        # 0: no TUN offload (one packet per read)
 //!     option relay 'auto'                       # relay for members: auto (when reachable), 1, 0
+//!     option port_mapping '1'                   # ask the router to forward our port (PCP, NAT-PMP)
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'    # or <PEERID>@NAME:PORT (resolved now and then)
 //!     list advertise '192.0.2.7:4433'             # or NAME:PORT (a dynamic-DNS name)
 //!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
@@ -126,6 +127,8 @@ pub struct Config {
     pub offload: bool,
     /// Whether to relay for members that cannot reach each other (`option relay`).
     pub relay: RelayMode,
+    /// Whether to ask the router in front of us to forward our port (`option port_mapping`).
+    pub port_mapping: bool,
     /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
     /// a mesh must use the same.
     pub overlay_ipv4: V4Prefix,
@@ -157,6 +160,7 @@ impl Default for Config {
             fast_lane: true,
             offload: true,
             relay: RelayMode::Auto,
+            port_mapping: true,
             overlay_ipv4: V4Prefix::default(),
             ignored: vec![],
         }
@@ -278,6 +282,7 @@ impl Config {
             .bool("fast_lane", self.fast_lane)
             .bool("offload", self.offload)
             .str("relay", self.relay.as_str())
+            .bool("port_mapping", self.port_mapping)
             .bool("plain_udp", self.plain_udp)
             .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
             .raw("bootstrap", &format!("[{}]", boot.join(",")))
@@ -365,6 +370,10 @@ impl Config {
                 "offload" => {
                     let v = single(o)?;
                     c.offload = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "port_mapping" => {
+                    let v = single(o)?;
+                    c.port_mapping = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "accept_routes" => {
                     let v = single(o)?;
@@ -613,6 +622,15 @@ mod tests {
         let e = parse("config shadowmesh\n list advertise 'bad_name:4433'\n").unwrap_err();
         assert_eq!(e.option.as_deref(), Some("advertise"));
         assert!(e.msg.contains("NAME:PORT"), "{}", e.msg);
+    }
+
+    #[test]
+    fn port_mapping_is_on_unless_turned_off() {
+        assert!(parse("config shadowmesh\n").unwrap().port_mapping);
+        let c = parse("config shadowmesh\n option port_mapping '0'\n").unwrap();
+        assert!(!c.port_mapping);
+        let e = parse("config shadowmesh\n option port_mapping 'upnp'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("port_mapping"));
     }
 
     #[test]

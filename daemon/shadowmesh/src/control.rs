@@ -116,9 +116,18 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
             let (observed, nat) = mesh.observed_state();
             let observed: Vec<String> = observed.iter().map(|a| a.to_string()).collect();
             let observed: Vec<&str> = observed.iter().map(String::as_str).collect();
+            let (state, mapping) = mesh.port_map.borrow().status(mesh.uptime());
+            let mut pm = crate::json::Obj::new().str("state", state);
+            if let Some(m) = mapping {
+                pm = pm
+                    .str("protocol", m.protocol.as_str())
+                    .str("external", &m.external.to_string())
+                    .uint("lifetime_s", m.lifetime as u64);
+            }
             o = o
                 .raw("observed", &string_list(&observed))
-                .str("nat", nat.as_str());
+                .str("nat", nat.as_str())
+                .raw("port_mapping", &pm.finish());
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();

@@ -344,6 +344,11 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     if mesh.dataplane().is_some() {
         tokio::task::spawn_local(watch_relay(mesh.clone(), cfg.relay));
     }
+    if cfg.port_mapping && cfg.network_key.is_some() {
+        let port = mesh.contact().addr.port();
+        let state = mesh.port_map.clone();
+        tokio::task::spawn_local(crate::portmap::keep(mesh.clone(), port, state));
+    }
 
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k| signal(k).map_err(|e| CliError::fail(format!("signal handler: {e}")));
@@ -364,6 +369,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         }
     }
     write_cache(&cache_path(&cfg), &mesh.contacts());
+    crate::portmap::release(&mesh.port_map);
     let _ = std::fs::remove_file(&control);
     mesh.node().shutdown().await;
     Ok(())

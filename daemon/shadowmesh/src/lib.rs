@@ -32,6 +32,7 @@ pub mod names;
 pub mod netlink;
 pub mod node;
 pub mod plainudp;
+pub mod portmap;
 pub mod probe;
 pub mod relayed;
 pub mod rpcd;

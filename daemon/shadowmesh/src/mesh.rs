@@ -161,6 +161,10 @@ pub struct Mesh {
     /// The addresses our record carries because the configuration names them
     /// (`list advertise`), and those other nodes see us at ([`Dht::observed`]).
     addrs: RefCell<(Vec<SocketAddr>, Vec<SocketAddr>)>,
+    /// The address the router in front of us forwards to our port (`option port_mapping`).
+    mapped: std::cell::Cell<Option<SocketAddr>>,
+    /// The port mapping, for `status` and the way out.
+    pub port_map: Rc<RefCell<crate::portmap::State>>,
 }
 
 impl Mesh {
@@ -181,6 +185,8 @@ impl Mesh {
             wake: Notify::new(),
             dataplane: RefCell::new(None),
             addrs: RefCell::new((Vec::new(), Vec::new())),
+            mapped: std::cell::Cell::new(None),
+            port_map: Rc::default(),
         }))
     }
 
@@ -606,17 +612,31 @@ impl Mesh {
         self.republish_addrs();
     }
 
+    /// The router in front of us forwards `mapped` to our port (or nothing now): our record
+    /// carries it, after the configured addresses and before the observed ones.
+    pub fn set_mapped(self: &Rc<Self>, mapped: Option<SocketAddr>) {
+        if self.mapped.replace(mapped) != mapped {
+            self.republish_addrs();
+        }
+    }
+
+    /// How long the mesh has run (the clock the port mapping's status is read on).
+    pub fn uptime(&self) -> Duration {
+        self.now()
+    }
+
     /// Sets the addresses the configuration names for our record (`list advertise`).
     pub fn set_advertise(&self, advertise: Vec<SocketAddr>) {
         self.addrs.borrow_mut().0 = advertise;
     }
 
-    /// The addresses our record carries: those configured, then those observed, each once, at
+    /// The addresses our record carries: those configured, the mapped one, then those observed, each once, at
     /// most [`RECORD_MAX_ADDRS`].
     pub fn record_addrs(&self) -> Vec<SocketAddr> {
         let (advertise, observed) = &*self.addrs.borrow();
+        let mapped = self.mapped.get();
         let mut v: Vec<SocketAddr> = Vec::new();
-        for a in advertise.iter().chain(observed) {
+        for a in advertise.iter().chain(mapped.iter()).chain(observed) {
             if !v.contains(a) && v.len() < RECORD_MAX_ADDRS {
                 v.push(*a);
             }

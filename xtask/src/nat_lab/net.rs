@@ -36,6 +36,25 @@ pub(super) fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
     ])
 }
 
+/// The tables and chains miniupnpd adds its port forwards to (`upnp_*` in its configuration),
+/// hooked before the router's own: a forward it adds lets a packet in and rewrites where it
+/// goes.
+pub(super) const MINIUPNPD_TABLE: &str = "table inet miniupnpd {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\t\tjump miniupnpd\n\t}\n\tchain miniupnpd {\n\t}\n\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\t\tjump prerouting_miniupnpd\n\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n\t\tjump postrouting_miniupnpd\n\t}\n\tchain prerouting_miniupnpd {\n\t}\n\tchain postrouting_miniupnpd {\n\t}\n}\n";
+
+/// miniupnpd's configuration for a router with `wan0` outside and `lan0` on `lan` (a /24's
+/// first three octets): NAT-PMP and PCP only (no UPnP IGD: no HTTP port), mappings only for
+/// the asker's own address, into [`MINIUPNPD_TABLE`].
+pub(super) fn miniupnpd_conf(lan: &str) -> String {
+    format!(
+        "ext_ifname=wan0\nlistening_ip=lan0\nhttp_port=0\nenable_natpmp=yes\nenable_upnp=no\n\
+         secure_mode=yes\nsystem_uptime=yes\nupnp_table_name=miniupnpd\n\
+         upnp_nat_table_name=miniupnpd\nupnp_forward_chain=miniupnpd\n\
+         upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+         uuid=3b8d4ff6-8ee9-4c5a-9a13-5e2b0f0c7a01\nallow 1024-65535 {lan}.0/24 1024-65535\n\
+         deny 0-65535 0.0.0.0/0 0-65535\n"
+    )
+}
+
 /// The nftables rules of a NAT router of kind `kind` whose inside host is `inside`.
 pub(super) fn nat_rules(kind: &str, inside: &str) -> String {
     let post = match kind {
