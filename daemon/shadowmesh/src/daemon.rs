@@ -344,7 +344,8 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     if mesh.dataplane().is_some() {
         tokio::task::spawn_local(watch_relay(mesh.clone(), cfg.relay));
     }
-    if cfg.port_mapping && cfg.network_key.is_some() {
+    // A daemon listening on loopback (tests, a local mesh) has no router to ask.
+    if cfg.port_mapping && cfg.network_key.is_some() && !cfg.listen.ip().is_loopback() {
         let port = mesh.contact().addr.port();
         let state = mesh.port_map.clone();
         tokio::task::spawn_local(crate::portmap::keep(mesh.clone(), port, state));
