@@ -550,11 +550,13 @@ impl<L: Link> Engine<L> {
     }
 
     /// Re-dials, on new connections, the members whose connections we accepted (after our
-    /// address changed: a QUIC server cannot migrate, so those connections are dead ends).
+    /// address changed: a QUIC server cannot migrate, so those connections are dead ends), and
+    /// the relays we hold no link with (whichever died of the move before we noticed it).
     pub fn redial_accepted(&mut self) {
         let mut dials = Vec::new();
         for (p, m) in self.members.iter_mut() {
-            if m.link.as_ref().is_some_and(|l| !l.dialled()) {
+            let relay_lost = m.relays && m.link.is_none();
+            if relay_lost || m.link.as_ref().is_some_and(|l| !l.dialled()) {
                 m.wait.dialling_now();
                 dials.push(*p);
             }

@@ -204,3 +204,41 @@ fn a_node_that_saw_us_elsewhere_makes_us_ask_the_others_at_once() {
     );
     assert_eq!(moved_outputs(&mut d), 1);
 }
+
+/// A link that went silent makes the node ask at once (once per OBSERVE_RETRY); after a move,
+/// the next round asks twice as many networks, since some of the usual ones cannot be reached
+/// until they dial the new address.
+#[test]
+fn a_silent_link_asks_now_and_a_move_asks_more_networks() {
+    let me = contact(0, "10.0.1.2:4433");
+    let mut d = Dht::new(me, NoRecords, 1);
+    let t0 = Duration::from_secs(100);
+    for i in 1..=8u8 {
+        d.add_contact(contact(i, &format!("{}.0.113.9:4433", 10 + i * 20)), t0);
+    }
+    d.set_observing(true, t0);
+    d.handle_timeout(t0, 0);
+    let first = pings(&mut d);
+    assert_eq!(first.len(), OBSERVE_PINGS);
+    let public: SocketAddr = "198.18.2.2:4433".parse().unwrap();
+    for (id, _) in &first {
+        d.handle_response(*id, Response::Pong { observed: public }, t0, 0);
+    }
+    let _ = pings(&mut d);
+    assert_eq!(d.poll_timeout(), Some(t0 + OBSERVE_INTERVAL));
+    let t1 = t0 + Duration::from_secs(3);
+    d.observe_soon(t1);
+    assert_eq!(d.poll_timeout(), Some(t1), "asked now");
+    d.handle_timeout(t1, 0);
+    let again = pings(&mut d);
+    assert_eq!(again.len(), OBSERVE_PINGS);
+    // Not again within OBSERVE_RETRY.
+    d.observe_soon(t1 + Duration::from_secs(1));
+    assert!(d.poll_timeout() > Some(t1 + Duration::from_secs(1)));
+    // One of them sees us elsewhere now: the next round asks twice as many.
+    let moved: SocketAddr = "198.18.2.3:4433".parse().unwrap();
+    d.handle_response(again[0].0, Response::Pong { observed: moved }, t1, 0);
+    let t2 = t1 + shadowmesh_proto::dht::MOVED_SETTLE;
+    d.handle_timeout(t2, 0);
+    assert_eq!(pings(&mut d).len(), 2 * OBSERVE_PINGS);
+}

@@ -719,6 +719,12 @@ impl crate::dataplane::Dialer for Mesh {
         Mesh::dataplane(self)
     }
 
+    fn observe_soon(&self) {
+        let now = self.now();
+        self.dht.borrow_mut().observe_soon(now);
+        self.wake.notify_one();
+    }
+
     fn seen(self: Rc<Self>, reporter: SocketAddr, at: SocketAddr) {
         log::debug!("{reporter} sees us at {at} now");
         let now = self.now();

@@ -180,6 +180,11 @@ pub struct Dht<C: RecordCheck> {
     next_observe: Option<Duration>,
     /// When we last said [`Output::Moved`].
     last_moved: Option<Duration>,
+    /// When [`Dht::observe_soon`] last moved the next observation up.
+    last_soon: Option<Duration>,
+    /// The next observation asks twice as many networks (we just moved: some of the usual
+    /// ones may be out of reach until they dial us again).
+    widen: bool,
     /// Counters.
     pub stats: DhtStats,
 }
@@ -216,6 +221,8 @@ impl<C: RecordCheck> Dht<C> {
             observed: Observed::new(),
             next_observe: None,
             last_moved: None,
+            last_soon: None,
+            widen: false,
             stats: DhtStats::default(),
         }
     }
@@ -700,12 +707,26 @@ impl<C: RecordCheck> Dht<C> {
         }
         if moved.is_some() {
             self.last_moved = Some(now);
+            self.widen = true;
             // Soon, not now: the connections to the other observers that died with our old
             // address are being redialled.
             if let Some(t) = self.next_observe.as_mut() {
                 *t = now + MOVED_SETTLE;
             }
             self.out.push_back(Output::Moved);
+        }
+    }
+
+    /// A link of ours went silent: our address may have moved under us. The nodes we observe
+    /// through are asked now rather than at the next interval (at most once per
+    /// [`OBSERVE_RETRY`]).
+    pub fn observe_soon(&mut self, now: Duration) {
+        if self.last_soon.is_some_and(|t| now < t + OBSERVE_RETRY) {
+            return;
+        }
+        if let Some(t) = self.next_observe.as_mut() {
+            self.last_soon = Some(now);
+            *t = (*t).min(now);
         }
     }
 
@@ -798,11 +819,17 @@ impl<C: RecordCheck> Dht<C> {
         let target = self.local.id.0;
         let mine = subnet_key(&self.local.addr);
         let mut asked: Vec<[u8; 7]> = Vec::new();
+        let want = OBSERVE_PINGS
+            * if std::mem::take(&mut self.widen) {
+                2
+            } else {
+                1
+            };
         for c in self.table.closest(&target, K) {
             let Some(net) = subnet_key(&c.addr) else {
                 continue;
             };
-            if asked.len() >= OBSERVE_PINGS || Some(net) == mine || asked.contains(&net) {
+            if asked.len() >= want || Some(net) == mine || asked.contains(&net) {
                 continue;
             }
             asked.push(net);

@@ -69,6 +69,9 @@ impl DataPlane {
                 CoreOutput::Close(l, code, why) => {
                     log::info!("member connection {} closed: {why}", l.conn.stable_id());
                     l.conn.close(VarInt::from_u32(code), why.as_bytes());
+                    if code == shadowmesh_proto::consts::CLOSE_SESSION_DEAD {
+                        self.went_silent();
+                    }
                 }
                 CoreOutput::Control(pid, t, body) => self.send_control(&pid, t, body),
                 CoreOutput::Keepalive(pid) => {
@@ -277,8 +280,19 @@ impl DataPlane {
             .borrow_mut()
             .handle_link_down(&pid, conn.stable_id())
         {
-            let why = conn.close_reason().map(|r| r.to_string());
+            let reason = conn.close_reason();
+            if matches!(reason, Some(quinn::ConnectionError::TimedOut)) {
+                self.went_silent();
+            }
+            let why = reason.map(|r| r.to_string());
             log::info!("member {} down: {}", pid.short(), why.unwrap_or_default());
+        }
+    }
+
+    /// A link died of silence: our own address may have moved (the DHT checks now).
+    fn went_silent(&self) {
+        if let Some(m) = self.mesh_side() {
+            m.observe_soon();
         }
     }
 

@@ -109,6 +109,10 @@ pub trait Dialer {
     fn dataplane(&self) -> Option<Rc<DataPlane>>;
     /// A member at `reporter` sees us at `at` now (our connection to it migrated).
     fn seen(self: Rc<Self>, reporter: std::net::SocketAddr, at: std::net::SocketAddr);
+    /// A link died of silence: ask where others see us now ([`Dht::observe_soon`]).
+    ///
+    /// [`Dht::observe_soon`]: shadowmesh_proto::dht::node::Dht::observe_soon
+    fn observe_soon(&self);
 }
 
 impl DataPlane {
