@@ -367,6 +367,12 @@ impl Mesh {
 
     async fn serve(self: Rc<Self>, conn: Connection, from: Contact, _peer: Option<Box<Peer>>) {
         while let Ok((send, recv)) = conn.accept_bi().await {
+            // Where the peer is now: a connection it dialled follows it when its address moves
+            // (QUIC migration), and a PONG must report the new address, not the first one.
+            let from = Contact {
+                addr: conn.remote_address(),
+                ..from
+            };
             tokio::task::spawn_local(self.clone().answer(send, recv, from));
         }
         let mut conns = self.conns.borrow_mut();
