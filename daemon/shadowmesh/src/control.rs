@@ -116,7 +116,7 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
             let (observed, nat) = mesh.observed_state();
             let observed: Vec<String> = observed.iter().map(|a| a.to_string()).collect();
             let observed: Vec<&str> = observed.iter().map(String::as_str).collect();
-            let (state, mapping) = mesh.port_map.borrow().status(mesh.uptime());
+            let (state, mapping) = mesh.port_map.status();
             let mut pm = crate::json::Obj::new().str("state", state);
             if let Some(m) = mapping {
                 pm = pm

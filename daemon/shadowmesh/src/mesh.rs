@@ -164,7 +164,7 @@ pub struct Mesh {
     /// The address the router in front of us forwards to our port (`option port_mapping`).
     mapped: std::cell::Cell<Option<SocketAddr>>,
     /// The port mapping, for `status` and the way out.
-    pub port_map: Rc<RefCell<crate::portmap::State>>,
+    pub port_map: std::sync::Arc<crate::portmap::Shared>,
 }
 
 impl Mesh {
@@ -186,7 +186,7 @@ impl Mesh {
             dataplane: RefCell::new(None),
             addrs: RefCell::new((Vec::new(), Vec::new())),
             mapped: std::cell::Cell::new(None),
-            port_map: Rc::default(),
+            port_map: std::sync::Arc::default(),
         }))
     }
 
@@ -624,11 +624,6 @@ impl Mesh {
         if self.mapped.replace(mapped) != mapped {
             self.republish_addrs();
         }
-    }
-
-    /// How long the mesh has run (the clock the port mapping's status is read on).
-    pub fn uptime(&self) -> Duration {
-        self.now()
     }
 
     /// Sets the addresses the configuration names for our record (`list advertise`).
