@@ -436,9 +436,12 @@ impl Mesh {
 
     async fn request(self: Rc<Self>, to: Contact, id: RequestId, req: Request<Rec>) {
         let mut bytes = Vec::new();
+        // The connection asked over, and what it had received then.
+        let mut used: Option<(Connection, u64)> = None;
         let result = match req.emit(&mut bytes) {
             Ok(()) => tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let conn = self.connection(to).await?;
+                used = Some((conn.clone(), conn.stats().udp_rx.datagrams));
                 // Who answered: the PeerId, key and address of the connection it came over
                 // (not necessarily `to`'s address: an existing connection to that PeerId is
                 // reused).
@@ -462,6 +465,14 @@ impl Mesh {
             }
             Err(e) => {
                 log::debug!("DHT request to {} failed: {e}", to.id.short());
+                // Unanswered, and not a datagram (not even an ACK) back, over a connection the
+                // peer dialled: our address moved and it is a dead end (QUIC servers do not
+                // migrate). Closed, the next request dials afresh.
+                if let (RpcError::Timeout, Some((c, rx))) = (&e, &used) {
+                    if c.side() == quinn::Side::Server && c.stats().udp_rx.datagrams == *rx {
+                        c.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"unanswered");
+                    }
+                }
                 self.dht.borrow_mut().handle_failure(id, now);
             }
         }

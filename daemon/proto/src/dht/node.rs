@@ -740,9 +740,13 @@ impl<C: RecordCheck> Dht<C> {
     fn failed(&mut self, p: Pending, now: Duration) {
         // An unanswered observation: our address may have just changed under us; ask again
         // soon (other contacts may answer, or new connections).
+        // Right after a link went silent, again within MOVED_SETTLE: the shell closes a
+        // connection whose request went unanswered, so the next round dials afresh.
         if p.kind == (ReqKind::Ping { lru: false }) {
+            let urgent = self.last_soon.is_some_and(|s| now < s + OBSERVE_RETRY);
+            let again = if urgent { MOVED_SETTLE } else { OBSERVE_RETRY };
             if let Some(t) = self.next_observe.as_mut() {
-                *t = (*t).min(now + OBSERVE_RETRY);
+                *t = (*t).min(now + again);
             }
         }
         match p.kind {
