@@ -315,21 +315,19 @@ impl PortMapper {
             return None;
         }
         let suggested = self.mapping.map(|(m, _)| m.external);
-        Some(match self.step {
-            Step::Pcp | Step::Mapped if self.renewing_with() != Some(Protocol::NatPmp) => {
+        // A renewal asks with the protocol that granted the mapping.
+        let renewing = self.mapping.map(|(m, _)| m.protocol);
+        Some(match (self.step, renewing) {
+            (Step::Pcp, _) | (Step::Mapped, Some(Protocol::Pcp)) => {
                 let s = suggested.unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
                 pcp_map(self.nonce, self.client.into(), self.port, s, LIFETIME).to_vec()
             }
-            Step::PmpAddr => pmp_addr().to_vec(),
-            Step::PmpMap(_) | Step::Mapped => {
+            (Step::PmpAddr, _) => pmp_addr().to_vec(),
+            (Step::PmpMap(_) | Step::Mapped, _) => {
                 pmp_map(self.port, suggested.map_or(0, |s| s.port()), LIFETIME).to_vec()
             }
-            Step::Pcp | Step::Unavailable => return None,
+            (Step::Unavailable, _) => return None,
         })
-    }
-
-    fn renewing_with(&self) -> Option<Protocol> {
-        self.mapping.map(|(m, _)| m.protocol)
     }
 
     fn send_at(&mut self, now: Duration) {
@@ -559,6 +557,24 @@ mod tests {
         let got = m.mapping(MS(6)).unwrap();
         assert_eq!(got.external, "198.20.7.2:40001".parse().unwrap());
         assert_eq!(got.protocol, Protocol::NatPmp);
+        // Renewed with NAT-PMP; unanswered, the mapping lapses and PCP is asked first again.
+        let mut lapse = m.clone();
+        let mut now = m.poll_timeout();
+        assert_eq!(now, MS(6) + Duration::from_secs(1800));
+        for _ in 0..=TRIES {
+            lapse.handle_timeout(now);
+            if let Some(d) = lapse.poll_transmit() {
+                assert_eq!(d[..2], [0, 1], "a NAT-PMP renewal");
+            }
+            now = lapse.poll_timeout();
+        }
+        lapse.handle_timeout(now);
+        assert_eq!(lapse.mapping(now), None, "lapsed");
+        assert_eq!(
+            lapse.poll_transmit().map(|d| d[0]),
+            Some(2),
+            "PCP first again"
+        );
         assert_eq!(m.release().unwrap(), pmp_map(4433, 0, 0));
     }
 
