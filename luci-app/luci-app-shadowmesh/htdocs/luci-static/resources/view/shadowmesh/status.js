@@ -81,6 +81,25 @@ function copyable(text, id, buttonId) {
 	]);
 }
 
+// Where other nodes see this gateway, and the NAT in front of it.
+function publicAddress(d) {
+	var nat = {
+		'none': _('no NAT'),
+		'endpoint-independent': _('behind NAT, one port for everyone'),
+		'endpoint-dependent': _('behind NAT, another port per peer (symmetric)'),
+		'unknown': _('NAT not known yet')
+	}[d.nat] || d.nat || '';
+	var addrs = (d.observed || []).join(', ') || _('not known yet');
+	return nat ? '%s (%s)'.format(addrs, nat) : addrs;
+}
+
+// The router's port forward for this gateway (PCP or NAT-PMP), or why there is none.
+function portMapping(pm) {
+	if (pm.external)
+		return _('%s forwarded by the router (%s)').format(pm.external, String(pm.protocol || '').toUpperCase());
+	return pm.state == 'off' ? _('off') : pm.state;
+}
+
 function row(label, value, id) {
 	return E('tr', { 'class': 'tr' }, [
 		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
@@ -153,6 +172,8 @@ return view.extend({
 			row(_('Overlay IPv6'), d.overlay_ipv6 || st.overlay_ipv6, 'shadowmesh-ipv6'),
 			row(_('Interface'), d.interface || st.interface, 'shadowmesh-interface'),
 			row(_('Listening on'), d.listen || (st.listen_port ? ':' + st.listen_port : ''), 'shadowmesh-listen'),
+			row(_('Seen from outside at'), st.running && d.observed ? publicAddress(d) : null, 'shadowmesh-observed'),
+			row(_('Port mapping'), st.running && d.port_mapping ? portMapping(d.port_mapping) : null, 'shadowmesh-port-mapping'),
 			row(_('DHT size'), st.running ? d.dht_size : null, 'shadowmesh-dht-size'),
 			row(_('Peers connected'), st.running && d.peers_connected != null ? d.peers_connected + ' / ' + d.peers_known : null, 'shadowmesh-connected'),
 			row(_('Uptime'), st.running ? '%t'.format(d.uptime_s) : null, 'shadowmesh-uptime')
