@@ -9,7 +9,7 @@ use crate::*;
 /// (uses zig + nightly build-std, qemu runner)
 pub(crate) fn cross_recipe(t: &str) -> Result<(bool, &'static str)> {
     Ok(match t {
-        "aarch64-unknown-linux-musl" => (false, "qemu-aarch64"),
+        "aarch64-unknown-linux-musl" => (true, "qemu-aarch64"),
         "x86_64-unknown-linux-musl" => (false, ""),
         "armv7-unknown-linux-musleabihf" => (true, "qemu-arm"),
         "mipsel-unknown-linux-musl" => (true, "qemu-mipsel -cpu 24Kc"),
