@@ -353,13 +353,6 @@ return view.extend({
 			_('Ask the router in front of this one to forward the listen port (PCP, then NAT-PMP), so that gateways behind other NATs reach it directly.'));
 		o.default = o.enabled;
 
-		o = s.option(form.ListValue, 'relay', _('Relay for members'),
-			_('Carry traffic between members that cannot reach each other. Automatic: while others can reach this gateway (no NAT in front of it).'));
-		o.value('auto', _('Automatic'));
-		o.value('1', _('Always'));
-		o.value('0', _('Never'));
-		o.default = 'auto';
-
 		o = s.option(form.ListValue, 'log_level', _('Log level'));
 		['error', 'warn', 'info', 'debug', 'trace', 'off'].forEach(function(l) { o.value(l); });
 		o.default = 'info';
