@@ -201,6 +201,8 @@ async function status(page, h) {
 	const exp = env.SM_EXPECT ? JSON.parse(env.SM_EXPECT) : null;
 	if (exp) {
 		check('the gateway shown is the lab\'s member', (await page.textContent('#shadowmesh-peer-id')) === exp.self);
+		const relays = (await page.textContent('#shadowmesh-relays')) || '';
+		check('whether it relays, from the daemon\'s status', /^(relays for members: \d+ circuits|does not relay)/.test(relays), relays);
 		for (const p of exp.peers) {
 			const row = page.locator(`#shadowmesh-peers tr[data-peer-id="${p.peer_id}"]`);
 			const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];

@@ -145,6 +145,14 @@ pub struct Engine<L> {
     /// Members with no address to dial, waiting for an introduction or a circuit: the wait
     /// ends (and what was queued for them is dropped) at the deadline.
     intro_wait: Vec<(Duration, PeerId)>,
+    /// The next check of the relays we keep (`None`: we keep none).
+    keep_at: Option<Duration>,
+    /// The relays we keep links with and name in our record.
+    kept: Vec<PeerId>,
+    /// Relays we dialled to keep or to ask, each once per [`KEEP_REDIAL`].
+    keep_dialled: Exchange,
+    /// Introductions to ask of a member's relay once our dial of the relay completes.
+    intro_via: Vec<(PeerId, Contact)>,
     out: VecDeque<Output<L>>,
 }
 
@@ -168,6 +176,10 @@ impl<L: Link> Engine<L> {
             relay: Relay::new(),
             relay_dialled: Exchange::new(capacity, INTRODUCE_AGAIN, capacity),
             intro_wait: Vec::new(),
+            keep_at: None,
+            kept: Vec::new(),
+            keep_dialled: Exchange::new(capacity, KEEP_REDIAL, capacity),
+            intro_via: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -219,6 +231,7 @@ impl<L: Link> Engine<L> {
             .iter()
             .map(|(t, _)| *t)
             .chain(self.intro_wait.iter().map(|(t, _)| *t))
+            .chain(self.keep_at)
             .min();
         match (self.members.poll_timeout(), intro) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -329,6 +342,9 @@ impl<L: Link> Engine<L> {
         }
         for p in pending {
             self.out.push_back(Output::Send(pid, p));
+        }
+        if !relayed && !self.intro_via.is_empty() {
+            self.ask_via(&pid);
         }
         true
     }
@@ -505,6 +521,7 @@ impl<L: Link> Engine<L> {
                 m.counters.tx_dropped += 1;
             }
             if held.dial {
+                m.reach.start(now);
                 if let Some(e) = self.roster.get(&pid) {
                     let addrs = e.dial_candidates();
                     let c = Contact {
@@ -513,8 +530,14 @@ impl<L: Link> Engine<L> {
                         addr: addrs.first().copied().unwrap_or(NO_ADDRESS),
                     };
                     let room = self.roster.capacity();
+                    // With nowhere to dial, there is no dial to give its second.
+                    let ask = if addrs.is_empty() {
+                        now
+                    } else {
+                        now + INTRODUCE_AFTER
+                    };
                     if self.intro_at.len() < room {
-                        self.intro_at.push((now + INTRODUCE_AFTER, c));
+                        self.intro_at.push((ask, c));
                     }
                     if addrs.is_empty() {
                         // Nowhere to dial (behind a NAT that maps every destination apart, it
@@ -545,6 +568,8 @@ impl<L: Link> Engine<L> {
         if let Some(m) = self.members.get_mut(pid) {
             if m.link.as_ref().is_none_or(|l| !l.is_open()) {
                 m.counters.tx_dropped += m.wait.failed() as u64;
+                // A relay we dialled to ask for introductions: they are not asked of it.
+                self.intro_via.retain(|(r, _)| r != pid);
             }
         }
     }
@@ -598,6 +623,7 @@ impl<L: Link> Engine<L> {
         for c in due {
             self.ask_introduction(now, c);
         }
+        self.keep_relays(now);
         while let Some((pid, due)) = self.members.pop_due(now) {
             if let Some(why) = due.teardown {
                 let id = self
@@ -654,5 +680,7 @@ impl<L: Link> Engine<L> {
 }
 
 mod intro;
+mod keep;
+pub use keep::{KEEP_CHECK, KEEP_REDIAL, RELAYS_KEPT};
 #[cfg(test)]
 mod tests;

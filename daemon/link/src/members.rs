@@ -86,6 +86,44 @@ pub struct Member<L> {
     pub relays: bool,
     /// When its link came up (the caller's monotonic clock).
     pub linked_at: Duration,
+    /// Since a packet of ours found no link and dialled it: until its first link came up
+    /// (what waited could go), and until a direct one did (`None`: not yet, or we did not
+    /// wait for it). The start is kept until a direct link comes up.
+    pub reach: Reach,
+}
+
+/// How long reaching a member took, from the packet that dialled it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// When our packet found no link (the caller's monotonic clock).
+    pub started: Option<Duration>,
+    /// From then until a link came up.
+    pub first: Option<Duration>,
+    /// From then until a direct link came up.
+    pub direct: Option<Duration>,
+}
+
+impl Reach {
+    /// A packet of ours found no link at `now`.
+    pub fn start(&mut self, now: Duration) {
+        *self = Reach {
+            started: Some(now),
+            ..Reach::default()
+        };
+    }
+
+    /// A link (through a relay when `relayed`) came up at `now`.
+    fn linked(&mut self, now: Duration, relayed: bool) {
+        let Some(t0) = self.started else {
+            return;
+        };
+        let took = now.saturating_sub(t0);
+        self.first.get_or_insert(took);
+        if !relayed {
+            self.direct = Some(took);
+            self.started = None;
+        }
+    }
 }
 
 impl<L> Default for Member<L> {
@@ -97,6 +135,7 @@ impl<L> Default for Member<L> {
             wait: Pending::default(),
             relays: false,
             linked_at: Duration::ZERO,
+            reach: Reach::default(),
         }
     }
 }
@@ -197,6 +236,7 @@ impl<L: Link> Members<L> {
         self.forget_indexes(&pid);
         self.indexes.insert(link.index(), pid);
         let m = self.map.entry(pid).or_default();
+        m.reach.linked(now, link.relayed());
         let replaced = m.link.take().filter(|old| old.id() != link.id());
         m.link = Some(link);
         m.last_handshake = unix_now;

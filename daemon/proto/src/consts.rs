@@ -95,6 +95,8 @@ pub const RECORD_MAX_PAYLOAD_LEN: usize = 1024;
 pub const RECORD_MAX_ADDRS: usize = 8;
 /// Most LAN routes a record may advertise.
 pub const RECORD_MAX_ROUTES: usize = 32;
+/// Most relays a record may name (a node behind NAT keeps two).
+pub const RECORD_MAX_RELAYS: usize = 2;
 
 /// Largest control message body (a HELLO carrying a full record is ~12.4 KB).
 pub const CONTROL_MAX_BODY: usize = 16 * 1024;

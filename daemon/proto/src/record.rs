@@ -25,6 +25,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::consts::*;
+pub use crate::dht::observed::NatClass;
 use crate::error::Reader;
 use crate::{Error, PeerId};
 
@@ -223,10 +224,13 @@ pub struct Route {
 /// The mesh-private part of a record (plaintext layout, before encryption).
 ///
 /// ```text
-///   version u8 = 1
+///   version u8 = 2 (1: the same without the last three fields)
 ///   n_addrs u8, then per address: family u8 (4|6), ip [4|16], port u16
 ///   ipv4 [4], ipv4_counter u32, ipv6 [16]
 ///   n_routes u8, then per route: family u8 (4|6), ip [4|16], prefix_len u8
+///   nat u8 (0 unknown, 1 none, 2 endpoint-independent, 3 endpoint-dependent)
+///   flags u8 (bit 0: relays for members; the others must be 0)
+///   n_relays u8, then per relay: PeerId [32]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Payload {
@@ -240,9 +244,27 @@ pub struct Payload {
     pub ipv6: Option<Ipv6Addr>,
     /// Advertised LAN routes (at most [`RECORD_MAX_ROUTES`]).
     pub routes: Vec<Route>,
+    /// The NAT between the node and the others, as it measured it.
+    pub nat: NatClass,
+    /// It relays for members.
+    pub relay: bool,
+    /// The relays it keeps links with (at most [`RECORD_MAX_RELAYS`]): a member that cannot
+    /// dial it asks them for an introduction and a circuit.
+    pub relays: Vec<PeerId>,
 }
 
-const PAYLOAD_VERSION: u8 = 1;
+const PAYLOAD_VERSION: u8 = 2;
+/// `flags` bit: the node relays for members.
+const FLAG_RELAY: u8 = 1;
+
+fn nat_code(n: NatClass) -> u8 {
+    match n {
+        NatClass::Unknown => 0,
+        NatClass::None => 1,
+        NatClass::EndpointIndependent => 2,
+        NatClass::EndpointDependent => 3,
+    }
+}
 
 fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, Error> {
     match r.u8()? {
@@ -282,6 +304,13 @@ impl Payload {
                 max: RECORD_MAX_ROUTES,
             });
         }
+        if self.relays.len() > RECORD_MAX_RELAYS {
+            return Err(Error::TooLarge {
+                what: "relay list",
+                len: self.relays.len(),
+                max: RECORD_MAX_RELAYS,
+            });
+        }
         out.push(PAYLOAD_VERSION);
         out.push(self.addrs.len() as u8);
         for a in &self.addrs {
@@ -296,6 +325,12 @@ impl Payload {
             write_ip(out, &r.addr);
             out.push(r.prefix_len);
         }
+        out.push(nat_code(self.nat));
+        out.push(if self.relay { FLAG_RELAY } else { 0 });
+        out.push(self.relays.len() as u8);
+        for r in &self.relays {
+            out.extend_from_slice(&r.0);
+        }
         Ok(())
     }
 
@@ -303,7 +338,7 @@ impl Payload {
     pub fn parse(bytes: &[u8]) -> Result<Payload, Error> {
         let mut r = Reader::new(bytes);
         let v = r.u8()?;
-        if v != PAYLOAD_VERSION {
+        if v != 1 && v != PAYLOAD_VERSION {
             return Err(Error::UnsupportedVersion(v as u16));
         }
         let n = r.u8()? as usize;
@@ -340,6 +375,32 @@ impl Payload {
             }
             routes.push(Route { addr, prefix_len });
         }
+        let (mut nat, mut relay, mut relays) = (NatClass::Unknown, false, Vec::new());
+        if v >= 2 {
+            nat = match r.u8()? {
+                0 => NatClass::Unknown,
+                1 => NatClass::None,
+                2 => NatClass::EndpointIndependent,
+                3 => NatClass::EndpointDependent,
+                _ => return Err(Error::InvalidField("NAT class")),
+            };
+            let flags = r.u8()?;
+            if flags & !FLAG_RELAY != 0 {
+                return Err(Error::InvalidField("record flags"));
+            }
+            relay = flags & FLAG_RELAY != 0;
+            let n = r.u8()? as usize;
+            if n > RECORD_MAX_RELAYS {
+                return Err(Error::TooLarge {
+                    what: "relay list",
+                    len: n,
+                    max: RECORD_MAX_RELAYS,
+                });
+            }
+            for _ in 0..n {
+                relays.push(PeerId(*r.array::<32>()?));
+            }
+        }
         r.finish()?;
         Ok(Payload {
             addrs,
@@ -347,6 +408,9 @@ impl Payload {
             ipv4_counter,
             ipv6: (!ipv6.is_unspecified()).then_some(ipv6),
             routes,
+            nat,
+            relay,
+            relays,
         })
     }
 }
@@ -438,17 +502,43 @@ mod tests {
                 addr: "192.168.1.0".parse().unwrap(),
                 prefix_len: 24,
             }],
+            nat: NatClass::EndpointDependent,
+            relay: true,
+            relays: vec![PeerId([9; 32]), PeerId([8; 32])],
         };
         let mut out = Vec::new();
         p.emit(&mut out).unwrap();
         assert_eq!(Payload::parse(&out).unwrap(), p);
+        // Version 1 (a node of the version before) ends after the routes.
+        let v1_len = out.len() - 3 - 64;
+        let mut v1 = out[..v1_len].to_vec();
+        v1[0] = 1;
+        let old = Payload::parse(&v1).unwrap();
+        assert_eq!(
+            (old.nat, old.relay, old.relays.len()),
+            (NatClass::Unknown, false, 0)
+        );
+        assert_eq!(old.routes, p.routes);
+        let mut flags = out.clone();
+        flags[v1_len + 1] = 3;
+        assert_eq!(
+            Payload::parse(&flags),
+            Err(Error::InvalidField("record flags"))
+        );
+        let mut nat = out.clone();
+        nat[v1_len] = 4;
+        assert_eq!(Payload::parse(&nat), Err(Error::InvalidField("NAT class")));
+        let mut many = p.clone();
+        many.relays = vec![PeerId([1; 32]); RECORD_MAX_RELAYS + 1];
+        assert!(many.emit(&mut Vec::new()).is_err());
         for cut in 0..out.len() {
             assert!(Payload::parse(&out[..cut]).is_err());
         }
         let mut bad = p.clone();
         bad.addrs = vec!["127.0.0.1:1".parse().unwrap(); RECORD_MAX_ADDRS + 1];
         assert!(bad.emit(&mut Vec::new()).is_err());
-        let mut wire = out.clone();
+        let mut wire = out[..v1_len].to_vec();
+        wire[0] = 1;
         *wire.last_mut().unwrap() = 33; // prefix length of an IPv4 route
         assert_eq!(
             Payload::parse(&wire),

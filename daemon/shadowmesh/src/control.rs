@@ -191,6 +191,9 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                         .str("ipv4", &p.ipv4.map(|a| a.to_string()).unwrap_or_default())
                         .str("ipv6", &p.ipv6.map(|a| a.to_string()).unwrap_or_default())
                         .raw("addrs", &format!("[{}]", addrs.join(",")))
+                        .str("nat", p.nat.as_str())
+                        .bool("relay", p.relay)
+                        .raw("relays", &peer_ids(&p.relays))
                         .finish()
                 }
                 Err(e) => base
@@ -219,7 +222,7 @@ fn relay_json(r: &crate::dataplane::RelayInfo) -> String {
                 .finish()
         })
         .collect();
-    let in_use: Vec<String> = r.in_use.iter().map(|p| format!("\"{p}\"")).collect();
+
     let c = &r.counters;
     Obj::new()
         .bool("on", r.on)
@@ -229,8 +232,20 @@ fn relay_json(r: &crate::dataplane::RelayInfo) -> String {
         .uint("packets", c.packets)
         .uint("dropped", c.dropped)
         .raw("circuits", &format!("[{}]", circuits.join(",")))
-        .raw("in_use", &format!("[{}]", in_use.join(",")))
+        .raw("in_use", &peer_ids(&r.in_use))
+        .raw("kept", &peer_ids(&r.kept))
         .finish()
+}
+
+/// Milliseconds, or `null`.
+fn opt_ms(d: Option<std::time::Duration>) -> String {
+    d.map_or("null".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
+}
+
+/// A JSON list of PeerIds.
+fn peer_ids(v: &[PeerId]) -> String {
+    let v: Vec<String> = v.iter().map(|p| format!("\"{p}\"")).collect();
+    format!("[{}]", v.join(","))
 }
 
 fn opt_str<T: ToString>(v: Option<T>) -> String {
@@ -283,6 +298,9 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
             },
         )
         .str("relay", &opt_str(m.relay))
+        .str("nat", m.nat.as_str())
+        .raw("first_packet_ms", &opt_ms(m.reach.first))
+        .raw("direct_ms", &opt_ms(m.reach.direct))
         .str("lane", m.lane)
         .bool("connected", m.connected)
         .str("role", m.role)

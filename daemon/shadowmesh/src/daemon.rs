@@ -377,7 +377,8 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
 }
 
 /// Keeps relaying on where `option relay` says (in `auto`, while others can reach us: our NAT
-/// class is "none", or not known yet and the host holds a public address).
+/// class is "none", or not known yet and the host holds a public address), keeps links with
+/// two relays while a NAT stands in front of us, and has our record say all three.
 async fn watch_relay(mesh: Rc<Mesh>, mode: crate::config::RelayMode) {
     use crate::config::RelayMode;
     use shadowmesh_proto::dht::kbucket::subnet_key;
@@ -388,10 +389,11 @@ async fn watch_relay(mesh: Rc<Mesh>, mode: crate::config::RelayMode) {
         let Some(dp) = mesh.dataplane() else {
             return;
         };
+        let nat = mesh.observed_state().1;
         let on = match mode {
             RelayMode::On => true,
             RelayMode::Off => false,
-            RelayMode::Auto => match mesh.observed_state().1 {
+            RelayMode::Auto => match nat {
                 NatClass::None => true,
                 NatClass::Unknown => crate::netlink::local_addresses(dp.tun().index())
                     .unwrap_or_default()
@@ -401,6 +403,16 @@ async fn watch_relay(mesh: Rc<Mesh>, mode: crate::config::RelayMode) {
             },
         };
         dp.set_relay(on);
+        let behind = matches!(
+            nat,
+            NatClass::EndpointIndependent | NatClass::EndpointDependent
+        );
+        let relays = dp.keep_relays(behind);
+        mesh.set_reach(crate::mesh::Reach {
+            nat,
+            relay: on,
+            relays,
+        });
     }
 }
 

@@ -149,6 +149,17 @@ struct Conn {
 }
 
 /// A node's DHT over its QUIC endpoint.
+/// What our record says of how we are reached, beside its addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The NAT between us and the others.
+    pub nat: NatClass,
+    /// We relay for members.
+    pub relay: bool,
+    /// The relays we keep links with.
+    pub relays: Vec<PeerId>,
+}
+
 pub struct Mesh {
     node: Node,
     dht: RefCell<Dht<DhtRecordCheck>>,
@@ -163,6 +174,9 @@ pub struct Mesh {
     addrs: RefCell<(Vec<SocketAddr>, Vec<SocketAddr>)>,
     /// The address the router in front of us forwards to our port (`option port_mapping`).
     mapped: std::cell::Cell<Option<SocketAddr>>,
+    /// What our record says of how we are reached: the NAT in front of us, whether we relay,
+    /// the relays we keep.
+    reach: RefCell<Reach>,
     /// The port mapping, for `status` and the way out.
     pub port_map: std::sync::Arc<crate::portmap::Shared>,
 }
@@ -186,6 +200,7 @@ impl Mesh {
             dataplane: RefCell::new(None),
             addrs: RefCell::new((Vec::new(), Vec::new())),
             mapped: std::cell::Cell::new(None),
+            reach: RefCell::default(),
             port_map: std::sync::Arc::default(),
         }))
     }
@@ -637,6 +652,15 @@ impl Mesh {
         }
     }
 
+    /// Our NAT class, whether we relay, and the relays we keep changed (or not): our record
+    /// says so.
+    pub fn set_reach(self: &Rc<Self>, reach: Reach) {
+        if *self.reach.borrow() != reach {
+            *self.reach.borrow_mut() = reach;
+            self.republish_addrs();
+        }
+    }
+
     /// Sets the addresses the configuration names for our record (`list advertise`).
     pub fn set_advertise(&self, advertise: Vec<SocketAddr>) {
         self.addrs.borrow_mut().0 = advertise;
@@ -656,14 +680,17 @@ impl Mesh {
         v
     }
 
-    /// Re-signs our record if its addresses changed, tells the members and publishes it.
+    /// Re-signs our record if its addresses or what it says of how we are reached changed,
+    /// tells the members and publishes it.
     fn republish_addrs(self: &Rc<Self>) {
-        let addrs = self.record_addrs();
-        let mut p = self.node.payload();
-        if p.addrs == addrs || self.node.config().network_key.is_none() {
+        let old = self.node.payload();
+        let mut p = old.clone();
+        p.addrs = self.record_addrs();
+        let reach = self.reach.borrow().clone();
+        (p.nat, p.relay, p.relays) = (reach.nat, reach.relay, reach.relays);
+        if p == old || self.node.config().network_key.is_none() {
             return;
         }
-        p.addrs = addrs;
         self.node.set_payload(p);
         match self.node.refresh_record() {
             Ok(rec) => {

@@ -32,6 +32,7 @@ fn payload() -> Payload {
             addr: "192.168.1.0".parse().expect("literal"),
             prefix_len: 24,
         }],
+        ..Payload::default()
     }
 }
 

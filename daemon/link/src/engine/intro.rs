@@ -95,18 +95,70 @@ impl<L: Link> Engine<L> {
         self.intro_asked.finished();
         let mut body = Vec::new();
         emit_contact_list(&[c], &mut body);
-        // Relays first: one that holds a link with `c` opens a circuit as it introduces us.
-        let mut asked: Vec<(bool, PeerId)> = self
+        // The relays `c` keeps first (they hold a link with it for sure), then other relays
+        // (one that holds a link with `c` opens a circuit as it introduces us), then anyone.
+        let named = self
+            .roster
+            .get(&c.id)
+            .map(|e| e.payload.relays.clone())
+            .unwrap_or_default();
+        let mut asked: Vec<(u8, PeerId)> = self
             .members
             .iter()
             .filter(|(p, m)| **p != c.id && linked(m))
-            .map(|(p, m)| (!m.relays, *p))
+            .map(|(p, _)| {
+                let rank = if named.contains(p) {
+                    0
+                } else if self.is_relay(p) {
+                    1
+                } else {
+                    2
+                };
+                (rank, *p)
+            })
             .collect();
         asked.sort_unstable();
-        let asked = asked.into_iter().map(|(_, p)| p).take(INTRODUCERS);
-        for p in asked {
+        let asked: Vec<PeerId> = asked
+            .into_iter()
+            .map(|(_, p)| p)
+            .take(INTRODUCERS)
+            .collect();
+        for p in &asked {
             self.out
-                .push_back(Output::Control(p, MsgType::IntroduceReq, body.clone()));
+                .push_back(Output::Control(*p, MsgType::IntroduceReq, body.clone()));
+        }
+        // A relay it names that we hold no link with is dialled, and asked once linked.
+        for r in named {
+            let me = self.roster.me();
+            if asked.contains(&r) || r == me || r == c.id {
+                continue;
+            }
+            let room = self.intro_via.len() < self.roster.capacity();
+            if room && self.dial_relay(now, r) {
+                self.intro_via.push((r, c));
+            }
+        }
+    }
+
+    /// Our dial of relay `relay` completed: the introductions that waited for it are asked.
+    pub(super) fn ask_via(&mut self, relay: &PeerId) {
+        let mut i = 0;
+        while i < self.intro_via.len() {
+            if self.intro_via[i].0 != *relay {
+                i += 1;
+                continue;
+            }
+            let (_, c) = self.intro_via.swap_remove(i);
+            let done = self
+                .members
+                .get(&c.id)
+                .is_some_and(|m| m.link.as_ref().is_some_and(|l| l.is_open()));
+            if !done {
+                let mut body = Vec::new();
+                emit_contact_list(&[c], &mut body);
+                self.out
+                    .push_back(Output::Control(*relay, MsgType::IntroduceReq, body));
+            }
         }
     }
 

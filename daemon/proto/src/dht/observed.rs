@@ -26,9 +26,10 @@ pub const FRESH: Duration = Duration::from_secs(30 * 60);
 pub const QUORUM: usize = 2;
 
 /// The mapping behaviour between us and the nodes that reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NatClass {
     /// Not enough reports yet.
+    #[default]
     Unknown,
     /// They see our own address and port: no NAT.
     None,

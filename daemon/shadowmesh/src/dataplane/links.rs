@@ -467,6 +467,19 @@ impl DataPlane {
         }
     }
 
+    /// Keeps links with relays (behind a NAT) or not; returns the relays kept now, for our
+    /// record.
+    pub fn keep_relays(&self, on: bool) -> Vec<PeerId> {
+        let now = crate::mono_now();
+        let mut core = self.core.borrow_mut();
+        core.set_keep_relays(now, on);
+        let kept = core.kept_relays().to_vec();
+        drop(core);
+        self.run();
+        self.wake_driver();
+        kept
+    }
+
     /// Re-dials the members whose connections we accepted (after our address changed: a QUIC
     /// server cannot migrate, so those connections are dead ends now). Connections we dialled
     /// migrate by themselves after `Endpoint::rebind`.

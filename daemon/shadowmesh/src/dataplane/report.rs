@@ -45,6 +45,10 @@ pub struct MemberInfo {
     pub paths: Vec<(Path, Option<Duration>)>,
     /// The relay the live link goes through, if it does.
     pub relay: Option<PeerId>,
+    /// From our packet that found no link: until the first link, and until a direct one.
+    pub reach: shadowmesh_link::members::Reach,
+    /// The NAT it sits behind, as its record says.
+    pub nat: shadowmesh_proto::dht::observed::NatClass,
 }
 
 /// What `status` reports of relaying: ours for others, and the relays our links go through.
@@ -58,6 +62,8 @@ pub struct RelayInfo {
     pub circuits: Vec<shadowmesh_link::relay::Circuit>,
     /// The relays our members' links go through.
     pub in_use: Vec<PeerId>,
+    /// The relays we keep links with (behind a NAT) and name in our record.
+    pub kept: Vec<PeerId>,
 }
 
 impl DataPlane {
@@ -114,6 +120,8 @@ impl DataPlane {
                         })
                         .unwrap_or_default(),
                     relay: live.and_then(|l| relay_of(l.conn.remote_address())),
+                    reach: m.reach,
+                    nat: e.payload.nat,
                 }
             })
             .collect()
@@ -131,6 +139,7 @@ impl DataPlane {
             counters: core.relay_counters(),
             circuits: r.map(|r| r.circuits().to_vec()).unwrap_or_default(),
             in_use,
+            kept: core.kept_relays().to_vec(),
         }
     }
 

@@ -364,3 +364,38 @@ fn a_member_with_no_address_is_reached_by_introduction_alone() {
     assert_eq!(m.counters.tx_dropped, 1);
     assert!(!m.wait.dialling());
 }
+
+#[test]
+fn peers_learn_how_long_the_first_packet_and_the_direct_path_took() {
+    let mut e = engine(vec![]);
+    up(&mut e, S(0), 2, TestLink::new(2, 0, 12, S(0)));
+    drain(&mut e);
+    let reach = |e: &Engine<TestLink>| e.members().get(&pid(2)).unwrap().reach;
+    assert_eq!(reach(&e).first, None, "a link we did not wait for");
+    e.handle_link_down(&pid(2), 2);
+    let ms = Duration::from_millis;
+    e.route(S(10), ipv4_of(2), &[0]);
+    drain(&mut e);
+    // Through a relay first: what waited goes, the path is not direct yet.
+    let relayed = link_at(3, 2, mapped(1), S(10));
+    assert!(e.handle_link_up(
+        S(10) + ms(300),
+        0,
+        pid(2),
+        relayed,
+        record(2, &[]),
+        mapped(1)
+    ));
+    assert_eq!((reach(&e).first, reach(&e).direct), (Some(ms(300)), None));
+    // Then a direct link replaces it.
+    let direct = link_at(4, 2, at(2), S(12));
+    assert!(e.handle_link_up(S(12), 0, pid(2), direct, record(2, &[]), at(2)));
+    assert_eq!(
+        (reach(&e).first, reach(&e).direct),
+        (Some(ms(300)), Some(ms(2000)))
+    );
+    // A later link (the member redialled us) changes neither.
+    let again = link_at(5, 2, at(2), S(40));
+    assert!(e.handle_link_up(S(40), 0, pid(2), again, record(2, &[]), at(2)));
+    assert_eq!(reach(&e).direct, Some(ms(2000)));
+}

@@ -100,6 +100,19 @@ function portMapping(pm) {
 	return pm.state == 'off' ? _('off') : pm.state;
 }
 
+// Relaying: what this gateway carries for others, and the relays it keeps (behind a NAT) for
+// members that cannot dial it.
+function relaying(r, peers) {
+	var name = function(id) {
+		var p = (peers || []).filter(function(p) { return p.peer_id == id; })[0];
+		return p ? p.name : id.slice(0, 12);
+	};
+	var parts = [r.on ? _('relays for members: %d circuits').format((r.circuits || []).length) : _('does not relay')];
+	if ((r.kept || []).length)
+		parts.push(_('reached through %s').format(r.kept.map(name).join(', ')));
+	return parts.join('; ');
+}
+
 function row(label, value, id) {
 	return E('tr', { 'class': 'tr' }, [
 		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
@@ -174,6 +187,7 @@ return view.extend({
 			row(_('Listening on'), d.listen || (st.listen_port ? ':' + st.listen_port : ''), 'shadowmesh-listen'),
 			row(_('Seen from outside at'), st.running && d.observed ? publicAddress(d) : null, 'shadowmesh-observed'),
 			row(_('Port mapping'), st.running && d.port_mapping ? portMapping(d.port_mapping) : null, 'shadowmesh-port-mapping'),
+			row(_('Relaying'), st.running && d.relay ? relaying(d.relay, st.peers) : null, 'shadowmesh-relays'),
 			row(_('DHT size'), st.running ? d.dht_size : null, 'shadowmesh-dht-size'),
 			row(_('Peers connected'), st.running && d.peers_connected != null ? d.peers_connected + ' / ' + d.peers_known : null, 'shadowmesh-connected'),
 			row(_('Uptime'), st.running ? '%t'.format(d.uptime_s) : null, 'shadowmesh-uptime')
