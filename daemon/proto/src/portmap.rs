@@ -5,7 +5,8 @@
 //! relay go direct.
 //!
 //! [`PortMapper`] says what to send to the router's port 5351 and when, takes what comes
-//! back, renews the mapping at half its lifetime and deletes it on request. Time is the
+//! back, renews the mapping at half its lifetime and deletes it on request. Routers that speak
+//! neither are asked over UPnP IGD, whose messages [`upnp`] builds and parses. Time is the
 //! caller's monotonic clock. Every answer is parsed into a typed error when it is not one we
 //! asked for; nothing here panics on bad input.
 
@@ -13,6 +14,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 
 use crate::error::Error;
+
+pub mod upnp;
 
 /// The port PCP and NAT-PMP servers listen on (and answer from).
 pub const SERVER_PORT: u16 = 5351;
@@ -44,6 +47,8 @@ pub enum Protocol {
     Pcp,
     /// NAT Port Mapping Protocol.
     NatPmp,
+    /// UPnP IGD (the caller's, [`upnp`]).
+    Upnp,
 }
 
 impl Protocol {
@@ -52,6 +57,7 @@ impl Protocol {
         match self {
             Protocol::Pcp => "pcp",
             Protocol::NatPmp => "nat-pmp",
+            Protocol::Upnp => "upnp",
         }
     }
 }
@@ -295,6 +301,12 @@ impl PortMapper {
             .map(|(m, _)| m)
     }
 
+    /// Whether it asked with both protocols and holds nothing (it asks again after
+    /// [`RETRY_UNAVAILABLE`]): time to try another way, such as UPnP IGD.
+    pub fn gave_up(&self) -> bool {
+        self.step == Step::Unavailable && self.mapping.is_none()
+    }
+
     /// What it is doing, for `status`: `mapped`, `asking`, or why nothing is mapped.
     pub fn state(&self, now: Duration) -> &'static str {
         if self.mapping(now).is_some() {
@@ -472,6 +484,7 @@ impl PortMapper {
                 pcp_map(self.nonce, self.client.into(), self.port, any, 0).to_vec()
             }
             Protocol::NatPmp => pmp_map(self.port, 0, 0).to_vec(),
+            Protocol::Upnp => return None,
         })
     }
 }

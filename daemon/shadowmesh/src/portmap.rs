@@ -1,7 +1,9 @@
 //! Keeps our listen port mapped on the router in front of us (`option port_mapping`): the I/O
-//! around [`shadowmesh_proto::portmap::PortMapper`]. The router is the IPv4 default route's
-//! gateway; a socket of its own sends to its port 5351. The mapped address goes into our
-//! record beside the observed ones, and the mapping is deleted when the daemon stops.
+//! around [`shadowmesh_proto::portmap::PortMapper`] (PCP, then NAT-PMP) and, when neither
+//! maps anything, [`shadowmesh_proto::portmap::upnp`] (UPnP IGD). The router is the IPv4
+//! default route's gateway; a socket of its own sends to its port 5351, UPnP's search goes to
+//! the LAN's SSDP group and only the router's answer is taken. The mapped address goes into
+//! our record beside the observed ones, and the mapping is deleted when the daemon stops.
 //!
 //! The mapper runs on a thread of its own with a blocking socket: tokio's socket, timer and
 //! `select!` code for it cost 35 KiB of the aarch64 binary. It tells the runtime when the
@@ -12,7 +14,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shadowmesh_proto::portmap::{Mapping, PortMapper, SERVER_PORT};
+use shadowmesh_proto::portmap::upnp::{self, Soap, Url};
+use shadowmesh_proto::portmap::{Mapping, PortMapper, Protocol, LIFETIME, MIN_LIFETIME};
+use shadowmesh_proto::portmap::{RETRY_UNAVAILABLE, SERVER_PORT};
 
 use crate::mesh::Mesh;
 
@@ -29,6 +33,8 @@ pub struct Shared {
 struct State {
     /// The mapper and the router it talks to, while there is one.
     mapper: Option<(PortMapper, SocketAddr)>,
+    /// A mapping held over UPnP IGD, and when it lapses.
+    igd: Option<(Igd, Duration)>,
     /// Why there is none (no default route, no socket, off).
     why: &'static str,
     /// The mapper's clock.
@@ -42,6 +48,7 @@ impl Default for Shared {
         Shared {
             state: Mutex::new(State {
                 mapper: None,
+                igd: None,
                 why: "off",
                 epoch: Instant::now(),
                 stopped: false,
@@ -61,6 +68,9 @@ impl Shared {
     pub fn status(&self) -> (&'static str, Option<Mapping>) {
         let s = self.lock();
         let now = s.epoch.elapsed();
+        if let Some((igd, _)) = s.igd.as_ref().filter(|(_, until)| now < *until) {
+            return ("mapped", Some(igd.mapping));
+        }
         match &s.mapper {
             Some((m, _)) => (m.state(now), m.mapping(now)),
             None => (s.why, None),
@@ -162,16 +172,32 @@ fn run(shared: &Shared, port: u16) {
         }
         let mut checked = Instant::now();
         let mut buf = [0u8; 1100];
+        // When to ask over UPnP IGD (again), once PCP and NAT-PMP mapped nothing.
+        let mut igd_at = Duration::ZERO;
         loop {
-            let (out, wait) = {
+            let (out, wait, upnp_due) = {
                 let mut s = shared.lock();
                 let now = s.epoch.elapsed();
+                let holding = s.igd.as_ref().map(|(i, _)| i.renew_at);
                 let Some((m, _)) = s.mapper.as_mut() else {
                     return;
                 };
-                m.handle_timeout(now);
-                (m.poll_transmit(), m.poll_timeout().saturating_sub(now))
+                // While UPnP holds a mapping, PCP and NAT-PMP are not asked again.
+                if holding.is_none() {
+                    m.handle_timeout(now);
+                }
+                let gave_up = m.gave_up() && holding.is_none() && now >= igd_at;
+                let due = gave_up || holding.is_some_and(|r| now >= r);
+                let mut wait = m.poll_timeout().saturating_sub(now);
+                if let Some(r) = holding {
+                    wait = r.saturating_sub(now);
+                }
+                (m.poll_transmit().filter(|_| holding.is_none()), wait, due)
             };
+            if upnp_due {
+                igd_at = shared.lock().epoch.elapsed() + RETRY_UNAVAILABLE;
+                upnp_keep(shared, gw, *client.ip(), port);
+            }
             if let Some(d) = out {
                 let _ = sock.send(&d);
             }
@@ -206,8 +232,188 @@ pub fn release(shared: &Shared) {
     delete(shared);
 }
 
+/// A mapping UPnP IGD granted: where to renew and delete it.
+struct Igd {
+    /// The port-mapping service's control URL, and its type.
+    ctl: Url,
+    service: &'static str,
+    /// What others reach (the router's external address and port), for how long.
+    mapping: Mapping,
+    /// When to renew it (the mapper's clock).
+    renew_at: Duration,
+}
+
+/// How long one UPnP exchange (the search, each HTTP request) may take.
+const UPNP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Maps `port` of `client` over UPnP IGD on router `gw`, or renews the mapping held; the
+/// state says what came of it.
+fn upnp_keep(shared: &Shared, gw: Ipv4Addr, client: Ipv4Addr, port: u16) {
+    let held = shared
+        .lock()
+        .igd
+        .as_ref()
+        .map(|(i, _)| (i.ctl.clone(), i.service, i.mapping.external.port()));
+    let found = match held {
+        Some((ctl, service, ext)) => Ok((ctl, service, ext)),
+        None => upnp_find(gw).map(|(ctl, service)| (ctl, service, port)),
+    };
+    let mapped = found.and_then(|(ctl, service, ext)| {
+        let m = upnp_map(&ctl, service, client, port, ext)?;
+        Ok((ctl, service, m))
+    });
+    let mut s = shared.lock();
+    let now = s.epoch.elapsed();
+    match mapped {
+        Ok((ctl, service, mapping)) => {
+            // A lease of 0 is permanent: renewed as if it were ours, deleted on stop.
+            let life = Duration::from_secs(if mapping.lifetime == 0 {
+                LIFETIME.into()
+            } else {
+                mapping.lifetime.max(MIN_LIFETIME).into()
+            });
+            s.igd = Some((
+                Igd {
+                    ctl,
+                    service,
+                    mapping,
+                    renew_at: now + life / 2,
+                },
+                now + life,
+            ));
+        }
+        Err(why) => {
+            log::debug!("port mapping: UPnP IGD: {why}");
+            // A renewal that failed keeps the mapping until it lapses, then asks afresh.
+            let lapsed = s.igd.as_ref().is_none_or(|(_, until)| now >= *until);
+            if lapsed {
+                s.igd = None;
+            } else if let Some((i, until)) = s.igd.as_mut() {
+                i.renew_at = (now + RETRY_UNAVAILABLE).min(*until);
+            }
+        }
+    }
+}
+
+/// Searches the LAN for the router's Internet Gateway Device; its port-mapping service's
+/// control URL and type.
+fn upnp_find(gw: Ipv4Addr) -> Result<(Url, &'static str), String> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| format!("no socket: {e}"))?;
+    let deadline = Instant::now() + UPNP_TIMEOUT;
+    let mut buf = [0u8; 2048];
+    let mut sent = 0;
+    let location = loop {
+        if sent < 2 {
+            sock.send_to(upnp::SEARCH, upnp::SSDP_ADDR)
+                .map_err(|e| format!("search: {e}"))?;
+            sent += 1;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no answer to the SSDP search".into());
+        }
+        let _ = sock.set_read_timeout(Some(left.min(Duration::from_secs(1))));
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        // Only the router's answer (anyone on the LAN can answer a search).
+        match upnp::parse_search_reply(&buf[..n]) {
+            Ok(url) if from.ip() == std::net::IpAddr::V4(gw) && *url.host.ip() == gw => break url,
+            Ok(url) => log::debug!(
+                "port mapping: SSDP answer from {from} ({}) ignored",
+                url.host
+            ),
+            Err(e) => log::debug!("port mapping: SSDP answer from {from}: {e}"),
+        }
+    };
+    let (status, desc) = http(&location, &upnp::get(&location))?;
+    if status != 200 {
+        return Err(format!("description: HTTP {status}"));
+    }
+    upnp::control_url(&desc, &location).map_err(|e| format!("description: {e}"))
+}
+
+/// Maps UDP `port` of `client` at external port `ext` (another one if that is taken); the
+/// mapping with the router's external address.
+fn upnp_map(
+    ctl: &Url,
+    service: &'static str,
+    client: Ipv4Addr,
+    port: u16,
+    ext: u16,
+) -> Result<Mapping, String> {
+    let soap = |req: Vec<u8>, want: Option<&str>| -> Result<Soap, String> {
+        let (status, body) = http(ctl, &req)?;
+        upnp::parse_soap(status, &body, want).map_err(|e| format!("{e}"))
+    };
+    let (mut ext, mut lease) = (ext, LIFETIME);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match soap(
+            upnp::add_port_mapping(ctl, service, ext, client, port, lease),
+            None,
+        )? {
+            Soap::Ok(_) => break,
+            Soap::Fault(upnp::ONLY_PERMANENT) if lease != 0 && tries < 4 => lease = 0,
+            Soap::Fault(upnp::CONFLICT) if tries < 4 => {
+                let mut r = [0u8; 2];
+                shadowmesh_crypto::random_bytes(&mut r);
+                ext = 1024 + u16::from_be_bytes(r) % (u16::MAX - 1024);
+            }
+            Soap::Fault(code) => return Err(format!("AddPortMapping refused: error {code}")),
+        }
+    }
+    let ip = match soap(
+        upnp::get_external_ip(ctl, service),
+        Some("NewExternalIPAddress"),
+    )? {
+        Soap::Ok(Some(ip)) => ip
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("external address {ip:?}"))?,
+        Soap::Ok(None) | Soap::Fault(_) => return Err("no external address".into()),
+    };
+    // Behind another NAT (a carrier's, 100.64.0.0/10) the mapping reaches no one outside.
+    let shared_space = ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64;
+    if ip.is_unspecified() || ip.is_private() || ip.is_loopback() || shared_space {
+        return Err(format!("the router's external address {ip} is not public"));
+    }
+    Ok(Mapping {
+        external: SocketAddr::new(ip.into(), ext),
+        lifetime: lease,
+        protocol: Protocol::Upnp,
+    })
+}
+
+/// One HTTP exchange with the router: `req` sent to `url`'s host, the answer read until it
+/// closes the connection (at most [`upnp::MAX_ANSWER`] bytes), parsed.
+fn http(url: &Url, req: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let to = SocketAddr::V4(url.host);
+    let mut c = std::net::TcpStream::connect_timeout(&to, UPNP_TIMEOUT)
+        .map_err(|e| format!("{to}: {e}"))?;
+    let _ = c.set_read_timeout(Some(UPNP_TIMEOUT));
+    let _ = c.set_write_timeout(Some(UPNP_TIMEOUT));
+    c.write_all(req).map_err(|e| format!("{to}: {e}"))?;
+    let mut answer = Vec::new();
+    c.take(upnp::MAX_ANSWER as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("{to}: {e}"))?;
+    upnp::parse_http(&answer).map_err(|e| format!("{to}: {e}"))
+}
+
 /// Deletes the mapping we hold, if any.
 fn delete(shared: &Shared) {
+    let igd = shared.lock().igd.take();
+    if let Some((i, _)) = igd {
+        let ext = i.mapping.external.port();
+        match http(&i.ctl, &upnp::delete_port_mapping(&i.ctl, i.service, ext)) {
+            Ok((200, _)) => log::info!("port mapping: deleted at {} (UPnP)", i.ctl.host),
+            Ok((status, _)) => log::info!("port mapping: deleting it: HTTP {status}"),
+            Err(e) => log::info!("port mapping: deleting it: {e}"),
+        }
+    }
     let taken = shared.lock().mapper.take();
     let Some((mut m, router)) = taken else {
         return;
