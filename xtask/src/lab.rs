@@ -367,6 +367,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Waits up to `limit` for `name`'s daemon (the last started) to exit; whether it did.
+    pub(crate) fn wait_exit(&mut self, name: &str, limit: Duration) -> Result<bool> {
+        let t = Instant::now();
+        loop {
+            let c = self
+                .daemons
+                .iter_mut()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c)
+                .ok_or("no such daemon")?;
+            if c.try_wait().map_err(|e| e.to_string())?.is_some() {
+                return Ok(true);
+            }
+            if t.elapsed() >= limit {
+                return Ok(false);
+            }
+            sleep(Duration::from_millis(50))?;
+        }
+    }
+
     pub(crate) fn signal(&self, name: &str, sig: libc::c_int) -> Result {
         let pid = self.daemon_pid(name).ok_or("no such daemon")?;
         // SAFETY: kill(2) on a PID we started and have not reaped.

@@ -7,6 +7,18 @@ use crate::field;
 use crate::lab::{self, sleep, Lab, Node};
 use crate::Result;
 
+/// [`lookup`] at the first of `nodes` that finds the record (one may have been killed).
+pub(super) fn lookup_any(lab: &Lab, nodes: &[&Node], peer_id: &str) -> String {
+    let mut found = String::new();
+    for n in nodes {
+        found = lookup(lab, n, peer_id);
+        if found.contains("\"addrs\"") {
+            break;
+        }
+    }
+    found
+}
+
 /// `shadowmesh dht --lookup PEERID` at `node`: what the record it finds says.
 pub(super) fn lookup(lab: &Lab, node: &Node, peer_id: &str) -> String {
     std::process::Command::new(&lab.bin)
@@ -180,7 +192,12 @@ pub(super) fn relayed_bytes(lab: &Lab, n: &Node) -> u64 {
 
 /// The `observed` list of a `status` line.
 pub(super) fn observed(status: &str) -> Vec<String> {
-    let Some(rest) = status.split("\"observed\":[").nth(1) else {
+    list_of(status, "observed")
+}
+
+/// The strings of the first list named `name` in `json`.
+pub(super) fn list_of(json: &str, name: &str) -> Vec<String> {
+    let Some(rest) = json.split(&format!("\"{name}\":[")).nth(1) else {
         return vec![];
     };
     let list = rest.split(']').next().unwrap_or("");

@@ -44,15 +44,59 @@ pub(super) const MINIUPNPD_TABLE: &str = "table inet miniupnpd {\n\tchain forwar
 /// miniupnpd's configuration for a router with `wan0` outside and `lan0` on `lan` (a /24's
 /// first three octets): NAT-PMP and PCP only (no UPnP IGD: no HTTP port), mappings only for
 /// the asker's own address, into [`MINIUPNPD_TABLE`].
-pub(super) fn miniupnpd_conf(lan: &str) -> String {
+pub(super) fn miniupnpd_conf(lan: &str, igd: bool) -> String {
+    let (pmp, upnp) = if igd { ("no", "yes") } else { ("yes", "no") };
     format!(
-        "ext_ifname=wan0\nlistening_ip=lan0\nhttp_port=0\nenable_natpmp=yes\nenable_upnp=no\n\
+        "ext_ifname=wan0\nlistening_ip=lan0\nhttp_port=0\nenable_natpmp={pmp}\nenable_upnp={upnp}\n\
          secure_mode=yes\nsystem_uptime=yes\nupnp_table_name=miniupnpd\n\
          upnp_nat_table_name=miniupnpd\nupnp_forward_chain=miniupnpd\n\
          upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
          uuid=3b8d4ff6-8ee9-4c5a-9a13-5e2b0f0c7a01\nallow 1024-65535 {lan}.0/24 1024-65535\n\
          deny 0-65535 0.0.0.0/0 0-65535\n"
     )
+}
+
+/// Starts miniupnpd in router namespace `router` (of gateway `i`), in the foreground as a
+/// child of the lab: NAT-PMP and PCP, or (`igd`) UPnP IGD alone. One started before is
+/// stopped first.
+pub(super) fn start_miniupnpd(lab: &mut Lab, router: &str, i: usize, igd: bool) -> Result {
+    let dir = lab.dir.join(format!("nat{i}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let pid = dir.join("pid");
+    let old = std::fs::read_to_string(&pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    if let Some(at) = old.and_then(|p| lab.others.iter().position(|c| c.id() == p)) {
+        let mut c = lab.others.remove(at);
+        // SAFETY: kill(2) on a child we started and have not reaped. SIGTERM: it removes
+        // its rules and exits.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = c.wait();
+    }
+    let conf = dir.join("miniupnpd.conf");
+    std::fs::write(&conf, miniupnpd_conf(&format!("10.{i}.0"), igd)).map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .map_err(|e| e.to_string())?;
+    let child = lab::netns_exec(
+        router,
+        &[
+            "miniupnpd",
+            "-d",
+            "-f",
+            &conf.to_string_lossy(),
+            "-P",
+            &pid.to_string_lossy(),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(log)
+    .spawn()
+    .map_err(|e| format!("miniupnpd: {e}"))?;
+    lab.others.push(child);
+    Ok(())
 }
 
 /// The nftables rules of a NAT router of kind `kind` whose inside host is `inside`.
