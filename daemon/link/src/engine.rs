@@ -153,6 +153,8 @@ pub struct Engine<L> {
     keep_dialled: Exchange,
     /// Introductions to ask of a member's relay once our dial of the relay completes.
     intro_via: Vec<(PeerId, Contact)>,
+    /// What `option exit` asks (the roster holds the member chosen).
+    exit_choice: ExitChoice,
     out: VecDeque<Output<L>>,
 }
 
@@ -180,6 +182,7 @@ impl<L: Link> Engine<L> {
             kept: Vec::new(),
             keep_dialled: Exchange::new(capacity, KEEP_REDIAL, capacity),
             intro_via: Vec::new(),
+            exit_choice: ExitChoice::None,
             out: VecDeque::new(),
         }
     }
@@ -346,6 +349,9 @@ impl<L: Link> Engine<L> {
         if !relayed && !self.intro_via.is_empty() {
             self.ask_via(&pid);
         }
+        if self.exit_choice != ExitChoice::None {
+            self.choose_exit();
+        }
         true
     }
 
@@ -372,7 +378,11 @@ impl<L: Link> Engine<L> {
     /// Circuits through us stay (a link replaced or redialled comes back at the same address,
     /// or [`Engine::paths_read`] moves them); unused, they expire.
     pub fn handle_link_down(&mut self, pid: &PeerId, id: usize) -> bool {
-        self.members.link_down(pid, id).is_some()
+        let was = self.members.link_down(pid, id).is_some();
+        if was && self.exit_choice != ExitChoice::None {
+            self.choose_exit();
+        }
+        was
     }
 
     /// A control message `t` with `body` arrived at `now` on connection `id` of member `pid`.
@@ -447,6 +457,9 @@ impl<L: Link> Engine<L> {
         let replaced = self.roster.record(*pid, payload, ed, seq) == Update::Replaced;
         if replaced {
             self.judge_later();
+            if self.exit_choice != ExitChoice::None {
+                self.choose_exit();
+            }
         }
         replaced
     }
@@ -572,6 +585,9 @@ impl<L: Link> Engine<L> {
                 self.intro_via.retain(|(r, _)| r != pid);
             }
         }
+        if self.exit_choice != ExitChoice::None {
+            self.choose_exit();
+        }
     }
 
     /// Re-dials, on new connections, the members whose connections we accepted (after our
@@ -676,11 +692,14 @@ impl<L: Link> Engine<L> {
             }
         }
         self.judge_later();
+        self.choose_exit();
     }
 }
 
+mod exit;
 mod intro;
 mod keep;
+pub use exit::{ExitChoice, ExitState};
 pub use keep::{KEEP_CHECK, KEEP_REDIAL, RELAYS_KEPT};
 #[cfg(test)]
 mod tests;

@@ -173,6 +173,8 @@ pub struct Roster {
     table: RouteTable<PeerId>,
     /// LAN prefixes installed in the kernel, with their owner.
     installed: BTreeMap<Prefix, PeerId>,
+    /// The member our internet traffic goes to (what no member's prefix holds).
+    exit: Option<PeerId>,
     out: VecDeque<Output>,
 }
 
@@ -186,6 +188,7 @@ impl Roster {
             arrivals: Vec::new(),
             table: RouteTable::new(routes),
             installed: BTreeMap::new(),
+            exit: None,
             out: VecDeque::new(),
         }
     }
@@ -275,9 +278,26 @@ impl Roster {
         self.members.iter()
     }
 
-    /// The member that holds the prefix `addr` falls in (longest match).
+    /// The member that holds the prefix `addr` falls in (longest match); else, outside the
+    /// overlay, the exit (what goes to the internet, and what may come from it).
+    #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<PeerId> {
-        self.table.lookup(addr)
+        match self.table.lookup(addr) {
+            Some(p) => Some(p),
+            None => self.exit.filter(|_| {
+                !self.cfg.v4.prefix().contains(addr) && !self.cfg.v6.prefix().contains(addr)
+            }),
+        }
+    }
+
+    /// Sends what no member's prefix holds to member `exit` (or nowhere).
+    pub fn set_exit(&mut self, exit: Option<PeerId>) {
+        self.exit = exit;
+    }
+
+    /// The member our internet traffic goes to, if any.
+    pub fn exit(&self) -> Option<PeerId> {
+        self.exit
     }
 
     /// Our overlay addresses: IPv4 with its rehash counter, and IPv6.

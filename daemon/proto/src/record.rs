@@ -229,7 +229,7 @@ pub struct Route {
 ///   ipv4 [4], ipv4_counter u32, ipv6 [16]
 ///   n_routes u8, then per route: family u8 (4|6), ip [4|16], prefix_len u8
 ///   nat u8 (0 unknown, 1 none, 2 endpoint-independent, 3 endpoint-dependent)
-///   flags u8 (bit 0: relays for members; the others must be 0)
+///   flags u8 (bit 0: relays for members; bit 1: offers itself as an exit; the others 0)
 ///   n_relays u8, then per relay: PeerId [32]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -248,6 +248,9 @@ pub struct Payload {
     pub nat: NatClass,
     /// It relays for members.
     pub relay: bool,
+    /// It offers itself as an exit: members may send it their internet traffic
+    /// (`0.0.0.0/0` and `::/0`, never installed as ordinary routes).
+    pub exit: bool,
     /// The relays it keeps links with (at most [`RECORD_MAX_RELAYS`]): a member that cannot
     /// dial it asks them for an introduction and a circuit.
     pub relays: Vec<PeerId>,
@@ -256,6 +259,8 @@ pub struct Payload {
 const PAYLOAD_VERSION: u8 = 2;
 /// `flags` bit: the node relays for members.
 const FLAG_RELAY: u8 = 1;
+/// `flags` bit: the node offers itself as an exit.
+const FLAG_EXIT: u8 = 2;
 
 fn nat_code(n: NatClass) -> u8 {
     match n {
@@ -326,7 +331,8 @@ impl Payload {
             out.push(r.prefix_len);
         }
         out.push(nat_code(self.nat));
-        out.push(if self.relay { FLAG_RELAY } else { 0 });
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        out.push(flag(self.relay, FLAG_RELAY) | flag(self.exit, FLAG_EXIT));
         out.push(self.relays.len() as u8);
         for r in &self.relays {
             out.extend_from_slice(&r.0);
@@ -375,7 +381,8 @@ impl Payload {
             }
             routes.push(Route { addr, prefix_len });
         }
-        let (mut nat, mut relay, mut relays) = (NatClass::Unknown, false, Vec::new());
+        let (mut nat, mut relay, mut exit, mut relays) =
+            (NatClass::Unknown, false, false, Vec::new());
         if v >= 2 {
             nat = match r.u8()? {
                 0 => NatClass::Unknown,
@@ -385,10 +392,11 @@ impl Payload {
                 _ => return Err(Error::InvalidField("NAT class")),
             };
             let flags = r.u8()?;
-            if flags & !FLAG_RELAY != 0 {
+            if flags & !(FLAG_RELAY | FLAG_EXIT) != 0 {
                 return Err(Error::InvalidField("record flags"));
             }
             relay = flags & FLAG_RELAY != 0;
+            exit = flags & FLAG_EXIT != 0;
             let n = r.u8()? as usize;
             if n > RECORD_MAX_RELAYS {
                 return Err(Error::TooLarge {
@@ -410,6 +418,7 @@ impl Payload {
             routes,
             nat,
             relay,
+            exit,
             relays,
         })
     }
@@ -504,6 +513,7 @@ mod tests {
             }],
             nat: NatClass::EndpointDependent,
             relay: true,
+            exit: true,
             relays: vec![PeerId([9; 32]), PeerId([8; 32])],
         };
         let mut out = Vec::new();
@@ -515,12 +525,12 @@ mod tests {
         v1[0] = 1;
         let old = Payload::parse(&v1).unwrap();
         assert_eq!(
-            (old.nat, old.relay, old.relays.len()),
-            (NatClass::Unknown, false, 0)
+            (old.nat, old.relay, old.exit, old.relays.len()),
+            (NatClass::Unknown, false, false, 0)
         );
         assert_eq!(old.routes, p.routes);
         let mut flags = out.clone();
-        flags[v1_len + 1] = 3;
+        flags[v1_len + 1] = 4;
         assert_eq!(
             Payload::parse(&flags),
             Err(Error::InvalidField("record flags"))

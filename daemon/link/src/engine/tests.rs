@@ -637,5 +637,6 @@ fn a_member_whose_connection_migrated_is_told_where_we_see_it() {
     assert!(reports(&mut e).is_empty(), "a bad body is ignored");
 }
 
+mod exit;
 mod keep;
 mod relay;
