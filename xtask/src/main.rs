@@ -45,6 +45,7 @@ mod collide;
 mod cross;
 mod delay_line;
 mod demo;
+mod exit_lab;
 mod flood;
 mod hil;
 mod hil_ssh;
@@ -114,6 +115,13 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
+        Some("exit-lab") => release_bin().and_then(|bin| {
+            let rep = exit_lab::run(&bin)?;
+            rep.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| rep.failures.join("\n"))
+        }),
         Some("trust") => release_bin().and_then(|bin| {
             let rep = trust::run(&bin, &release_example("hostile")?)?;
             rep.failures
@@ -147,7 +155,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,6 +51,7 @@ pub(crate) fn test(args: &[String]) -> Result {
             ("trust-boundary scenario", trust::run(&bin, &hostile)?),
             ("stranger flood scenario", flood::run(&bin, &flooder, 30)?),
             ("NAT lab", nat_lab::run(&bin, false, 1)?),
+            ("exit lab", exit_lab::run(&bin)?),
         ] {
             failed += rep.failures.len() as u64;
             passed += rep.checks() - rep.failures.len() as u64;

@@ -22,7 +22,10 @@
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
 //!     option offload '1'                        # 0: no TUN offload (one packet per read)
 //!     option relay 'auto'                       # relay for members: auto (when reachable), 1, 0
-//!     option port_mapping '1'                   # ask the router to forward our port (PCP, NAT-PMP)
+//!     option port_mapping '1'                   # ask the router to forward our port (PCP, NAT-PMP, UPnP)
+//!     option exit_node '0'                      # 1: offer this gateway as members' exit
+//!     option exit ''                            # a member's PeerId, or auto: internet traffic through it
+//!     option exit_fail 'closed'                 # while the exit is down: closed (drop), open (local uplink)
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'    # or <PEERID>@NAME:PORT (resolved now and then)
 //!     list advertise '192.0.2.7:4433'             # or NAME:PORT (a dynamic-DNS name)
 //!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
@@ -129,6 +132,12 @@ pub struct Config {
     pub relay: RelayMode,
     /// Whether to ask the router in front of us to forward our port (`option port_mapping`).
     pub port_mapping: bool,
+    /// Whether this gateway offers itself as members' exit (`option exit_node`).
+    pub exit_node: bool,
+    /// The exit our internet traffic goes through (`option exit`).
+    pub exit: shadowmesh_link::engine::ExitChoice,
+    /// What internet traffic does while the exit is down (`option exit_fail`).
+    pub exit_fail: crate::exit::ExitFail,
     /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
     /// a mesh must use the same.
     pub overlay_ipv4: V4Prefix,
@@ -161,6 +170,9 @@ impl Default for Config {
             offload: true,
             relay: RelayMode::Auto,
             port_mapping: true,
+            exit_node: false,
+            exit: shadowmesh_link::engine::ExitChoice::None,
+            exit_fail: crate::exit::ExitFail::Closed,
             overlay_ipv4: V4Prefix::default(),
             ignored: vec![],
         }
@@ -283,6 +295,9 @@ impl Config {
             .bool("offload", self.offload)
             .str("relay", self.relay.as_str())
             .bool("port_mapping", self.port_mapping)
+            .bool("exit_node", self.exit_node)
+            .str("exit", &crate::exit::choice_str(self.exit))
+            .str("exit_fail", self.exit_fail.as_str())
             .bool("plain_udp", self.plain_udp)
             .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
             .raw("bootstrap", &format!("[{}]", boot.join(",")))
@@ -374,6 +389,18 @@ impl Config {
                 "port_mapping" => {
                     let v = single(o)?;
                     c.port_mapping = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "exit_node" => {
+                    let v = single(o)?;
+                    c.exit_node = parse_bool(&v).map_err(|m| bad(&v, m))?;
+                }
+                "exit" => {
+                    let v = single(o)?;
+                    c.exit = crate::exit::parse_choice(&v).map_err(|m| bad(&v, m))?;
+                }
+                "exit_fail" => {
+                    let v = single(o)?;
+                    c.exit_fail = crate::exit::parse_fail(&v).map_err(|m| bad(&v, m))?;
                 }
                 "accept_routes" => {
                     let v = single(o)?;
@@ -631,6 +658,33 @@ mod tests {
         assert!(!c.port_mapping);
         let e = parse("config shadowmesh\n option port_mapping 'upnp'\n").unwrap_err();
         assert_eq!(e.option.as_deref(), Some("port_mapping"));
+    }
+
+    #[test]
+    fn exits_are_off_unless_asked() {
+        use shadowmesh_link::engine::ExitChoice;
+        let c = parse("config shadowmesh\n").unwrap();
+        assert_eq!(
+            (c.exit_node, c.exit, c.exit_fail),
+            (false, ExitChoice::None, crate::exit::ExitFail::Closed)
+        );
+        let id = "cd".repeat(32);
+        let c = parse(&format!(
+            "config shadowmesh\n option exit_node '1'\n option exit '{id}'\n option exit_fail 'open'\n"
+        ))
+        .unwrap();
+        assert!(c.exit_node);
+        assert_eq!(c.exit, ExitChoice::Peer(id.parse().unwrap()));
+        assert_eq!(c.exit_fail, crate::exit::ExitFail::Open);
+        assert!(c.started_json().contains(&format!("\"exit\":\"{id}\"")));
+        for (opt, v) in [
+            ("exit", "gw2"),
+            ("exit_fail", "leak"),
+            ("exit_node", "yes please"),
+        ] {
+            let e = parse(&format!("config shadowmesh\n option {opt} '{v}'\n")).unwrap_err();
+            assert_eq!(e.option.as_deref(), Some(opt), "{v}");
+        }
     }
 
     #[test]

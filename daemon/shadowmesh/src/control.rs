@@ -143,6 +143,14 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                     .uint("peers_known", members.len() as u64)
                     .uint("peers_connected", dp.connected() as u64)
                     .raw("relay", &relay_json(&dp.relay_info()));
+                let (peer, state) = dp.exit();
+                o = o.raw(
+                    "exit",
+                    &Obj::new()
+                        .str("peer", &opt_str(peer))
+                        .str("state", state.as_str())
+                        .finish(),
+                );
             }
             // Last: its names repeat top-level ones (`interface`, `overlay_ipv4`), and a script
             // that takes the first occurrence of a name must keep getting the running value.
@@ -299,6 +307,7 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         )
         .str("relay", &opt_str(m.relay))
         .str("nat", m.nat.as_str())
+        .bool("exit", m.exit)
         .raw("first_packet_ms", &opt_ms(m.reach.first))
         .raw("direct_ms", &opt_ms(m.reach.direct))
         .str("lane", m.lane)

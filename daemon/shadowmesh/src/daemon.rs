@@ -200,6 +200,11 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("enabled", new.enabled != cfg.enabled),
         ("plain_udp", new.plain_udp != cfg.plain_udp),
         ("bootstrap", new.bootstrap != cfg.bootstrap),
+        ("exit_node", new.exit_node != cfg.exit_node),
+        (
+            "exit/exit_fail",
+            new.exit != cfg.exit || new.exit_fail != cfg.exit_fail,
+        ),
     ]
     .iter()
     .filter(|(_, changed)| *changed)
@@ -238,6 +243,9 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         overlay_ipv4: keep.overlay_ipv4,
         plain_udp: keep.plain_udp,
         bootstrap: keep.bootstrap,
+        exit_node: keep.exit_node,
+        exit: keep.exit,
+        exit_fail: keep.exit_fail,
         ..new
     };
 }
@@ -252,6 +260,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     // Addresses now; names once resolved (off the start's path: DNS may be slow at boot).
     payload.addrs = cfg.advertise.iter().filter_map(HostPort::addr).collect();
     payload.routes = cfg.routes.clone();
+    payload.exit = cfg.exit_node && cfg.network_key.is_some();
     let mut ncfg = NodeConfig::dht_only(cfg.listen);
     if let Some(k) = &cfg.network_key {
         ncfg = ncfg.member_of(k.clone());
@@ -309,6 +318,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         let dp = open_dataplane(&cfg, pid, nk.clone(), &mesh.node().config().payload)?;
         mesh.attach(dp);
     }
+    let routing = start_exit(&cfg, &mesh)?;
     tokio::task::spawn_local(mesh.clone().run());
     let control = control_path(&cfg);
     tokio::task::spawn_local(crate::control::serve(
@@ -370,10 +380,66 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         }
     }
     write_cache(&cache_path(&cfg), &mesh.contacts());
+    if let Some(r) = routing {
+        r.borrow_mut().remove();
+    }
+    if cfg.exit_node {
+        crate::exit::unserve();
+    }
     crate::portmap::release(&mesh.port_map);
     let _ = std::fs::remove_file(&control);
     mesh.node().shutdown().await;
     Ok(())
+}
+
+/// Offers this gateway as an exit (`option exit_node`), and sends internet traffic through
+/// the exit `option exit` names: the daemon's socket marked, the policy routing kept as the
+/// exit's state and `option exit_fail` say. Returns the routing (removed on the way out).
+fn start_exit(
+    cfg: &Config,
+    mesh: &Rc<Mesh>,
+) -> Result<Option<Rc<std::cell::RefCell<crate::exit::Routing>>>, CliError> {
+    use shadowmesh_link::engine::ExitChoice;
+    let dp = mesh.dataplane();
+    if cfg.exit_node && dp.is_some() {
+        crate::exit::serve(&cfg.interface)
+            .map_err(|e| CliError::fail(format!("option exit_node: {e}")))?;
+        log::info!("offering this gateway as members' exit");
+    }
+    let Some(dp) = dp.filter(|_| cfg.exit != ExitChoice::None) else {
+        return Ok(None);
+    };
+    use std::os::fd::AsFd;
+    crate::exit::mark_socket(mesh.node().socket().as_fd())
+        .map_err(|e| CliError::fail(format!("option exit: marking our socket: {e}")))?;
+    dp.set_exit(cfg.exit);
+    let routing = Rc::new(std::cell::RefCell::new(crate::exit::Routing::new(
+        dp.tun().index(),
+    )));
+    let (r, fail, weak) = (routing.clone(), cfg.exit_fail, Rc::downgrade(mesh));
+    // Closed from the first packet: nothing leaves by the uplink while the exit is dialled.
+    r.borrow_mut().follow(dp.exit().1, fail);
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let Some(dp) = weak.upgrade().and_then(|m| m.dataplane()) else {
+                return;
+            };
+            let (peer, state) = dp.exit();
+            if last != Some((peer, state)) {
+                log::info!(
+                    "exit: {} ({})",
+                    peer.map_or("none".into(), |p| p.short().to_string()),
+                    state.as_str()
+                );
+                last = Some((peer, state));
+            }
+            r.borrow_mut().follow(state, fail);
+        }
+    });
+    Ok(Some(routing))
 }
 
 /// Keeps relaying on where `option relay` says (in `auto`, while others can reach us: our NAT

@@ -23,6 +23,8 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_TABLE: u16 = 15;
+const NLM_F_REPLACE: u16 = 0x100;
 const IFA_LOCAL: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const RT_TABLE_MAIN: u8 = 254;
@@ -272,6 +274,69 @@ pub fn add_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
 /// Removes our route to `p` through `ifindex` (the kernel matches the protocol too).
 pub fn del_route(ifindex: u32, p: &Prefix) -> io::Result<()> {
     request(RTM_DELROUTE, 0, &rtmsg(p, ifindex))
+}
+
+/// The default route of `family`'s addresses (`0.0.0.0/0` or `::/0`) through `ifindex` in
+/// routing table `table` (ours: no one else's routes live there; one left over is replaced).
+pub fn set_table_default(ifindex: u32, v6: bool, table: u32, add: bool) -> io::Result<()> {
+    let any: IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let mut b = rtmsg(&Prefix { addr: any, len: 0 }, ifindex);
+    b[4] = 0; // the table is the attribute's
+    attr(&mut b, RTA_TABLE, &table.to_ne_bytes());
+    if add {
+        request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
+    } else {
+        request(RTM_DELROUTE, 0, &b)
+    }
+}
+
+/// A policy routing rule at priority `pref` for `family`'s addresses: look up `table`, only
+/// for packets whose mark is not `not_mark` (when given), ignoring routes of prefix length
+/// `suppress` or less (when given: `suppress_prefixlength`). Added, or deleted.
+pub fn rule(
+    add: bool,
+    v6: bool,
+    pref: u32,
+    table: u32,
+    not_mark: Option<u32>,
+    suppress: Option<u32>,
+) -> io::Result<()> {
+    const RTM_NEWRULE: u16 = 32;
+    const RTM_DELRULE: u16 = 33;
+    const FRA_PRIORITY: u16 = 6;
+    const FRA_FWMARK: u16 = 10;
+    const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
+    const FRA_TABLE: u16 = 15;
+    const FRA_FWMASK: u16 = 16;
+    const FR_ACT_TO_TBL: u8 = 1;
+    const FIB_RULE_INVERT: u32 = 0x2;
+    let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+    let mut b = vec![fam, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL];
+    let flags = if not_mark.is_some() {
+        FIB_RULE_INVERT
+    } else {
+        0
+    };
+    b.extend_from_slice(&flags.to_ne_bytes());
+    attr(&mut b, FRA_PRIORITY, &pref.to_ne_bytes());
+    attr(&mut b, FRA_TABLE, &table.to_ne_bytes());
+    if let Some(m) = not_mark {
+        attr(&mut b, FRA_FWMARK, &m.to_ne_bytes());
+        attr(&mut b, FRA_FWMASK, &u32::MAX.to_ne_bytes());
+    }
+    if let Some(n) = suppress {
+        attr(&mut b, FRA_SUPPRESS_PREFIXLEN, &n.to_ne_bytes());
+    }
+    if add {
+        request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &b)
+    } else {
+        request(RTM_DELRULE, 0, &b)
+    }
 }
 
 /// Adds `addr/len` to interface `ifindex` (no duplicate address detection: the address is

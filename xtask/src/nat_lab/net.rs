@@ -8,7 +8,7 @@ use crate::Result;
 
 /// Links namespace `ns` to the internet router `inet` on its own /24 `net` (`net.1` the
 /// router, `net.2` the namespace, its default route).
-pub(super) fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
+pub(crate) fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
     let port = format!("to{}", net.replace('.', "x"));
     ip(&[
         "-n", inet, "link", "add", &port, "type", "veth", "peer", "name", dev, "netns", ns,
@@ -130,7 +130,7 @@ pub(super) fn nat_rules(kind: &str, inside: &str) -> String {
     )
 }
 
-pub(super) fn nft(ns: &str, rules: &str) -> Result {
+pub(crate) fn nft(ns: &str, rules: &str) -> Result {
     use std::io::Write;
     let mut c = lab::netns_exec(ns, &["nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())

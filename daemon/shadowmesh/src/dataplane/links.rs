@@ -467,6 +467,22 @@ impl DataPlane {
         }
     }
 
+    /// Sends internet traffic to the exit `option exit` names (or to none).
+    pub fn set_exit(&self, choice: shadowmesh_link::engine::ExitChoice) {
+        self.core.borrow_mut().set_exit(choice);
+        self.run();
+    }
+
+    /// The member our internet traffic goes to, and where it stands.
+    pub fn exit(
+        &self,
+    ) -> (
+        Option<shadowmesh_proto::PeerId>,
+        shadowmesh_link::engine::ExitState,
+    ) {
+        self.core.borrow().exit()
+    }
+
     /// Keeps links with relays (behind a NAT) or not; returns the relays kept now, for our
     /// record.
     pub fn keep_relays(&self, on: bool) -> Vec<PeerId> {

@@ -49,6 +49,8 @@ pub struct MemberInfo {
     pub reach: shadowmesh_link::members::Reach,
     /// The NAT it sits behind, as its record says.
     pub nat: shadowmesh_proto::dht::observed::NatClass,
+    /// It offers itself as an exit.
+    pub exit: bool,
 }
 
 /// What `status` reports of relaying: ours for others, and the relays our links go through.
@@ -122,6 +124,7 @@ impl DataPlane {
                     relay: live.and_then(|l| relay_of(l.conn.remote_address())),
                     reach: m.reach,
                     nat: e.payload.nat,
+                    exit: e.payload.exit,
                 }
             })
             .collect()

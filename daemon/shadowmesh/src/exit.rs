@@ -1,0 +1,246 @@
+//! Exit nodes, the host's side. A gateway that uses an exit (`option exit`) sends its own and
+//! its LAN's internet traffic into the tunnel by policy routing, as wg-quick does: its UDP
+//! socket is marked and keeps the main table; everything else first looks up main without its
+//! default routes (`suppress_prefixlength 0`: the LAN, connected networks and the members'
+//! routes still win), then our table, whose default route is the tunnel. The link core sends
+//! what arrives to the exit member. With `option exit_fail 'closed'` (the default) the rules
+//! stay while the exit is down, so nothing leaks to the local uplink; with `'open'` they are
+//! taken away until it is back.
+//!
+//! A gateway that offers itself (`option exit_node '1'`) forwards what members send it to its
+//! uplink with masquerade: IP forwarding on, and an nftables table of ours. On OpenWrt the
+//! firewall's forward policy also has to allow the tunnel's zone to reach `wan`.
+
+use std::io;
+
+use shadowmesh_link::engine::{ExitChoice, ExitState};
+
+/// Our routing table: its one route per family is the default route through the tunnel.
+pub const TABLE: u32 = 0x736d;
+/// The mark the daemon's own socket carries: its packets keep the main table.
+pub const FWMARK: u32 = 0x736d;
+/// The rules' priorities: after mwan3's and pbr's (which choose an uplink per LAN host before
+/// us), before the main table's own rule (32766).
+pub const PREF_MAIN: u32 = 32760;
+pub const PREF_TABLE: u32 = 32761;
+/// The nftables table that masquerades members' traffic out of an exit node.
+const NFT_TABLE: &str = "shadowmesh_exit";
+
+/// `option exit_fail`: what internet traffic does while the exit is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExitFail {
+    /// Dropped: nothing leaves by the local uplink.
+    #[default]
+    Closed,
+    /// Leaves by the local uplink until the exit is back.
+    Open,
+}
+
+impl ExitFail {
+    /// The option's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitFail::Closed => "closed",
+            ExitFail::Open => "open",
+        }
+    }
+}
+
+/// Parses `option exit_fail`.
+pub fn parse_fail(v: &str) -> Result<ExitFail, String> {
+    match v {
+        "closed" => Ok(ExitFail::Closed),
+        "open" => Ok(ExitFail::Open),
+        _ => Err("expected closed or open".into()),
+    }
+}
+
+/// Parses `option exit`: empty (none), `auto`, or a member's PeerId.
+pub fn parse_choice(v: &str) -> Result<ExitChoice, String> {
+    match v {
+        "" | "0" | "none" => Ok(ExitChoice::None),
+        "auto" => Ok(ExitChoice::Auto),
+        id => id
+            .parse()
+            .map(ExitChoice::Peer)
+            .map_err(|_| "expected auto or a member's PeerId (64 hex digits)".into()),
+    }
+}
+
+/// The option's value for `choice`.
+pub fn choice_str(choice: ExitChoice) -> String {
+    match choice {
+        ExitChoice::None => String::new(),
+        ExitChoice::Auto => "auto".into(),
+        ExitChoice::Peer(p) => p.to_string(),
+    }
+}
+
+/// The policy routing that sends internet traffic into tunnel `ifindex`, while installed.
+#[derive(Debug)]
+pub struct Routing {
+    ifindex: u32,
+    installed: bool,
+}
+
+impl Routing {
+    /// Nothing installed yet.
+    pub fn new(ifindex: u32) -> Routing {
+        Routing {
+            ifindex,
+            installed: false,
+        }
+    }
+
+    /// Whether the rules are in place.
+    pub fn installed(&self) -> bool {
+        self.installed
+    }
+
+    /// Installs our table's default routes and the two rules per family (leftovers of a
+    /// daemon that died are replaced).
+    pub fn install(&mut self) -> io::Result<()> {
+        if self.installed {
+            return Ok(());
+        }
+        clear(self.ifindex);
+        for v6 in [false, true] {
+            crate::netlink::set_table_default(self.ifindex, v6, TABLE, true)?;
+            crate::netlink::rule(true, v6, PREF_MAIN, 254, None, Some(0))?;
+            crate::netlink::rule(true, v6, PREF_TABLE, TABLE, Some(FWMARK), None)?;
+        }
+        self.installed = true;
+        log::info!("internet traffic goes through the exit (table {TABLE}, rules {PREF_MAIN} and {PREF_TABLE})");
+        Ok(())
+    }
+
+    /// Takes the rules and routes away.
+    pub fn remove(&mut self) {
+        if std::mem::take(&mut self.installed) {
+            clear(self.ifindex);
+            log::info!("internet traffic leaves by this host's own uplink again");
+        }
+    }
+
+    /// Installs or removes the rules as the exit's state and the fail mode ask.
+    pub fn follow(&mut self, state: ExitState, fail: ExitFail) {
+        let want = match (state, fail) {
+            (ExitState::Off, _) => false,
+            (ExitState::Up, _) => true,
+            (_, ExitFail::Closed) => true,
+            (_, ExitFail::Open) => false,
+        };
+        if want {
+            if let Err(e) = self.install() {
+                log::error!("exit: installing the policy routing: {e}");
+                clear(self.ifindex);
+                self.installed = false;
+            }
+        } else {
+            self.remove();
+        }
+    }
+}
+
+impl Drop for Routing {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Deletes our rules and our table's routes, whoever left them (errors: already gone).
+fn clear(ifindex: u32) {
+    for v6 in [false, true] {
+        while crate::netlink::rule(false, v6, PREF_TABLE, TABLE, Some(FWMARK), None).is_ok() {}
+        while crate::netlink::rule(false, v6, PREF_MAIN, 254, None, Some(0)).is_ok() {}
+        let _ = crate::netlink::set_table_default(ifindex, v6, TABLE, false);
+    }
+}
+
+/// Marks `fd` (the daemon's UDP socket) so that its packets keep the main table.
+pub fn mark_socket(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mark: libc::c_int = FWMARK as libc::c_int;
+    // SAFETY: setsockopt with a valid descriptor, a pointer to an int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Offers this gateway as an exit: IPv4 and IPv6 forwarding on, and members' traffic from
+/// tunnel `interface` masqueraded to every other interface.
+pub fn serve(interface: &str) -> io::Result<()> {
+    for (path, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding"),
+        ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding"),
+    ] {
+        std::fs::write(path, b"1").map_err(|e| io::Error::other(format!("{what}: {e}")))?;
+    }
+    let _ = nft(&format!("delete table inet {NFT_TABLE}\n"));
+    nft(&format!(
+        "table inet {NFT_TABLE} {{\n\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tiifname \"{interface}\" oifname != \"{interface}\" masquerade\n\t}}\n}}\n"
+    ))
+}
+
+/// Stops masquerading members' traffic (forwarding stays as it is: others may need it).
+pub fn unserve() {
+    if nft(&format!("delete table inet {NFT_TABLE}\n")).is_ok() {
+        log::info!("exit: masquerade removed");
+    }
+}
+
+/// Runs `nft -f -` with `rules`.
+fn nft(rules: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::other(format!("nft: {e} (is nftables installed?)")))?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(rules.as_bytes())?;
+    }
+    let out = c.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse() {
+        assert_eq!(parse_choice(""), Ok(ExitChoice::None));
+        assert_eq!(parse_choice("auto"), Ok(ExitChoice::Auto));
+        let id = "ab".repeat(32);
+        assert_eq!(
+            parse_choice(&id).map(choice_str),
+            Ok(id.clone()),
+            "a PeerId round-trips"
+        );
+        assert!(parse_choice("b").is_err());
+        assert_eq!(parse_fail("closed"), Ok(ExitFail::Closed));
+        assert_eq!(parse_fail("open"), Ok(ExitFail::Open));
+        assert!(parse_fail("leaky").is_err());
+    }
+}
