@@ -3,16 +3,19 @@
 //!
 //! ```text
 //!                 inet (a router between public /24s)
-//!   198.51.100.2 seed   203.0.113.2 b (exit_node)   192.0.2.2 a (exit = b)   198.18.80.2 web
-//!                                                   192.168.10.1 a | 192.168.10.2 lan10
+//!   198.51.100.2 seed   203.0.113.2 b, 198.51.101.2 c (exit_node)   192.0.2.2 a   198.18.80.2 web
+//!                                                192.168.10.1 a | 192.168.10.2 lan10
 //! ```
 //!
-//! Checked: `a` sees `b` offering an exit and uses it; the LAN host reaches the web server and
-//! the server sees `b`'s address, never `a`'s; `a`'s own link to `b` and its DHT stay up (the
-//! daemon's marked socket keeps the main table: no loop); the LAN host still reaches `a`'s LAN
-//! address; with `b` killed (`exit_fail` closed), nothing from the LAN host reaches the server
-//! by `a`'s uplink; on stop, `a`'s policy rules are gone; restarted with `exit_fail` open
-//! while `b` is down, the LAN host's traffic leaves by `a`'s uplink.
+//! Checked, with `a`'s `option exit` set to `b`: `a` sees `b` offering an exit and uses it;
+//! the LAN host reaches the web server and the server sees `b`'s address, never `a`'s or the
+//! host's; `a`'s own link to `b` and its DHT stay on the uplink (the daemon's marked socket
+//! keeps the main table: no loop); the LAN host still reaches `a`'s LAN address; with `b`
+//! killed (`exit_fail` closed) nothing from the LAN host reaches the server by `a`'s uplink,
+//! and traffic resumes within 5 s of `b`'s restart; on stop, `a`'s policy rules are gone. With
+//! `exit 'auto'`: `a` takes an exit, and when it is killed traffic moves to the other within
+//! 5 s. With `exit_fail 'open'` and the exit down, the LAN host's traffic leaves by `a`'s
+//! uplink.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,10 +27,20 @@ use crate::{field, Result};
 
 /// The web server's address (behind the internet router).
 const WEB: &str = "198.18.80.2";
+/// The exits' addresses, a's, and the LAN host's.
+const B: &str = "203.0.113.2";
+const C: &str = "198.51.101.2";
+const A: &str = "192.0.2.2";
+const HOST: &str = "192.168.10.2";
+/// How soon traffic must flow again after the exit returns, or through the next one.
+const RESUME: Duration = Duration::from_secs(5);
 
 /// Runs the lab with daemon binary `bin`.
 pub fn run(bin: &Path) -> Result<Report> {
-    let names: Vec<String> = ["seed", "a", "b"].iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = ["seed", "a", "b", "c"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     lab::in_lab(bin, &names, scenario)
 }
 
@@ -67,9 +80,13 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
 
     let web = lab.ns("web")?;
     uplink(&inet, &web, "eth0", "198.18.80")?;
+    let mut counters = String::new();
+    for src in [B, C, A, HOST] {
+        counters += &format!("\t\tip saddr {src} counter\n");
+    }
     crate::nat_lab::nft(
         &web,
-        "table inet saw {\n\tchain in {\n\t\ttype filter hook input priority 0;\n\t\tip saddr 203.0.113.2 counter\n\t\tip saddr 192.0.2.2 counter\n\t\tip saddr 192.168.10.2 counter\n\t}\n}\n",
+        &format!("table inet saw {{\n\tchain in {{\n\t\ttype filter hook input priority 0;\n{counters}\t}}\n}}\n"),
     )?;
 
     let seed_ns = lab.ns("seed")?;
@@ -86,23 +103,28 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     lab.start(&seed)?;
     let boot = format!("{seed_id}@198.51.100.2:4433");
 
-    // b offers itself as an exit.
-    let b_ns = lab.ns("b")?;
-    uplink(&inet, &b_ns, "eth0", "203.0.113")?;
-    let (b_key, b_id) = lab.keygen("b")?;
-    let b_conf = lab.write_config("b", &b_key, Some(&nk), Some(&boot), &[])?;
-    append(&b_conf, "\toption exit_node '1'\n")?;
-    let b = Node {
-        name: "b".into(),
-        config: b_conf,
-        ns: b_ns,
-        underlay: "203.0.113.2".into(),
-        peer_id: b_id.clone(),
-        lan: None,
-    };
-    lab.start(&b)?;
+    // b and c offer themselves as exits.
+    let mut exits = vec![];
+    for (name, net) in [("b", "203.0.113"), ("c", "198.51.101")] {
+        let ns = lab.ns(name)?;
+        uplink(&inet, &ns, "eth0", net)?;
+        let (key, id) = lab.keygen(name)?;
+        let conf = lab.write_config(name, &key, Some(&nk), Some(&boot), &[])?;
+        set_option(&conf, "exit_node", "1")?;
+        let node = Node {
+            name: name.into(),
+            config: conf,
+            ns,
+            underlay: format!("{net}.2"),
+            peer_id: id,
+            lan: None,
+        };
+        lab.start(&node)?;
+        exits.push(node);
+    }
+    let (b, c) = (exits[0].clone(), exits[1].clone());
 
-    // a uses it, for itself and its LAN.
+    // a uses b, for itself and its LAN.
     let a_ns = lab.ns("a")?;
     uplink(&inet, &a_ns, "eth0", "192.0.2")?;
     let host = lab.lan(&a_ns, 10)?;
@@ -114,38 +136,26 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         Some(&boot),
         &["192.168.10.0/24".into()],
     )?;
-    append(&a_conf, &format!("\toption exit '{b_id}'\n"))?;
+    set_option(&a_conf, "exit", &b.peer_id)?;
     let a = Node {
         name: "a".into(),
         config: a_conf,
         ns: a_ns,
-        underlay: "192.0.2.2".into(),
+        underlay: A.into(),
         peer_id: a_id,
         lan: None,
     };
     lab.start(&a)?;
 
     // a sees b offering an exit and takes it.
-    let t = Instant::now();
-    let mut st = String::new();
-    while t.elapsed() < Duration::from_secs(20) {
-        st = lab.ctl(&a, "status");
-        if exit_of(&st).1 == "up" {
-            break;
-        }
-        sleep(Duration::from_millis(200))?;
-    }
-    let (peer, state) = exit_of(&st);
+    let (peer, state, took) = wait_exit_up(lab, &a)?;
     rep.check(
         "a uses b as its exit",
-        peer == b_id && state == "up",
-        format!(
-            "exit {peer:.12} {state} after {:.1} s",
-            t.elapsed().as_secs_f64()
-        ),
+        peer == b.peer_id && state == "up",
+        format!("exit {peer:.12} {state} after {took:.1} s"),
     );
     let peers = lab::members(&lab.ctl(&a, "peers"));
-    let offers = lab::member_of(&peers, &b_id).and_then(|m| field(m, "exit"));
+    let offers = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "exit"));
     rep.check(
         "a's peers: b offers an exit",
         offers.as_deref() == Some("true"),
@@ -155,11 +165,7 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     // The LAN host reaches the web server, which sees b's address and never a's.
     let up = lab::until_reachable(&host, WEB, Duration::from_secs(10))?;
     let ping = lab::ping(&host, WEB, 5, "0.2")?;
-    let (from_b, from_a, from_host) = (
-        web_saw(&web, "203.0.113.2"),
-        web_saw(&web, "192.0.2.2"),
-        web_saw(&web, "192.168.10.2"),
-    );
+    let (from_b, from_a, from_host) = (web_saw(&web, B), web_saw(&web, A), web_saw(&web, HOST));
     rep.check(
         "the LAN host reaches the internet through b, seen at b's address",
         up.is_some() && ping.loss_pct() < 50.0 && from_b >= 5 && from_a == 0 && from_host == 0,
@@ -175,8 +181,8 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let peers = lab::members(&lab.ctl(&a, "peers"));
-    let linked = lab::member_of(&peers, &b_id).and_then(|m| field(m, "connected"));
-    let endpoint = lab::member_of(&peers, &b_id).and_then(|m| field(m, "endpoint"));
+    let linked = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "connected"));
+    let endpoint = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "endpoint"));
     rep.check(
         "a's link to b and its DHT stay on the uplink (no loop)",
         linked.as_deref() == Some("true")
@@ -195,11 +201,12 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         format!("{:.0}% loss", local.loss_pct()),
     );
 
-    // b dies: with exit_fail closed, nothing of the LAN host's leaves by a's uplink.
+    // b dies: with exit_fail closed, nothing of the LAN host's leaves by a's uplink, and
+    // traffic resumes soon after b is back.
     lab.kill9("b")?;
-    let before = web_saw(&web, "192.0.2.2") + web_saw(&web, "192.168.10.2");
+    let before = web_saw(&web, A) + web_saw(&web, HOST);
     let lost = lab::ping(&host, WEB, 10, "0.2")?;
-    let after = web_saw(&web, "192.0.2.2") + web_saw(&web, "192.168.10.2");
+    let after = web_saw(&web, A) + web_saw(&web, HOST);
     rep.check(
         "b killed: the LAN host's traffic does not leak by a's uplink (exit_fail closed)",
         after == before && lost.loss_pct() == 100.0,
@@ -208,6 +215,15 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
             lost.loss_pct(),
             after - before
         ),
+    );
+    lab.start(&b)?;
+    let back = lab::until_reachable(&host, WEB, Duration::from_secs(20))?;
+    rep.check(
+        "b back: the LAN host's traffic resumes within 5 s",
+        back.is_some_and(|t| t <= RESUME),
+        back.map_or("no reply in 20 s".into(), |t| {
+            format!("first reply {:.1} s after b started", t.as_secs_f64())
+        }),
     );
 
     // On stop, a's rules are gone.
@@ -221,13 +237,53 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         format!("{held} rules (IPv4 and IPv6) while running; exited {exited}; {left} left"),
     );
 
+    // exit 'auto': a takes the nearest exit; when it dies, traffic moves to the other.
+    set_option(&a.config, "exit", "auto")?;
+    lab.start(&a)?;
+    let (peer, state, took) = wait_exit_up(lab, &a)?;
+    let first = exits.iter().find(|n| n.peer_id == peer).cloned();
+    rep.check(
+        "exit auto: a takes an exit",
+        first.is_some() && state == "up",
+        format!("exit {peer:.12} {state} after {took:.1} s"),
+    );
+    if let Some(first) = first {
+        let other = if first.name == "b" { &c } else { &b };
+        let up = lab::until_reachable(&host, WEB, Duration::from_secs(10))?;
+        let before = web_saw(&web, &other.underlay);
+        lab.kill9(&first.name)?;
+        let t = Instant::now();
+        let moved = up.and(lab::until_reachable(&host, WEB, Duration::from_secs(20))?);
+        let took = t.elapsed();
+        let (now, _, _) = wait_exit_up(lab, &a)?;
+        rep.check(
+            &format!(
+                "exit auto: {} killed, traffic moves to {} within 5 s",
+                first.name, other.name
+            ),
+            moved.is_some()
+                && took <= RESUME
+                && now == other.peer_id
+                && web_saw(&web, &other.underlay) > before,
+            format!(
+                "first reply through {} {:.1} s after the kill",
+                other.name,
+                took.as_secs_f64()
+            ),
+        );
+        lab.kill9(&other.name)?;
+    }
+    lab.signal("a", libc::SIGTERM)?;
+    lab.wait_exit("a", Duration::from_secs(10))?;
+
     // exit_fail open: while the exit is down, the LAN host's traffic leaves by a's uplink.
-    append(&a.config, "\toption exit_fail 'open'\n")?;
+    set_option(&a.config, "exit", &b.peer_id)?;
+    set_option(&a.config, "exit_fail", "open")?;
     lab.start(&a)?;
     sleep(Duration::from_secs(2))?;
-    let before = web_saw(&web, "192.168.10.2");
+    let before = web_saw(&web, HOST);
     let _ = lab::ping(&host, WEB, 5, "0.2")?;
-    let after = web_saw(&web, "192.168.10.2");
+    let after = web_saw(&web, HOST);
     let (_, state) = exit_of(&lab.ctl(&a, "status"));
     rep.check(
         "exit_fail open: with the exit down, the LAN host's traffic leaves by a's uplink",
@@ -238,6 +294,31 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         ),
     );
     Ok(rep)
+}
+
+/// Waits up to 20 s for `node`'s exit to be up: the exit's PeerId, its state, the seconds.
+fn wait_exit_up(lab: &Lab, node: &Node) -> Result<(String, String, f64)> {
+    let t = Instant::now();
+    loop {
+        let (peer, state) = exit_of(&lab.ctl(node, "status"));
+        if state == "up" || t.elapsed() >= Duration::from_secs(20) {
+            return Ok((peer, state, t.elapsed().as_secs_f64()));
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+}
+
+/// Sets `option name 'value'` in the configuration file at `path` (replaced, or appended).
+fn set_option(path: &Path, name: &str, value: &str) -> Result {
+    let s = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let line = format!("\toption {name} '{value}'");
+    let mut lines: Vec<String> = s
+        .lines()
+        .filter(|l| !l.trim_start().starts_with(&format!("option {name} ")))
+        .map(str::to_string)
+        .collect();
+    lines.push(line);
+    std::fs::write(path, lines.join("\n") + "\n").map_err(|e| e.to_string())
 }
 
 /// Our policy rules in namespace `ns`, IPv4 and IPv6.
@@ -256,11 +337,4 @@ fn our_rules(ns: &str) -> usize {
                 .unwrap_or(0)
         })
         .sum()
-}
-
-/// Appends `text` to the configuration file at `path`.
-fn append(path: &Path, text: &str) -> Result {
-    let mut s = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    s.push_str(text);
-    std::fs::write(path, s).map_err(|e| e.to_string())
 }

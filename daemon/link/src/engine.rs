@@ -350,7 +350,7 @@ impl<L: Link> Engine<L> {
             self.ask_via(&pid);
         }
         if self.exit_choice != ExitChoice::None {
-            self.choose_exit();
+            self.choose_exit(None);
         }
         true
     }
@@ -380,7 +380,7 @@ impl<L: Link> Engine<L> {
     pub fn handle_link_down(&mut self, pid: &PeerId, id: usize) -> bool {
         let was = self.members.link_down(pid, id).is_some();
         if was && self.exit_choice != ExitChoice::None {
-            self.choose_exit();
+            self.choose_exit(None);
         }
         was
     }
@@ -458,7 +458,7 @@ impl<L: Link> Engine<L> {
         if replaced {
             self.judge_later();
             if self.exit_choice != ExitChoice::None {
-                self.choose_exit();
+                self.choose_exit(None);
             }
         }
         replaced
@@ -586,7 +586,7 @@ impl<L: Link> Engine<L> {
             }
         }
         if self.exit_choice != ExitChoice::None {
-            self.choose_exit();
+            self.choose_exit(None);
         }
     }
 
@@ -692,14 +692,14 @@ impl<L: Link> Engine<L> {
             }
         }
         self.judge_later();
-        self.choose_exit();
+        self.choose_exit(None);
     }
 }
 
 mod exit;
 mod intro;
 mod keep;
-pub use exit::{ExitChoice, ExitState};
+pub use exit::{ExitChoice, ExitState, EXIT_UNANSWERED};
 pub use keep::{KEEP_CHECK, KEEP_REDIAL, RELAYS_KEPT};
 #[cfg(test)]
 mod tests;

@@ -427,6 +427,7 @@ fn start_exit(
             let Some(dp) = weak.upgrade().and_then(|m| m.dataplane()) else {
                 return;
             };
+            dp.recheck_exit();
             let (peer, state) = dp.exit();
             if last != Some((peer, state)) {
                 log::info!(

@@ -7,6 +7,11 @@
 use super::*;
 use crate::paths::PathKind;
 
+/// With `auto`, an exit whose link has carried data unanswered this long is left for another
+/// one whose link is open and answering (the link itself is given up only after
+/// `UNANSWERED_AFTER`): a dead exit costs a LAN a few seconds, not fifteen.
+pub const EXIT_UNANSWERED: Duration = Duration::from_secs(3);
+
 /// What `option exit` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExitChoice {
@@ -48,7 +53,16 @@ impl<L: Link> Engine<L> {
     /// Sets the exit as `option exit` asks.
     pub fn set_exit(&mut self, choice: ExitChoice) {
         self.exit_choice = choice;
-        self.choose_exit();
+        self.choose_exit(None);
+    }
+
+    /// Looks at the exit again at `now` (the shell calls it every half second or so): with
+    /// `auto`, one whose data has gone unanswered for [`EXIT_UNANSWERED`] is left for another
+    /// that answers.
+    pub fn recheck_exit(&mut self, now: Duration) {
+        if self.exit_choice == ExitChoice::Auto {
+            self.choose_exit(Some(now));
+        }
     }
 
     /// The member our internet traffic goes to, and where it stands.
@@ -76,16 +90,28 @@ impl<L: Link> Engine<L> {
             && self.roster.get(pid).is_some_and(|e| e.payload.exit)
     }
 
-    /// Picks the exit again (after a record, a link up or down, a reconfiguration). `auto`
-    /// keeps the one it has while its link is open or being dialled; else it takes the linked
-    /// one of lowest round trip, else any that offers one (the next packet dials it).
-    pub(super) fn choose_exit(&mut self) {
+    /// Picks the exit again (after a record, a link up or down, a reconfiguration; at `now`,
+    /// when given, links whose data went unanswered too long count as failing). `auto` keeps
+    /// the one it has while its link is open (and answering) or being dialled; else it takes
+    /// the answering linked one of lowest round trip, else any that offers one (the next
+    /// packet dials it).
+    pub(super) fn choose_exit(&mut self, now: Option<Duration>) {
+        let failing = |l: &L| {
+            now.is_some_and(|now| {
+                l.activity()
+                    .unanswered
+                    .is_some_and(|t| now.saturating_sub(t) >= EXIT_UNANSWERED)
+            })
+        };
         let pick = match self.exit_choice {
             ExitChoice::None => None,
             ExitChoice::Peer(p) => Some(p).filter(|p| self.offers_exit(p)),
             ExitChoice::Auto => {
                 let alive = |e: &Self, p: &PeerId| {
-                    e.link_open(p) || e.members.get(p).is_some_and(|m| m.wait.dialling())
+                    e.members.get(p).is_some_and(|m| match m.link.as_ref() {
+                        Some(l) if l.is_open() => !failing(l),
+                        _ => m.wait.dialling(),
+                    })
                 };
                 match self.roster.exit() {
                     Some(p) if self.offers_exit(&p) && alive(self, &p) => Some(p),
@@ -100,7 +126,7 @@ impl<L: Link> Engine<L> {
                         let mut best: Option<((bool, Duration), PeerId)> = None;
                         for p in &offering {
                             let link = self.members.get_mut(p).and_then(|m| m.link.as_mut());
-                            let Some(l) = link.filter(|l| l.is_open()) else {
+                            let Some(l) = link.filter(|l| l.is_open() && !failing(l)) else {
                                 continue;
                             };
                             let rtt = l

@@ -473,6 +473,11 @@ impl DataPlane {
         self.run();
     }
 
+    /// Looks at the exit again (`auto` leaves one whose data goes unanswered).
+    pub fn recheck_exit(&self) {
+        self.core.borrow_mut().recheck_exit(crate::mono_now());
+    }
+
     /// The member our internet traffic goes to, and where it stands.
     pub fn exit(
         &self,

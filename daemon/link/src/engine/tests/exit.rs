@@ -86,3 +86,32 @@ fn auto_takes_the_nearest_exit_and_keeps_it_until_its_link_fails() {
     assert_eq!(e.exit(), (None, ExitState::Off));
     assert_eq!(e.roster().lookup(INTERNET), None);
 }
+
+#[test]
+fn auto_leaves_an_exit_whose_data_goes_unanswered() {
+    let mut e = engine(vec![]);
+    e.set_exit(ExitChoice::Auto);
+    up_member(&mut e, 2, true, &[], 10);
+    up_member(&mut e, 3, true, &[], 30);
+    assert_eq!(e.exit().0, Some(pid(2)));
+    // Data to 2 goes unanswered from 100 s: kept until EXIT_UNANSWERED has passed.
+    e.link_mut(&pid(2)).unwrap().session.unanswered = Some(S(100));
+    e.recheck_exit(S(100) + EXIT_UNANSWERED - Duration::from_millis(1));
+    assert_eq!(e.exit().0, Some(pid(2)));
+    e.recheck_exit(S(100) + EXIT_UNANSWERED);
+    assert_eq!(e.exit(), (Some(pid(3)), ExitState::Up));
+    // 2 answers again: 3 stays (sticky).
+    e.link_mut(&pid(2)).unwrap().session.unanswered = None;
+    e.recheck_exit(S(110));
+    assert_eq!(e.exit().0, Some(pid(3)));
+    // Both failing: the one we have stays (nothing better to go to).
+    for n in [2, 3] {
+        e.link_mut(&pid(n)).unwrap().session.unanswered = Some(S(110));
+    }
+    e.recheck_exit(S(120));
+    assert_eq!(e.exit().0, Some(pid(3)));
+    // A member chosen by PeerId is never left for another.
+    e.set_exit(ExitChoice::Peer(pid(2)));
+    e.recheck_exit(S(130));
+    assert_eq!(e.exit().0, Some(pid(2)));
+}
