@@ -34,6 +34,8 @@ const A: &str = "192.0.2.2";
 const HOST: &str = "192.168.10.2";
 /// How soon traffic must flow again after the exit returns, or through the next one.
 const RESUME: Duration = Duration::from_secs(5);
+/// Seconds of iperf3 through the exit and member to member.
+const IPERF_SECONDS: u32 = 3;
 
 /// Runs the lab with daemon binary `bin`.
 pub fn run(bin: &Path) -> Result<Report> {
@@ -201,6 +203,27 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         format!("{:.0}% loss", local.loss_pct()),
     );
 
+    // TCP through the exit, against member to member: its SYN and the server's SYN-ACK have
+    // their MSS clamped to the tunnel's MTU at a and at b.
+    let via_exit = lab::iperf3(lab, &web, &host, WEB, IPERF_SECONDS)?;
+    let b_overlay = field(&lab.ctl(&b, "status"), "overlay_ipv4").unwrap_or_default();
+    let direct = lab::iperf3(lab, &b.ns, &a.ns, &b_overlay, IPERF_SECONDS)?;
+    let (clamped_a, clamped_b) = (
+        clamp_hits(&a.ns, "shadowmesh_mss"),
+        clamp_hits(&b.ns, "shadowmesh_exit"),
+    );
+    println!(
+        "TCP from the LAN host to the web server through b: {via_exit:.0} Mbit/s; a to b member to member: {direct:.0} Mbit/s ({:.2}x)",
+        if direct > 0.0 { via_exit / direct } else { 0.0 }
+    );
+    rep.check(
+        "TCP through the exit, its MSS clamped at both ends",
+        via_exit > 0.0 && clamped_a > 0 && clamped_b > 0,
+        format!(
+            "{via_exit:.0} Mbit/s (member to member {direct:.0}); SYNs clamped: {clamped_a} at a, {clamped_b} at b"
+        ),
+    );
+
     // b dies: with exit_fail closed, nothing of the LAN host's leaves by a's uplink, and
     // traffic resumes soon after b is back.
     lab.kill9("b")?;
@@ -294,6 +317,25 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         ),
     );
     Ok(rep)
+}
+
+/// Packets the MSS clamping rule of nftables table `table` in `ns` hit.
+fn clamp_hits(ns: &str, table: &str) -> u64 {
+    lab::netns_exec(ns, &["nft", "list", "chain", "inet", table, "clamp"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            let n = out
+                .split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok();
+            n
+        })
+        .unwrap_or(0)
 }
 
 /// Waits up to 20 s for `node`'s exit to be up: the exit's PeerId, its state, the seconds.

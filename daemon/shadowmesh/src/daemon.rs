@@ -415,6 +415,7 @@ fn start_exit(
     dp.set_exit(cfg.exit);
     let routing = Rc::new(std::cell::RefCell::new(crate::exit::Routing::new(
         dp.tun().index(),
+        &cfg.interface,
     )));
     let (r, fail, weak) = (routing.clone(), cfg.exit_fail, Rc::downgrade(mesh));
     // Closed from the first packet: nothing leaves by the uplink while the exit is dialled.

@@ -25,6 +25,17 @@ pub const PREF_MAIN: u32 = 32760;
 pub const PREF_TABLE: u32 = 32761;
 /// The nftables table that masquerades members' traffic out of an exit node.
 const NFT_TABLE: &str = "shadowmesh_exit";
+/// The nftables table that clamps TCP's MSS on a gateway that uses an exit.
+const MSS_TABLE: &str = "shadowmesh_mss";
+
+/// A chain that clamps the MSS of TCP connections forwarded into tunnel `interface` to its
+/// MTU (the LAN host's SYN at the user's side, the server's SYN-ACK at the exit), so that
+/// neither end sends segments the tunnel must refuse.
+fn clamp_chain(interface: &str) -> String {
+    format!(
+        "\tchain clamp {{\n\t\ttype filter hook forward priority mangle; policy accept;\n\t\toifname \"{interface}\" tcp flags syn tcp option maxseg size set rt mtu counter\n\t}}\n"
+    )
+}
 
 /// `option exit_fail`: what internet traffic does while the exit is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,14 +91,16 @@ pub fn choice_str(choice: ExitChoice) -> String {
 #[derive(Debug)]
 pub struct Routing {
     ifindex: u32,
+    interface: String,
     installed: bool,
 }
 
 impl Routing {
-    /// Nothing installed yet.
-    pub fn new(ifindex: u32) -> Routing {
+    /// Nothing installed yet; `interface` is the tunnel's name.
+    pub fn new(ifindex: u32, interface: &str) -> Routing {
         Routing {
             ifindex,
+            interface: interface.into(),
             installed: false,
         }
     }
@@ -110,6 +123,14 @@ impl Routing {
             crate::netlink::rule(true, v6, PREF_TABLE, TABLE, Some(FWMARK), None)?;
         }
         self.installed = true;
+        let _ = nft(&format!("delete table inet {MSS_TABLE}\n"));
+        let clamp = format!(
+            "table inet {MSS_TABLE} {{\n{}}}\n",
+            clamp_chain(&self.interface)
+        );
+        if let Err(e) = nft(&clamp) {
+            log::warn!("exit: no TCP MSS clamping ({e}): path MTU discovery must do");
+        }
         log::info!("internet traffic goes through the exit (table {TABLE}, rules {PREF_MAIN} and {PREF_TABLE})");
         Ok(())
     }
@@ -118,6 +139,7 @@ impl Routing {
     pub fn remove(&mut self) {
         if std::mem::take(&mut self.installed) {
             clear(self.ifindex);
+            let _ = nft(&format!("delete table inet {MSS_TABLE}\n"));
             log::info!("internet traffic leaves by this host's own uplink again");
         }
     }
@@ -189,7 +211,8 @@ pub fn serve(interface: &str) -> io::Result<()> {
     }
     let _ = nft(&format!("delete table inet {NFT_TABLE}\n"));
     nft(&format!(
-        "table inet {NFT_TABLE} {{\n\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tiifname \"{interface}\" oifname != \"{interface}\" masquerade\n\t}}\n}}\n"
+        "table inet {NFT_TABLE} {{\n\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tiifname \"{interface}\" oifname != \"{interface}\" masquerade\n\t}}\n{}}}\n",
+        clamp_chain(interface)
     ))
 }
 

@@ -10,7 +10,7 @@ use crate::paths::PathKind;
 /// With `auto`, an exit whose link has carried data unanswered this long is left for another
 /// one whose link is open and answering (the link itself is given up only after
 /// `UNANSWERED_AFTER`): a dead exit costs a LAN a few seconds, not fifteen.
-pub const EXIT_UNANSWERED: Duration = Duration::from_secs(3);
+pub const EXIT_UNANSWERED: Duration = Duration::from_secs(2);
 
 /// What `option exit` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
