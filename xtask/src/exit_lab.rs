@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, sleep, Lab, Node};
+use crate::lab::{self, ip, sleep, Lab, Node};
 use crate::mesh::Report;
 use crate::nat_lab::uplink;
 use crate::{field, Result};
@@ -32,6 +32,11 @@ const B: &str = "203.0.113.2";
 const C: &str = "198.51.101.2";
 const A: &str = "192.0.2.2";
 const HOST: &str = "192.168.10.2";
+/// The same over IPv6.
+const WEB6: &str = "2001:db8:80::2";
+const B6: &str = "2001:db8:b::2";
+const A6: &str = "2001:db8:a::2";
+const HOST6: &str = "fd10::2";
 /// How soon traffic must flow again after the exit returns, or through the next one.
 const RESUME: Duration = Duration::from_secs(5);
 /// Seconds of iperf3 through the exit and member to member.
@@ -67,7 +72,7 @@ fn web_saw(web: &str, src: &str) -> u64 {
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default();
     out.lines()
-        .find(|l| l.contains(&format!("ip saddr {src} ")))
+        .find(|l| l.contains(&format!(" saddr {src} ")))
         .and_then(|l| l.split("packets ").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
@@ -80,11 +85,16 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
     let nk = crate::support::random_network_key()?;
 
+    lab.sysctl(&inet, "net.ipv6.conf.all.forwarding=1")?;
     let web = lab.ns("web")?;
     uplink(&inet, &web, "eth0", "198.18.80")?;
+    uplink6(&inet, &web, "198.18.80", "eth0", "80")?;
     let mut counters = String::new();
     for src in [B, C, A, HOST] {
         counters += &format!("\t\tip saddr {src} counter\n");
+    }
+    for src in [B6, A6, HOST6] {
+        counters += &format!("\t\tip6 saddr {src} counter\n");
     }
     crate::nat_lab::nft(
         &web,
@@ -110,6 +120,7 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     for (name, net) in [("b", "203.0.113"), ("c", "198.51.101")] {
         let ns = lab.ns(name)?;
         uplink(&inet, &ns, "eth0", net)?;
+        uplink6(&inet, &ns, net, "eth0", name)?;
         let (key, id) = lab.keygen(name)?;
         let conf = lab.write_config(name, &key, Some(&nk), Some(&boot), &[])?;
         set_option(&conf, "exit_node", "1")?;
@@ -129,14 +140,22 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     // a uses b, for itself and its LAN.
     let a_ns = lab.ns("a")?;
     uplink(&inet, &a_ns, "eth0", "192.0.2")?;
+    uplink6(&inet, &a_ns, "192.0.2", "eth0", "a")?;
     let host = lab.lan(&a_ns, 10)?;
+    lab.sysctl(&a_ns, "net.ipv6.conf.all.forwarding=1")?;
+    for (ns, addr, dev) in [(&a_ns, "fd10::1/64", "lan0"), (&host, "fd10::2/64", "eth0")] {
+        ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])?;
+    }
+    ip(&[
+        "-n", &host, "-6", "route", "add", "default", "via", "fd10::1",
+    ])?;
     let (a_key, a_id) = lab.keygen("a")?;
     let a_conf = lab.write_config(
         "a",
         &a_key,
         Some(&nk),
         Some(&boot),
-        &["192.168.10.0/24".into()],
+        &["192.168.10.0/24".into(), "fd10::/64".into()],
     )?;
     set_option(&a_conf, "exit", &b.peer_id)?;
     let a = Node {
@@ -174,6 +193,19 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         format!(
             "{:.0}% loss; the server saw {from_b} packets from b, {from_a} from a, {from_host} from the LAN host",
             ping.loss_pct()
+        ),
+    );
+
+    // The same over IPv6: the server sees b's IPv6 address.
+    let ping6 = lab::ping(&host, WEB6, 5, "0.2")?;
+    let (from_b6, from_a6, from_host6) =
+        (web_saw(&web, B6), web_saw(&web, A6), web_saw(&web, HOST6));
+    rep.check(
+        "IPv6: the LAN host reaches the internet through b, seen at b's address",
+        ping6.loss_pct() < 50.0 && from_b6 >= 3 && from_a6 == 0 && from_host6 == 0,
+        format!(
+            "{:.0}% loss; the server saw {from_b6} packets from b, {from_a6} from a, {from_host6} from the LAN host",
+            ping6.loss_pct()
         ),
     );
 
@@ -317,6 +349,46 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         ),
     );
     Ok(rep)
+}
+
+/// IPv6 on the link `uplink` made between `inet` and `ns` (for IPv4 network `v4net`):
+/// `2001:db8:ID::1/64` on the internet's side, `::2` on `ns`'s device `dev`, its default
+/// route through the first.
+fn uplink6(inet: &str, ns: &str, v4net: &str, dev: &str, id: &str) -> Result {
+    let port = format!("to{}", v4net.replace('.', "x"));
+    let net = format!("2001:db8:{id}::");
+    ip(&[
+        "-n",
+        inet,
+        "-6",
+        "addr",
+        "add",
+        &format!("{net}1/64"),
+        "dev",
+        &port,
+        "nodad",
+    ])?;
+    ip(&[
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        &format!("{net}2/64"),
+        "dev",
+        dev,
+        "nodad",
+    ])?;
+    ip(&[
+        "-n",
+        ns,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("{net}1"),
+    ])
 }
 
 /// Packets the MSS clamping rule of nftables table `table` in `ns` hit.
