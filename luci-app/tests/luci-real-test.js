@@ -203,6 +203,8 @@ async function status(page, h) {
 		check('the gateway shown is the lab\'s member', (await page.textContent('#shadowmesh-peer-id')) === exp.self);
 		const relays = (await page.textContent('#shadowmesh-relays')) || '';
 		check('whether it relays, from the daemon\'s status', /^(relays for members: \d+ circuits|does not relay)/.test(relays), relays);
+		const exit = (await page.textContent('#shadowmesh-exit')) || '';
+		check('the exit in use, from the daemon\'s status (none configured)', exit === 'none (local uplink)', exit);
 		for (const p of exp.peers) {
 			const row = page.locator(`#shadowmesh-peers tr[data-peer-id="${p.peer_id}"]`);
 			const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];

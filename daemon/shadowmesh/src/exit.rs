@@ -9,7 +9,7 @@
 //!
 //! A gateway that offers itself (`option exit_node '1'`) forwards what members send it to its
 //! uplink with masquerade: IP forwarding on, and an nftables table of ours. On OpenWrt the
-//! firewall's forward policy also has to allow the tunnel's zone to reach `wan`.
+//! init script also lets the tunnel's zone forward to `wan` (procd firewall data).
 
 use std::io;
 
@@ -179,6 +179,19 @@ fn clear(ifindex: u32) {
     }
 }
 
+/// Whether the daemon's own sockets are marked (an exit is in use).
+static MARKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks `fd`, one of the daemon's own sockets (the port mapper's search for the router), as
+/// its QUIC socket is while an exit is in use; errors are the caller's to log.
+pub fn mark_own(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    if MARKING.load(std::sync::atomic::Ordering::Relaxed) {
+        mark_socket(fd)
+    } else {
+        Ok(())
+    }
+}
+
 /// Marks `fd` (the daemon's UDP socket) so that its packets keep the main table.
 pub fn mark_socket(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -194,6 +207,7 @@ pub fn mark_socket(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         )
     };
     if r == 0 {
+        MARKING.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     } else {
         Err(io::Error::last_os_error())

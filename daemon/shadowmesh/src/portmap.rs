@@ -300,6 +300,10 @@ fn upnp_keep(shared: &Shared, gw: Ipv4Addr, client: Ipv4Addr, port: u16) {
 fn upnp_find(gw: Ipv4Addr) -> Result<(Url, &'static str), String> {
     let sock = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
         .map_err(|e| format!("no socket: {e}"))?;
+    // With an exit in use, the search keeps the main table (its default route leads to the
+    // router in front of us), as the daemon's own socket does.
+    use std::os::fd::AsFd;
+    crate::exit::mark_own(sock.as_fd()).map_err(|e| format!("marking the search: {e}"))?;
     let deadline = Instant::now() + UPNP_TIMEOUT;
     let mut buf = [0u8; 2048];
     let mut sent = 0;

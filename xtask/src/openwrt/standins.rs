@@ -245,6 +245,9 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
             ("plain_udp", "1"),
             ("overlay_ipv4", "10.101.0.0/16"),
             ("bootstrap", "list"),
+            ("exit_node", "1"),
+            ("exit", "auto"),
+            ("exit_fail", "open"),
             ("seed", "1"),
         ];
         for (opt, val) in restart {
@@ -265,6 +268,13 @@ pub(super) fn reload(rootfs: &Path, work: &Path) -> Result {
                 },
             )?;
             digest = d.unwrap_or_default();
+            if *opt == "exit_node" {
+                ensure(
+                    rec.lines()
+                        .any(|l| l == "'json_add_string' 'name' 'Allow-ShadowMesh-Exit'"),
+                    || format!("an exit node gets no forwarding to wan:\n{rec}"),
+                )?;
+            }
             if *opt == "listen_port" {
                 ensure(
                     rec.lines()

@@ -2,6 +2,12 @@
 'require view';
 'require form';
 'require network';
+'require rpc';
+
+var callStatus = rpc.declare({
+	object: 'shadowmesh',
+	method: 'status'
+});
 
 // Settings: every option of /etc/config/shadowmesh (openwrt-package/README.md has the schema).
 // The validators mirror the daemon's strict parser (daemon/shadowmesh/src/config.rs), so a
@@ -251,11 +257,17 @@ function lanPrefixes(nets) {
 return view.extend({
 	// Without the network status ACL (luci-base grants it to a full login) there are simply no
 	// suggestions.
+	// The router's networks (route suggestions) and, from the running daemon, the members
+	// that offer an exit (the exit's choices).
 	load: function() {
-		return L.resolveDefault(network.getNetworks(), []);
+		return Promise.all([
+			L.resolveDefault(network.getNetworks(), []),
+			L.resolveDefault(callStatus(), {})
+		]);
 	},
 
-	render: function(nets) {
+	render: function(data) {
+		var nets = data[0], st = data[1] || {};
 		var m, s, o;
 
 		m = new form.Map('shadowmesh', _('ShadowMesh'),
@@ -352,6 +364,25 @@ return view.extend({
 		o = s.option(form.Flag, 'port_mapping', _('Port mapping'),
 			_('Ask the router in front of this one to forward the listen port (PCP, then NAT-PMP), so that gateways behind other NATs reach it directly.'));
 		o.default = o.enabled;
+
+		o = s.option(form.Flag, 'exit_node', _('Offer as exit'),
+			_('Let members send their internet traffic through this router (it forwards and masquerades it to its uplink; the firewall must let the tunnel forward to wan).'));
+		o.default = o.disabled;
+
+		o = s.option(form.Value, 'exit', _('Exit'),
+			_('Send this router\'s and its LAN\'s internet traffic through a member that offers itself as exit: its PeerId, or auto (the nearest). The LAN must be among the advertised routes. Empty: the local uplink.'));
+		o.value('', _('none (local uplink)'));
+		o.value('auto', _('auto (the nearest exit)'));
+		(st.peers || []).filter(function(p) { return p.exit; }).forEach(function(p) {
+			o.value(p.peer_id, '%s (%s)'.format(p.name || p.peer_id.slice(0, 12), p.overlay_ipv4 || ''));
+		});
+		o.validate = check(function(v) { return v == 'auto' || V.peerid(v); });
+
+		o = s.option(form.Flag, 'exit_fail', _('Use the uplink while the exit is down'),
+			_('Off (the default): internet traffic is dropped while the exit is unreachable, so nothing leaves by the local uplink.'));
+		o.enabled = 'open';
+		o.disabled = 'closed';
+		o.default = o.disabled;
 
 		o = s.option(form.ListValue, 'log_level', _('Log level'));
 		['error', 'warn', 'info', 'debug', 'trace', 'off'].forEach(function(l) { o.value(l); });

@@ -113,6 +113,19 @@ function relaying(r, peers) {
 	return parts.join('; ');
 }
 
+// The exit this router's internet traffic goes through, and whether it is reachable.
+function exitState(e, peers) {
+	if (e.state == 'off')
+		return _('none (local uplink)');
+	var p = (peers || []).filter(function(p) { return p.peer_id == e.peer; })[0];
+	var name = p ? p.name : (e.peer || '').slice(0, 12);
+	return {
+		'up': _('through %s').format(name),
+		'down': _('%s, unreachable').format(name),
+		'unavailable': _('no member offers the exit asked for')
+	}[e.state] || e.state;
+}
+
 function row(label, value, id) {
 	return E('tr', { 'class': 'tr' }, [
 		E('td', { 'class': 'td left', 'width': '33%' }, [label]),
@@ -188,6 +201,7 @@ return view.extend({
 			row(_('Seen from outside at'), st.running && d.observed ? publicAddress(d) : null, 'shadowmesh-observed'),
 			row(_('Port mapping'), st.running && d.port_mapping ? portMapping(d.port_mapping) : null, 'shadowmesh-port-mapping'),
 			row(_('Relaying'), st.running && d.relay ? relaying(d.relay, st.peers) : null, 'shadowmesh-relays'),
+			row(_('Exit'), st.running && d.exit ? exitState(d.exit, st.peers) : null, 'shadowmesh-exit'),
 			row(_('DHT size'), st.running ? d.dht_size : null, 'shadowmesh-dht-size'),
 			row(_('Peers connected'), st.running && d.peers_connected != null ? d.peers_connected + ' / ' + d.peers_known : null, 'shadowmesh-connected'),
 			row(_('Uptime'), st.running ? '%t'.format(d.uptime_s) : null, 'shadowmesh-uptime')
