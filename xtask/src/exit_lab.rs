@@ -15,7 +15,9 @@
 //! and traffic resumes within 5 s of `b`'s restart; on stop, `a`'s policy rules are gone. With
 //! `exit 'auto'`: `a` takes an exit, and when it is killed traffic moves to the other within
 //! 5 s. With `exit_fail 'open'` and the exit down, the LAN host's traffic leaves by `a`'s
-//! uplink.
+//! uplink. DNS: the LAN host's query to `a`'s resolver (a stand-in for dnsmasq whose
+//! upstream is the ISP's resolver on `a`'s WAN network) reaches the exit's resolver from `b`,
+//! and the ISP's resolver is never asked.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ const B: &str = "203.0.113.2";
 const C: &str = "198.51.101.2";
 const A: &str = "192.0.2.2";
 const HOST: &str = "192.168.10.2";
+/// The ISP's resolver (on a's WAN network) and the exit's (on b's).
+const ISP_DNS: &str = "192.0.2.53";
+const EXIT_DNS: &str = "203.0.113.53";
 /// The same over IPv6.
 const WEB6: &str = "2001:db8:80::2";
 const B6: &str = "2001:db8:b::2";
@@ -119,6 +124,7 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     let mut exits = vec![];
     for (name, net) in [("b", "203.0.113"), ("c", "198.51.101")] {
         let ns = lab.ns(name)?;
+        lab.etc_file(&ns, "resolv.conf", &format!("nameserver {EXIT_DNS}\n"))?;
         uplink(&inet, &ns, "eth0", net)?;
         uplink6(&inet, &ns, net, "eth0", name)?;
         let (key, id) = lab.keygen(name)?;
@@ -206,6 +212,52 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         format!(
             "{:.0}% loss; the server saw {from_b6} packets from b, {from_a6} from a, {from_host6} from the LAN host",
             ping6.loss_pct()
+        ),
+    );
+
+    // DNS: the LAN host asks a's resolver (a stand-in for dnsmasq whose upstream is the ISP's
+    // resolver on a's WAN network); the query reaches the exit's resolver, from b, and the
+    // ISP's resolver sees nothing.
+    // Resolvers: the local ISP's on a's WAN network, the exit's on b's (both in the internet
+    // router's namespace), each logging who asks.
+    let script = lab.dir.join("dns.py");
+    std::fs::write(&script, include_str!("exit_lab/dns.py")).map_err(|e| e.to_string())?;
+    let script = script.to_string_lossy().to_string();
+    let mut logs = vec![];
+    for (addr, port) in [(ISP_DNS, "to192x0x2"), (EXIT_DNS, "to203x0x113")] {
+        let log = lab.dir.join(format!("dns-{addr}.log"));
+        std::fs::write(&log, "").map_err(|e| e.to_string())?;
+        logs.push(log.clone());
+        spawn_dns(
+            lab,
+            &inet,
+            &["serve", addr, WEB, &log.to_string_lossy()],
+            &script,
+            Some((port, addr)),
+        )?;
+    }
+    lab.etc_file(&host, "resolv.conf", "nameserver 192.168.10.1\n")?;
+    spawn_dns(
+        lab,
+        &a.ns,
+        &["forward", "192.168.10.1", ISP_DNS],
+        &script,
+        None,
+    )?;
+    sleep(Duration::from_millis(300))?;
+    let got = lab::netns_exec(&host, &["getent", "hosts", "web.example"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let askers = |log: &std::path::PathBuf| std::fs::read_to_string(log).unwrap_or_default();
+    let (isp, exit_dns) = (askers(&logs[0]), askers(&logs[1]));
+    rep.check(
+        "DNS from the LAN host reaches the exit's resolver, from b, and never the ISP's",
+        got.starts_with(WEB) && isp.is_empty() && exit_dns.lines().any(|l| l == B),
+        format!(
+            "getent: {got:?}; the exit's resolver was asked by {:?}, the ISP's by {:?}",
+            exit_dns.lines().collect::<Vec<_>>(),
+            isp.lines().collect::<Vec<_>>()
         ),
     );
 
@@ -408,6 +460,29 @@ fn clamp_hits(ns: &str, table: &str) -> u64 {
             n
         })
         .unwrap_or(0)
+}
+
+/// Runs the DNS stand-in `script` with `args` in namespace `ns` (a child of the lab's), after
+/// adding address `with.1` to device `with.0` there.
+fn spawn_dns(
+    lab: &mut Lab,
+    ns: &str,
+    args: &[&str],
+    script: &str,
+    with: Option<(&str, &str)>,
+) -> Result {
+    if let Some((dev, addr)) = with {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/32"), "dev", dev])?;
+    }
+    let mut cmd = vec!["python3", script];
+    cmd.extend_from_slice(args);
+    let child = lab::netns_exec(ns, &cmd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("python3: {e}"))?;
+    lab.others.push(child);
+    Ok(())
 }
 
 /// Waits up to 20 s for `node`'s exit to be up: the exit's PeerId, its state, the seconds.

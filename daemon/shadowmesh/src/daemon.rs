@@ -401,10 +401,18 @@ fn start_exit(
 ) -> Result<Option<Rc<std::cell::RefCell<crate::exit::Routing>>>, CliError> {
     use shadowmesh_link::engine::ExitChoice;
     let dp = mesh.dataplane();
-    if cfg.exit_node && dp.is_some() {
+    if let (true, Some(dp)) = (cfg.exit_node, dp.as_ref()) {
         crate::exit::serve(&cfg.interface)
             .map_err(|e| CliError::fail(format!("option exit_node: {e}")))?;
         log::info!("offering this gateway as members' exit");
+        // Members' DNS, on our overlay addresses.
+        let (v4, _, v6) = dp.addresses();
+        let port = crate::exit::dns::PORT;
+        let mut at = vec![std::net::SocketAddr::new(v4.into(), port)];
+        at.extend(v6.map(|a| std::net::SocketAddr::new(a.into(), port)));
+        for a in at {
+            tokio::task::spawn_local(crate::exit::dns::serve(a));
+        }
     }
     let Some(dp) = dp.filter(|_| cfg.exit != ExitChoice::None) else {
         return Ok(None);
@@ -419,7 +427,7 @@ fn start_exit(
     )));
     let (r, fail, weak) = (routing.clone(), cfg.exit_fail, Rc::downgrade(mesh));
     // Closed from the first packet: nothing leaves by the uplink while the exit is dialled.
-    r.borrow_mut().follow(dp.exit().1, fail);
+    r.borrow_mut().follow(dp.exit().1, fail, dp.exit_overlay());
     tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last = None;
@@ -438,7 +446,7 @@ fn start_exit(
                 );
                 last = Some((peer, state));
             }
-            r.borrow_mut().follow(state, fail);
+            r.borrow_mut().follow(state, fail, dp.exit_overlay());
         }
     });
     Ok(Some(routing))

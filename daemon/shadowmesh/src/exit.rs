@@ -12,6 +12,9 @@
 //! init script also lets the tunnel's zone forward to `wan` (procd firewall data).
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub mod dns;
 
 use shadowmesh_link::engine::{ExitChoice, ExitState};
 
@@ -27,6 +30,8 @@ pub const PREF_TABLE: u32 = 32761;
 const NFT_TABLE: &str = "shadowmesh_exit";
 /// The nftables table that clamps TCP's MSS on a gateway that uses an exit.
 const MSS_TABLE: &str = "shadowmesh_mss";
+/// The nftables table that sends a gateway's DNS to its exit.
+const DNS_TABLE: &str = "shadowmesh_dns";
 
 /// A chain that clamps the MSS of TCP connections forwarded into tunnel `interface` to its
 /// MTU (the LAN host's SYN at the user's side, the server's SYN-ACK at the exit), so that
@@ -93,6 +98,8 @@ pub struct Routing {
     ifindex: u32,
     interface: String,
     installed: bool,
+    /// The exit's overlay addresses our DNS goes to (while installed).
+    dns: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
 }
 
 impl Routing {
@@ -102,6 +109,7 @@ impl Routing {
             ifindex,
             interface: interface.into(),
             installed: false,
+            dns: None,
         }
     }
 
@@ -140,12 +148,45 @@ impl Routing {
         if std::mem::take(&mut self.installed) {
             clear(self.ifindex);
             let _ = nft(&format!("delete table inet {MSS_TABLE}\n"));
+            if self.dns.take().is_some() {
+                let _ = nft(&format!("delete table inet {DNS_TABLE}\n"));
+            }
             log::info!("internet traffic leaves by this host's own uplink again");
         }
     }
 
-    /// Installs or removes the rules as the exit's state and the fail mode ask.
-    pub fn follow(&mut self, state: ExitState, fail: ExitFail) {
+    /// Sends our DNS to the exit at overlay addresses `v4`, `v6` (while the rules are in place).
+    fn follow_dns(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
+        let want = (v4.is_some() || v6.is_some()).then_some((v4, v6));
+        if !self.installed || self.dns == want {
+            return;
+        }
+        let _ = nft(&format!("delete table inet {DNS_TABLE}\n"));
+        self.dns = None;
+        if want.is_none() {
+            return;
+        }
+        // Tried once per exit: a failure is logged, not retried every half second.
+        self.dns = want;
+        match nft(&dns::redirect_rules(DNS_TABLE, &self.interface, v4, v6)) {
+            Ok(()) => {
+                log::info!(
+                    "exit: DNS goes to the exit ({v4:?}, {v6:?}, port {})",
+                    dns::PORT
+                );
+            }
+            Err(e) => log::error!("exit: sending DNS through the exit: {e}"),
+        }
+    }
+
+    /// Installs or removes the rules as the exit's state and the fail mode ask; DNS goes to
+    /// the exit at overlay addresses `addrs`.
+    pub fn follow(
+        &mut self,
+        state: ExitState,
+        fail: ExitFail,
+        addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    ) {
         let want = match (state, fail) {
             (ExitState::Off, _) => false,
             (ExitState::Up, _) => true,
@@ -158,6 +199,7 @@ impl Routing {
                 clear(self.ifindex);
                 self.installed = false;
             }
+            self.follow_dns(addrs.0, addrs.1);
         } else {
             self.remove();
         }

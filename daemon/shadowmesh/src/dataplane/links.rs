@@ -478,6 +478,16 @@ impl DataPlane {
         self.core.borrow_mut().recheck_exit(crate::mono_now());
     }
 
+    /// The exit's overlay addresses (where our DNS goes).
+    pub fn exit_overlay(&self) -> (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) {
+        let core = self.core.borrow();
+        let e = core.exit().0.and_then(|p| core.roster().get(&p));
+        (
+            e.and_then(|e| e.payload.ipv4),
+            e.and_then(|e| e.payload.ipv6),
+        )
+    }
+
     /// The member our internet traffic goes to, and where it stands.
     pub fn exit(
         &self,
