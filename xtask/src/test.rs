@@ -8,7 +8,7 @@ use crate::*;
 
 pub(crate) const FUZZ_TARGETS: &[&str] = &[
     "frame", "record", "hello", "e2e", "keyfile", "dht", "uci", "packet", "join", "relay",
-    "portmap", "upnp",
+    "portmap", "upnp", "dns",
 ];
 
 pub(crate) fn test(args: &[String]) -> Result {
