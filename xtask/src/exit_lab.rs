@@ -106,19 +106,7 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         &format!("table inet saw {{\n\tchain in {{\n\t\ttype filter hook input priority 0;\n{counters}\t}}\n}}\n"),
     )?;
 
-    let seed_ns = lab.ns("seed")?;
-    uplink(&inet, &seed_ns, "eth0", "198.51.100")?;
-    let (seed_key, seed_id) = lab.keygen("seed")?;
-    let seed = Node {
-        name: "seed".into(),
-        config: lab.write_config("seed", &seed_key, None, None, &[])?,
-        ns: seed_ns,
-        underlay: "198.51.100.2".into(),
-        peer_id: seed_id.clone(),
-        lan: None,
-    };
-    lab.start(&seed)?;
-    let boot = format!("{seed_id}@198.51.100.2:4433");
+    let (_seed, boot) = crate::nat_lab::start_seed(lab, &inet)?;
 
     // b and c offer themselves as exits.
     let mut exits = vec![];

@@ -59,7 +59,7 @@ mod net;
 use measure::transfer;
 use measure::{clock_ticks, cpu_ticks, list_of, lookup, lookup_any, observed, relayed_bytes};
 use net::{nat_rules, ns_of, Impairment};
-pub(crate) use net::{nft, uplink};
+pub(crate) use net::{nft, start_seed, uplink};
 
 /// The NAT kinds of the lab's gateways, in order (`gw1`, `gw2`, ...).
 const NATS: [&str; 7] = [

@@ -307,6 +307,37 @@ fn nft(rules: &str) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn parse(t: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::parse(t, std::path::Path::new("/etc/config/shadowmesh"))
+    }
+
+    #[test]
+    fn exits_are_off_unless_asked() {
+        use shadowmesh_link::engine::ExitChoice;
+        let c = parse("config shadowmesh\n").unwrap();
+        assert_eq!(
+            (c.exit_node, c.exit, c.exit_fail),
+            (false, ExitChoice::None, crate::exit::ExitFail::Closed)
+        );
+        let id = "cd".repeat(32);
+        let c = parse(&format!(
+            "config shadowmesh\n option exit_node '1'\n option exit '{id}'\n option exit_fail 'open'\n"
+        ))
+        .unwrap();
+        assert!(c.exit_node);
+        assert_eq!(c.exit, ExitChoice::Peer(id.parse().unwrap()));
+        assert_eq!(c.exit_fail, crate::exit::ExitFail::Open);
+        assert!(c.started_json().contains(&format!("\"exit\":\"{id}\"")));
+        for (opt, v) in [
+            ("exit", "gw2"),
+            ("exit_fail", "leak"),
+            ("exit_node", "yes please"),
+        ] {
+            let e = parse(&format!("config shadowmesh\n option {opt} '{v}'\n")).unwrap_err();
+            assert_eq!(e.option.as_deref(), Some(opt), "{v}");
+        }
+    }
+
     #[test]
     fn options_parse() {
         assert_eq!(parse_choice(""), Ok(ExitChoice::None));

@@ -19,19 +19,7 @@ pub(super) fn build(lab: &mut Lab, say: &dyn Fn(&str)) -> Result<(Node, Vec<Memb
     ));
     let nk = crate::support::random_network_key()?;
 
-    let seed_ns = lab.ns("seed")?;
-    uplink(&inet, &seed_ns, "eth0", "198.51.100")?;
-    let (seed_key, seed_id) = lab.keygen("seed")?;
-    let seed = Node {
-        name: "seed".into(),
-        config: lab.write_config("seed", &seed_key, None, None, &[])?,
-        ns: seed_ns,
-        underlay: "198.51.100.2".into(),
-        peer_id: seed_id.clone(),
-        lan: None,
-    };
-    lab.start(&seed)?;
-    let boot = format!("{seed_id}@198.51.100.2:4433");
+    let (seed, boot) = crate::nat_lab::start_seed(lab, &inet)?;
 
     let mut members = vec![];
     // Two public members (the second a relay for when the first one dies).
@@ -153,7 +141,7 @@ pub(super) fn build(lab: &mut Lab, say: &dyn Fn(&str)) -> Result<(Node, Vec<Memb
         // name: its namespace's /etc/hosts has it.
         let boot = if *kind == "full-cone" {
             lab.etc_file(&gw, "hosts", "198.51.100.2 seed.mesh.example\n")?;
-            format!("{seed_id}@seed.mesh.example:4433")
+            format!("{}@seed.mesh.example:4433", seed.peer_id)
         } else {
             boot.clone()
         };

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, ip, sleep, Lab};
+use crate::lab::{self, ip, sleep, Lab, Node};
 use crate::Result;
 
 /// Links namespace `ns` to the internet router `inet` on its own /24 `net` (`net.1` the
@@ -34,6 +34,24 @@ pub(crate) fn uplink(inet: &str, ns: &str, dev: &str, net: &str) -> Result {
         "via",
         &format!("{net}.1"),
     ])
+}
+
+/// Starts the DHT-only seed at 198.51.100.2 behind the internet router `inet`: the node, and
+/// the bootstrap line members are given (`PEERID@198.51.100.2:4433`).
+pub(crate) fn start_seed(lab: &mut Lab, inet: &str) -> Result<(Node, String)> {
+    let seed_ns = lab.ns("seed")?;
+    uplink(inet, &seed_ns, "eth0", "198.51.100")?;
+    let (seed_key, seed_id) = lab.keygen("seed")?;
+    let seed = Node {
+        name: "seed".into(),
+        config: lab.write_config("seed", &seed_key, None, None, &[])?,
+        ns: seed_ns,
+        underlay: "198.51.100.2".into(),
+        peer_id: seed_id.clone(),
+        lan: None,
+    };
+    lab.start(&seed)?;
+    Ok((seed, format!("{seed_id}@198.51.100.2:4433")))
 }
 
 /// The tables and chains miniupnpd adds its port forwards to (`upnp_*` in its configuration),
