@@ -36,6 +36,8 @@ const A: &str = "192.0.2.2";
 const HOST: &str = "192.168.10.2";
 /// The ISP's resolver (on a's WAN network) and the exit's (on b's).
 const ISP_DNS: &str = "192.0.2.53";
+/// A second address of the web server's, in a's `list exit_bypass`.
+const BYPASSED: &str = "198.18.80.3";
 const EXIT_DNS: &str = "203.0.113.53";
 /// The same over IPv6.
 const WEB6: &str = "2001:db8:80::2";
@@ -94,6 +96,15 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     let web = lab.ns("web")?;
     uplink(&inet, &web, "eth0", "198.18.80")?;
     uplink6(&inet, &web, "198.18.80", "eth0", "80")?;
+    ip(&[
+        "-n",
+        &web,
+        "addr",
+        "add",
+        &format!("{BYPASSED}/24"),
+        "dev",
+        "eth0",
+    ])?;
     let mut counters = String::new();
     for src in [B, C, A, HOST] {
         counters += &format!("\t\tip saddr {src} counter\n");
@@ -136,6 +147,14 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     uplink(&inet, &a_ns, "eth0", "192.0.2")?;
     uplink6(&inet, &a_ns, "192.0.2", "eth0", "a")?;
     let host = lab.lan(&a_ns, 10)?;
+    // A second LAN behind a (another subnet, routed by a).
+    let host2 = lab.ns("lan11")?;
+    ip(&[
+        "-n", &a_ns, "link", "add", "lan1", "type", "veth", "peer", "name", "eth0", "netns", &host2,
+    ])?;
+    ip(&["-n", &a_ns, "addr", "add", "192.168.11.1/24", "dev", "lan1"])?;
+    ip(&["-n", &a_ns, "link", "set", "lan1", "up"])?;
+    lab::lan_host(&host2, "192.168.11.2", "192.168.11.1")?;
     lab.sysctl(&a_ns, "net.ipv6.conf.all.forwarding=1")?;
     for (ns, addr, dev) in [(&a_ns, "fd10::1/64", "lan0"), (&host, "fd10::2/64", "eth0")] {
         ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])?;
@@ -269,10 +288,15 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         ),
     );
     let local = lab::ping(&host, "192.168.10.1", 3, "0.2")?;
+    let other = lab::ping(&host, "192.168.11.2", 3, "0.2")?;
     rep.check(
-        "the LAN host still reaches a's LAN address",
-        local.loss_pct() == 0.0,
-        format!("{:.0}% loss", local.loss_pct()),
+        "the LAN hosts still reach a's LAN address and each other",
+        local.loss_pct() == 0.0 && other.loss_pct() == 0.0,
+        format!(
+            "{:.0}% loss to a, {:.0}% to the other LAN's host",
+            local.loss_pct(),
+            other.loss_pct()
+        ),
     );
 
     // TCP through the exit, against member to member: its SYN and the server's SYN-ACK have
@@ -299,12 +323,15 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     // b dies: with exit_fail closed, nothing of the LAN host's leaves by a's uplink, and
     // traffic resumes soon after b is back.
     lab.kill9("b")?;
-    let before = web_saw(&web, A) + web_saw(&web, HOST);
+    let leaked =
+        |web: &str| web_saw(web, A) + web_saw(web, HOST) + web_saw(web, A6) + web_saw(web, HOST6);
+    let before = leaked(&web);
     let lost = lab::ping(&host, WEB, 10, "0.2")?;
-    let after = web_saw(&web, A) + web_saw(&web, HOST);
+    let lost6 = lab::ping(&host, WEB6, 5, "0.2")?;
+    let after = leaked(&web);
     rep.check(
-        "b killed: the LAN host's traffic does not leak by a's uplink (exit_fail closed)",
-        after == before && lost.loss_pct() == 100.0,
+        "b killed: the LAN host's traffic does not leak by a's uplink (exit_fail closed), IPv4 and IPv6",
+        after == before && lost.loss_pct() == 100.0 && lost6.loss_pct() == 100.0,
         format!(
             "{:.0}% loss; {} packets reached the server from a or the LAN host",
             lost.loss_pct(),
@@ -334,6 +361,12 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
 
     // exit 'auto': a takes the nearest exit; when it dies, traffic moves to the other.
     set_option(&a.config, "exit", "auto")?;
+    std::fs::write(
+        &a.config,
+        std::fs::read_to_string(&a.config).map_err(|e| e.to_string())?
+            + &format!("\tlist exit_bypass '{BYPASSED}/32'\n"),
+    )
+    .map_err(|e| e.to_string())?;
     lab.start(&a)?;
     let (peer, state, took) = wait_exit_up(lab, &a)?;
     let first = exits.iter().find(|n| n.peer_id == peer).cloned();
@@ -341,6 +374,16 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         "exit auto: a takes an exit",
         first.is_some() && state == "up",
         format!("exit {peer:.12} {state} after {took:.1} s"),
+    );
+    // A destination in exit_bypass keeps a's uplink: the server sees the LAN host's own
+    // address (a does not masquerade; its answers do not come back, the counter tells).
+    let before = web_saw(&web, HOST);
+    let _ = lab::ping(&host, BYPASSED, 3, "0.2")?;
+    let bypassed = web_saw(&web, HOST) - before;
+    rep.check(
+        "exit_bypass: that destination leaves by a's uplink",
+        bypassed >= 3,
+        format!("the server saw {bypassed} packets at {BYPASSED} from the LAN host itself"),
     );
     if let Some(first) = first {
         let other = if first.name == "b" { &c } else { &b };

@@ -26,6 +26,7 @@
 //!     option exit_node '0'                      # 1: offer this gateway as members' exit
 //!     option exit ''                            # a member's PeerId, or auto: internet traffic through it
 //!     option exit_fail 'closed'                 # while the exit is down: closed (drop), open (local uplink)
+//!     list exit_bypass '203.0.113.0/24'         # destinations that keep the local uplink
 //!     list bootstrap '<PEERID>@192.0.2.1:4433'    # or <PEERID>@NAME:PORT (resolved now and then)
 //!     list advertise '192.0.2.7:4433'             # or NAME:PORT (a dynamic-DNS name)
 //!     list route '192.168.1.0/24'               # a LAN behind this gateway (never /0 or the overlay)
@@ -138,6 +139,8 @@ pub struct Config {
     pub exit: shadowmesh_link::engine::ExitChoice,
     /// What internet traffic does while the exit is down (`option exit_fail`).
     pub exit_fail: crate::exit::ExitFail,
+    /// Destinations that keep the local uplink while an exit is in use (`list exit_bypass`).
+    pub exit_bypass: Vec<Route>,
     /// The overlay IPv4 /16 (`option overlay_ipv4`, default `10.100.0.0/16`); every member of
     /// a mesh must use the same.
     pub overlay_ipv4: V4Prefix,
@@ -173,6 +176,7 @@ impl Default for Config {
             exit_node: false,
             exit: shadowmesh_link::engine::ExitChoice::None,
             exit_fail: crate::exit::ExitFail::Closed,
+            exit_bypass: Vec::new(),
             overlay_ipv4: V4Prefix::default(),
             ignored: vec![],
         }
@@ -298,6 +302,17 @@ impl Config {
             .bool("exit_node", self.exit_node)
             .str("exit", &crate::exit::choice_str(self.exit))
             .str("exit_fail", self.exit_fail.as_str())
+            .raw(
+                "exit_bypass",
+                &format!(
+                    "[{}]",
+                    self.exit_bypass
+                        .iter()
+                        .map(|r| format!("\"{}/{}\"", r.addr, r.prefix_len))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            )
             .bool("plain_udp", self.plain_udp)
             .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
             .raw("bootstrap", &format!("[{}]", boot.join(",")))
@@ -401,6 +416,11 @@ impl Config {
                 "exit_fail" => {
                     let v = single(o)?;
                     c.exit_fail = crate::exit::parse_fail(&v).map_err(|m| bad(&v, m))?;
+                }
+                "exit_bypass" => {
+                    for v in list(o) {
+                        c.exit_bypass.push(parse_cidr(&v).map_err(|m| bad(&v, m))?);
+                    }
                 }
                 "accept_routes" => {
                     let v = single(o)?;

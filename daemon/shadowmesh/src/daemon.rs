@@ -246,6 +246,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         exit_node: keep.exit_node,
         exit: keep.exit,
         exit_fail: keep.exit_fail,
+        exit_bypass: keep.exit_bypass,
         ..new
     };
 }
@@ -424,6 +425,7 @@ fn start_exit(
     let routing = Rc::new(std::cell::RefCell::new(crate::exit::Routing::new(
         dp.tun().index(),
         &cfg.interface,
+        prefixes(&cfg.exit_bypass),
     )));
     let (r, fail, weak) = (routing.clone(), cfg.exit_fail, Rc::downgrade(mesh));
     // Closed from the first packet: nothing leaves by the uplink while the exit is dialled.

@@ -14,6 +14,9 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::netlink::{self, Rule};
+use shadowmesh_proto::route::Prefix;
+
 pub mod dns;
 
 use shadowmesh_link::engine::{ExitChoice, ExitState};
@@ -25,6 +28,8 @@ pub const FWMARK: u32 = 0x736d;
 /// The rules' priorities: after mwan3's and pbr's (which choose an uplink per LAN host before
 /// us), before the main table's own rule (32766).
 pub const PREF_MAIN: u32 = 32760;
+/// `list exit_bypass`: destinations that keep the main table (before the two above).
+pub const PREF_BYPASS: u32 = 32759;
 pub const PREF_TABLE: u32 = 32761;
 /// The nftables table that masquerades members' traffic out of an exit node.
 const NFT_TABLE: &str = "shadowmesh_exit";
@@ -97,17 +102,21 @@ pub fn choice_str(choice: ExitChoice) -> String {
 pub struct Routing {
     ifindex: u32,
     interface: String,
+    /// `list exit_bypass`.
+    bypass: Vec<Prefix>,
     installed: bool,
     /// The exit's overlay addresses our DNS goes to (while installed).
     dns: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
 }
 
 impl Routing {
-    /// Nothing installed yet; `interface` is the tunnel's name.
-    pub fn new(ifindex: u32, interface: &str) -> Routing {
+    /// Nothing installed yet; `interface` is the tunnel's name, `bypass` the destinations
+    /// that keep the local uplink.
+    pub fn new(ifindex: u32, interface: &str, bypass: Vec<Prefix>) -> Routing {
         Routing {
             ifindex,
             interface: interface.into(),
+            bypass,
             installed: false,
             dns: None,
         }
@@ -126,9 +135,12 @@ impl Routing {
         }
         clear(self.ifindex);
         for v6 in [false, true] {
-            crate::netlink::set_table_default(self.ifindex, v6, TABLE, true)?;
-            crate::netlink::rule(true, v6, PREF_MAIN, 254, None, Some(0))?;
-            crate::netlink::rule(true, v6, PREF_TABLE, TABLE, Some(FWMARK), None)?;
+            netlink::set_table_default(self.ifindex, v6, TABLE, true)?;
+            netlink::rule(true, &main_rule(v6))?;
+            netlink::rule(true, &table_rule(v6))?;
+        }
+        for p in &self.bypass {
+            netlink::rule(true, &bypass_rule(p.addr.is_ipv6(), Some(*p)))?;
         }
         self.installed = true;
         let _ = nft(&format!("delete table inet {MSS_TABLE}\n"));
@@ -212,12 +224,49 @@ impl Drop for Routing {
     }
 }
 
+/// Everything that main's routes other than default ones carry keeps them.
+fn main_rule(v6: bool) -> Rule {
+    Rule {
+        v6,
+        pref: PREF_MAIN,
+        table: 254,
+        not_mark: None,
+        suppress: Some(0),
+        dst: None,
+    }
+}
+
+/// Everything else but the daemon's own packets looks up our table.
+fn table_rule(v6: bool) -> Rule {
+    Rule {
+        v6,
+        pref: PREF_TABLE,
+        table: TABLE,
+        not_mark: Some(FWMARK),
+        suppress: None,
+        dst: None,
+    }
+}
+
+/// Destination `dst` keeps the main table (`None`: any, to delete them all).
+fn bypass_rule(v6: bool, dst: Option<Prefix>) -> Rule {
+    Rule {
+        v6,
+        pref: PREF_BYPASS,
+        table: 254,
+        not_mark: None,
+        suppress: None,
+        dst,
+    }
+}
+
 /// Deletes our rules and our table's routes, whoever left them (errors: already gone).
 fn clear(ifindex: u32) {
     for v6 in [false, true] {
-        while crate::netlink::rule(false, v6, PREF_TABLE, TABLE, Some(FWMARK), None).is_ok() {}
-        while crate::netlink::rule(false, v6, PREF_MAIN, 254, None, Some(0)).is_ok() {}
-        let _ = crate::netlink::set_table_default(ifindex, v6, TABLE, false);
+        while netlink::rule(false, &table_rule(v6)).is_ok() {}
+        while netlink::rule(false, &main_rule(v6)).is_ok() {}
+        while netlink::rule(false, &bypass_rule(v6, None)).is_ok() {}
+        let _ = netlink::set_table_default(ifindex, v6, TABLE, false);
     }
 }
 
@@ -327,6 +376,12 @@ mod tests {
         assert!(c.exit_node);
         assert_eq!(c.exit, ExitChoice::Peer(id.parse().unwrap()));
         assert_eq!(c.exit_fail, crate::exit::ExitFail::Open);
+        let b = parse("config shadowmesh\n list exit_bypass '203.0.113.0/24'\n").unwrap();
+        assert_eq!(b.exit_bypass.len(), 1);
+        assert!(b
+            .started_json()
+            .contains("\"exit_bypass\":[\"203.0.113.0/24\"]"));
+        assert!(parse("config shadowmesh\n list exit_bypass '203.0.113.1/24'\n").is_err());
         assert!(c.started_json().contains(&format!("\"exit\":\"{id}\"")));
         for (opt, v) in [
             ("exit", "gw2"),

@@ -294,19 +294,31 @@ pub fn set_table_default(ifindex: u32, v6: bool, table: u32, add: bool) -> io::R
     }
 }
 
-/// A policy routing rule at priority `pref` for `family`'s addresses: look up `table`, only
-/// for packets whose mark is not `not_mark` (when given), ignoring routes of prefix length
-/// `suppress` or less (when given: `suppress_prefixlength`). Added, or deleted.
-pub fn rule(
-    add: bool,
-    v6: bool,
-    pref: u32,
-    table: u32,
-    not_mark: Option<u32>,
-    suppress: Option<u32>,
-) -> io::Result<()> {
+/// A policy routing rule: at priority `pref`, for `v6` or IPv4 packets (to `dst` only, when
+/// given), look up `table`; only for packets whose mark is not `not_mark` (when given);
+/// ignoring routes of prefix length `suppress` or less (when given: `suppress_prefixlength`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// Priority.
+    pub pref: u32,
+    /// The table looked up.
+    pub table: u32,
+    /// Only packets without this mark.
+    pub not_mark: Option<u32>,
+    /// `suppress_prefixlength`.
+    pub suppress: Option<u32>,
+    /// Only packets to this prefix.
+    pub dst: Option<Prefix>,
+}
+
+/// Adds `r`, or deletes it (a deletion matches the attributes given: `dst` `None` matches
+/// any).
+pub fn rule(add: bool, r: &Rule) -> io::Result<()> {
     const RTM_NEWRULE: u16 = 32;
     const RTM_DELRULE: u16 = 33;
+    const FRA_DST: u16 = 1;
     const FRA_PRIORITY: u16 = 6;
     const FRA_FWMARK: u16 = 10;
     const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
@@ -314,23 +326,27 @@ pub fn rule(
     const FRA_FWMASK: u16 = 16;
     const FR_ACT_TO_TBL: u8 = 1;
     const FIB_RULE_INVERT: u32 = 0x2;
-    let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    let fam = if r.v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    let dst_len = r.dst.map_or(0, |d| d.len);
     // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
-    let mut b = vec![fam, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL];
-    let flags = if not_mark.is_some() {
+    let mut b = vec![fam, dst_len, 0, 0, 0, 0, 0, FR_ACT_TO_TBL];
+    let flags = if r.not_mark.is_some() {
         FIB_RULE_INVERT
     } else {
         0
     };
     b.extend_from_slice(&flags.to_ne_bytes());
-    attr(&mut b, FRA_PRIORITY, &pref.to_ne_bytes());
-    attr(&mut b, FRA_TABLE, &table.to_ne_bytes());
-    if let Some(m) = not_mark {
+    attr(&mut b, FRA_PRIORITY, &r.pref.to_ne_bytes());
+    attr(&mut b, FRA_TABLE, &r.table.to_ne_bytes());
+    if let Some(m) = r.not_mark {
         attr(&mut b, FRA_FWMARK, &m.to_ne_bytes());
         attr(&mut b, FRA_FWMASK, &u32::MAX.to_ne_bytes());
     }
-    if let Some(n) = suppress {
+    if let Some(n) = r.suppress {
         attr(&mut b, FRA_SUPPRESS_PREFIXLEN, &n.to_ne_bytes());
+    }
+    if let Some(d) = r.dst {
+        attr(&mut b, FRA_DST, &octets(&d.addr));
     }
     if add {
         request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &b)

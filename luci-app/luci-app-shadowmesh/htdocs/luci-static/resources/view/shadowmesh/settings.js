@@ -378,6 +378,9 @@ return view.extend({
 		});
 		o.validate = check(function(v) { return v == 'auto' || V.peerid(v); });
 
+		strictList(s, 'exit_bypass', _('Not through the exit'),
+			_('Destinations that keep the local uplink while an exit is in use, e.g. 203.0.113.0/24.'), V.cidr);
+
 		o = s.option(form.Flag, 'exit_fail', _('Use the uplink while the exit is down'),
 			_('Off (the default): internet traffic is dropped while the exit is unreachable, so nothing leaves by the local uplink.'));
 		o.enabled = 'open';
