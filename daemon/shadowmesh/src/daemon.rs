@@ -411,9 +411,7 @@ fn start_exit(
         let port = crate::exit::dns::PORT;
         let mut at = vec![std::net::SocketAddr::new(v4.into(), port)];
         at.extend(v6.map(|a| std::net::SocketAddr::new(a.into(), port)));
-        for a in at {
-            tokio::task::spawn_local(crate::exit::dns::serve(a));
-        }
+        crate::exit::dns::spawn(at);
     }
     let Some(dp) = dp.filter(|_| cfg.exit != ExitChoice::None) else {
         return Ok(None);

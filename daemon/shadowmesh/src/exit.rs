@@ -328,27 +328,78 @@ pub fn unserve() {
     }
 }
 
-/// Runs `nft -f -` with `rules`.
+/// Runs `nft -f -` with `rules` on its standard input (its messages go to our standard
+/// error, hence the log). Spawned with `posix_spawnp` rather than `std::process::Command`,
+/// whose pipes, environment and output capture cost a router's binary tens of KiB.
 fn nft(rules: &str) -> io::Result<()> {
     use std::io::Write;
-    let mut c = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::other(format!("nft: {e} (is nftables installed?)")))?;
-    if let Some(mut i) = c.stdin.take() {
-        i.write_all(rules.as_bytes())?;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    let out = c.wait_with_output()?;
-    if out.status.success() {
+    // SAFETY: both descriptors are new and ours alone.
+    let (read, mut write) = unsafe {
+        (
+            OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let argv: [*mut libc::c_char; 4] = [
+        c"nft".as_ptr().cast_mut(),
+        c"-f".as_ptr().cast_mut(),
+        c"-".as_ptr().cast_mut(),
+        std::ptr::null_mut(),
+    ];
+    let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the file actions are initialised before use and destroyed after; argv and envp
+    // are NULL-terminated arrays of NUL-terminated strings that outlive the call; the pipe's
+    // read end becomes the child's standard input (dup2 clears its close-on-exec flag).
+    let spawned = unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut fa);
+        libc::posix_spawn_file_actions_adddup2(&mut fa, fds[0], 0);
+        let r = libc::posix_spawnp(
+            &mut pid,
+            c"nft".as_ptr(),
+            &fa,
+            std::ptr::null(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+        );
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        r
+    };
+    drop(read);
+    if spawned != 0 {
+        let e = io::Error::from_raw_os_error(spawned);
+        return Err(io::Error::other(format!(
+            "nft: {e} (is nftables installed?)"
+        )));
+    }
+    let wrote = write.write_all(rules.as_bytes());
+    drop(write);
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waits for the child we spawned.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    wrote?;
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
         Ok(())
     } else {
-        Err(io::Error::other(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(io::Error::other(
+            "nft refused the rules (its message is in the log)",
+        ))
     }
 }
 

@@ -5,10 +5,8 @@
 //! outside resolvers) to that port instead (nftables DNAT), so that names do not leak to the
 //! local ISP's resolver even when that resolver sits on the WAN's own network.
 
-use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::rc::Rc;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use shadowmesh_proto::dns;
 
@@ -36,65 +34,117 @@ fn resolver_of(text: &str) -> Option<SocketAddr> {
     })
 }
 
-/// Answers members' queries on `addr` (an overlay address of ours) until the daemon ends.
-pub async fn serve(addr: SocketAddr) {
-    let sock = match tokio::net::UdpSocket::bind(addr).await {
-        Ok(s) => Rc::new(s),
-        Err(e) => {
-            log::error!("exit: DNS for members on {addr}: {e}");
-            return;
-        }
-    };
-    log::info!("exit: DNS for members on {addr}");
-    let busy = Rc::new(Cell::new(0usize));
-    let mut buf = [0u8; dns::MAX_QUERY];
-    loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-            continue;
-        };
-        let q = &buf[..n];
-        if !dns::is_query(q) || busy.get() >= IN_FLIGHT {
-            continue;
-        }
-        let Some(up) = resolver() else {
-            log::warn!("exit: no nameserver in /etc/resolv.conf for members' DNS");
-            continue;
-        };
-        busy.set(busy.get() + 1);
-        let (q, sock, busy) = (q.to_vec(), sock.clone(), busy.clone());
-        tokio::task::spawn_local(async move {
-            if let Some(a) = ask(up, &q).await {
-                let _ = sock.send_to(&a, from).await;
+/// One query passed on and not answered yet.
+struct Pending {
+    /// The id it carries to the resolver (ours, unique among those pending).
+    id: u16,
+    /// The member's id, put back into the answer.
+    theirs: [u8; 2],
+    /// Who asked, and on which of our sockets.
+    from: SocketAddr,
+    on: usize,
+    at: Instant,
+}
+
+/// Answers members' queries on `addrs` (our overlay addresses) on a thread of its own, until
+/// the process ends: blocking sockets and `poll`, as the port mapper does (tokio's socket and
+/// timer futures for it cost the aarch64 binary 19 KiB).
+pub fn spawn(addrs: Vec<SocketAddr>) {
+    let mut socks = Vec::new();
+    for a in &addrs {
+        match UdpSocket::bind(a) {
+            Ok(s) => {
+                log::info!("exit: DNS for members on {a}");
+                socks.push(s);
             }
-            busy.set(busy.get() - 1);
-        });
+            Err(e) => log::error!("exit: DNS for members on {a}: {e}"),
+        }
+    }
+    if socks.is_empty() {
+        return;
+    }
+    let up = [
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok(),
+        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok(),
+    ];
+    let spawned = std::thread::Builder::new()
+        .name("exit-dns".into())
+        .spawn(move || run(&socks, &up));
+    if let Err(e) = spawned {
+        log::error!("exit: DNS for members: no thread: {e}");
     }
 }
 
-/// Query `q` to resolver `up`: its answer, if one came within [`TIMEOUT`].
-async fn ask(up: SocketAddr, q: &[u8]) -> Option<Vec<u8>> {
-    let any: IpAddr = if up.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let s = tokio::net::UdpSocket::bind(SocketAddr::new(any, 0))
-        .await
-        .ok()?;
-    s.connect(up).await.ok()?;
-    s.send(q).await.ok()?;
-    let mut buf = vec![0u8; 4096];
-    let wait = async {
-        loop {
-            let n = s.recv(&mut buf).await.ok()?;
-            if dns::answers(q, &buf[..n]) {
-                return Some(n);
+fn run(socks: &[UdpSocket], up: &[Option<UdpSocket>; 2]) {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = socks
+        .iter()
+        .chain(up.iter().flatten())
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ups: Vec<&UdpSocket> = up.iter().flatten().collect();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut next: u16 = std::process::id() as u16;
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: poll on descriptors of sockets that outlive the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        pending.retain(|p| p.at.elapsed() < TIMEOUT);
+        if n <= 0 {
+            continue;
+        }
+        for (i, f) in fds.iter().enumerate() {
+            if f.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            if i < socks.len() {
+                let Ok((len, from)) = socks[i].recv_from(&mut buf) else {
+                    continue;
+                };
+                let q = &mut buf[..len];
+                let Some(to) = resolver().filter(|_| dns::is_query(q)) else {
+                    continue;
+                };
+                let via = ups
+                    .iter()
+                    .find(|u| u.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()));
+                if pending.len() >= IN_FLIGHT {
+                    continue;
+                }
+                let Some(via) = via else { continue };
+                next = next.wrapping_add(1);
+                let theirs = [q[0], q[1]];
+                q[..2].copy_from_slice(&next.to_be_bytes());
+                if via.send_to(q, to).is_ok() {
+                    pending.push(Pending {
+                        id: next,
+                        theirs,
+                        from,
+                        on: i,
+                        at: Instant::now(),
+                    });
+                }
+            } else {
+                let Ok((len, _)) = ups[i - socks.len()].recv_from(&mut buf) else {
+                    continue;
+                };
+                let a = &mut buf[..len];
+                if !dns::is_response(a) {
+                    continue;
+                }
+                let id = u16::from_be_bytes([a[0], a[1]]);
+                if let Some(k) = pending.iter().position(|p| p.id == id) {
+                    let p = pending.swap_remove(k);
+                    a[..2].copy_from_slice(&p.theirs);
+                    let _ = socks[p.on].send_to(a, p.from);
+                }
             }
         }
-    };
-    let n = tokio::time::timeout(TIMEOUT, wait).await.ok()??;
-    buf.truncate(n);
-    Some(buf)
+    }
 }
 
 /// The nftables table that sends a gateway's DNS to exit `v4`/`v6` (its overlay addresses):
