@@ -414,8 +414,19 @@ fn start_exit(
         crate::exit::dns::spawn(at);
     }
     let Some(dp) = dp.filter(|_| cfg.exit != ExitChoice::None) else {
+        // Rules a daemon killed while it used an exit left behind (its table's routes went
+        // with its tunnel): gone, so nothing looks up a table no one fills.
+        if let Some(dp) = mesh.dataplane() {
+            crate::exit::clear(dp.tun().index());
+        }
         return Ok(None);
     };
+    if cfg.routes.is_empty() {
+        log::warn!(
+            "option exit: no list route, so the exit cannot route answers back to this \
+             router's LAN hosts: only the router's own traffic uses it"
+        );
+    }
     use std::os::fd::AsFd;
     crate::exit::mark_socket(mesh.node().socket().as_fd())
         .map_err(|e| CliError::fail(format!("option exit: marking our socket: {e}")))?;

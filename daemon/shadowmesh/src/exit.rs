@@ -261,7 +261,7 @@ fn bypass_rule(v6: bool, dst: Option<Prefix>) -> Rule {
 }
 
 /// Deletes our rules and our table's routes, whoever left them (errors: already gone).
-fn clear(ifindex: u32) {
+pub fn clear(ifindex: u32) {
     for v6 in [false, true] {
         while netlink::rule(false, &table_rule(v6)).is_ok() {}
         while netlink::rule(false, &main_rule(v6)).is_ok() {}
