@@ -36,9 +36,9 @@ const A: &str = "192.0.2.2";
 const HOST: &str = "192.168.10.2";
 /// The ISP's resolver (on a's WAN network) and the exit's (on b's).
 const ISP_DNS: &str = "192.0.2.53";
+const EXIT_DNS: &str = "203.0.113.53";
 /// A second address of the web server's, in a's `list exit_bypass`.
 const BYPASSED: &str = "198.18.80.3";
-const EXIT_DNS: &str = "203.0.113.53";
 /// The same over IPv6.
 const WEB6: &str = "2001:db8:80::2";
 const B6: &str = "2001:db8:b::2";

@@ -91,6 +91,11 @@ impl Paths {
         self.quic.addr
     }
 
+    /// The QUIC path's smoothed round trip, where quinn measured one.
+    pub fn quic_rtt(&self) -> Option<Duration> {
+        self.quic.rtt
+    }
+
     /// Where data frames go as plain UDP; `None`: in QUIC datagrams.
     #[inline]
     pub fn fast_addr(&self) -> Option<SocketAddr> {

@@ -5,7 +5,6 @@
 //! dropped here, never sent elsewhere.
 
 use super::*;
-use crate::paths::PathKind;
 
 /// With `auto`, an exit whose link has carried data unanswered this long is left for another
 /// one whose link is open and answering (the link itself is given up only after
@@ -129,12 +128,7 @@ impl<L: Link> Engine<L> {
                             let Some(l) = link.filter(|l| l.is_open() && !failing(l)) else {
                                 continue;
                             };
-                            let rtt = l
-                                .paths_mut()
-                                .iter()
-                                .find(|x| x.kind == PathKind::Quic)
-                                .and_then(|x| x.rtt)
-                                .unwrap_or(Duration::MAX);
+                            let rtt = l.paths_mut().quic_rtt().unwrap_or(Duration::MAX);
                             let key = (l.relayed(), rtt);
                             if best.is_none_or(|(b, _)| key < b) {
                                 best = Some((key, *p));

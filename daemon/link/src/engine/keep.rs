@@ -4,7 +4,6 @@
 //! hold a link with it, where a member picked at random may not.
 
 use super::*;
-use crate::paths::PathKind;
 
 /// Relays a member behind a NAT keeps links with and names in its record.
 pub const RELAYS_KEPT: usize = shadowmesh_proto::consts::RECORD_MAX_RELAYS;
@@ -58,12 +57,7 @@ impl<L: Link> Engine<L> {
                 // A circuit through a circuit is not one: only a direct link makes a relay ours.
                 Some(l) if l.relayed() => {}
                 Some(l) => {
-                    let rtt = l
-                        .paths_mut()
-                        .iter()
-                        .find(|p| p.kind == PathKind::Quic)
-                        .and_then(|p| p.rtt)
-                        .unwrap_or(Duration::MAX);
+                    let rtt = l.paths_mut().quic_rtt().unwrap_or(Duration::MAX);
                     linked.push((rtt, *p));
                 }
                 None if !m.wait.dialling() => lost.push(*p),
