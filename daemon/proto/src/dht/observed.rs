@@ -112,9 +112,11 @@ impl Observed {
 
     /// Whether `reporter`, which saw us at another address within [`FRESH`], now sees us at
     /// `observed`: our address moved (or the reporter lies, which one network cannot make
-    /// count: [`QUORUM`]). The same node, not only the same network: behind a NAT that maps
-    /// each destination to its own port, two nodes of one network see two ports. Returns
-    /// where it saw us.
+    /// count: [`QUORUM`]). The same node for a new port: behind a NAT that maps each
+    /// destination to its own port, two nodes of one network see two ports. Any node of the
+    /// same network for a new IP address: a NAT gives all of one network the same address, so
+    /// a node that restarted on another port, or dials from one a symmetric NAT picks, still
+    /// tells that ours changed. Returns where it was seen before.
     pub fn moved(
         &self,
         now: Duration,
@@ -124,8 +126,12 @@ impl Observed {
         if !usable(reporter, observed) {
             return None;
         }
+        let network = source_key(reporter);
         self.fresh(now)
-            .find(|r| r.reporter == reporter && r.observed != observed)
+            .find(|r| {
+                (r.reporter == reporter && r.observed != observed)
+                    || (r.network == network && r.observed.ip() != observed.ip())
+            })
             .map(|r| r.observed)
     }
 
@@ -238,14 +244,24 @@ mod tests {
         let new = a("203.0.113.9:4433");
         assert_eq!(o.moved(S(2), seed, new), Some(old));
         assert_eq!(
-            o.moved(S(2), a("198.51.100.9:4433"), new),
+            o.moved(S(2), a("198.51.100.9:4433"), a("203.0.113.5:4500")),
             None,
-            "another node of the seed's network (another port, behind a symmetric NAT)"
+            "another node of the seed's network sees another port (a symmetric NAT)"
+        );
+        assert_eq!(
+            o.moved(S(2), a("198.51.100.9:4433"), new),
+            Some(old),
+            "another node of the seed's network sees another address"
         );
         assert_eq!(
             o.moved(S(2), seed, a("203.0.113.9:0")),
             None,
             "not an address"
+        );
+        assert_eq!(
+            o.moved(S(2), a("198.51.100.7:5000"), new),
+            Some(old),
+            "the seed again, restarted on another port: a new address all the same"
         );
         assert_eq!(o.moved(S(2), a("198.18.0.1:1"), new), None, "a new network");
         assert_eq!(o.moved(S(2) + FRESH, seed, new), None, "aged out");
