@@ -50,6 +50,7 @@ mod flood;
 mod hil;
 mod hil_ssh;
 mod lab;
+mod lan_lab;
 mod load_peers;
 mod luci;
 mod mesh;
@@ -122,6 +123,13 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
+        Some("lan-lab") => release_bin().and_then(|bin| {
+            let rep = lan_lab::run(&bin)?;
+            rep.failures
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| rep.failures.join("\n"))
+        }),
         Some("trust") => release_bin().and_then(|bin| {
             let rep = trust::run(&bin, &release_example("hostile")?)?;
             rep.failures
@@ -155,7 +163,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

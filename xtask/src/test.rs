@@ -7,8 +7,20 @@ use std::process::{Command, Stdio};
 use crate::*;
 
 pub(crate) const FUZZ_TARGETS: &[&str] = &[
-    "frame", "record", "hello", "e2e", "keyfile", "dht", "uci", "packet", "join", "relay",
-    "portmap", "upnp", "dns",
+    "frame",
+    "record",
+    "hello",
+    "e2e",
+    "keyfile",
+    "dht",
+    "uci",
+    "packet",
+    "join",
+    "relay",
+    "portmap",
+    "upnp",
+    "dns",
+    "discovery",
 ];
 
 pub(crate) fn test(args: &[String]) -> Result {
@@ -52,6 +64,7 @@ pub(crate) fn test(args: &[String]) -> Result {
             ("stranger flood scenario", flood::run(&bin, &flooder, 30)?),
             ("NAT lab", nat_lab::run(&bin, false, 1)?),
             ("exit lab", exit_lab::run(&bin)?),
+            ("LAN lab", crate::lan_lab::run(&bin)?),
         ] {
             failed += rep.failures.len() as u64;
             passed += rep.checks() - rep.failures.len() as u64;

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod aead;
+pub mod discovery;
 pub mod error;
 pub mod hello;
 pub mod identity;

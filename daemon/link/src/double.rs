@@ -93,6 +93,7 @@ pub struct TestLink {
     pub tiebreak: u64,
     pub index: u32,
     pub dialled: bool,
+    pub lan: bool,
     pub session: Double,
     pub paths: Paths,
 }
@@ -108,6 +109,7 @@ impl TestLink {
             tiebreak: 0,
             index,
             dialled: false,
+            lan: false,
             session: Double::at(t, false),
             paths: Paths::new(SocketAddr::from(([192, 0, 2, 1], 4433))),
         }
@@ -142,6 +144,9 @@ impl Link for TestLink {
     }
     fn relayed(&self) -> bool {
         self.paths.relayed()
+    }
+    fn on_lan(&self) -> bool {
+        self.lan
     }
     fn paths_mut(&mut self) -> &mut Paths {
         &mut self.paths

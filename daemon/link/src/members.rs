@@ -48,6 +48,11 @@ pub trait Link {
     fn paths_mut(&mut self) -> &mut Paths;
     /// Whether it goes through a relay.
     fn relayed(&self) -> bool;
+    /// Whether the member's end is on one of our LAN segments (found there, or at an address
+    /// on a subnet of one of our interfaces): such a link is preferred to any other.
+    fn on_lan(&self) -> bool {
+        false
+    }
 }
 
 /// Traffic counters of one member (and the totals).
@@ -169,6 +174,15 @@ impl Refusal {
     }
 }
 
+/// How a link goes, worst first: through a relay, direct, over the LAN.
+fn rank<L: Link>(l: &L) -> u8 {
+    match (l.relayed(), l.on_lan()) {
+        (true, _) => 0,
+        (false, false) => 1,
+        (false, true) => 2,
+    }
+}
+
 /// The outcome of [`Members::link_up`].
 #[derive(Debug)]
 pub enum LinkUp<L> {
@@ -215,14 +229,14 @@ impl<L: Link> Members<L> {
             return LinkUp::Refused(link, Refusal::Full);
         }
         if let Some((old, at)) = known.and_then(|m| Some((m.link.as_ref()?, m.linked_at))) {
-            // A direct link replaces one through a relay and is never replaced by one; between
-            // two of a kind, the precedence (the same at both ends) decides, and between two
-            // racing dials the tiebreak.
-            let (old_relayed, new_relayed) = (old.relayed(), link.relayed());
+            // A link over the LAN replaces any other and a direct one replaces one through a
+            // relay, never the other way round; between two of a kind, the precedence (the
+            // same at both ends) decides, and between two racing dials the tiebreak.
+            let (ro, rn) = (rank(old), rank(&link));
             let (a, b) = (old.precedence(), link.precedence());
-            let earlier_wins = match (old_relayed, new_relayed) {
-                (false, true) => true,
-                (true, false) => false,
+            let earlier_wins = match ro.cmp(&rn) {
+                core::cmp::Ordering::Greater => true,
+                core::cmp::Ordering::Less => false,
                 _ if a == b && now < at + DIAL_RACE => old.tiebreak() > link.tiebreak(),
                 _ => a > b,
             };
@@ -424,6 +438,23 @@ mod tests {
         assert_eq!(m.connected(), 1);
         assert!(m.link_down(&pid(1), 4).is_some());
         assert_eq!((m.connected(), m.len()), (0, 1), "the member stays known");
+    }
+
+    #[test]
+    fn a_link_over_the_lan_beats_any_other() {
+        let mut m = Members::<Test>::new(8);
+        linked(m.link_up(S(0), pid(1), link(1, 9, 11, S(0)), 0));
+        let mut lan = link(2, 1, 12, S(0));
+        lan.lan = true;
+        let (replaced, _) = linked(m.link_up(S(0), pid(1), lan, 0));
+        assert_eq!(replaced.map(|l| l.id), Some(1), "whatever the precedence");
+        assert_eq!(
+            refused(m.link_up(S(60), pid(1), link(3, 9, 13, S(60)), 0)),
+            Refusal::EarlierWins,
+            "nor is it replaced by a later one around the internet"
+        );
+        m.get_mut(&pid(1)).unwrap().link.as_mut().unwrap().open = false;
+        linked(m.link_up(S(61), pid(1), link(4, 9, 14, S(61)), 0));
     }
 
     #[test]

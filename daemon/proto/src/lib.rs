@@ -31,6 +31,7 @@
 
 pub mod consts;
 pub mod dht;
+pub mod discovery;
 pub mod dns;
 pub mod error;
 pub mod frame;

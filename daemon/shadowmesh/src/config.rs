@@ -16,7 +16,8 @@
 //!     option state_dir '/var/lib/shadowmesh'
 //!     option log_level 'info'
 //!     option mtu '1376'
-//!     option lan_discovery '1'                  # accepted; LAN discovery is not built yet
+//!     option lan_discovery '1'                  # find the mesh's gateways on the LAN by multicast
+//!     list discovery_interface 'br-lan'         # where (default: br-lan, else the interfaces of `list route`)
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
@@ -102,9 +103,11 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Tunnel MTU; `None` derives it from the path.
     pub mtu: Option<u16>,
-    /// Discover gateways on the LAN by multicast: parsed and kept, not built yet (the daemon
-    /// does nothing with it).
+    /// Find the mesh's gateways on the LAN segments by multicast announcements (`crate::lan`).
     pub lan_discovery: bool,
+    /// The interfaces announced on and listened to (`list discovery_interface`); empty:
+    /// `br-lan` where it exists, else those holding an address inside a `list route` prefix.
+    pub discovery_interfaces: Vec<String>,
     /// Seed nodes, by address or DNS name.
     pub bootstrap: Vec<(PeerId, HostPort)>,
     /// Addresses to publish in our record, or DNS names resolved to them (default: the listen
@@ -161,6 +164,7 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             mtu: None,
             lan_discovery: true,
+            discovery_interfaces: Vec::new(),
             bootstrap: vec![],
             advertise: vec![],
             routes: vec![],
@@ -261,6 +265,19 @@ fn parse_relay(v: &str) -> Result<RelayMode, String> {
     }
 }
 
+/// A Linux interface name: 1-15 of A-Z a-z 0-9 _ . -.
+fn parse_ifname(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 15
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err("an interface name is 1-15 of A-Z a-z 0-9 _ . -".into())
+    }
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "1" | "on" | "true" | "yes" | "enabled" => Ok(true),
@@ -314,6 +331,18 @@ impl Config {
                 ),
             )
             .bool("plain_udp", self.plain_udp)
+            .bool("lan_discovery", self.lan_discovery)
+            .raw(
+                "discovery_interface",
+                &format!(
+                    "[{}]",
+                    self.discovery_interfaces
+                        .iter()
+                        .map(|n| format!("\"{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            )
             .str("overlay_ipv4", &self.overlay_ipv4.prefix().to_string())
             .raw("bootstrap", &format!("[{}]", boot.join(",")))
             .finish()
@@ -461,17 +490,15 @@ impl Config {
                 }
                 "interface" => {
                     let v = single(o)?;
-                    let ok = !v.is_empty()
-                        && v.len() <= 15
-                        && v.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                    if !ok {
-                        return Err(bad(
-                            &v,
-                            "an interface name is 1-15 of A-Z a-z 0-9 _ . -".into(),
-                        ));
+                    c.interface = parse_ifname(&v).map_err(|m| bad(&v, m))?;
+                }
+                "discovery_interface" => {
+                    for v in list(o) {
+                        let name = parse_ifname(&v).map_err(|m| bad(&v, m))?;
+                        if !c.discovery_interfaces.contains(&name) {
+                            c.discovery_interfaces.push(name);
+                        }
                     }
-                    c.interface = v;
                 }
                 "key_file" | "state_dir" => {
                     let v = single(o)?;
@@ -678,6 +705,20 @@ mod tests {
         assert!(!c.port_mapping);
         let e = parse("config shadowmesh\n option port_mapping 'upnp'\n").unwrap_err();
         assert_eq!(e.option.as_deref(), Some("port_mapping"));
+    }
+
+    #[test]
+    fn lan_discovery_is_on_and_interfaces_are_names() {
+        let c = parse("config shadowmesh\n").unwrap();
+        assert!(c.lan_discovery && c.discovery_interfaces.is_empty());
+        let c = parse(
+            "config shadowmesh\n option lan_discovery '0'\n list discovery_interface 'br-lan'\n list discovery_interface 'eth1.5'\n list discovery_interface 'br-lan'\n",
+        )
+        .unwrap();
+        assert!(!c.lan_discovery);
+        assert_eq!(c.discovery_interfaces, ["br-lan", "eth1.5"]);
+        let e = parse("config shadowmesh\n list discovery_interface 'eth0; reboot'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("discovery_interface"));
     }
 
     #[test]

@@ -128,6 +128,26 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                 .raw("observed", &string_list(&observed))
                 .str("nat", nat.as_str())
                 .raw("port_mapping", &pm.finish());
+            if let Some(lan) = mesh.lan.borrow().as_ref() {
+                let d = lan.borrow();
+                let st = d.stats();
+                let heard: Vec<String> = d
+                    .neighbours()
+                    .map(|(p, a, _)| format!("{}@{a}", p.short()))
+                    .collect();
+                let heard: Vec<&str> = heard.iter().map(String::as_str).collect();
+                o = o.raw(
+                    "lan_discovery",
+                    &crate::json::Obj::new()
+                        .uint("sent", st.sent)
+                        .uint("heard", st.heard)
+                        .uint("foreign", st.foreign)
+                        .uint("limited", st.limited)
+                        .uint("dials", st.dials)
+                        .raw("neighbours", &string_list(&heard))
+                        .finish(),
+                );
+            }
             if let Some(dp) = mesh.dataplane() {
                 let (v4, counter, v6) = dp.addresses();
                 let members = dp.members();
@@ -308,6 +328,7 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .str("relay", &opt_str(m.relay))
         .str("nat", m.nat.as_str())
         .bool("exit", m.exit)
+        .bool("lan", m.lan)
         .raw("first_packet_ms", &opt_ms(m.reach.first))
         .raw("direct_ms", &opt_ms(m.reach.direct))
         .str("lane", m.lane)

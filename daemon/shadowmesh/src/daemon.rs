@@ -202,6 +202,11 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("bootstrap", new.bootstrap != cfg.bootstrap),
         ("exit_node", new.exit_node != cfg.exit_node),
         (
+            "lan_discovery/discovery_interface",
+            new.lan_discovery != cfg.lan_discovery
+                || new.discovery_interfaces != cfg.discovery_interfaces,
+        ),
+        (
             "exit/exit_fail",
             new.exit != cfg.exit || new.exit_fail != cfg.exit_fail,
         ),
@@ -247,6 +252,8 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         exit: keep.exit,
         exit_fail: keep.exit_fail,
         exit_bypass: keep.exit_bypass,
+        lan_discovery: keep.lan_discovery,
+        discovery_interfaces: keep.discovery_interfaces,
         ..new
     };
 }
@@ -320,6 +327,20 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         mesh.attach(dp);
     }
     let routing = start_exit(&cfg, &mesh)?;
+    // A daemon on loopback (tests, a local mesh) has no LAN.
+    if let (true, Some(nk), Some(dp)) = (
+        cfg.lan_discovery && !cfg.listen.ip().is_loopback(),
+        &cfg.network_key,
+        mesh.dataplane(),
+    ) {
+        crate::lan::start(
+            &mesh,
+            nk.clone(),
+            &cfg.discovery_interfaces,
+            &prefixes(&cfg.routes),
+            dp.tun().index(),
+        );
+    }
     tokio::task::spawn_local(mesh.clone().run());
     let control = control_path(&cfg);
     tokio::task::spawn_local(crate::control::serve(

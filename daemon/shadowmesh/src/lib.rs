@@ -27,6 +27,7 @@ pub mod fastlane;
 pub mod join;
 pub mod json;
 pub mod keyfile;
+pub mod lan;
 pub mod logger;
 pub mod mesh;
 pub mod names;

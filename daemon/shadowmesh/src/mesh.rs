@@ -179,6 +179,8 @@ pub struct Mesh {
     reach: RefCell<Reach>,
     /// The port mapping, for `status` and the way out.
     pub port_map: std::sync::Arc<crate::portmap::Shared>,
+    /// LAN discovery, while it runs (`crate::lan`), for `status`.
+    pub lan: RefCell<Option<Rc<RefCell<shadowmesh_proto::discovery::Discovery>>>>,
 }
 
 impl Mesh {
@@ -202,6 +204,7 @@ impl Mesh {
             mapped: std::cell::Cell::new(None),
             reach: RefCell::default(),
             port_map: std::sync::Arc::default(),
+            lan: RefCell::new(None),
         }))
     }
 

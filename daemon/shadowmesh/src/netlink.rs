@@ -389,31 +389,54 @@ fn ifaddrmsg(ifindex: u32, addr: IpAddr, len: u8) -> Vec<u8> {
 /// spins forever on what qemu-user's netlink translation hands a big-endian mips guest (seen in
 /// the HIL run), and a router daemon must not hang on a malformed kernel answer either.
 pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = interface_addresses()?
+        .into_iter()
+        .filter(|a| a.index != skip_index)
+        .map(|a| a.addr)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// An address on one of the host's interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfAddr {
+    /// The interface.
+    pub index: u32,
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length (the subnet on the link).
+    pub len: u8,
+}
+
+/// Every address on the host's interfaces except host-scope ones (loopback).
+pub fn interface_addresses() -> io::Result<Vec<IfAddr>> {
     const RTM_GETADDR: u16 = 22;
     const RT_SCOPE_HOST: u8 = 254;
     let mut out = Vec::new();
     // ifaddrmsg with family 0: every family.
     dump(RTM_GETADDR, &[0u8; 8], RTM_NEWADDR, |m| {
-        parse_addr(m, skip_index, &mut out)
+        parse_addr(m, &mut out)
     })?;
-    fn parse_addr(m: &[u8], skip_index: u32, out: &mut Vec<IpAddr>) {
+    fn parse_addr(m: &[u8], out: &mut Vec<IfAddr>) {
         if m.len() < 8 {
             return;
         }
-        let (family, scope) = (m[0], m[3]);
+        let (family, len, scope) = (m[0], m[1], m[3]);
         let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
-        if scope == RT_SCOPE_HOST || index == skip_index {
+        if scope == RT_SCOPE_HOST {
             return;
         }
         let mut attrs = &m[8..];
         let mut found = None;
         while attrs.len() >= 4 {
-            let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+            let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
             let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
-            if len < 4 || len > attrs.len() {
+            if alen < 4 || alen > attrs.len() {
                 return;
             }
-            let data = &attrs[4..len];
+            let data = &attrs[4..alen];
             // IFA_LOCAL is the address itself on point-to-point links; prefer it.
             if kind == IFA_LOCAL || (kind == IFA_ADDRESS && found.is_none()) {
                 found = match (family as i32, data.len()) {
@@ -428,15 +451,13 @@ pub fn local_addresses(skip_index: u32) -> io::Result<Vec<IpAddr>> {
                     _ => found,
                 };
             }
-            let step = (len + 3) & !3;
+            let step = (alen + 3) & !3;
             attrs = &attrs[step.min(attrs.len())..];
         }
-        if let Some(a) = found.filter(|a| !a.is_loopback()) {
-            out.push(a);
+        if let Some(addr) = found.filter(|a| !a.is_loopback()) {
+            out.push(IfAddr { index, addr, len });
         }
     }
-    out.sort();
-    out.dedup();
     Ok(out)
 }
 
@@ -482,6 +503,33 @@ pub fn local_routes(skip_index: u32) -> io::Result<Vec<Prefix>> {
         }
     })?;
     out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The interfaces default routes leave by (in any table, not ours): the uplinks, where LAN
+/// discovery never listens.
+pub fn uplinks() -> io::Result<Vec<u32>> {
+    const RTM_GETROUTE: u16 = 26;
+    let mut out = Vec::new();
+    dump(RTM_GETROUTE, &[0u8; 12], RTM_NEWROUTE, |m| {
+        if m.len() < 12 || m[1] != 0 || m[5] == RTPROT_SHADOWMESH {
+            return;
+        }
+        let mut attrs = &m[12..];
+        while attrs.len() >= 4 {
+            let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+            let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+            if len < 4 || len > attrs.len() {
+                return;
+            }
+            if kind == RTA_OIF && len == 8 {
+                out.push(u32::from_ne_bytes(attrs[4..8].try_into().expect("4")));
+            }
+            attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+        }
+    })?;
+    out.sort_unstable();
     out.dedup();
     Ok(out)
 }

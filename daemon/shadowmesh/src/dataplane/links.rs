@@ -5,6 +5,16 @@
 use super::*;
 
 impl DataPlane {
+    /// Whether our link with `pid` is up and on the LAN.
+    pub fn linked_on_lan(&self, pid: &PeerId) -> bool {
+        self.core
+            .borrow()
+            .members()
+            .get(pid)
+            .and_then(|m| m.link.as_ref())
+            .is_some_and(|l| l.lan && l.conn.close_reason().is_none())
+    }
+
     /// Takes over the session of a freshly authenticated member connection. Returns `false`
     /// (and closes the connection) if the member is not admitted.
     pub fn add_link(self: &Rc<Self>, mut peer: Peer) -> bool {
@@ -33,7 +43,9 @@ impl DataPlane {
             tiebreak: peer.tiebreak(),
             role: peer.role,
             control: Rc::new(tokio::sync::Mutex::new(peer.control)),
+            lan: crate::lan::on_link(at, self.tun.index()),
         };
+        let lan = link.lan;
         let record = (payload, peer.record.keys.ed25519, peer.record.seq);
         let now = crate::mono_now();
         let up =
@@ -42,12 +54,13 @@ impl DataPlane {
                 .handle_link_up(now, crate::unix_now(), pid, link, record, at);
         if up {
             log::info!(
-                "member {} up via {at} ({})",
+                "member {} up via {at} ({}{})",
                 pid.short(),
                 match peer.role {
                     Role::Dialler => "dialled",
                     Role::Listener => "accepted",
-                }
+                },
+                if lan { ", on the LAN" } else { "" }
             );
             let conn = peer.conn.clone();
             tokio::task::spawn_local(self.clone().datagram_reader(pid, conn.clone()));

@@ -143,6 +143,8 @@ struct Link {
     tiebreak: u64,
     role: Role,
     control: Rc<tokio::sync::Mutex<SendStream>>,
+    /// The member's end is on one of our links ([`crate::lan::on_link`]).
+    lan: bool,
 }
 
 /// What the data plane holds for a member beside its record: its link, counters and waiting
@@ -180,6 +182,9 @@ impl members::Link for Link {
     }
     fn relayed(&self) -> bool {
         self.paths.relayed()
+    }
+    fn on_lan(&self) -> bool {
+        self.lan
     }
 }
 

@@ -51,6 +51,8 @@ pub struct MemberInfo {
     pub nat: shadowmesh_proto::dht::observed::NatClass,
     /// It offers itself as an exit.
     pub exit: bool,
+    /// The link is on the LAN (`crate::lan::on_link`).
+    pub lan: bool,
 }
 
 /// What `status` reports of relaying: ours for others, and the relays our links go through.
@@ -125,6 +127,7 @@ impl DataPlane {
                     reach: m.reach,
                     nat: e.payload.nat,
                     exit: e.payload.exit,
+                    lan: live.is_some_and(|l| l.lan),
                 }
             })
             .collect()

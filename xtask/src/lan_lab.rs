@@ -1,0 +1,335 @@
+//! `cargo xtask lan-lab` (root, network namespaces only): gateways that find each other on
+//! a shared LAN segment with nothing configured but the network key.
+//!
+//! ```text
+//!   segment 10.77.0.0/24 (a bridge): a .1, b .2, c .3 (another mesh), d .4, e .5, spy .9
+//!   a's LAN 192.168.21.0/24, b's 192.168.22.0/24
+//!   d and e also have uplinks to an internet router, with a seed behind it
+//! ```
+//!
+//! Checked: `a` and `b` (same network key, no bootstrap, no seed) link within 10 s of `b`'s
+//! start and their LANs reach each other; `c` (another key) on the same segment is never
+//! dialled, though `a` and `b` hear it; what the passive listener captures holds neither the
+//! network key nor a PeerId, and no two announcements share their sealed bytes; `d` and `e`,
+//! linked around through the internet while their announcements are blocked, move to the LAN
+//! path once the announcements flow (`peers --json`: `lan` and the endpoint).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::lab::{self, ip, sleep, Lab, Node};
+use crate::mesh::Report;
+use crate::nat_lab::{nft, uplink};
+use crate::{field, Result};
+
+/// The discovery group and port (`shadowmesh_proto::discovery`).
+const GROUP: &str = "224.0.0.167";
+const PORT: u16 = 4432;
+/// How soon the second gateway must be reached after it starts.
+const FOUND: Duration = Duration::from_secs(10);
+
+/// Runs the lab with daemon binary `bin`.
+pub fn run(bin: &Path) -> Result<Report> {
+    let names: Vec<String> = ["a", "b", "c", "d", "e", "seed"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    lab::in_lab(bin, &names, scenario)
+}
+
+/// A gateway on the segment at `10.77.0.{n}`, LAN `lan` (third octet) behind it if any:
+/// the node and its LAN host's namespace.
+fn gateway(
+    lab: &mut Lab,
+    sw: &str,
+    name: &str,
+    n: u8,
+    nk: &str,
+    lan: Option<u8>,
+    boot: Option<&str>,
+) -> Result<(Node, String)> {
+    let ns = lab.underlay_ns(sw, name, &format!("10.77.0.{n}"))?;
+    let mut routes = vec![];
+    let mut host = String::new();
+    if let Some(i) = lan {
+        host = lab.lan(&ns, i)?;
+        routes.push(format!("192.168.{i}.0/24"));
+    }
+    let (key, id) = lab.keygen(name)?;
+    let conf = lab.write_config(name, &key, Some(nk), boot, &routes)?;
+    let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+    text += "\tlist discovery_interface 'eth0'\n";
+    std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+    let node = Node {
+        name: name.into(),
+        config: conf,
+        ns,
+        underlay: format!("10.77.0.{n}"),
+        peer_id: id,
+        lan,
+    };
+    Ok((node, host))
+}
+
+/// UDP packets to port 4433 that arrived in `ns` (an nftables counter there).
+fn quic_in(ns: &str) -> u64 {
+    let out = lab::netns_exec(ns, &["nft", "list", "chain", "inet", "seen", "in"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines()
+        .find(|l| l.contains("dport 4433"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `status`'s `lan_discovery.NAME` counter.
+fn discovery_count(status: &str, name: &str) -> u64 {
+    status
+        .split("\"lan_discovery\":")
+        .nth(1)
+        .and_then(|r| field(r, name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn scenario(lab: &mut Lab) -> Result<Report> {
+    let mut rep = Report::default();
+    let sw = lab.ns("sw")?;
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    let (nk, other) = (
+        crate::support::random_network_key()?,
+        crate::support::random_network_key()?,
+    );
+
+    // The passive listener.
+    let spy = lab.underlay_ns(&sw, "spy", "10.77.0.9")?;
+    let heard = lab.dir.join("spy.txt");
+    let script = lab.dir.join("spy.py");
+    std::fs::write(&script, include_str!("lan_lab/spy.py")).map_err(|e| e.to_string())?;
+    let child = lab::netns_exec(
+        &spy,
+        &[
+            "python3",
+            &script.to_string_lossy(),
+            GROUP,
+            &PORT.to_string(),
+            "10.77.0.9",
+            &heard.to_string_lossy(),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .map_err(|e| format!("python3: {e}"))?;
+    lab.others.push(child);
+
+    let (a, host_a) = gateway(lab, &sw, "a", 1, &nk, Some(21), None)?;
+    let (b, host_b) = gateway(lab, &sw, "b", 2, &nk, Some(22), None)?;
+    let (c, _) = gateway(lab, &sw, "c", 3, &other, None, None)?;
+    nft(
+        &c.ns,
+        "table inet seen {\n\tchain in {\n\t\ttype filter hook input priority 0;\n\t\tudp dport 4433 counter\n\t}\n}\n",
+    )?;
+    lab.start(&a)?;
+    lab.start(&c)?;
+    sleep(Duration::from_secs(2))?;
+    lab.start(&b)?;
+    let t0 = Instant::now();
+    let up = lab::until_reachable(&host_a, "192.168.22.2", FOUND)?;
+    rep.check(
+        "a and b (no bootstrap, no seed) find each other on the segment; their LANs reach each other",
+        up.is_some(),
+        match up {
+            Some(_) => format!(
+                "a LAN host reached the other LAN {:.1} s after b started",
+                t0.elapsed().as_secs_f64()
+            ),
+            None => format!("no reply in {} s", FOUND.as_secs()),
+        },
+    );
+    let back = lab::ping(&host_b, "192.168.21.2", 3, "0.2")?;
+    rep.check(
+        "b's LAN host reaches a's",
+        back.loss_pct() == 0.0,
+        format!("{}% loss", back.loss_pct()),
+    );
+    let peers = lab::members(&lab.ctl(&a, "peers"));
+    let lan = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "lan"));
+    let endpoint = lab::member_of(&peers, &b.peer_id).and_then(|m| field(m, "endpoint"));
+    rep.check(
+        "a's peers: b on the LAN",
+        lan.as_deref() == Some("true") && endpoint.as_deref() == Some("10.77.0.2:4433"),
+        format!(
+            "lan {}, endpoint {}",
+            lan.unwrap_or_default(),
+            endpoint.unwrap_or_default()
+        ),
+    );
+
+    // c, of another mesh, hears a and b and they hear it; nobody dials anybody across.
+    sleep(Duration::from_secs(3))?;
+    let (sa, sc) = (lab.ctl(&a, "status"), lab.ctl(&c, "status"));
+    let (a_foreign, c_foreign) = (
+        discovery_count(&sa, "foreign"),
+        discovery_count(&sc, "foreign"),
+    );
+    let (c_dials, into_c) = (discovery_count(&sc, "dials"), quic_in(&c.ns));
+    let c_members = lab::members(&lab.ctl(&c, "peers")).len();
+    rep.check(
+        "c (another network key) on the same segment is never dialled, nor dials",
+        a_foreign > 0 && c_foreign > 0 && c_dials == 0 && into_c == 0 && c_members == 0,
+        format!(
+            "a could not open {a_foreign} announcement(s), c {c_foreign}; c dialled {c_dials}, \
+             {into_c} QUIC packet(s) reached c, c has {c_members} member(s)"
+        ),
+    );
+
+    // What a passive listener heard.
+    let text = std::fs::read_to_string(&heard).unwrap_or_default();
+    let caps: Vec<(String, Vec<u8>)> = text
+        .lines()
+        .filter_map(|l| {
+            let (src, hex) = l.split_once(' ')?;
+            let bytes = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((src.to_string(), bytes))
+        })
+        .collect();
+    let secrets: Vec<Vec<u8>> = [&nk, &other, &a.peer_id, &b.peer_id, &c.peer_id]
+        .iter()
+        .map(|h| {
+            (0..h.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .collect();
+    let leaks = caps
+        .iter()
+        .filter(|(_, b)| {
+            secrets
+                .iter()
+                .any(|s| s.windows(8).any(|w| b.windows(8).any(|x| x == w)))
+        })
+        .count();
+    let mut sealed: Vec<&[u8]> = caps
+        .iter()
+        .map(|(_, b)| b.get(9..).unwrap_or(&[]))
+        .collect();
+    sealed.sort();
+    sealed.dedup();
+    let window = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 300) as u32;
+    let in_window = caps
+        .iter()
+        .filter(|(_, b)| {
+            b.get(5..9)
+                .is_some_and(|w| u32::from_be_bytes(w.try_into().expect("4")).abs_diff(window) <= 1)
+        })
+        .count();
+    let from: Vec<&str> = {
+        let mut v: Vec<&str> = caps.iter().map(|(s, _)| s.as_str()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    rep.check(
+        "announcements on the wire hold neither the network key nor a PeerId, and no two share their tag",
+        caps.len() >= 6 && from.len() == 3 && leaks == 0 && sealed.len() == caps.len() && in_window == caps.len(),
+        format!(
+            "{} captured from {from:?}, {} byte(s) each; {leaks} with a key's or PeerId's bytes; \
+             {} distinct sealed parts; {in_window} in this time window",
+            caps.len(),
+            caps.first().map_or(0, |(_, b)| b.len()),
+            sealed.len()
+        ),
+    );
+
+    // d and e, bootstrapped through a seed, linked around through the internet while their
+    // announcements are dropped; then the LAN path.
+    let inet = lab.ns("inet")?;
+    lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
+    let (_seed, boot) = crate::nat_lab::start_seed(lab, &inet)?;
+    let third = crate::support::random_network_key()?;
+    let mut de = vec![];
+    for (name, n, net) in [("d", 4u8, "203.0.113"), ("e", 5, "192.0.2")] {
+        let (node, _) = gateway(lab, &sw, name, n, &third, None, Some(&boot))?;
+        uplink(&inet, &node.ns, "eth1", net)?;
+        nft(
+            &node.ns,
+            "table inet hush {\n\tchain out {\n\t\ttype filter hook output priority 0;\n\t\tudp dport 4432 drop\n\t}\n}\n",
+        )?;
+        lab.start(&node)?;
+        de.push((node, format!("{net}.2:4433")));
+    }
+    let ((d, _), (e, e_wan)) = (de[0].clone(), de[1].clone());
+    let endpoint_of = |lab: &Lab, from: &Node, to: &Node| {
+        let peers = lab::members(&lab.ctl(from, "peers"));
+        let m = lab::member_of(&peers, &to.peer_id)
+            .cloned()
+            .unwrap_or_default();
+        (
+            field(&m, "endpoint").unwrap_or_default(),
+            field(&m, "lan").unwrap_or_default(),
+            field(&m, "connected").unwrap_or_default(),
+        )
+    };
+    let t = Instant::now();
+    let mut before = (String::new(), String::new(), String::new());
+    while t.elapsed() < Duration::from_secs(20) {
+        before = endpoint_of(lab, &d, &e);
+        if before.2 == "true" {
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    rep.check(
+        "d and e (announcements dropped) link around through the internet",
+        before.2 == "true" && before.0 == e_wan && before.1 == "false",
+        format!("endpoint {}, lan {}", before.0, before.1),
+    );
+    for (node, _) in &de {
+        lab::netns_exec(&node.ns, &["nft", "delete", "table", "inet", "hush"])
+            .status()
+            .map_err(|e| e.to_string())?;
+    }
+    let t = Instant::now();
+    let mut after = before.clone();
+    while t.elapsed() < Duration::from_secs(40) {
+        after = endpoint_of(lab, &d, &e);
+        if after.1 == "true" {
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    let from_e = endpoint_of(lab, &e, &d);
+    rep.check(
+        "d and e move to the LAN path once they hear each other (peers --json at both ends)",
+        after.0 == "10.77.0.5:4433" && after.1 == "true" && from_e.1 == "true",
+        format!(
+            "d sees e at {} (lan {}) after {:.1} s; e sees d at {} (lan {})",
+            after.0,
+            after.1,
+            t.elapsed().as_secs_f64(),
+            from_e.0,
+            from_e.1
+        ),
+    );
+    let overlay_e = lab::members(&lab.ctl(&d, "peers"))
+        .iter()
+        .find(|m| field(m, "peer_id").as_deref() == Some(e.peer_id.as_str()))
+        .and_then(|m| field(m, "overlay_ipv4"))
+        .unwrap_or_default();
+    let p = lab::ping(&d.ns, &overlay_e, 5, "0.2")?;
+    rep.check(
+        "d reaches e's overlay address over the LAN link",
+        p.loss_pct() == 0.0,
+        format!("{}% loss to {overlay_e}", p.loss_pct()),
+    );
+    Ok(rep)
+}
