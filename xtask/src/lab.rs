@@ -302,9 +302,10 @@ impl Lab {
         // `LAB_LOG_LEVEL=debug` for more than the daemons' defaults.
         let level = std::env::var("LAB_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         let mut cfg = format!(
-            "config shadowmesh 'main'\n\toption listen_port '4433'\n\toption key_file '{}'\n\toption state_dir '{}'\n\toption interface 'smesh0'\n\toption log_level '{level}'\n",
+            "config shadowmesh 'main'\n\toption listen_port '4433'\n\toption key_file '{}'\n\toption state_dir '{}'\n\toption hosts_file '{}'\n\toption interface 'smesh0'\n\toption log_level '{level}'\n",
             key.display(),
-            d.display()
+            d.display(),
+            d.join("hosts").display()
         );
         if let Some(nk) = network_key {
             cfg += &format!("\toption network_key '{nk}'\n");

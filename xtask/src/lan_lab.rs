@@ -27,6 +27,8 @@ const GROUP: &str = "224.0.0.167";
 const PORT: u16 = 4432;
 /// How soon the second gateway must be reached after it starts.
 const FOUND: Duration = Duration::from_secs(10);
+/// How soon a member's name is in the hosts file (written every 2 s).
+const NAMED: Duration = Duration::from_secs(5);
 
 /// Runs the lab with daemon binary `bin`.
 pub fn run(bin: &Path) -> Result<Report> {
@@ -59,6 +61,13 @@ fn gateway(
     let conf = lab.write_config(name, &key, Some(nk), boot, &routes)?;
     let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
     text += "\tlist discovery_interface 'eth0'\n";
+    // c and d are named alike: the lower PeerId keeps the name, the other is suffixed.
+    let named = match name {
+        "a" => "alpha",
+        "b" => "office",
+        _ => "same",
+    };
+    text += &format!("\toption name '{named}'\n");
     std::fs::write(&conf, text).map_err(|e| e.to_string())?;
     let node = Node {
         name: name.into(),
@@ -167,6 +176,38 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
             "lan {}, endpoint {}",
             lan.unwrap_or_default(),
             endpoint.unwrap_or_default()
+        ),
+    );
+
+    // Names: a's hosts file serves b as office.mesh on b's overlay addresses, and itself
+    // (looked at every 2 s).
+    let b_v4 = lab::member_of(&peers, &b.peer_id)
+        .and_then(|m| field(m, "overlay_ipv4"))
+        .unwrap_or_default();
+    let t = Instant::now();
+    let (mut hosts, mut dns_name) = (String::new(), String::new());
+    let named = |hosts: &str, dns_name: &str| {
+        hosts.contains(&format!("{b_v4} office.mesh office\n"))
+            && hosts.contains(" alpha.mesh alpha\n")
+            && hosts.lines().filter(|l| l.contains(".mesh")).count() == 4
+            && dns_name == "office.mesh"
+    };
+    while t.elapsed() < NAMED {
+        hosts = std::fs::read_to_string(a.config.with_file_name("hosts")).unwrap_or_default();
+        dns_name = lab::member_of(&lab::members(&lab.ctl(&a, "peers")), &b.peer_id)
+            .and_then(|m| field(m, "dns_name"))
+            .unwrap_or_default();
+        if named(&hosts, &dns_name) {
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    rep.check(
+        "a's hosts file names b (office.mesh) and a (alpha.mesh); peers --json has the name",
+        named(&hosts, &dns_name),
+        format!(
+            "dns_name {dns_name:?}; hosts: {:?}",
+            hosts.lines().skip(1).collect::<Vec<_>>()
         ),
     );
 
@@ -330,6 +371,40 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         "d reaches e's overlay address over the LAN link",
         p.loss_pct() == 0.0,
         format!("{}% loss to {overlay_e}", p.loss_pct()),
+    );
+    // d and e both claim "same": the lower PeerId keeps it, at both ends.
+    let (low, high) = if d.peer_id < e.peer_id {
+        (&d, &e)
+    } else {
+        (&e, &d)
+    };
+    let served = |from: &Node, of: &Node| {
+        if from.peer_id == of.peer_id {
+            field(&lab.ctl(from, "status"), "dns_name").unwrap_or_default()
+        } else {
+            lab::member_of(&lab::members(&lab.ctl(from, "peers")), &of.peer_id)
+                .and_then(|m| field(m, "dns_name"))
+                .unwrap_or_default()
+        }
+    };
+    let suffixed = format!("same-{}.mesh", &high.peer_id[..4]);
+    let want = ["same.mesh", "same.mesh", &suffixed, &suffixed];
+    let t = Instant::now();
+    let mut seen: Vec<String> = vec![];
+    while t.elapsed() < NAMED {
+        seen = [(&d, low), (&e, low), (&d, high), (&e, high)]
+            .iter()
+            .map(|(f, o)| served(f, o))
+            .collect();
+        if seen == want {
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    rep.check(
+        "a name claimed twice: the lower PeerId keeps it, the other is suffixed, alike at both ends",
+        seen == want,
+        format!("{seen:?}"),
     );
     Ok(rep)
 }

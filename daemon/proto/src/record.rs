@@ -224,14 +224,18 @@ pub struct Route {
 /// The mesh-private part of a record (plaintext layout, before encryption).
 ///
 /// ```text
-///   version u8 = 2 (1: the same without the last three fields)
+///   version u8 = 3 (2: the same without the name; 1: nor the three fields before it)
 ///   n_addrs u8, then per address: family u8 (4|6), ip [4|16], port u16
 ///   ipv4 [4], ipv4_counter u32, ipv6 [16]
 ///   n_routes u8, then per route: family u8 (4|6), ip [4|16], prefix_len u8
 ///   nat u8 (0 unknown, 1 none, 2 endpoint-independent, 3 endpoint-dependent)
 ///   flags u8 (bit 0: relays for members; bit 1: offers itself as an exit; the others 0)
 ///   n_relays u8, then per relay: PeerId [32]
+///   name_len u8 (0: no name), name [name_len] (a DNS label, [`crate::dns::is_label`])
 /// ```
+///
+/// A version above 3 is read as 3, its bytes past the name ignored: a newer node's record
+/// stays readable.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Payload {
     /// Where the node can be reached (at most [`RECORD_MAX_ADDRS`]).
@@ -254,9 +258,11 @@ pub struct Payload {
     /// The relays it keeps links with (at most [`RECORD_MAX_RELAYS`]): a member that cannot
     /// dial it asks them for an introduction and a circuit.
     pub relays: Vec<PeerId>,
+    /// Its name (`option name`): a DNS label, or empty.
+    pub name: String,
 }
 
-const PAYLOAD_VERSION: u8 = 2;
+const PAYLOAD_VERSION: u8 = 3;
 /// `flags` bit: the node relays for members.
 const FLAG_RELAY: u8 = 1;
 /// `flags` bit: the node offers itself as an exit.
@@ -337,6 +343,11 @@ impl Payload {
         for r in &self.relays {
             out.extend_from_slice(&r.0);
         }
+        if !self.name.is_empty() && !crate::dns::is_label(&self.name) {
+            return Err(Error::InvalidField("name"));
+        }
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(self.name.as_bytes());
         Ok(())
     }
 
@@ -344,8 +355,8 @@ impl Payload {
     pub fn parse(bytes: &[u8]) -> Result<Payload, Error> {
         let mut r = Reader::new(bytes);
         let v = r.u8()?;
-        if v != 1 && v != PAYLOAD_VERSION {
-            return Err(Error::UnsupportedVersion(v as u16));
+        if v == 0 {
+            return Err(Error::UnsupportedVersion(0));
         }
         let n = r.u8()? as usize;
         if n > RECORD_MAX_ADDRS {
@@ -409,7 +420,19 @@ impl Payload {
                 relays.push(PeerId(*r.array::<32>()?));
             }
         }
-        r.finish()?;
+        let mut name = String::new();
+        if v >= 3 {
+            let n = r.u8()? as usize;
+            let b = r.bytes(n)?;
+            name = core::str::from_utf8(b)
+                .ok()
+                .filter(|s| s.is_empty() || crate::dns::is_label(s))
+                .ok_or(Error::InvalidField("name"))?
+                .to_string();
+        }
+        if v <= PAYLOAD_VERSION {
+            r.finish()?;
+        }
         Ok(Payload {
             addrs,
             ipv4: (!ipv4.is_unspecified()).then_some(ipv4),
@@ -420,6 +443,7 @@ impl Payload {
             relay,
             exit,
             relays,
+            name,
         })
     }
 }
@@ -515,12 +539,32 @@ mod tests {
             relay: true,
             exit: true,
             relays: vec![PeerId([9; 32]), PeerId([8; 32])],
+            name: "office".into(),
         };
         let mut out = Vec::new();
         p.emit(&mut out).unwrap();
         assert_eq!(Payload::parse(&out).unwrap(), p);
-        // Version 1 (a node of the version before) ends after the routes.
-        let v1_len = out.len() - 3 - 64;
+        // Version 2 ends before the name.
+        let mut v2 = out[..out.len() - 7].to_vec();
+        v2[0] = 2;
+        let old = Payload::parse(&v2).unwrap();
+        assert_eq!((old.name.as_str(), old.relays.len()), ("", 2));
+        // A newer version's bytes past the name are skipped; ours are not.
+        let mut v4 = out.clone();
+        v4[0] = 4;
+        v4.extend_from_slice(b"later");
+        assert_eq!(Payload::parse(&v4).unwrap().name, "office");
+        v4[0] = 3;
+        assert!(Payload::parse(&v4).is_err());
+        let mut bad_name = out.clone();
+        let at = bad_name.len() - 6;
+        bad_name[at] = b'O';
+        assert_eq!(Payload::parse(&bad_name), Err(Error::InvalidField("name")));
+        let mut unnamed = p.clone();
+        unnamed.name = "no such label".into();
+        assert!(unnamed.emit(&mut Vec::new()).is_err());
+        // Version 1 (a node of two versions before) ends after the routes.
+        let v1_len = out.len() - 7 - 3 - 64;
         let mut v1 = out[..v1_len].to_vec();
         v1[0] = 1;
         let old = Payload::parse(&v1).unwrap();

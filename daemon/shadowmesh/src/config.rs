@@ -18,6 +18,9 @@
 //!     option mtu '1376'
 //!     option lan_discovery '1'                  # find the mesh's gateways on the LAN by multicast
 //!     list discovery_interface 'br-lan'         # where (default: br-lan, else the interfaces of `list route`)
+//!     option name 'office'                      # this gateway's name in the mesh (default: the hostname)
+//!     option domain 'mesh'                      # members are NAME.DOMAIN in the hosts file
+//!     option hosts_file '/tmp/hosts/shadowmesh' # default: that on OpenWrt (its dnsmasq reads it), else STATE_DIR/hosts
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
@@ -108,6 +111,14 @@ pub struct Config {
     /// The interfaces announced on and listened to (`list discovery_interface`); empty:
     /// `br-lan` where it exists, else those holding an address inside a `list route` prefix.
     pub discovery_interfaces: Vec<String>,
+    /// This gateway's name in its record (`option name`, a DNS label); `None`: the system's
+    /// host name made a label ([`shadowmesh_proto::dns::to_label`]).
+    pub name: Option<String>,
+    /// The domain members' names are under in the hosts file (`option domain`).
+    pub domain: String,
+    /// The hosts file (`option hosts_file`); `None`: `/tmp/hosts/shadowmesh` on OpenWrt, else
+    /// `hosts` in the state directory.
+    pub hosts_file: Option<PathBuf>,
     /// Seed nodes, by address or DNS name.
     pub bootstrap: Vec<(PeerId, HostPort)>,
     /// Addresses to publish in our record, or DNS names resolved to them (default: the listen
@@ -165,6 +176,9 @@ impl Default for Config {
             mtu: None,
             lan_discovery: true,
             discovery_interfaces: Vec::new(),
+            name: None,
+            domain: "mesh".into(),
+            hosts_file: None,
             bootstrap: vec![],
             advertise: vec![],
             routes: vec![],
@@ -332,6 +346,8 @@ impl Config {
             )
             .bool("plain_udp", self.plain_udp)
             .bool("lan_discovery", self.lan_discovery)
+            .str("name", self.name.as_deref().unwrap_or(""))
+            .str("domain", &self.domain)
             .raw(
                 "discovery_interface",
                 &format!(
@@ -491,6 +507,34 @@ impl Config {
                 "interface" => {
                     let v = single(o)?;
                     c.interface = parse_ifname(&v).map_err(|m| bad(&v, m))?;
+                }
+                "name" => {
+                    let v = single(o)?;
+                    if !shadowmesh_proto::dns::is_label(&v) {
+                        return Err(bad(
+                            &v,
+                            "a name is 1-63 of a-z 0-9 -, not starting or ending with -".into(),
+                        ));
+                    }
+                    c.name = Some(v);
+                }
+                "domain" => {
+                    let v = single(o)?;
+                    let ok = v.len() <= 200 && v.split('.').all(shadowmesh_proto::dns::is_label);
+                    if !ok {
+                        return Err(bad(
+                            &v,
+                            "a domain is labels of a-z 0-9 - joined by dots".into(),
+                        ));
+                    }
+                    c.domain = v;
+                }
+                "hosts_file" => {
+                    let v = single(o)?;
+                    if !v.starts_with('/') {
+                        return Err(bad(&v, "expected an absolute path".into()));
+                    }
+                    c.hosts_file = Some(PathBuf::from(v));
                 }
                 "discovery_interface" => {
                     for v in list(o) {
@@ -719,6 +763,33 @@ mod tests {
         assert_eq!(c.discovery_interfaces, ["br-lan", "eth1.5"]);
         let e = parse("config shadowmesh\n list discovery_interface 'eth0; reboot'\n").unwrap_err();
         assert_eq!(e.option.as_deref(), Some("discovery_interface"));
+    }
+
+    #[test]
+    fn names_are_labels_and_domains_labels_with_dots() {
+        let c = parse("config shadowmesh\n").unwrap();
+        assert_eq!(
+            (c.name, c.domain.as_str(), c.hosts_file),
+            (None, "mesh", None)
+        );
+        let c = parse(
+            "config shadowmesh\n option name 'office'\n option domain 'home.arpa'\n option hosts_file '/tmp/h'\n",
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("office"));
+        assert_eq!(c.domain, "home.arpa");
+        assert_eq!(c.hosts_file, Some(PathBuf::from("/tmp/h")));
+        for (opt, v) in [
+            ("name", "Office"),
+            ("name", "a.b"),
+            ("name", "-x"),
+            ("domain", "a..b"),
+            ("domain", "MESH"),
+            ("hosts_file", "hosts"),
+        ] {
+            let e = parse(&format!("config shadowmesh\n option {opt} '{v}'\n")).unwrap_err();
+            assert_eq!(e.option.as_deref(), Some(opt), "{v}");
+        }
     }
 
     #[test]

@@ -124,7 +124,13 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                     .str("external", &m.external.to_string())
                     .uint("lifetime_s", m.lifetime as u64);
             }
+            let me = mesh.node().peer_id();
             o = o
+                .str("name", &mesh.node().payload().name)
+                .str(
+                    "dns_name",
+                    mesh.dns_names.borrow().get(&me).map_or("", String::as_str),
+                )
                 .raw("observed", &string_list(&observed))
                 .str("nat", nat.as_str())
                 .raw("port_mapping", &pm.finish());
@@ -180,7 +186,8 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
             let Some(dp) = mesh.dataplane() else {
                 return Obj::new().raw("peers", "[]").finish();
             };
-            let list: Vec<String> = dp.members().iter().map(member_json).collect();
+            let dns = mesh.dns_names.borrow();
+            let list: Vec<String> = dp.members().iter().map(|m| member_json(m, &dns)).collect();
             Obj::new()
                 .raw("peers", &format!("[{}]", list.join(",")))
                 .finish()
@@ -281,7 +288,10 @@ fn opt_str<T: ToString>(v: Option<T>) -> String {
 }
 
 /// One member in `peers`: the fields `shadowmesh peers --json` promises.
-fn member_json(m: &crate::dataplane::MemberInfo) -> String {
+fn member_json(
+    m: &crate::dataplane::MemberInfo,
+    dns: &std::collections::BTreeMap<PeerId, String>,
+) -> String {
     let list =
         |v: &mut dyn Iterator<Item = String>| format!("[{}]", v.collect::<Vec<_>>().join(","));
     let routes = list(&mut m.routes.iter().map(|r| format!("\"{r}\"")));
@@ -329,6 +339,8 @@ fn member_json(m: &crate::dataplane::MemberInfo) -> String {
         .str("nat", m.nat.as_str())
         .bool("exit", m.exit)
         .bool("lan", m.lan)
+        .str("name", &m.name)
+        .str("dns_name", dns.get(&m.peer_id).map_or("", String::as_str))
         .raw("first_packet_ms", &opt_ms(m.reach.first))
         .raw("direct_ms", &opt_ms(m.reach.direct))
         .str("lane", m.lane)

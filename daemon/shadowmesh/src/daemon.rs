@@ -147,7 +147,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         log::set_max_level(new.log_level);
         applied.push("log_level");
     }
-    if new.routes != cfg.routes || new.advertise != cfg.advertise {
+    if new.routes != cfg.routes || new.advertise != cfg.advertise || new.name != cfg.name {
         mesh.set_advertise(new.advertise.iter().filter_map(HostPort::addr).collect());
         if crate::names::any_name(&new.advertise) {
             let (m, list) = (mesh.clone(), new.advertise.clone());
@@ -156,6 +156,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         let mut p = mesh.node().payload();
         p.routes = new.routes.clone();
         p.addrs = mesh.record_addrs();
+        p.name = name_of(&new);
         mesh.node().set_payload(p);
         match mesh.node().refresh_record() {
             Ok(rec) => {
@@ -169,7 +170,7 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
             }
             Err(e) => log::error!("reload: re-signing our record failed: {e}"),
         }
-        applied.push("route/advertise");
+        applied.push("route/advertise/name");
     }
     if new.allowed_peers != cfg.allowed_peers
         || new.routes != cfg.routes
@@ -202,9 +203,11 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("bootstrap", new.bootstrap != cfg.bootstrap),
         ("exit_node", new.exit_node != cfg.exit_node),
         (
-            "lan_discovery/discovery_interface",
+            "lan_discovery/discovery_interface/domain/hosts_file",
             new.lan_discovery != cfg.lan_discovery
-                || new.discovery_interfaces != cfg.discovery_interfaces,
+                || new.discovery_interfaces != cfg.discovery_interfaces
+                || new.domain != cfg.domain
+                || new.hosts_file != cfg.hosts_file,
         ),
         (
             "exit/exit_fail",
@@ -254,6 +257,8 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         exit_bypass: keep.exit_bypass,
         lan_discovery: keep.lan_discovery,
         discovery_interfaces: keep.discovery_interfaces,
+        domain: keep.domain,
+        hosts_file: keep.hosts_file,
         ..new
     };
 }
@@ -269,6 +274,7 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     payload.addrs = cfg.advertise.iter().filter_map(HostPort::addr).collect();
     payload.routes = cfg.routes.clone();
     payload.exit = cfg.exit_node && cfg.network_key.is_some();
+    payload.name = name_of(&cfg);
     let mut ncfg = NodeConfig::dht_only(cfg.listen);
     if let Some(k) = &cfg.network_key {
         ncfg = ncfg.member_of(k.clone());
@@ -327,6 +333,15 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         mesh.attach(dp);
     }
     let routing = start_exit(&cfg, &mesh)?;
+    let hosts = mesh.dataplane().map(|_| {
+        let path = crate::hosts::path(cfg.hosts_file.as_deref(), &cfg.state_dir);
+        tokio::task::spawn_local(crate::hosts::keep(
+            mesh.clone(),
+            path.clone(),
+            cfg.domain.clone(),
+        ));
+        path
+    });
     // A daemon on loopback (tests, a local mesh) has no LAN.
     if let (true, Some(nk), Some(dp)) = (
         cfg.lan_discovery && !cfg.listen.ip().is_loopback(),
@@ -409,9 +424,23 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
         crate::exit::unserve();
     }
     crate::portmap::release(&mesh.port_map);
+    if let Some(p) = hosts {
+        let _ = std::fs::remove_file(p);
+    }
     let _ = std::fs::remove_file(&control);
     mesh.node().shutdown().await;
     Ok(())
+}
+
+/// This gateway's name: `option name`, else the system's host name made a DNS label (on
+/// OpenWrt the kernel's host name is `system.@system[0].hostname`).
+fn name_of(cfg: &Config) -> String {
+    cfg.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .and_then(|h| shadowmesh_proto::dns::to_label(h.trim()))
+            .unwrap_or_default()
+    })
 }
 
 /// Offers this gateway as an exit (`option exit_node`), and sends internet traffic through

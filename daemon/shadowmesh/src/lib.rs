@@ -24,6 +24,7 @@ pub mod dataplane;
 pub mod exit;
 
 pub mod fastlane;
+pub mod hosts;
 pub mod join;
 pub mod json;
 pub mod keyfile;

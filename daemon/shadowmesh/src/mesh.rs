@@ -181,6 +181,8 @@ pub struct Mesh {
     pub port_map: std::sync::Arc<crate::portmap::Shared>,
     /// LAN discovery, while it runs (`crate::lan`), for `status`.
     pub lan: RefCell<Option<Rc<RefCell<shadowmesh_proto::discovery::Discovery>>>>,
+    /// The names the hosts file serves, per gateway (`crate::hosts`).
+    pub dns_names: RefCell<BTreeMap<PeerId, String>>,
 }
 
 impl Mesh {
@@ -205,6 +207,7 @@ impl Mesh {
             reach: RefCell::default(),
             port_map: std::sync::Arc::default(),
             lan: RefCell::new(None),
+            dns_names: RefCell::new(BTreeMap::new()),
         }))
     }
 

@@ -53,6 +53,8 @@ pub struct MemberInfo {
     pub exit: bool,
     /// The link is on the LAN (`crate::lan::on_link`).
     pub lan: bool,
+    /// The name its record claims.
+    pub name: String,
 }
 
 /// What `status` reports of relaying: ours for others, and the relays our links go through.
@@ -128,6 +130,7 @@ impl DataPlane {
                     nat: e.payload.nat,
                     exit: e.payload.exit,
                     lan: live.is_some_and(|l| l.lan),
+                    name: e.payload.name.clone(),
                 }
             })
             .collect()
