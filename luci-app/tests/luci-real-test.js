@@ -153,7 +153,7 @@ async function settings(page, h) {
 		&& has(['shadowmesh', 'set', 'main', 'route', fixture.route.concat(['192.168.1.0/24'])])
 		&& (has(['shadowmesh', 'remove', 'main', 'bootstrap']) || has(['shadowmesh', 'set', 'main', 'bootstrap', []])), JSON.stringify(staged));
 	// LuCI's flags write (or remove, at their default) on every save: the meaning must not change.
-	const defaults = { enabled: '1', seed: '0', tunnel: '1', lan_discovery: '1', fast_lane: '1', offload: '1', plain_udp: '0', accept_routes: '1' };
+	const defaults = { enabled: '1', seed: '0', tunnel: '1', lan_discovery: '1', fast_lane: '1', offload: '1', plain_udp: '0', accept_routes: '1', share_lan_names: '0' };
 	const changed = staged.filter((c) => !['listen_port', 'log_level', 'route', 'bootstrap'].includes(c[3])).filter((c) => {
 		const before = fixture[c[3]] ?? defaults[c[3]];
 		const after = c[1] === 'remove' ? defaults[c[3]] : c[4];
@@ -208,8 +208,9 @@ async function status(page, h) {
 		for (const p of exp.peers) {
 			const row = page.locator(`#shadowmesh-peers tr[data-peer-id="${p.peer_id}"]`);
 			const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];
-			check(`peer ${p.peer_id.slice(0, 12)} listed with its overlay address, path, RTT and traffic`,
-				cells[0] === p.peer_id.slice(0, 12) && cells[1].startsWith(p.ipv4) && cells[3] === 'direct' && / ms$/.test(cells[4])
+			const title = (await row.count()) ? await row.locator('td').first().getAttribute('title') : '';
+			check(`peer ${p.peer_id.slice(0, 12)} listed by name (PeerId on hover) with its overlay address, path, RTT and traffic`,
+				cells[0] === p.name && title === p.peer_id && cells[1].startsWith(p.ipv4) && cells[3] === 'direct' && / ms$/.test(cells[4])
 				&& /^[\d.]+ [KMGT]?i?B \/ [\d.]+ [KMGT]?i?B$/.test(cells[5]),
 				JSON.stringify(cells));
 		}

@@ -39,8 +39,8 @@ pub fn run(bin: &Path) -> Result<Report> {
     lab::in_lab(bin, &names, scenario)
 }
 
-/// A gateway on the segment at `10.77.0.{n}`, LAN `lan` (third octet) behind it if any:
-/// the node and its LAN host's namespace.
+/// A gateway on the segment at `10.77.0.{n}`, LAN `lan` (third octet) behind it if any, with
+/// `extra` configuration lines: the node and its LAN host's namespace.
 fn gateway(
     lab: &mut Lab,
     sw: &str,
@@ -48,7 +48,7 @@ fn gateway(
     n: u8,
     nk: &str,
     lan: Option<u8>,
-    boot: Option<&str>,
+    extra: &str,
 ) -> Result<(Node, String)> {
     let ns = lab.underlay_ns(sw, name, &format!("10.77.0.{n}"))?;
     let mut routes = vec![];
@@ -58,8 +58,24 @@ fn gateway(
         routes.push(format!("192.168.{i}.0/24"));
     }
     let (key, id) = lab.keygen(name)?;
-    let conf = lab.write_config(name, &key, Some(nk), boot, &routes)?;
-    let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+    let conf = lab.write_config(name, &key, Some(nk), None, &routes)?;
+    // `extra` replaces the options it sets.
+    let set: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("option ")?.split_whitespace().next())
+        .collect();
+    let mut text: String = std::fs::read_to_string(&conf)
+        .map_err(|e| e.to_string())?
+        .lines()
+        .filter(|l| {
+            let o = l
+                .trim()
+                .strip_prefix("option ")
+                .and_then(|r| r.split_whitespace().next());
+            o.is_none_or(|o| !set.contains(&o))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     text += "\tlist discovery_interface 'eth0'\n";
     // c and d are named alike: the lower PeerId keeps the name, the other is suffixed.
     let named = match name {
@@ -68,6 +84,7 @@ fn gateway(
         _ => "same",
     };
     text += &format!("\toption name '{named}'\n");
+    text += extra;
     std::fs::write(&conf, text).map_err(|e| e.to_string())?;
     let node = Node {
         name: name.into(),
@@ -136,9 +153,61 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     .map_err(|e| format!("python3: {e}"))?;
     lab.others.push(child);
 
-    let (a, host_a) = gateway(lab, &sw, "a", 1, &nk, Some(21), None)?;
-    let (b, host_b) = gateway(lab, &sw, "b", 2, &nk, Some(22), None)?;
-    let (c, _) = gateway(lab, &sw, "c", 3, &other, None, None)?;
+    // a's resolver: dnsmasq as OpenWrt starts it (the hosts directory as addn-hosts), told of
+    // a new hosts file through its pid file. b shares its DHCP hosts: a printer's lease.
+    let (a_dir, b_dir) = (lab.dir.join("a"), lab.dir.join("b"));
+    let hosts_dir = a_dir.join("hosts.d");
+    std::fs::create_dir_all(&hosts_dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&b_dir).map_err(|e| e.to_string())?;
+    let leases = b_dir.join("dhcp.leases");
+    std::fs::write(
+        &leases,
+        "1999999999 02:00:00:00:22:50 192.168.22.50 Printer 01:02:00:00:00:22:50\n\
+         1999999999 02:00:00:00:22:51 192.168.22.51 * *\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let a_extra = format!(
+        "\toption hosts_file '{}'\n\toption dnsmasq_pidfile '{}'\n",
+        hosts_dir.join("shadowmesh").display(),
+        a_dir.join("dnsmasq.pid").display()
+    );
+    let b_extra = format!(
+        "\toption share_lan_names '1'\n\toption dhcp_leases '{}'\n",
+        leases.display()
+    );
+    let (a, host_a) = gateway(lab, &sw, "a", 1, &nk, Some(21), &a_extra)?;
+    let (b, host_b) = gateway(lab, &sw, "b", 2, &nk, Some(22), &b_extra)?;
+    let (c, _) = gateway(lab, &sw, "c", 3, &other, None, "")?;
+    ip(&[
+        "-n",
+        &host_b,
+        "addr",
+        "add",
+        "192.168.22.50/24",
+        "dev",
+        "eth0",
+    ])?;
+    lab.etc_file(&host_a, "resolv.conf", "nameserver 192.168.21.1\n")?;
+    let dnsmasq = lab::netns_exec(
+        &a.ns,
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=192.168.21.1",
+            "--user=root",
+            "--group=root",
+            &format!("--addn-hosts={}", hosts_dir.display()),
+            &format!("--pid-file={}", a_dir.join("dnsmasq.pid").display()),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .map_err(|e| format!("dnsmasq: {e}"))?;
+    lab.others.push(dnsmasq);
     nft(
         &c.ns,
         "table inet seen {\n\tchain in {\n\t\ttype filter hook input priority 0;\n\t\tudp dport 4433 counter\n\t}\n}\n",
@@ -180,7 +249,7 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     );
 
     // Names: a's hosts file serves b as office.mesh on b's overlay addresses, and itself
-    // (looked at every 2 s).
+    // (looked at every 2 s), and the printer behind b as printer.office.mesh.
     let b_v4 = lab::member_of(&peers, &b.peer_id)
         .and_then(|m| field(m, "overlay_ipv4"))
         .unwrap_or_default();
@@ -189,11 +258,12 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     let named = |hosts: &str, dns_name: &str| {
         hosts.contains(&format!("{b_v4} office.mesh office\n"))
             && hosts.contains(" alpha.mesh alpha\n")
-            && hosts.lines().filter(|l| l.contains(".mesh")).count() == 4
+            && hosts.contains("192.168.22.50 printer.office.mesh printer.office\n")
+            && hosts.lines().filter(|l| l.contains(".mesh")).count() == 5
             && dns_name == "office.mesh"
     };
     while t.elapsed() < NAMED {
-        hosts = std::fs::read_to_string(a.config.with_file_name("hosts")).unwrap_or_default();
+        hosts = std::fs::read_to_string(hosts_dir.join("shadowmesh")).unwrap_or_default();
         dns_name = lab::member_of(&lab::members(&lab.ctl(&a, "peers")), &b.peer_id)
             .and_then(|m| field(m, "dns_name"))
             .unwrap_or_default();
@@ -203,12 +273,45 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         sleep(Duration::from_millis(200))?;
     }
     rep.check(
-        "a's hosts file names b (office.mesh) and a (alpha.mesh); peers --json has the name",
+        "a's hosts file names b (office.mesh), a (alpha.mesh) and b's printer (printer.office.mesh)",
         named(&hosts, &dns_name),
         format!(
             "dns_name {dns_name:?}; hosts: {:?}",
             hosts.lines().skip(1).collect::<Vec<_>>()
         ),
+    );
+
+    // A LAN host of a resolves both names through a's dnsmasq and pings them.
+    let mut resolved = vec![];
+    for name in ["office.mesh", "printer.office.mesh"] {
+        let t = Instant::now();
+        let mut got = String::new();
+        while t.elapsed() < NAMED {
+            got = lab::netns_exec(&host_a, &["getent", "ahostsv4", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            if !got.is_empty() {
+                break;
+            }
+            sleep(Duration::from_millis(200))?;
+        }
+        let addr = got
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let loss = if addr.is_empty() {
+            100.0
+        } else {
+            lab::ping(&host_a, name, 3, "0.2")?.loss_pct()
+        };
+        resolved.push((name, addr, loss));
+    }
+    rep.check(
+        "a LAN host behind a resolves office.mesh and printer.office.mesh through a's dnsmasq and pings both",
+        resolved[0].1 == b_v4 && resolved[1].1 == "192.168.22.50" && resolved.iter().all(|r| r.2 == 0.0),
+        format!("{resolved:?}"),
     );
 
     // c, of another mesh, hears a and b and they hear it; nobody dials anybody across.
@@ -299,7 +402,15 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     let third = crate::support::random_network_key()?;
     let mut de = vec![];
     for (name, n, net) in [("d", 4u8, "203.0.113"), ("e", 5, "192.0.2")] {
-        let (node, _) = gateway(lab, &sw, name, n, &third, None, Some(&boot))?;
+        let (node, _) = gateway(
+            lab,
+            &sw,
+            name,
+            n,
+            &third,
+            None,
+            &format!("\tlist bootstrap '{boot}'\n"),
+        )?;
         uplink(&inet, &node.ns, "eth1", net)?;
         nft(
             &node.ns,

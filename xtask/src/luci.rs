@@ -193,6 +193,12 @@ fn with_daemons(
             )
         });
         let config = lab.write_config(name, &key, Some(&nk), seed.as_deref(), &[])?;
+        // B is named; A keeps the default (the host's name).
+        if name == "b" {
+            let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            std::fs::write(&config, text + "\toption name 'office'\n")
+                .map_err(|e| e.to_string())?;
+        }
         let node = Node {
             name: name.into(),
             ns,
@@ -234,6 +240,7 @@ fn with_daemons(
             "\"peer_id\":\"{}\",\"overlay_ipv4\":\"{b_ipv4}",
             b.peer_id
         )) && last.contains("\"connected\":true")
+            && last.contains("\"dns_name\":\"office.mesh\"")
         {
             break;
         }
@@ -245,11 +252,8 @@ fn with_daemons(
             for want in [
                 "\"running\":true".to_string(),
                 format!("\"peer_id\":\"{}\"", a.peer_id),
-                format!(
-                    "\"name\":\"{}\",\"peer_id\":\"{}\"",
-                    &b.peer_id[..12],
-                    b.peer_id
-                ),
+                format!("\"peer_id\":\"{}\"", b.peer_id),
+                "\"name\":\"office\",\"dns_name\":\"office.mesh\"".to_string(),
                 "\"connected\":true".to_string(),
                 "\"dht_size\":".to_string(),
             ] {
@@ -293,7 +297,7 @@ fn with_daemons(
         std::thread::sleep(Duration::from_millis(100));
     }
     let expect = format!(
-        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"join\":{},\"restart_pending\":[\"mtu\"],\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\"}}]}}",
+        "{{\"self\":\"{}\",\"network_key\":\"{nk}\",\"join\":{},\"restart_pending\":[\"mtu\"],\"peers\":[{{\"peer_id\":\"{}\",\"ipv4\":\"{b_ipv4}\",\"name\":\"office\"}}]}}",
         a.peer_id,
         host_join.map_or("null".to_string(), |j| format!("\"{j}\"")),
         b.peer_id

@@ -21,6 +21,7 @@ pub(crate) const FUZZ_TARGETS: &[&str] = &[
     "upnp",
     "dns",
     "discovery",
+    "names",
 ];
 
 pub(crate) fn test(args: &[String]) -> Result {

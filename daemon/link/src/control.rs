@@ -35,6 +35,8 @@ pub enum Action {
     /// The member sees us at this address now (our address moved under a connection we
     /// dialled).
     Seen(std::net::SocketAddr),
+    /// The hosts behind the member, by name (to keep, inside its accepted routes).
+    LanNames(Vec<shadowmesh_proto::lan_names::LanName>),
     /// Our rekey completed: the session sends on the new keys.
     Rekeyed,
     /// Nothing to do; the reason, for the debug log.
@@ -80,6 +82,10 @@ pub fn handle<S: SessionState>(
         MsgType::Circuit => match Circuit::parse(body) {
             Ok(c) => Action::Circuit(c),
             Err(e) => Action::Ignore(format!("bad circuit: {e}")),
+        },
+        MsgType::LanNames => match shadowmesh_proto::lan_names::parse(body) {
+            Ok(list) => Action::LanNames(list),
+            Err(e) => Action::Ignore(format!("bad LAN names: {e}")),
         },
         MsgType::Seen => match parse_addr(body) {
             Ok(a) => Action::Seen(a),

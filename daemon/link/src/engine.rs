@@ -439,6 +439,20 @@ impl<L: Link> Engine<L> {
             Action::IntroduceReq(c) => self.introduce(now, pid, *c),
             Action::Introduce(c) => self.introduced(now, *c),
             Action::Circuit(c) => self.circuit(now, pid, *c),
+            Action::LanNames(list) => {
+                let accepted = self
+                    .roster
+                    .get(&pid)
+                    .map(|e| e.judged().accepted.clone())
+                    .unwrap_or_default();
+                if let Some(m) = self.members.get_mut(&pid) {
+                    m.lan_names = list
+                        .iter()
+                        .filter(|n| accepted.iter().any(|p| p.contains(n.addr)))
+                        .cloned()
+                        .collect();
+                }
+            }
             Action::FastLane
             | Action::Relay
             | Action::Seen(_)

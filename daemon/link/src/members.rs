@@ -95,6 +95,11 @@ pub struct Member<L> {
     /// (what waited could go), and until a direct one did (`None`: not yet, or we did not
     /// wait for it). The start is kept until a direct link comes up.
     pub reach: Reach,
+    /// The hosts behind it, as it named them ([`MsgType::LanNames`]), inside its accepted
+    /// routes; kept while it has a link.
+    ///
+    /// [`MsgType::LanNames`]: shadowmesh_proto::msg::MsgType::LanNames
+    pub lan_names: Vec<shadowmesh_proto::lan_names::LanName>,
 }
 
 /// How long reaching a member took, from the packet that dialled it.
@@ -141,6 +146,7 @@ impl<L> Default for Member<L> {
             relays: false,
             linked_at: Duration::ZERO,
             reach: Reach::default(),
+            lan_names: Vec::new(),
         }
     }
 }
@@ -268,6 +274,7 @@ impl<L: Link> Members<L> {
             return None;
         }
         let l = m.link.take();
+        m.lan_names.clear();
         self.forget_indexes(pid);
         self.timers.disarm(pid);
         l

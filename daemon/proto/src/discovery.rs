@@ -335,11 +335,9 @@ impl Discovery {
         Some(addr)
     }
 
-    /// The neighbours heard, most recent first: (PeerId, address, when heard).
+    /// The neighbours heard: (PeerId, address, when heard).
     pub fn neighbours(&self) -> impl Iterator<Item = (PeerId, SocketAddr, Duration)> + '_ {
-        let mut v: Vec<&Neighbour> = self.neighbours.iter().collect();
-        v.sort_by_key(|n| core::cmp::Reverse(n.heard));
-        v.into_iter().map(|n| (n.peer, n.addr, n.heard))
+        self.neighbours.iter().map(|n| (n.peer, n.addr, n.heard))
     }
 
     /// Whether `addr` is where a neighbour announced itself from.

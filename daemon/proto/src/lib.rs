@@ -37,6 +37,7 @@ pub mod error;
 pub mod frame;
 pub mod gso;
 pub mod join;
+pub mod lan_names;
 pub mod limit;
 pub mod msg;
 pub mod overlay;

@@ -85,6 +85,9 @@ pub enum MsgType {
     /// the end that accepted a connection when the dialler's address moves under it (QUIC
     /// migration), so that a router whose public address changed learns it at once.
     Seen = 13,
+    /// The hosts behind the sender, by name ([`crate::lan_names`]): replaces the list it sent
+    /// before.
+    LanNames = 14,
 }
 
 /// Most contacts one peer-exchange message may carry.
@@ -107,6 +110,7 @@ impl TryFrom<u8> for MsgType {
             11 => MsgType::Relay,
             12 => MsgType::Circuit,
             13 => MsgType::Seen,
+            14 => MsgType::LanNames,
             t => return Err(Error::UnknownType(t)),
         })
     }
@@ -509,8 +513,8 @@ mod tests {
             parse_header(&[1, 0, 1, 0, 1]),
             Err(Error::TooLarge { .. })
         ));
-        assert_eq!(parse_header(&[14, 0, 0, 0, 0]), Err(Error::UnknownType(14)));
-        assert_eq!(parse_header_any(&[14, 0, 0, 0, 7]), Ok((Err(14), 7)));
+        assert_eq!(parse_header(&[15, 0, 0, 0, 0]), Err(Error::UnknownType(15)));
+        assert_eq!(parse_header_any(&[15, 0, 0, 0, 7]), Ok((Err(15), 7)));
         assert_eq!(
             parse_header_any(&[10, 0, 0, 0, 7]),
             Ok((Ok(MsgType::Introduce), 7))

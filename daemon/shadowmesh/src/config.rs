@@ -21,6 +21,9 @@
 //!     option name 'office'                      # this gateway's name in the mesh (default: the hostname)
 //!     option domain 'mesh'                      # members are NAME.DOMAIN in the hosts file
 //!     option hosts_file '/tmp/hosts/shadowmesh' # default: that on OpenWrt (its dnsmasq reads it), else STATE_DIR/hosts
+//!     option dnsmasq_pidfile '/run/dnsmasq.pid'  # told (SIGHUP) when the file changes (OpenWrt: its instances)
+//!     option share_lan_names '0'                # 1: members serve our DHCP hosts as HOST.NAME.DOMAIN
+//!     option dhcp_leases '/tmp/dhcp.leases'     # where those names come from (and /etc/config/dhcp's hosts)
 //!     option plain_udp '0'                      # 1: no sendmsg control messages
 //!     option tunnel '1'                         # 0: member without a TUN (carries no packets)
 //!     option fast_lane '1'                      # 0: data frames as QUIC datagrams only
@@ -119,6 +122,13 @@ pub struct Config {
     /// The hosts file (`option hosts_file`); `None`: `/tmp/hosts/shadowmesh` on OpenWrt, else
     /// `hosts` in the state directory.
     pub hosts_file: Option<PathBuf>,
+    /// The dnsmasq told (SIGHUP) that the hosts file changed (`option dnsmasq_pidfile`);
+    /// `None`: on OpenWrt every instance's (`/var/run/dnsmasq/*.pid`), elsewhere none.
+    pub dnsmasq_pidfile: Option<PathBuf>,
+    /// Share the names of the hosts behind us with the members (`option share_lan_names`).
+    pub share_lan_names: bool,
+    /// The DHCP leases those names come from (`option dhcp_leases`).
+    pub dhcp_leases: PathBuf,
     /// Seed nodes, by address or DNS name.
     pub bootstrap: Vec<(PeerId, HostPort)>,
     /// Addresses to publish in our record, or DNS names resolved to them (default: the listen
@@ -179,6 +189,9 @@ impl Default for Config {
             name: None,
             domain: "mesh".into(),
             hosts_file: None,
+            dnsmasq_pidfile: None,
+            share_lan_names: false,
+            dhcp_leases: PathBuf::from("/tmp/dhcp.leases"),
             bootstrap: vec![],
             advertise: vec![],
             routes: vec![],
@@ -348,6 +361,7 @@ impl Config {
             .bool("lan_discovery", self.lan_discovery)
             .str("name", self.name.as_deref().unwrap_or(""))
             .str("domain", &self.domain)
+            .bool("share_lan_names", self.share_lan_names)
             .raw(
                 "discovery_interface",
                 &format!(
@@ -529,12 +543,21 @@ impl Config {
                     }
                     c.domain = v;
                 }
-                "hosts_file" => {
+                "hosts_file" | "dnsmasq_pidfile" | "dhcp_leases" => {
                     let v = single(o)?;
                     if !v.starts_with('/') {
                         return Err(bad(&v, "expected an absolute path".into()));
                     }
-                    c.hosts_file = Some(PathBuf::from(v));
+                    let p = PathBuf::from(v);
+                    match o.name.as_str() {
+                        "hosts_file" => c.hosts_file = Some(p),
+                        "dnsmasq_pidfile" => c.dnsmasq_pidfile = Some(p),
+                        _ => c.dhcp_leases = p,
+                    }
+                }
+                "share_lan_names" => {
+                    let v = single(o)?;
+                    c.share_lan_names = parse_bool(&v).map_err(|m| bad(&v, m))?;
                 }
                 "discovery_interface" => {
                     for v in list(o) {

@@ -316,6 +316,12 @@ fn member_json(
         }
         o.finish()
     }));
+    let lan_names = list(&mut m.lan_names.iter().map(|n| {
+        Obj::new()
+            .str("name", &n.label)
+            .str("addr", &n.addr.to_string())
+            .finish()
+    }));
     let c = &m.counters;
     Obj::new()
         .str("peer_id", &m.peer_id.to_string())
@@ -341,6 +347,7 @@ fn member_json(
         .bool("lan", m.lan)
         .str("name", &m.name)
         .str("dns_name", dns.get(&m.peer_id).map_or("", String::as_str))
+        .raw("lan_names", &lan_names)
         .raw("first_packet_ms", &opt_ms(m.reach.first))
         .raw("direct_ms", &opt_ms(m.reach.direct))
         .str("lane", m.lane)

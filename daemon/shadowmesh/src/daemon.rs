@@ -203,11 +203,14 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         ("bootstrap", new.bootstrap != cfg.bootstrap),
         ("exit_node", new.exit_node != cfg.exit_node),
         (
-            "lan_discovery/discovery_interface/domain/hosts_file",
+            "lan_discovery/discovery_interface/domain/hosts_file/dnsmasq_pidfile/share_lan_names/dhcp_leases",
             new.lan_discovery != cfg.lan_discovery
                 || new.discovery_interfaces != cfg.discovery_interfaces
                 || new.domain != cfg.domain
-                || new.hosts_file != cfg.hosts_file,
+                || new.hosts_file != cfg.hosts_file
+                || new.dnsmasq_pidfile != cfg.dnsmasq_pidfile
+                || new.share_lan_names != cfg.share_lan_names
+                || new.dhcp_leases != cfg.dhcp_leases,
         ),
         (
             "exit/exit_fail",
@@ -259,6 +262,9 @@ async fn reload(path: &Path, cfg: &mut Config, mesh: &Rc<Mesh>) {
         discovery_interfaces: keep.discovery_interfaces,
         domain: keep.domain,
         hosts_file: keep.hosts_file,
+        dnsmasq_pidfile: keep.dnsmasq_pidfile,
+        share_lan_names: keep.share_lan_names,
+        dhcp_leases: keep.dhcp_leases,
         ..new
     };
 }
@@ -334,12 +340,16 @@ async fn run(path: PathBuf, cfg: Config, id: Identity) -> Result<(), CliError> {
     }
     let routing = start_exit(&cfg, &mesh)?;
     let hosts = mesh.dataplane().map(|_| {
-        let path = crate::hosts::path(cfg.hosts_file.as_deref(), &cfg.state_dir);
-        tokio::task::spawn_local(crate::hosts::keep(
-            mesh.clone(),
-            path.clone(),
-            cfg.domain.clone(),
-        ));
+        let k = crate::hosts::Keep {
+            path: crate::hosts::path(cfg.hosts_file.as_deref(), &cfg.state_dir),
+            domain: cfg.domain.clone(),
+            pidfile: cfg.dnsmasq_pidfile.clone(),
+            share: cfg
+                .share_lan_names
+                .then(|| (cfg.dhcp_leases.clone(), prefixes(&cfg.routes))),
+        };
+        let path = k.path.clone();
+        tokio::task::spawn_local(crate::hosts::keep(mesh.clone(), k));
         path
     });
     // A daemon on loopback (tests, a local mesh) has no LAN.

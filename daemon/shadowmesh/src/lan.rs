@@ -111,6 +111,7 @@ fn interfaces(named: &[String], routes: &[Prefix], v6: bool, tunnel: u32) -> Vec
 
 /// Whether `addr` is on one of this host's links (a subnet of an interface other than
 /// `skip`, or IPv6 link-local): a member there is on our LAN.
+#[inline(never)]
 pub fn on_link(addr: SocketAddr, skip: u32) -> bool {
     let ip = match addr.ip() {
         IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => IpAddr::V4(a.to_ipv4_mapped().unwrap()),

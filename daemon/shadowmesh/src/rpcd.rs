@@ -11,7 +11,7 @@
 //!   `config_error` (the UCI file does not parse: file, line, option, value), `enabled`, `seed`,
 //!   `peer_id`, `overlay_ipv4`, `overlay_ipv6`, `listen_port`, `interface`;
 //!   while running also `daemon` (the control socket's `status` object) and `peers` (its `peers`
-//!   list, each with a short `name`). Stopped, the identity fields come from the key file, so
+//!   list: each member's `name` and `dns_name` among the rest). Stopped, the identity fields come from the key file, so
 //!   the page still shows who this gateway is. Never the network key: `status` is in the read
 //!   ACL, and a key holder joins the mesh.
 //! - `secret`: `network_key` (empty for a seed). In the app's write ACL only: whoever may change
@@ -73,11 +73,6 @@ fn drain_stdin() {
             Ok(n) => total += n,
         }
     }
-}
-
-/// A short label for a member: the first 12 hex digits of its PeerId (records carry no names).
-pub fn short_name(peer_id: &str) -> &str {
-    peer_id.get(..12).unwrap_or(peer_id)
 }
 
 /// The `secret` answer for the configuration at `path`: the network key, and the join string
@@ -152,10 +147,10 @@ pub fn status(path: &std::path::Path) -> String {
     match (daemon, peers) {
         (Ok(d), Some(Ok(p))) if d.starts_with('{') && p.starts_with("{\"peers\":") => {
             // The daemon's own addresses win over the ones derived above (collision rehash).
-            let list = named_peers(&p["{\"peers\":".len()..p.len() - 1]);
+            let list = &p["{\"peers\":".len()..p.len() - 1];
             o.bool("running", true)
                 .raw("daemon", &d)
-                .raw("peers", &list)
+                .raw("peers", list)
                 .finish()
         }
         (Err(e), _) | (_, Some(Err(e))) => o
@@ -171,42 +166,9 @@ pub fn status(path: &std::path::Path) -> String {
     }
 }
 
-/// Adds `"name":"<short PeerId>"` to each object of the control socket's peer list (a JSON
-/// array of flat objects, each starting with `{"peer_id":"<64 hex>"`).
-fn named_peers(list: &str) -> String {
-    const KEY: &str = "{\"peer_id\":\"";
-    let mut out = String::with_capacity(list.len() + 32);
-    let mut rest = list;
-    while let Some(i) = rest.find(KEY) {
-        let id_start = i + KEY.len();
-        let id = rest.get(id_start..id_start + 64).unwrap_or("");
-        out.push_str(&rest[..i]);
-        out.push_str("{\"name\":\"");
-        out.push_str(short_name(id));
-        out.push_str("\",\"peer_id\":\"");
-        rest = &rest[id_start..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_added_to_each_peer() {
-        let a = "ab".repeat(32);
-        let b = "cd".repeat(32);
-        let list = format!("[{{\"peer_id\":\"{a}\",\"x\":1}},{{\"peer_id\":\"{b}\"}}]");
-        assert_eq!(
-            named_peers(&list),
-            format!(
-                "[{{\"name\":\"abababababab\",\"peer_id\":\"{a}\",\"x\":1}},{{\"name\":\"cdcdcdcdcdcd\",\"peer_id\":\"{b}\"}}]"
-            )
-        );
-        assert_eq!(named_peers("[]"), "[]");
-    }
 
     #[test]
     fn bad_config_is_a_field_not_a_failure() {

@@ -250,6 +250,48 @@ fn records_are_checked_by_the_shell_and_a_newer_one_moves_the_routes() {
 }
 
 #[test]
+fn a_members_lan_names_are_kept_inside_its_routes_while_it_is_linked() {
+    use shadowmesh_proto::lan_names::{emit, LanName};
+    let mut e = engine(vec![]);
+    e.handle_link_up(
+        S(0),
+        0,
+        pid(1),
+        TestLink::new(1, 0, 11, S(0)),
+        record(1, &[("192.168.10.0", 24)]),
+        at(1),
+    );
+    drain(&mut e);
+    let n = |l: &str, ip: &str| LanName {
+        label: l.into(),
+        addr: ip.parse().unwrap(),
+    };
+    let mut body = Vec::new();
+    emit(
+        &[n("printer", "192.168.10.50"), n("bank", "192.168.99.1")],
+        &mut body,
+    )
+    .unwrap();
+    e.handle_control(S(1), pid(1), 1, MsgType::LanNames, &body);
+    let names = |e: &Engine<TestLink>| e.members().get(&pid(1)).unwrap().lan_names.clone();
+    assert_eq!(
+        names(&e),
+        [n("printer", "192.168.10.50")],
+        "a name outside the member's own LAN is not kept"
+    );
+    // The next list replaces it; a malformed one changes nothing.
+    let mut none = Vec::new();
+    emit(&[], &mut none).unwrap();
+    e.handle_control(S(2), pid(1), 1, MsgType::LanNames, &body[..5]);
+    assert_eq!(names(&e).len(), 1);
+    e.handle_control(S(2), pid(1), 1, MsgType::LanNames, &none);
+    assert!(names(&e).is_empty());
+    e.handle_control(S(3), pid(1), 1, MsgType::LanNames, &body);
+    assert!(e.handle_link_down(&pid(1), 1));
+    assert!(names(&e).is_empty(), "gone with the link");
+}
+
+#[test]
 fn peer_exchange_dials_few_and_each_peer_once_a_while() {
     let mut e = engine(vec![]);
     up(&mut e, S(0), 1, TestLink::new(1, 0, 11, S(0)));

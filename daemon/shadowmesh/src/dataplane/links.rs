@@ -62,6 +62,10 @@ impl DataPlane {
                 },
                 if lan { ", on the LAN" } else { "" }
             );
+            let names = self.lan_names.borrow().clone();
+            if let Some(body) = names {
+                self.send_control(&pid, MsgType::LanNames, body);
+            }
             let conn = peer.conn.clone();
             tokio::task::spawn_local(self.clone().datagram_reader(pid, conn.clone()));
             if let Some(rx) = control_rx {
@@ -122,6 +126,27 @@ impl DataPlane {
         }
     }
 
+    /// Shares the hosts behind us (a LAN_NAMES body) with every member, now and as links come
+    /// up; nothing is sent when it did not change.
+    pub fn share_lan_names(&self, body: Vec<u8>) {
+        if self.lan_names.borrow().as_ref() == Some(&body) {
+            return;
+        }
+        *self.lan_names.borrow_mut() = Some(body.clone());
+        let linked: Vec<PeerId> = self
+            .core
+            .borrow()
+            .members()
+            .iter()
+            .filter(|(_, m)| m.link.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in linked {
+            self.send_control(&pid, MsgType::LanNames, body.clone());
+        }
+    }
+
+    #[inline(never)]
     fn send_control(&self, pid: &PeerId, t: MsgType, body: Vec<u8>) {
         let control = self
             .core

@@ -258,6 +258,9 @@ pub struct DataPlane {
     thread: RefCell<Option<crate::dataplane::thread::Thread>>,
     /// Wakes the task that drives the core ([`DataPlane::driver`]).
     driver: RefCell<Option<std::task::Waker>>,
+    /// The LAN_NAMES body we share (`option share_lan_names`), sent to each member as its
+    /// link comes up and to all when it changes.
+    lan_names: RefCell<Option<Vec<u8>>>,
 }
 
 impl DataPlane {
@@ -291,6 +294,7 @@ impl DataPlane {
             tun_backlog: Cell::new(false),
             thread: RefCell::new(None),
             driver: RefCell::new(None),
+            lan_names: RefCell::new(None),
         })
     }
 

@@ -55,6 +55,8 @@ pub struct MemberInfo {
     pub lan: bool,
     /// The name its record claims.
     pub name: String,
+    /// The hosts behind it, as it named them.
+    pub lan_names: Vec<shadowmesh_proto::lan_names::LanName>,
 }
 
 /// What `status` reports of relaying: ours for others, and the relays our links go through.
@@ -131,6 +133,7 @@ impl DataPlane {
                     exit: e.payload.exit,
                     lan: live.is_some_and(|l| l.lan),
                     name: e.payload.name.clone(),
+                    lan_names: m.lan_names.clone(),
                 }
             })
             .collect()

@@ -176,6 +176,13 @@ var V = {
 		}
 		return true;
 	},
+	label: function(v) {
+		return /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(v) || _('A name is 1-63 of a-z 0-9 -, not starting or ending with -');
+	},
+	domain: function(v) {
+		return (v.length <= 200 && v.split('.').every(function(l) { return /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(l); }))
+			|| _('A domain is labels of a-z 0-9 - joined by dots');
+	},
 	overlay4: function(v) {
 		var m = /^(\d+\.\d+)\.0\.0\/16$/.exec(v);
 		var b = m && parseIPv4(m[1] + '.0.0');
@@ -404,8 +411,24 @@ return view.extend({
 		o.default = o.enabled;
 
 		o = s.option(form.Flag, 'lan_discovery', _('LAN discovery'),
-			_('Find gateways on the LAN by multicast (not built yet: the daemon accepts and ignores it).'));
+			_('Find this mesh\'s gateways on the LAN by multicast (sealed under the network key); members on one LAN talk over it.'));
 		o.default = o.enabled;
+
+		strictList(s, 'discovery_interface', _('Discovery interfaces'),
+			_('Where to announce and listen (default: br-lan); never the WAN.'), V.ifname);
+
+		o = s.option(form.Value, 'name', _('Name'),
+			_('This gateway\'s name in the mesh: NAME.DOMAIN for the other gateways\' LANs (default: the system hostname).'));
+		o.validate = check(V.label);
+
+		o = s.option(form.Value, 'domain', _('Domain'),
+			_('Gateways are NAME.DOMAIN, their shared hosts HOST.NAME.DOMAIN.'));
+		o.placeholder = 'mesh';
+		o.validate = check(V.domain);
+
+		o = s.option(form.Flag, 'share_lan_names', _('Share LAN host names'),
+			_('The other gateways serve this LAN\'s DHCP hosts as HOST.NAME.DOMAIN.'));
+		o.default = o.disabled;
 
 		o = s.option(form.Flag, 'plain_udp', _('Plain UDP calls'),
 			_('For platforms where UDP control messages fail (emulators).'));

@@ -100,12 +100,18 @@ function portMapping(pm) {
 	return pm.state == 'off' ? _('off') : pm.state;
 }
 
+// A member as the page names it: its name as this gateway's hosts file serves it (a name two
+// gateways claim is suffixed there), else the name its record claims, else its PeerId's start.
+function peerName(p) {
+	return (p.dns_name || '').split('.')[0] || p.name || p.peer_id.slice(0, 12);
+}
+
 // Relaying: what this gateway carries for others, and the relays it keeps (behind a NAT) for
 // members that cannot dial it.
 function relaying(r, peers) {
 	var name = function(id) {
 		var p = (peers || []).filter(function(p) { return p.peer_id == id; })[0];
-		return p ? p.name : id.slice(0, 12);
+		return p ? peerName(p) : id.slice(0, 12);
 	};
 	var parts = [r.on ? _('relays for members: %d circuits').format((r.circuits || []).length) : _('does not relay')];
 	if ((r.kept || []).length)
@@ -118,7 +124,7 @@ function exitState(e, peers) {
 	if (e.state == 'off')
 		return _('none (local uplink)');
 	var p = (peers || []).filter(function(p) { return p.peer_id == e.peer; })[0];
-	var name = p ? p.name : (e.peer || '').slice(0, 12);
+	var name = p ? peerName(p) : (e.peer || '').slice(0, 12);
 	return {
 		'up': _('through %s').format(name),
 		'down': _('%s, unreachable').format(name),
@@ -192,6 +198,7 @@ return view.extend({
 
 		out.push(E('h3', {}, [_('This gateway')]));
 		out.push(E('table', { 'class': 'table', 'id': 'shadowmesh-self' }, [
+			row(_('Name'), st.running ? (d.dns_name || d.name || null) : null, 'shadowmesh-name'),
 			row(_('PeerId'), st.peer_id, 'shadowmesh-peer-id'),
 			row(_('Role'), st.seed ? _('DHT-only seed') : _('Member'), 'shadowmesh-role'),
 			row(_('Overlay IPv4'), d.overlay_ipv4 || st.overlay_ipv4, 'shadowmesh-ipv4'),
@@ -259,7 +266,7 @@ return view.extend({
 		])];
 		peers.forEach(function(p) {
 			rows.push(E('tr', { 'class': 'tr', 'data-peer-id': p.peer_id }, [
-				E('td', { 'class': 'td', 'title': p.peer_id }, [p.name]),
+				E('td', { 'class': 'td', 'title': p.peer_id }, [peerName(p)]),
 				E('td', { 'class': 'td' }, [[p.overlay_ipv4, p.overlay_ipv6].filter(Boolean).join(' ')]),
 				E('td', { 'class': 'td' }, [p.endpoint || '-']),
 				E('td', { 'class': 'td' }, [p.connected ? (p.path == 'relayed' ? _('relayed via %s').format((p.relay || '').slice(0, 12)) : _('direct')) : _('not connected')]),
