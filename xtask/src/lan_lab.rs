@@ -30,13 +30,13 @@ const FOUND: Duration = Duration::from_secs(10);
 /// How soon a member's name is in the hosts file (written every 2 s).
 const NAMED: Duration = Duration::from_secs(5);
 
-/// Runs the lab with daemon binary `bin`.
-pub fn run(bin: &Path) -> Result<Report> {
+/// Runs the lab with daemon binary `bin` and the `flood` example `flooder`.
+pub fn run(bin: &Path, flooder: &Path) -> Result<Report> {
     let names: Vec<String> = ["a", "b", "c", "d", "e", "seed"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    lab::in_lab(bin, &names, scenario)
+    lab::in_lab(bin, &names, |lab| scenario(lab, flooder))
 }
 
 /// A gateway on the segment at `10.77.0.{n}`, LAN `lan` (third octet) behind it if any, with
@@ -121,7 +121,7 @@ fn discovery_count(status: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn scenario(lab: &mut Lab) -> Result<Report> {
+fn scenario(lab: &mut Lab, flooder: &Path) -> Result<Report> {
     let mut rep = Report::default();
     let sw = lab.ns("sw")?;
     ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -160,12 +160,19 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
     std::fs::create_dir_all(&hosts_dir).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&b_dir).map_err(|e| e.to_string())?;
     let leases = b_dir.join("dhcp.leases");
-    std::fs::write(
-        &leases,
-        "1999999999 02:00:00:00:22:50 192.168.22.50 Printer 01:02:00:00:00:22:50\n\
-         1999999999 02:00:00:00:22:51 192.168.22.51 * *\n",
-    )
-    .map_err(|e| e.to_string())?;
+    // And 200 more leases: b shares 64 at most, and a keeps no more.
+    let mut text = "1999999999 02:00:00:00:22:50 192.168.22.50 Printer 01:02:00:00:00:22:50\n\
+                    1999999999 02:00:00:00:22:51 192.168.22.51 * *\n"
+        .to_string();
+    for i in 0..200u32 {
+        text += &format!(
+            "1999999999 02:00:00:00:{:02x}:{:02x} 192.168.22.{} zz-host-{i} *\n",
+            i / 256,
+            i % 256,
+            60 + i % 190
+        );
+    }
+    std::fs::write(&leases, text).map_err(|e| e.to_string())?;
     let a_extra = format!(
         "\toption hosts_file '{}'\n\toption dnsmasq_pidfile '{}'\n",
         hosts_dir.join("shadowmesh").display(),
@@ -259,7 +266,11 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         hosts.contains(&format!("{b_v4} office.mesh office\n"))
             && hosts.contains(" alpha.mesh alpha\n")
             && hosts.contains("192.168.22.50 printer.office.mesh printer.office\n")
-            && hosts.lines().filter(|l| l.contains(".mesh")).count() == 5
+            && hosts
+                .lines()
+                .filter(|l| l.contains(".office.mesh "))
+                .count()
+                == 64
             && dns_name == "office.mesh"
     };
     while t.elapsed() < NAMED {
@@ -273,11 +284,12 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
         sleep(Duration::from_millis(200))?;
     }
     rep.check(
-        "a's hosts file names b (office.mesh), a (alpha.mesh) and b's printer (printer.office.mesh)",
+        "a's hosts file names b (office.mesh), a (alpha.mesh) and b's printer (printer.office.mesh); of b's 201 named leases, 64 (the bound)",
         named(&hosts, &dns_name),
         format!(
-            "dns_name {dns_name:?}; hosts: {:?}",
-            hosts.lines().skip(1).collect::<Vec<_>>()
+            "dns_name {dns_name:?}; {} of b's hosts; hosts: {:?}",
+            hosts.lines().filter(|l| l.contains(".office.mesh ")).count(),
+            hosts.lines().skip(1).take(6).collect::<Vec<_>>()
         ),
     );
 
@@ -391,6 +403,58 @@ fn scenario(lab: &mut Lab) -> Result<Report> {
             caps.len(),
             caps.first().map_or(0, |(_, b)| b.len()),
             sealed.len()
+        ),
+    );
+
+    // A member floods the segment with announcements, each naming a new PeerId: a keeps at
+    // most 32 neighbours, opens at most 20 a second, dials a burst of 4 then one per 5 s, and
+    // its LAN still reaches b's.
+    let before = lab.ctl(&a, "status");
+    let flood_ns = lab.underlay_ns(&sw, "f", "10.77.0.8")?;
+    let secs = 3;
+    let out = lab::netns_exec(
+        &flood_ns,
+        &[
+            &flooder.to_string_lossy(),
+            "--bind",
+            "10.77.0.8",
+            "--announce",
+            &secs.to_string(),
+            "--network-key",
+            &nk,
+        ],
+    )
+    .output()
+    .map_err(|e| format!("flood: {e}"))?;
+    let sent: u64 = String::from_utf8_lossy(&out.stdout)
+        .split("\"sent\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let after = lab.ctl(&a, "status");
+    let delta = |k: &str| discovery_count(&after, k).saturating_sub(discovery_count(&before, k));
+    let neighbours = after
+        .split("\"neighbours\":[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .map_or(0, |r| r.matches('@').count());
+    let still = lab::ping(&host_a, "192.168.22.2", 3, "0.2")?;
+    // Opened: at most a burst of 20 and 20 a second; dials: a burst of 4 and one per 5 s.
+    let opened = delta("heard") + delta("foreign");
+    rep.check(
+        "a member's announcement flood stays within the bounds (32 neighbours, 20 opened a second, 4 dials then 1 per 5 s)",
+        sent > 1000
+            && delta("limited") > 0
+            && opened <= 20 * (secs + 2)
+            && delta("dials") <= 4 + (secs + 1) / 5 + 1
+            && neighbours <= 32
+            && still.loss_pct() == 0.0,
+        format!(
+            "{sent} sent in {secs} s; a opened {opened}, dropped {} unopened, dialled {}, keeps {neighbours} neighbours; {}% loss between the LANs",
+            delta("limited"),
+            delta("dials"),
+            still.loss_pct()
         ),
     );
 

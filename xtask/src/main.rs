@@ -124,7 +124,7 @@ fn main() -> ExitCode {
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
         Some("lan-lab") => release_bin().and_then(|bin| {
-            let rep = lan_lab::run(&bin)?;
+            let rep = lan_lab::run(&bin, &release_example("flood")?)?;
             rep.failures
                 .is_empty()
                 .then_some(())

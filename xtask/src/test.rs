@@ -65,7 +65,7 @@ pub(crate) fn test(args: &[String]) -> Result {
             ("stranger flood scenario", flood::run(&bin, &flooder, 30)?),
             ("NAT lab", nat_lab::run(&bin, false, 1)?),
             ("exit lab", exit_lab::run(&bin)?),
-            ("LAN lab", crate::lan_lab::run(&bin)?),
+            ("LAN lab", crate::lan_lab::run(&bin, &flooder)?),
         ] {
             failed += rep.failures.len() as u64;
             passed += rep.checks() - rep.failures.len() as u64;

@@ -12,8 +12,13 @@
 //!   each a full member handshake (TLS, HELLO, INIT), and prints each one's time:
 //!   `{"dial_ms":T,"ok":true}`.
 //!
+//! - `--announce SECONDS --network-key HEX`: a member's LAN discovery announcements, each naming
+//!   a new random PeerId, sealed under the key, multicast from the `--bind` address as fast as
+//!   this process seals them. Prints `{"phase":"announce","sent":N,"seconds":S}`.
+//!
 //! usage: flood --target PEERID@IP:PORT --bind IP (--connections N | --initials SECONDS |
 //!        --member-dials N --network-key HEX)
+//!        flood --bind IP --announce SECONDS --network-key HEX
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -27,6 +32,12 @@ use shadowmesh_crypto::Identity;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let o = Opts::parse(&args).unwrap_or_else(|e| panic!("{}", e.msg));
+    if let Some(secs) = o.get("--announce") {
+        let bind: std::net::Ipv4Addr = o.need("--bind").unwrap().parse().unwrap();
+        let nk = network_key(&o).unwrap_or_else(|e| panic!("{}", e.msg));
+        announce(bind, &nk, Duration::from_secs(secs.parse().unwrap()));
+        return;
+    }
     let (target, addr) = parse_peer_addr(o.need("--target").unwrap()).unwrap();
     let bind: IpAddr = o.need("--bind").unwrap().parse().unwrap();
     let local = SocketAddr::new(bind, 0);
@@ -122,4 +133,48 @@ fn main() {
         }
     })
     .expect("tokio runtime");
+}
+
+/// Multicasts sealed announcements of random PeerIds from `bind` for `secs`.
+fn announce(bind: std::net::Ipv4Addr, nk: &[u8; 32], secs: Duration) {
+    use shadowmesh_proto::discovery::{window, Announce, GROUP_V4, PORT};
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind((bind, 0)).expect("bind");
+    sock.set_multicast_ttl_v4(1).unwrap();
+    let ifaddr = libc::in_addr {
+        s_addr: u32::from_ne_bytes(bind.octets()),
+    };
+    // SAFETY: setsockopt with a pointer to an in_addr and its size; the socket is open.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&ifaddr as *const libc::in_addr).cast(),
+            std::mem::size_of::<libc::in_addr>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "IP_MULTICAST_IF");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while t.elapsed() < secs {
+        let mut peer = [0u8; 32];
+        shadowmesh_crypto::random_bytes(&mut peer);
+        let a = Announce {
+            peer: shadowmesh_proto::PeerId(peer),
+            port: 4433,
+        };
+        let b = shadowmesh_crypto::discovery::seal(nk, window(now), &a);
+        if sock.send_to(&b, (GROUP_V4, PORT)).is_ok() {
+            sent += 1;
+        }
+    }
+    println!(
+        "{{\"phase\":\"announce\",\"sent\":{sent},\"seconds\":{:.1}}}",
+        t.elapsed().as_secs_f64()
+    );
 }

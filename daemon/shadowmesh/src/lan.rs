@@ -339,6 +339,9 @@ pub fn start(
     true
 }
 
+/// Datagrams read per wake-up at most.
+const BATCH: usize = 64;
+
 async fn run(
     mesh: Rc<Mesh>,
     nk: NetworkKey,
@@ -374,8 +377,12 @@ async fn run(
         let Ok(mut guard) = ready else {
             return;
         };
-        // Everything queued, then wait again.
-        while let Ok(Ok((n, from))) = guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+        // What is queued, then wait again; at most a batch at a time, so that a flood does
+        // not keep the thread from its other tasks (tokio's budget makes the next wait yield).
+        for _ in 0..BATCH {
+            let Ok(Ok((n, from))) = guard.try_io(|s| s.get_ref().recv_from(&mut buf)) else {
+                break;
+            };
             let now = crate::mono_now();
             let Some(_) = ifaces.iter().find(|i| from_link(i, from)) else {
                 continue;
