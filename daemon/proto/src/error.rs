@@ -117,6 +117,26 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(*self.array()?))
     }
 
+    /// A one-byte count of `what`, at most `max`.
+    pub(crate) fn count(&mut self, what: &'static str, max: usize) -> Result<usize, Error> {
+        let len = self.u8()? as usize;
+        if len > max {
+            return Err(Error::TooLarge { what, len, max });
+        }
+        Ok(len)
+    }
+
+    /// A one-byte length and that many bytes of a DNS label ([`crate::dns::is_label`]), or
+    /// nothing when the length is 0 and `empty` allows it; else `InvalidField(what)`.
+    pub(crate) fn label(&mut self, what: &'static str, empty: bool) -> Result<&'a str, Error> {
+        let n = self.u8()? as usize;
+        let b = self.bytes(n)?;
+        core::str::from_utf8(b)
+            .ok()
+            .filter(|s| (empty && s.is_empty()) || crate::dns::is_label(s))
+            .ok_or(Error::InvalidField(what))
+    }
+
     /// Fails unless every byte was consumed.
     pub(crate) fn finish(&self) -> Result<(), Error> {
         match self.buf.len() - self.pos {

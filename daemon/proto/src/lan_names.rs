@@ -16,6 +16,7 @@ use core::net::IpAddr;
 
 use crate::dns::{is_label, to_label};
 use crate::error::Reader;
+use crate::record::{read_ip, write_ip};
 use crate::Error;
 
 /// Most hosts one gateway shares.
@@ -46,16 +47,7 @@ pub fn emit(names: &[LanName], out: &mut Vec<u8>) -> Result<(), Error> {
         }
         out.push(n.label.len() as u8);
         out.extend_from_slice(n.label.as_bytes());
-        match n.addr {
-            IpAddr::V4(a) => {
-                out.push(4);
-                out.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                out.push(6);
-                out.extend_from_slice(&a.octets());
-            }
-        }
+        write_ip(out, &n.addr);
     }
     Ok(())
 }
@@ -63,27 +55,11 @@ pub fn emit(names: &[LanName], out: &mut Vec<u8>) -> Result<(), Error> {
 /// Decodes a LAN_NAMES body, every name checked.
 pub fn parse(body: &[u8]) -> Result<Vec<LanName>, Error> {
     let mut r = Reader::new(body);
-    let n = r.u8()? as usize;
-    if n > LAN_NAMES_MAX {
-        return Err(Error::TooLarge {
-            what: "LAN names",
-            len: n,
-            max: LAN_NAMES_MAX,
-        });
-    }
+    let n = r.count("LAN names", LAN_NAMES_MAX)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let len = r.u8()? as usize;
-        let label = core::str::from_utf8(r.bytes(len)?)
-            .ok()
-            .filter(|s| is_label(s))
-            .ok_or(Error::InvalidField("host name"))?
-            .to_string();
-        let addr = match r.u8()? {
-            4 => IpAddr::from(*r.array::<4>()?),
-            6 => IpAddr::from(*r.array::<16>()?),
-            _ => return Err(Error::InvalidField("address family")),
-        };
+        let label = r.label("host name", false)?.to_string();
+        let addr = read_ip(&mut r)?;
         out.push(LanName { label, addr });
     }
     r.finish()?;

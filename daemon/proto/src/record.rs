@@ -277,7 +277,7 @@ fn nat_code(n: NatClass) -> u8 {
     }
 }
 
-fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, Error> {
+pub(crate) fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, Error> {
     match r.u8()? {
         4 => Ok(IpAddr::V4(Ipv4Addr::from(*r.array::<4>()?))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(*r.array::<16>()?))),
@@ -285,7 +285,7 @@ fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, Error> {
     }
 }
 
-fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
+pub(crate) fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(a) => {
             out.push(4);
@@ -358,14 +358,7 @@ impl Payload {
         if v == 0 {
             return Err(Error::UnsupportedVersion(0));
         }
-        let n = r.u8()? as usize;
-        if n > RECORD_MAX_ADDRS {
-            return Err(Error::TooLarge {
-                what: "address list",
-                len: n,
-                max: RECORD_MAX_ADDRS,
-            });
-        }
+        let n = r.count("address list", RECORD_MAX_ADDRS)?;
         let mut addrs = Vec::with_capacity(n);
         for _ in 0..n {
             let ip = read_ip(&mut r)?;
@@ -374,14 +367,7 @@ impl Payload {
         let ipv4 = Ipv4Addr::from(*r.array::<4>()?);
         let ipv4_counter = r.u32()?;
         let ipv6 = Ipv6Addr::from(*r.array::<16>()?);
-        let n = r.u8()? as usize;
-        if n > RECORD_MAX_ROUTES {
-            return Err(Error::TooLarge {
-                what: "route list",
-                len: n,
-                max: RECORD_MAX_ROUTES,
-            });
-        }
+        let n = r.count("route list", RECORD_MAX_ROUTES)?;
         let mut routes = Vec::with_capacity(n);
         for _ in 0..n {
             let addr = read_ip(&mut r)?;
@@ -408,27 +394,13 @@ impl Payload {
             }
             relay = flags & FLAG_RELAY != 0;
             exit = flags & FLAG_EXIT != 0;
-            let n = r.u8()? as usize;
-            if n > RECORD_MAX_RELAYS {
-                return Err(Error::TooLarge {
-                    what: "relay list",
-                    len: n,
-                    max: RECORD_MAX_RELAYS,
-                });
-            }
-            for _ in 0..n {
+            for _ in 0..r.count("relay list", RECORD_MAX_RELAYS)? {
                 relays.push(PeerId(*r.array::<32>()?));
             }
         }
         let mut name = String::new();
         if v >= 3 {
-            let n = r.u8()? as usize;
-            let b = r.bytes(n)?;
-            name = core::str::from_utf8(b)
-                .ok()
-                .filter(|s| s.is_empty() || crate::dns::is_label(s))
-                .ok_or(Error::InvalidField("name"))?
-                .to_string();
+            name = r.label("name", true)?.to_string();
         }
         if v <= PAYLOAD_VERSION {
             r.finish()?;
