@@ -57,6 +57,7 @@ mod mesh;
 mod nat_lab;
 mod openwrt;
 mod profile;
+mod size_report;
 mod support;
 mod test;
 mod trust;
@@ -123,6 +124,7 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
+        Some("size-report") => size_report::size_report(&args[1..]),
         Some("lan-lab") => release_bin().and_then(|bin| {
             let rep = lan_lab::run(&bin, &release_example("flood")?)?;
             rep.failures
@@ -163,7 +165,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | size-report [--json] [--target T]... | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
