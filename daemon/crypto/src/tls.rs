@@ -99,16 +99,52 @@ pub enum KxPolicy {
     ClassicalOnly,
 }
 
-/// The `CryptoProvider` for quinn: ring's primitives, our group, one cipher suite.
+/// The `CryptoProvider` for quinn: ring's primitives, our group, one cipher suite, Ed25519
+/// alone. Built whole rather than from ring's default provider, whose signature table and key
+/// loader reach ECDSA and RSA: with them linked, ring's P-256 precomputed table (148 KiB) and
+/// the RSA code went into every router binary, never used.
 pub fn provider(kx: KxPolicy) -> CryptoProvider {
-    let base = rustls::crypto::ring::default_provider();
     CryptoProvider {
         cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256],
         kx_groups: match kx {
             KxPolicy::Hybrid => vec![HYBRID_GROUP],
             KxPolicy::ClassicalOnly => vec![rustls::crypto::ring::kx_group::X25519],
         },
-        ..base
+        signature_verification_algorithms: ED25519_ONLY,
+        secure_random: &Ed25519Keys,
+        key_provider: &Ed25519Keys,
+    }
+}
+
+/// The one signature scheme either end offers or accepts.
+static ED25519_ONLY: rustls::crypto::WebPkiSupportedAlgorithms =
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[webpki::ring::ED25519],
+        mapping: &[(SignatureScheme::ED25519, &[webpki::ring::ED25519])],
+    };
+
+/// Randomness from ring, and Ed25519 keys only.
+#[derive(Debug)]
+struct Ed25519Keys;
+
+impl rustls::crypto::SecureRandom for Ed25519Keys {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), buf)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+impl rustls::crypto::KeyProvider for Ed25519Keys {
+    fn load_private_key(
+        &self,
+        key_der: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        match key_der {
+            rustls::pki_types::PrivateKeyDer::Pkcs8(der) => {
+                rustls::crypto::ring::sign::any_eddsa_type(&der)
+            }
+            _ => Err(rustls::Error::General("only Ed25519 PKCS#8 keys".into())),
+        }
     }
 }
 
@@ -151,12 +187,11 @@ fn verify_sig(
     if dss.scheme != SignatureScheme::ED25519 {
         return Err(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
     }
-    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
     rustls::crypto::verify_tls13_signature_with_raw_key(
         msg,
         &SubjectPublicKeyInfoDer::from(cert.as_ref()),
         dss,
-        &algs,
+        &ED25519_ONLY,
     )
 }
 
