@@ -29,9 +29,9 @@ pub struct Entry {
     pub peer: PeerId,
     /// The name its record claims (empty: none).
     pub name: String,
-    /// Its overlay addresses.
+    /// Its overlay IPv4 address.
     pub ipv4: Option<Ipv4Addr>,
-    /// ...
+    /// Its overlay IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
     /// The hosts behind it that it named.
     pub lan: Vec<shadowmesh_proto::lan_names::LanName>,
@@ -39,14 +39,18 @@ pub struct Entry {
 
 /// The hosts file for `entries` under `domain`, and each named gateway's name as served.
 pub fn render(entries: &[Entry], domain: &str) -> (String, BTreeMap<PeerId, String>) {
+    // Each name's claims, the lowest PeerId first: that one keeps the name.
+    let mut claims: Vec<(&str, PeerId)> = entries
+        .iter()
+        .filter(|e| !e.name.is_empty())
+        .map(|e| (e.name.as_str(), e.peer))
+        .collect();
+    claims.sort_unstable();
     let mut served = BTreeMap::new();
     for e in entries.iter().filter(|e| !e.name.is_empty()) {
-        // The lowest PeerId of those claiming the name keeps it.
-        let first = entries
-            .iter()
-            .filter(|o| o.name == e.name)
-            .all(|o| o.peer >= e.peer);
         let name = e.name.as_str();
+        let i = claims.partition_point(|(n, _)| *n < name);
+        let first = claims[i].1 == e.peer;
         let n = if first {
             name.to_string()
         } else {
