@@ -251,19 +251,29 @@ fn scenario(lab: &mut Lab, json: bool) -> Result<Report> {
                 direct_ms,
                 mbps,
                 seen: if first.is_none() {
-                    let peers = lab::members(&lab.ctl(&from.node, "peers"));
-                    let m = lab::member_of(&peers, &members[b].node.peer_id);
-                    let f = |k: &str| m.and_then(|m| field(m, k)).unwrap_or_default();
+                    // Both ends' view of the link, for the failure's line.
+                    let view = |of: &Node, other: &Node| {
+                        let peers = lab::members(&lab.ctl(of, "peers"));
+                        let m = lab::member_of(&peers, &other.peer_id);
+                        let f = |k: &str| m.and_then(|m| field(m, k)).unwrap_or_default();
+                        format!(
+                            "{}'s view: connected {}, path {}, endpoint {}, lane {}, tx {} rx {} dropped {}, rekeys {}, connection {}",
+                            of.name,
+                            f("connected"),
+                            f("path"),
+                            f("endpoint"),
+                            f("lane"),
+                            f("tx_packets"),
+                            f("rx_packets"),
+                            f("tx_dropped"),
+                            f("rekeys"),
+                            f("connection_id")
+                        )
+                    };
                     format!(
-                        "{}'s view: connected {}, path {}, endpoint {}, lane {}, tx {} rx {} dropped {}",
-                        from.node.name,
-                        f("connected"),
-                        f("path"),
-                        f("endpoint"),
-                        f("lane"),
-                        f("tx_packets"),
-                        f("rx_packets"),
-                        f("tx_dropped")
+                        "{}; {}",
+                        view(&from.node, &members[b].node),
+                        view(&members[b].node, &from.node)
                     )
                 } else {
                     String::new()
