@@ -74,16 +74,7 @@ fn exit_of(status: &str) -> (String, String) {
 
 /// Packets the web server received from `src` (an nftables counter in its namespace).
 fn web_saw(web: &str, src: &str) -> u64 {
-    let out = lab::netns_exec(web, &["nft", "list", "chain", "inet", "saw", "in"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    out.lines()
-        .find(|l| l.contains(&format!(" saddr {src} ")))
-        .and_then(|l| l.split("packets ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    lab::nft_packets(web, "saw", "in", &format!(" saddr {src} "))
 }
 
 fn scenario(lab: &mut Lab) -> Result<Report> {
@@ -476,21 +467,7 @@ fn uplink6(inet: &str, ns: &str, v4net: &str, dev: &str, id: &str) -> Result {
 
 /// Packets the MSS clamping rule of nftables table `table` in `ns` hit.
 fn clamp_hits(ns: &str, table: &str) -> u64 {
-    lab::netns_exec(ns, &["nft", "list", "chain", "inet", table, "clamp"])
-        .output()
-        .ok()
-        .and_then(|o| {
-            let out = String::from_utf8_lossy(&o.stdout).to_string();
-            let n = out
-                .split("counter packets ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok();
-            n
-        })
-        .unwrap_or(0)
+    lab::nft_packets(ns, table, "clamp", "counter")
 }
 
 /// Runs the DNS stand-in `script` with `args` in namespace `ns` (a child of the lab's), after

@@ -572,6 +572,21 @@ pub(crate) fn iperf3(
 }
 
 /// `ip netns exec NS ARGS…`.
+/// The packets counted by the first rule of nftables chain `inet TABLE CHAIN` in `ns` whose
+/// line contains `rule` (0 if there is none).
+pub(crate) fn nft_packets(ns: &str, table: &str, chain: &str, rule: &str) -> u64 {
+    let out = netns_exec(ns, &["nft", "list", "chain", "inet", table, chain])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines()
+        .find(|l| l.contains(rule) && l.contains("packets "))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 pub(crate) fn netns_exec(ns: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]).args(args);

@@ -99,16 +99,7 @@ fn gateway(
 
 /// UDP packets to port 4433 that arrived in `ns` (an nftables counter there).
 fn quic_in(ns: &str) -> u64 {
-    let out = lab::netns_exec(ns, &["nft", "list", "chain", "inet", "seen", "in"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    out.lines()
-        .find(|l| l.contains("dport 4433"))
-        .and_then(|l| l.split("packets ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    lab::nft_packets(ns, "seen", "in", "dport 4433")
 }
 
 /// `status`'s `lan_discovery.NAME` counter.
