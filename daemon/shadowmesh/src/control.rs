@@ -101,6 +101,7 @@ async fn answer(mesh: &Rc<Mesh>, line: &str, served: &Served) -> String {
                 .bool("member", nk.is_some())
                 .uint("dht_contacts", mesh.table_len() as u64)
                 .uint("dht_size", mesh.table_len() as u64)
+                .num("dht_rtt_ms", mesh.dht_rtt_ms().unwrap_or(0.0))
                 .uint("records_held", mesh.records_held() as u64)
                 .uint("handshake_retries", mesh.node().retries_sent() as u64)
                 .uint("handshakes_refused", mesh.node().refused() as u64)

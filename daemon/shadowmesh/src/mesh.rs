@@ -237,6 +237,11 @@ impl Mesh {
         self.dht.borrow().table().len()
     }
 
+    /// The DHT's smoothed round trip to anyone, in milliseconds, once measured.
+    pub fn dht_rtt_ms(&self) -> Option<f64> {
+        self.dht.borrow().rtt().map(|d| d.as_secs_f64() * 1e3)
+    }
+
     /// Every routing-table contact (for the on-disk cache).
     pub fn contacts(&self) -> Vec<Contact> {
         self.dht
@@ -459,6 +464,9 @@ impl Mesh {
         let mut bytes = Vec::new();
         // The connection asked over, and what it had received then.
         let mut used: Option<(Connection, u64)> = None;
+        // The round trip of the request itself, from when it had a connection: the engine's
+        // soft timeouts follow it, and a dial's handshake would make them far too long.
+        let mut asked: Option<Instant> = None;
         let result = match req.emit(&mut bytes) {
             Ok(()) => tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let conn = self.connection(to).await?;
@@ -467,6 +475,7 @@ impl Mesh {
                 // (not necessarily `to`'s address: an existing connection to that PeerId is
                 // reused).
                 let via = self.via(to.id, &conn);
+                asked = Some(Instant::now());
                 Ok((rpc(&conn, &bytes).await?, via))
             })
             .await
@@ -480,9 +489,15 @@ impl Mesh {
                 .map_err(|_| RpcError::Malformed)
         }) {
             Ok((resp, via)) => {
-                self.dht
-                    .borrow_mut()
-                    .handle_response_via(id, via, resp, now, crate::unix_now())
+                let rtt = asked.map(|t| t.elapsed());
+                self.dht.borrow_mut().handle_response_timed(
+                    id,
+                    via,
+                    resp,
+                    rtt,
+                    now,
+                    crate::unix_now(),
+                )
             }
             Err(e) => {
                 log::debug!("DHT request to {} failed: {e}", to.id.short());

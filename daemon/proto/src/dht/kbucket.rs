@@ -12,6 +12,7 @@ use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use super::rtt::Rtt;
 use super::wire::Contact;
 use super::{K, MAX_PER_SUBNET, REFRESH_INTERVAL, REPLACEMENT_CACHE};
 use crate::PeerId;
@@ -60,6 +61,8 @@ pub struct Entry {
     pub last_seen: Duration,
     /// Requests it failed to answer since it was last heard from.
     pub fails: u8,
+    /// Its measured round trip.
+    pub rtt: Rtt,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +169,7 @@ impl RoutingTable {
                 contact: c,
                 last_seen: now,
                 fails: 0,
+                rtt: Rtt::default(),
             });
             return Insert::Inserted;
         }
@@ -217,6 +221,7 @@ impl RoutingTable {
                     contact: cand,
                     last_seen: now,
                     fails: 0,
+                    rtt: Rtt::default(),
                 });
             }
             (_, None) => {
@@ -225,6 +230,7 @@ impl RoutingTable {
                         contact: cand,
                         last_seen: now,
                         fails: 0,
+                        rtt: Rtt::default(),
                     });
                 }
             }
@@ -261,6 +267,7 @@ impl RoutingTable {
                     contact: r,
                     last_seen: now,
                     fails: 0,
+                    rtt: Rtt::default(),
                 });
             }
         }
@@ -277,11 +284,32 @@ impl RoutingTable {
     }
 
     /// Up to `n` contacts closest to `target`, nearest first.
+    pub fn closest(&self, target: &[u8; 32], n: usize) -> Vec<Contact> {
+        self.closest_where(target, n, |_| true)
+    }
+
+    /// Up to `n` contacts closest to `target` that have not failed a request since they were
+    /// last heard from: what we tell others, and whom our own lookups start from. With fewer
+    /// than `n` such, the failed ones fill in (a lookup with no seeds finds nothing).
+    pub fn closest_live(&self, target: &[u8; 32], n: usize) -> Vec<Contact> {
+        let live = self.closest_where(target, n, |e| e.fails == 0);
+        if live.len() >= n.min(self.len()) {
+            return live;
+        }
+        self.closest(target, n)
+    }
+
+    /// Up to `n` entries closest to `target` for which `keep` holds, nearest first.
     ///
     /// Buckets are visited in order of increasing distance from `target` (every entry of an
     /// earlier bucket is closer than every entry of a later one, as in rust-libp2p's
     /// `ClosestBucketsIter`), so only about `n` entries are ranked, not the whole table.
-    pub fn closest(&self, target: &[u8; 32], n: usize) -> Vec<Contact> {
+    fn closest_where(
+        &self,
+        target: &[u8; 32],
+        n: usize,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Vec<Contact> {
         let t = PeerId(*target);
         let d = self.local.distance(&t);
         let bit = |j: usize| d[31 - j / 8] >> (j % 8) & 1 == 1;
@@ -296,6 +324,7 @@ impl RoutingTable {
             let mut part: Vec<([u8; 32], Contact)> = self.buckets[b]
                 .entries
                 .iter()
+                .filter(|e| keep(e))
                 .map(|e| (e.contact.id.distance(&t), e.contact))
                 .collect();
             part.sort_unstable_by_key(|a| a.0);
@@ -303,6 +332,20 @@ impl RoutingTable {
         }
         got.truncate(n);
         got.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Adds a measured round trip to `id`'s entry, if it has one.
+    pub fn rtt_sample(&mut self, id: &PeerId, rtt: Duration) {
+        if let Some((b, i)) = self.find(id) {
+            self.buckets[b].entries[i].rtt.sample(rtt);
+        }
+    }
+
+    /// `id`'s measured round trip, if it is in a bucket and was measured.
+    pub fn rtt(&self, id: &PeerId) -> Option<Rtt> {
+        self.find(id)
+            .map(|(b, i)| self.buckets[b].entries[i].rtt)
+            .filter(|r| r.srtt().is_some())
     }
 
     /// Notes that a lookup touched bucket `b` (it needs no refresh for a while).
@@ -458,6 +501,40 @@ mod tests {
         }
         assert!(subnet_key(&"[2001:db8:1::1]:1".parse().unwrap()).is_some());
         assert!(subnet_key(&"[fd00::1]:1".parse().unwrap()).is_none());
+    }
+
+    /// A contact that failed since it was last heard from is left out of what we tell others,
+    /// until it is heard from again; round trips are kept per entry.
+    #[test]
+    fn failed_contacts_are_not_offered_and_round_trips_are_kept() {
+        let local = PeerId([0; 32]);
+        let mut t = RoutingTable::new(local);
+        let ids: Vec<PeerId> = (1..=5)
+            .map(|n| id_in_bucket(&local, 100 + n as usize, n))
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            t.insert(c(*id, &format!("10.0.0.{n}:1")), Duration::ZERO);
+        }
+        let target = ids[0].0;
+        assert_eq!(t.closest_live(&target, 3).len(), 3);
+        // One failure, no replacement waiting: it stays in the table but is not offered.
+        assert!(!t.failed(&ids[0], Duration::from_secs(1)));
+        assert!(t.contains(&ids[0]));
+        let live = t.closest_live(&target, 4);
+        assert_eq!(live.len(), 4);
+        assert!(live.iter().all(|x| x.id != ids[0]));
+        assert!(t.closest(&target, 4).iter().any(|x| x.id == ids[0]));
+        // Asked for more than the live ones, the failed one fills in.
+        assert_eq!(t.closest_live(&target, 10).len(), 5);
+        // Heard from again: offered again.
+        t.insert(c(ids[0], "10.0.0.0:1"), Duration::from_secs(2));
+        assert_eq!(t.closest_live(&target, 1)[0].id, ids[0]);
+        assert_eq!(t.rtt(&ids[1]), None);
+        t.rtt_sample(&ids[1], Duration::from_millis(80));
+        assert_eq!(
+            t.rtt(&ids[1]).and_then(|r| r.srtt()),
+            Some(Duration::from_millis(80))
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! - [`wire`]: compact, versioned, size-limited RPC codec (PING, FIND_NODE, FIND_VALUE, STORE).
 //! - [`kbucket`]: the 256-bucket routing table: LRU with ping-before-evict, a replacement cache,
 //!   per-/24 and per-/48 limits (loopback and private ranges exempt).
-//! - [`lookup`]: the iterative lookup state machine (α = 3, k = 20, per-peer timeout, stall
-//!   detection), modelled on rust-libp2p's `ClosestPeersIter`.
+//! - [`lookup`]: the iterative lookup state machine (α = 3, k = 20, stall detection), modelled on
+//!   rust-libp2p's `ClosestPeersIter`, over S/Kademlia's disjoint paths, with soft timeouts
+//!   from each contact's measured round trip ([`rtt`]).
 //! - [`store`]: the bounded record store (one record per storage key, highest sequence wins).
 //! - [`node`]: [`node::Dht`], the engine tying them together: answers requests, drives lookups,
 //!   refreshes buckets, republishes. It is driven by explicit `now` arguments and emits
@@ -19,6 +20,7 @@ pub mod kbucket;
 pub mod lookup;
 pub mod node;
 pub mod observed;
+pub mod rtt;
 pub mod store;
 pub mod wire;
 
@@ -28,8 +30,15 @@ use core::time::Duration;
 pub const K: usize = 20;
 /// Lookup parallelism (Kademlia paper).
 pub const ALPHA: usize = 3;
-/// How long a lookup waits for one peer before counting it unresponsive.
+/// How long a request may take before it counts as failed (the contact is charged a failure).
+/// A lookup stops waiting for it sooner: see [`rtt`].
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The shortest soft timeout: a round trip measured at a millisecond still gets this long.
+pub const RTO_MIN: Duration = Duration::from_millis(100);
+/// The soft timeout before any round trip was measured (QUIC's initial PTO is about 1 s).
+pub const RTO_INITIAL: Duration = Duration::from_secs(1);
+/// Disjoint paths per lookup (S/Kademlia's `d`): see [`lookup`].
+pub const LOOKUP_PATHS: usize = 2;
 /// How often a bucket nobody looked into is refreshed (Kademlia paper: one hour; shorter here
 /// because router meshes are small and churn is daily power cycles).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -44,7 +53,7 @@ pub const MAX_RECORDS: usize = 1024;
 pub const REPLACEMENT_CACHE: usize = K;
 /// Most contacts from one /24 (IPv4) or /48 (IPv6) in one bucket.
 pub const MAX_PER_SUBNET: usize = 2;
-/// Most candidates one lookup tracks.
+/// Most candidates one lookup path tracks.
 pub const LOOKUP_MAX_PEERS: usize = 3 * K;
 /// Distinct holders whose answers a FIND_VALUE collects before it stops early (the newest
 /// of their records wins, so one stale or lying holder cannot decide the result).

@@ -20,10 +20,12 @@ use std::collections::{BTreeMap, VecDeque};
 use super::kbucket::{bucket_index, subnet_key, Insert, RoutingTable};
 use super::lookup::{Lookup, Step};
 use super::observed::Observed;
+use super::rtt::Rtt;
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
-use super::{K, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT, VALUE_QUORUM};
+use super::{K, LOOKUP_PATHS, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT};
 use super::{MOVED_SETTLE, OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
+use super::{RTO_INITIAL, VALUE_QUORUM};
 use crate::limit::TokenBuckets;
 use crate::PeerId;
 
@@ -131,6 +133,7 @@ enum ReqKind {
 struct Pending {
     to: Contact,
     kind: ReqKind,
+    sent: Duration,
     deadline: Duration,
 }
 
@@ -139,9 +142,30 @@ struct LookupState<R> {
     lookup: Lookup,
     query: Query<R>,
     best: Option<(R, u64)>,
-    holders: usize,
+    /// We hold the record ourselves.
+    held: bool,
+    /// Who answered with a valid record (each a candidate, so bounded as they are).
+    holders: Vec<PeerId>,
     bytes: u64,
     started: Duration,
+}
+
+impl<R> LookupState<R> {
+    /// A FIND_VALUE has its answer: [`VALUE_QUORUM`] holders (ourselves included) among the k
+    /// closest known, with everyone closer asked. A holder that answered early, when few
+    /// candidates were known, counts only once the lookup has settled up to it: Sybils far
+    /// from the key serving a stale record do not end the lookup.
+    fn quorum(&self) -> bool {
+        if !matches!(self.query, Query::FindValue { .. }) {
+            return false;
+        }
+        let among = self
+            .holders
+            .iter()
+            .filter(|h| self.lookup.is_among_closest(h, K) && self.lookup.settled_to(h))
+            .count();
+        usize::from(self.held) + among >= VALUE_QUORUM
+    }
 }
 
 /// Counters.
@@ -185,6 +209,10 @@ pub struct Dht<C: RecordCheck> {
     /// The next observation asks twice as many networks (we just moved: some of the usual
     /// ones may be out of reach until they dial us again).
     widen: bool,
+    /// Round trips measured to anyone: the soft timeout for a contact not measured yet.
+    rtt: Rtt,
+    /// Disjoint paths per lookup.
+    paths: usize,
     /// Counters.
     pub stats: DhtStats,
 }
@@ -223,6 +251,8 @@ impl<C: RecordCheck> Dht<C> {
             last_moved: None,
             last_soon: None,
             widen: false,
+            rtt: Rtt::default(),
+            paths: LOOKUP_PATHS,
             stats: DhtStats::default(),
         }
     }
@@ -252,6 +282,17 @@ impl<C: RecordCheck> Dht<C> {
     /// the simulator) sends no such PINGs. PONGs are read either way.
     pub fn set_observing(&mut self, on: bool, now: Duration) {
         self.next_observe = on.then_some(now);
+    }
+
+    /// Sets the number of disjoint paths later lookups take (1 to
+    /// [`super::lookup::MAX_PATHS`]; [`LOOKUP_PATHS`] by default).
+    pub fn set_lookup_paths(&mut self, paths: usize) {
+        self.paths = paths;
+    }
+
+    /// The round trip measured to anyone, smoothed.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
     }
 
     /// Lookups under way.
@@ -313,6 +354,7 @@ impl<C: RecordCheck> Dht<C> {
             Pending {
                 to,
                 kind,
+                sent: now,
                 deadline: now + REQUEST_TIMEOUT,
             },
         );
@@ -407,23 +449,21 @@ impl<C: RecordCheck> Dht<C> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let seeds = self.table.closest(&target, K);
+        let seeds = self.table.closest_live(&target, K);
         // A record we hold ourselves is an answer like any holder's (in a small or young
         // network we may be the only holder).
-        let (best, holders) = match &query {
-            Query::FindValue { owner, known_seq } => match self.held(&target, owner, *known_seq) {
-                Some((r, seq)) => (Some((r, seq)), 1),
-                None => (None, 0),
-            },
-            _ => (None, 0),
+        let best = match &query {
+            Query::FindValue { owner, known_seq } => self.held(&target, owner, *known_seq),
+            _ => None,
         };
         self.lookups.insert(
             id,
             LookupState {
-                lookup: Lookup::new(target, seeds),
+                lookup: Lookup::new(target, seeds, self.paths),
                 query,
+                held: best.is_some(),
                 best,
-                holders,
+                holders: Vec::new(),
                 bytes: 0,
                 started: now,
             },
@@ -437,7 +477,18 @@ impl<C: RecordCheck> Dht<C> {
             let Some(st) = self.lookups.get_mut(&id) else {
                 return;
             };
-            match st.lookup.next(now) {
+            if st.quorum() {
+                st.lookup.finish();
+            }
+            let (table, rtt) = (&self.table, &self.rtt);
+            let rto = |c: &Contact| {
+                table
+                    .rtt(&c.id)
+                    .unwrap_or(*rtt)
+                    .rto()
+                    .unwrap_or(RTO_INITIAL)
+            };
+            match st.lookup.next(now, rto) {
                 Step::Send(to) => {
                     let target = *st.lookup.target();
                     let req = match &st.query {
@@ -475,6 +526,11 @@ impl<C: RecordCheck> Dht<C> {
         // Joined: now there are nodes to ask where they see us.
         if self.joining == Some(id) && self.next_observe.is_some() {
             self.next_observe = Some(now);
+        }
+        // Nodes near the target that answered with nobody near it do not route: they are not
+        // offered to others or asked first until they are heard from again.
+        for c in st.lookup.non_routing() {
+            self.table.failed_at(&c.id, &c.addr, now);
         }
         let closest = st.lookup.result();
         let mut stores_sent = 0;
@@ -540,7 +596,7 @@ impl<C: RecordCheck> Dht<C> {
         self.stats.requests_answered += 1;
         let nodes = |t: &RoutingTable, target: &[u8; 32]| Response::Nodes {
             contacts: t
-                .closest(target, K + 1)
+                .closest_live(target, K + 1)
                 .into_iter()
                 .filter(|c| c.id != from.id)
                 .take(K)
@@ -617,6 +673,21 @@ impl<C: RecordCheck> Dht<C> {
         now: Duration,
         now_unix: u64,
     ) {
+        self.handle_response_timed(id, via, resp, None, now, now_unix);
+    }
+
+    /// [`Dht::handle_response_via`], with the request's own round trip when the driver knows
+    /// it better than the time since the engine asked for the request (which includes dialling
+    /// a connection first: a handshake's time is no measure of how soon the contact answers).
+    pub fn handle_response_timed(
+        &mut self,
+        id: RequestId,
+        via: Contact,
+        resp: Response<C::Record>,
+        rtt: Option<Duration>,
+        now: Duration,
+        now_unix: u64,
+    ) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -625,6 +696,9 @@ impl<C: RecordCheck> Dht<C> {
             return;
         }
         self.heard_from(via, now);
+        let rtt = rtt.unwrap_or_else(|| now.saturating_sub(p.sent));
+        self.table.rtt_sample(&via.id, rtt);
+        self.rtt.sample(rtt);
         if let Response::Pong { observed } = &resp {
             self.report(now, via.addr, *observed);
         }
@@ -655,16 +729,13 @@ impl<C: RecordCheck> Dht<C> {
                             _ => None,
                         };
                         if let Some(seq) = valid_seq {
-                            if st.lookup.is_among_closest(&p.to.id, K) {
-                                st.holders += 1;
+                            if !st.holders.contains(&p.to.id) {
+                                st.holders.push(p.to.id);
                             }
                             if st.best.as_ref().is_none_or(|b| seq > b.1) {
                                 st.best = Some((record, seq));
                             }
-                            st.lookup.on_success(&p.to.id, &[]);
-                            if st.holders >= VALUE_QUORUM {
-                                st.lookup.finish();
-                            }
+                            st.lookup.on_value(&p.to.id);
                         } else {
                             self.stats.bogus_records += 1;
                             st.lookup.on_failure(&p.to.id);
@@ -765,7 +836,12 @@ impl<C: RecordCheck> Dht<C> {
 
     /// When [`Dht::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let req = self.pending.values().map(|p| p.deadline).min();
+        let hard = self.pending.values().map(|p| p.deadline);
+        let soft = self
+            .lookups
+            .values()
+            .filter_map(|l| l.lookup.next_deadline());
+        let req = hard.chain(soft).min();
         let mut periodic = self.last_refresh_check + Duration::from_secs(60);
         if let Some(t) = self.next_observe {
             periodic = periodic.min(t);
