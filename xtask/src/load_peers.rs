@@ -1,9 +1,15 @@
-//! `cargo xtask load-peers [--peers N] [--hold SECONDS]`: one member daemon (release build,
+//! `cargo xtask load-peers [--peers N] [--hold SECONDS] [--json] [--heaptrack FILE]`: one
+//! member daemon (release build,
 //! TUN and all) in a namespace, and the load generator (`daemon/shadowmesh/examples/loadgen.rs`)
 //! in another holding N member connections to it. Reports the daemon's resident memory and idle
 //! CPU with no peers and with N, the cost per peer, and the handshake rate in waves of rising
 //! concurrency with the number of Retry (stateless cookie) answers in each, which shows where
 //! the defence engages (`retry_above` in-flight handshakes, 16 by default).
+//!
+//! `--json` prints one object: `peers` (connected), `idle_rss_mib`, `rss_mib`, `kib_per_peer`,
+//! `handshakes_per_s` (the best wave), `idle_cpu_percent`. `--heaptrack FILE` runs the daemon
+//! under heaptrack (its RSS figures are then the wrapper's; read the heap from FILE with
+//! `heaptrack_print`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -24,12 +30,21 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     lab::catch_signals();
     let peers = crate::flag_value(args, "--peers").unwrap_or(1000);
     let hold = crate::flag_value(args, "--hold").unwrap_or(30);
+    let json = args.iter().any(|a| a == "--json");
+    let heaptrack = args
+        .iter()
+        .position(|a| a == "--heaptrack")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let gen = crate::release_example("loadgen")?;
     let mut lab = Lab::new(bin)?;
     let (a, b) = lab.veth_pair()?;
     let nk: String = "6d".repeat(32);
     let (target, node) = shadowmesh_pair_config(&mut lab, &a, "target", &nk)?;
-    lab.start(&node)?;
+    match &heaptrack {
+        Some(file) => lab.start_with(&node, &["heaptrack", "-o", file])?,
+        None => lab.start(&node)?,
+    }
     let pid = lab.daemon_pid("target").ok_or("no daemon")?;
     let control = lab.dir.join("target").join("control.sock");
     let t = Instant::now();
@@ -110,6 +125,18 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     drop(lab);
 
     let per_peer = (rss1.max(rss_end) as f64 - rss0 as f64) / connected.max(1.0);
+    if json {
+        let best = waves
+            .iter()
+            .map(|w| json_num(w, "per_second"))
+            .fold(0.0, f64::max);
+        println!(
+            "{{\"peers\":{connected:.0},\"idle_rss_mib\":{:.2},\"rss_mib\":{:.2},\"kib_per_peer\":{per_peer:.2},\"handshakes_per_s\":{best:.1},\"idle_cpu_percent\":{idle1:.3}}}",
+            rss0 as f64 / 1024.0,
+            rss1.max(rss_end) as f64 / 1024.0
+        );
+        return Ok(());
+    }
     println!("| measure | value |");
     println!("| --- | ---: |");
     println!("| peers connected (generator) | {connected:.0} of {peers} |");

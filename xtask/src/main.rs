@@ -5,8 +5,10 @@
 //! - `bench [--quick]`: crypto primitive costs, frame AEAD against `openssl speed` and the
 //!   RustCrypto crate, and the connection handshake (hybrid against classical-only, full against
 //!   resumed, round trips), all in one run; prints a Markdown table of figures and ratios.
-//! - `sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R] [--sybil-fraction F]
-//!   [--lookups Q] [--json]`: the DHT simulator (`daemon/sim`), built with the `sim` profile.
+//! - `sim --nodes N (--seed S | --seeds A..B) [--loss P] [--kill-fraction F] [--churn R]
+//!   [--sybil-fraction F] [--lookups Q] [--paths D] [--json]`: the DHT simulator
+//!   (`daemon/sim`), built with the `sim` profile; `sim --bars [--seeds A..B] [--nodes N]`:
+//!   the DHT's bars over several seeds ([`sim`]), which `test` checks on seeds 1..2.
 //! - `cross --target TRIPLE|all [--test] [--check-size]`: the Docker-free cross build of
 //!   `shadowmesh` (stripped, static, size-tuned), its size, and with `--test` the sans-IO crate's
 //!   tests under qemu-user. Recipes in `cross-toolchains/README.md`.
@@ -25,9 +27,9 @@
 //! - `profile-tunnel [--lane udp|quic] [--traffic tcp|ping] [--megabytes N] [--bin PATH]`:
 //!   instructions per packet by group (callgrind) and system calls per packet (strace) at both
 //!   ends of the tunnel; with `--traffic ping`, per echo, beside boringtun's ([`profile`]).
-//! - `load-peers [--peers N] [--hold SECONDS]`: one daemon holding N member connections from
-//!   the load generator: memory and idle CPU per peer, handshake rate and where the Retry
-//!   defence engages ([`load_peers`]).
+//! - `load-peers [--peers N] [--hold SECONDS] [--json] [--heaptrack FILE]`: one daemon holding
+//!   N member connections from the load generator: memory and idle CPU per peer, handshake
+//!   rate and where the Retry defence engages ([`load_peers`]).
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -57,6 +59,7 @@ mod mesh;
 mod nat_lab;
 mod openwrt;
 mod profile;
+mod sim;
 mod size_report;
 mod support;
 mod test;
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz(flag_value(&args[1..], "--seconds").unwrap_or(30)),
         Some("bench") => bench(args[1..].iter().any(|a| a == "--quick")),
-        Some("sim") => sim(&args[1..]),
+        Some("sim") => sim::sim(&args[1..]),
         Some("cross") => cross(&args[1..]),
         Some("dist") => openwrt::dist(&args[1..]).map(|_| ()),
         Some("openwrt-test") => openwrt_tests().and_then(|c| {
@@ -165,7 +168,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | size-report [--json] [--target T]... | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | sim --bars [--seeds A..B] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | size-report [--json] [--target T]... | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,20 +248,6 @@ fn symbols_bin() -> Result<PathBuf> {
         "shadowmesh",
     ]))?;
     Ok(target_dir().join("profiling").join("shadowmesh"))
-}
-
-fn sim(args: &[String]) -> Result {
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--profile",
-            "sim",
-            "--package",
-            "shadowmesh-sim",
-            "--",
-        ])
-        .args(args))
 }
 
 fn target_dir() -> PathBuf {

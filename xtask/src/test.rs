@@ -53,6 +53,14 @@ pub(crate) fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     let (mut passed, mut failed) = cargo_test(cargo().args(["test", "--workspace"]))?;
+    // The DHT's bars at 10,000 nodes on two seeds (`cargo xtask sim --bars` takes ten).
+    let (sim_passed, sim_failures) = crate::sim::bars("10000", "1..2")?;
+    passed += sim_passed;
+    if !sim_failures.is_empty() {
+        failed += sim_failures.len() as u64;
+        println!("tests: {passed} passed, {failed} failed");
+        return Err(format!("DHT bars failed:\n  {}", sim_failures.join("\n  ")));
+    }
     // The demo scenario with its failure cases, in network namespaces: needs root.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

@@ -54,6 +54,8 @@ pub struct SimConfig {
     pub latency_median_ms: f64,
     /// Lognormal sigma of the latency.
     pub latency_sigma: f64,
+    /// Disjoint paths per lookup.
+    pub paths: usize,
 }
 
 impl Default for SimConfig {
@@ -68,12 +70,13 @@ impl Default for SimConfig {
             lookups: 1000,
             latency_median_ms: 40.0,
             latency_sigma: 0.5,
+            paths: shadowmesh_proto::dht::LOOKUP_PATHS,
         }
     }
 }
 
 mod result;
-pub use result::SimResult;
+pub use result::{SimResult, Sweep};
 
 /// splitmix64.
 #[derive(Debug, Clone)]
@@ -270,8 +273,10 @@ impl Sim {
             addr,
         };
         let seed = self.rng.next_u64();
+        let mut dht = Dht::new(contact, self.check.clone(), seed);
+        dht.set_lookup_paths(self.cfg.paths);
         self.nodes.push(Node {
-            dht: Dht::new(contact, self.check.clone(), seed),
+            dht,
             contact,
             alive: true,
             sybil,

@@ -1,19 +1,23 @@
 //! `shadowmesh-sim`: see [`shadowmesh_sim`]. Usage:
-//! `shadowmesh-sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R]
-//! [--sybil-fraction F] [--lookups Q] [--json]`
+//! `shadowmesh-sim --nodes N (--seed S | --seeds A..B) [--loss P] [--kill-fraction F]
+//! [--churn R] [--sybil-fraction F] [--lookups Q] [--paths D] [--json]`
+//!
+//! `--seeds A..B` runs every seed from A to B inclusive (as many at once as there are cores)
+//! and prints each figure's median and worst over them, then each seed's.
 
 #![forbid(unsafe_code)]
 
-use shadowmesh_sim::{run, SimConfig};
+use shadowmesh_sim::{run, SimConfig, Sweep};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut c = SimConfig::default();
     let mut json = false;
+    let mut seeds: Option<(u64, u64)> = None;
     let mut i = 0;
     let fail = |m: String| -> ! {
         eprintln!("shadowmesh-sim: {m}");
-        eprintln!("usage: shadowmesh-sim --nodes N --seed S [--loss P] [--kill-fraction F] [--churn R] [--sybil-fraction F] [--lookups Q] [--json]");
+        eprintln!("usage: shadowmesh-sim --nodes N (--seed S | --seeds A..B) [--loss P] [--kill-fraction F] [--churn R] [--sybil-fraction F] [--lookups Q] [--paths D] [--json]");
         std::process::exit(2)
     };
     while i < args.len() {
@@ -40,6 +44,19 @@ fn main() {
             "--churn" => c.churn = p(a, v),
             "--sybil-fraction" => c.sybil_fraction = p(a, v),
             "--lookups" => c.lookups = p(a, v),
+            "--paths" => c.paths = p(a, v),
+            "--seeds" => {
+                let range = v.split_once("..").and_then(|(a, b)| {
+                    Some((
+                        a.parse::<u64>().ok()?,
+                        b.trim_start_matches('=').parse::<u64>().ok()?,
+                    ))
+                });
+                match range {
+                    Some((a, b)) if a <= b => seeds = Some((a, b)),
+                    _ => fail(format!("--seeds takes A..B with A <= B, not '{v}'")),
+                }
+            }
             _ => fail(format!("unknown option {a}")),
         }
         i += 2;
@@ -56,10 +73,56 @@ fn main() {
             fail(format!("{name} must be in [0, 0.9)"));
         }
     }
+    if !(1..=shadowmesh_proto::dht::lookup::MAX_PATHS).contains(&c.paths) {
+        fail(format!(
+            "--paths must be 1 to {}",
+            shadowmesh_proto::dht::lookup::MAX_PATHS
+        ));
+    }
+    if let Some((a, b)) = seeds {
+        let sweep = sweep(&c, a, b);
+        if json {
+            println!("{}", sweep.to_json());
+        } else {
+            println!("{}", sweep.to_table());
+        }
+        return;
+    }
     let r = run(&c);
     if json {
         println!("{}", r.to_json());
     } else {
         println!("{}", r.to_table());
     }
+}
+
+/// Runs seeds `a..=b`, as many at once as there are cores, each printing a line to stderr as it
+/// ends.
+fn sweep(c: &SimConfig, a: u64, b: u64) -> Sweep {
+    let next = std::sync::atomic::AtomicU64::new(a);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut runs = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seed > b {
+                            return done;
+                        }
+                        let r = run(&SimConfig { seed, ..c.clone() });
+                        eprintln!("seed {seed}: {}", r.to_json());
+                        done.push(r);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation panicked"))
+            .collect::<Vec<_>>()
+    });
+    runs.sort_by_key(|r| r.config.seed);
+    Sweep { runs }
 }
