@@ -27,9 +27,9 @@
 //! - `profile-tunnel [--lane udp|quic] [--traffic tcp|ping] [--megabytes N] [--bin PATH]`:
 //!   instructions per packet by group (callgrind) and system calls per packet (strace) at both
 //!   ends of the tunnel; with `--traffic ping`, per echo, beside boringtun's ([`profile`]).
-//! - `load-peers [--peers N] [--hold SECONDS] [--json] [--heaptrack FILE]`: one daemon holding
-//!   N member connections from the load generator: memory and idle CPU per peer, handshake
-//!   rate and where the Retry defence engages ([`load_peers`]).
+//! - `load-peers [--peers N] [--hold SECONDS] [--json] [--heaptrack FILE] [--bin PATH]`: one
+//!   daemon holding N member connections from the load generator: memory and idle CPU per
+//!   peer, handshake rate and where the Retry defence engages ([`load_peers`]).
 //! - `demo [--full]`: the main job (as root): a seed and three gateways with a LAN each in
 //!   network namespaces discover each other and carry ping and iperf3 between the LANs
 //!   ([`mesh`]); `--full` adds the failure cases `test` checks. `demo --probe`: the older
@@ -142,7 +142,15 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
-        Some("load-peers") => release_bin().and_then(|b| load_peers::run(&b, &args[1..])),
+        Some("load-peers") => match args.iter().position(|a| a == "--bin") {
+            // Another build of the daemon (with symbols, for `--heaptrack`).
+            Some(i) => args
+                .get(i + 1)
+                .map(PathBuf::from)
+                .ok_or_else(|| "--bin needs a path".to_string()),
+            None => release_bin(),
+        }
+        .and_then(|b| load_peers::run(&b, &args[1..])),
         Some("profile-tunnel") => {
             let bin = match args.iter().position(|a| a == "--bin") {
                 Some(i) => args
