@@ -142,34 +142,13 @@ fn main() -> ExitCode {
                 .then_some(())
                 .ok_or_else(|| rep.failures.join("\n"))
         }),
-        Some("load-peers") => match args.iter().position(|a| a == "--bin") {
-            // Another build of the daemon (with symbols, for `--heaptrack`).
-            Some(i) => args
-                .get(i + 1)
-                .map(PathBuf::from)
-                .ok_or_else(|| "--bin needs a path".to_string()),
-            None => release_bin(),
-        }
-        .and_then(|b| load_peers::run(&b, &args[1..])),
+        // `--bin PATH`: another build of the daemon (an older main, say, or one with symbols
+        // for `--heaptrack`) measured by the same harness.
+        Some("load-peers") => bin_arg(&args, release_bin).and_then(|b| load_peers::run(&b, &args[1..])),
         Some("profile-tunnel") => {
-            let bin = match args.iter().position(|a| a == "--bin") {
-                Some(i) => args
-                    .get(i + 1)
-                    .map(PathBuf::from)
-                    .ok_or_else(|| "--bin needs a path".to_string()),
-                None => symbols_bin(),
-            };
-            bin.and_then(|b| profile::run(&b, &args[1..]))
+            bin_arg(&args, symbols_bin).and_then(|b| profile::run(&b, &args[1..]))
         }
-        Some("bench-tunnel") => match args.iter().position(|a| a == "--bin") {
-            // Another build of the daemon (an older main, say) measured by this harness.
-            Some(i) => args
-                .get(i + 1)
-                .map(PathBuf::from)
-                .ok_or_else(|| "--bin needs a path".to_string()),
-            None => release_bin(),
-        }
-        .and_then(|bin| {
+        Some("bench-tunnel") => bin_arg(&args, release_bin).and_then(|bin| {
             bench_tunnel::run(
                 &bin,
                 args.iter().any(|a| a == "--json"),
@@ -256,6 +235,17 @@ fn symbols_bin() -> Result<PathBuf> {
         "shadowmesh",
     ]))?;
     Ok(target_dir().join("profiling").join("shadowmesh"))
+}
+
+/// The daemon that `--bin PATH` names, or `build()`'s.
+fn bin_arg(args: &[String], build: fn() -> Result<PathBuf>) -> Result<PathBuf> {
+    match args.iter().position(|a| a == "--bin") {
+        Some(i) => args
+            .get(i + 1)
+            .map(PathBuf::from)
+            .ok_or_else(|| "--bin needs a path".to_string()),
+        None => build(),
+    }
 }
 
 fn target_dir() -> PathBuf {
