@@ -24,103 +24,15 @@ use super::rtt::Rtt;
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
 use super::{K, LOOKUP_PATHS, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT};
-use super::{MOVED_SETTLE, OBSERVE_INTERVAL, OBSERVE_PINGS, OBSERVE_RETRY};
+use super::{MOVED_SETTLE, OBSERVE_RETRY};
 use super::{RTO_INITIAL, VALUE_QUORUM};
 use crate::limit::TokenBuckets;
 use crate::PeerId;
 
-/// Verifies records for the engine: signatures, PeerId binding, time window.
-pub trait RecordCheck {
-    /// The record type (bytes, or a shared handle to them).
-    type Record: Clone + AsRef<[u8]>;
-    /// Checks `record` at `now_unix`; returns what the engine needs, or why it was refused.
-    fn check(&self, record: &Self::Record, now_unix: u64) -> Result<RecordMeta, StoreCode>;
-}
+mod observe;
+mod types;
 
-/// Identifies a lookup.
-pub type LookupId = u64;
-/// Identifies an outgoing request.
-pub type RequestId = u64;
-
-/// Most lookups one node runs at once (each holds at most k requests in flight).
-pub const MAX_LOOKUPS: usize = 64;
-/// Requests one source address may make in a burst.
-pub const RATE_BURST: u32 = 64;
-/// Requests per second one source address may make, sustained.
-pub const RATE_PER_SEC: u32 = 32;
-/// Held records re-replicated per minute at most (1,024 records take about an hour).
-pub const REPLICATE_PER_TICK: usize = 16;
-/// Most source addresses the rate limiter tracks.
-pub const RATE_TRACKED: usize = 4096;
-
-/// What a lookup looks for.
-#[derive(Debug, Clone)]
-pub enum Query<R> {
-    /// The k closest nodes to the target.
-    FindNode,
-    /// `owner`'s record under the target key, newer than `known_seq`.
-    FindValue {
-        /// The record's owner.
-        owner: PeerId,
-        /// Sequence already known (0 = none).
-        known_seq: u64,
-    },
-    /// Find the k closest to the record's key, then STORE it there.
-    Put {
-        /// The record.
-        record: R,
-    },
-    /// Refresh a bucket (a FIND_NODE whose result is not reported).
-    Refresh,
-}
-
-/// A finished lookup.
-#[derive(Debug, Clone)]
-pub struct LookupOutcome<R> {
-    /// Which lookup.
-    pub id: LookupId,
-    /// Its target (node id or storage key).
-    pub target: [u8; 32],
-    /// The k closest nodes that answered, nearest first.
-    pub closest: Vec<Contact>,
-    /// FIND_VALUE: the newest valid record found.
-    pub record: Option<R>,
-    /// Successive request rounds.
-    pub hops: u32,
-    /// Requests sent.
-    pub messages: u32,
-    /// Bytes of requests sent and answers received.
-    pub bytes: u64,
-    /// When it started and ended.
-    pub started: Duration,
-    /// When it ended.
-    pub finished: Duration,
-    /// Put: STOREs sent.
-    pub stores_sent: u32,
-}
-
-/// What the engine wants done.
-#[derive(Debug, Clone)]
-pub enum Output<R> {
-    /// Send `req` to `to`; report the answer with `id`.
-    Send {
-        /// Destination.
-        to: Contact,
-        /// Request id to report the answer under.
-        id: RequestId,
-        /// The request.
-        req: Request<R>,
-    },
-    /// A lookup (other than a refresh) finished.
-    LookupDone(LookupOutcome<R>),
-    /// The addresses other nodes see us at changed ([`Dht::observed`]): our record may need
-    /// them.
-    Observed(Vec<SocketAddr>),
-    /// A node that saw us at one address before sees us at another now: our public address
-    /// moved (a renumbered router, a new uplink), and connections others dialled to us are
-    /// dead ends (QUIC servers cannot migrate). At most once per [`OBSERVE_RETRY`].
-    Moved,
-}
+pub use types::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqKind {
@@ -166,21 +78,6 @@ impl<R> LookupState<R> {
             .count();
         usize::from(self.held) + among >= VALUE_QUORUM
     }
-}
-
-/// Counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DhtStats {
-    /// Requests answered.
-    pub requests_answered: u64,
-    /// Requests dropped by the rate limiter.
-    pub rate_limited: u64,
-    /// STOREs refused.
-    pub stores_refused: u64,
-    /// Records in answers that failed verification or did not match the query.
-    pub bogus_records: u64,
-    /// Requests that timed out.
-    pub timeouts: u64,
 }
 
 /// One node's DHT.
@@ -277,7 +174,7 @@ impl<C: RecordCheck> Dht<C> {
         &self.observed
     }
 
-    /// Whether to ask other nodes where they see us (PINGs every [`OBSERVE_INTERVAL`]; see
+    /// Whether to ask other nodes where they see us (PINGs every [`super::OBSERVE_INTERVAL`]; see
     /// [`super::observed`]). Off until set: a node that needs no address of its own (a test,
     /// the simulator) sends no such PINGs. PONGs are read either way.
     pub fn set_observing(&mut self, on: bool, now: Duration) {
@@ -748,59 +645,6 @@ impl<C: RecordCheck> Dht<C> {
         }
     }
 
-    /// A node at `reporter` told us, outside a PONG, that it sees us at `at` now (a member
-    /// whose connection from us migrated). Counts as its PONG would.
-    pub fn seen(&mut self, now: Duration, reporter: SocketAddr, at: SocketAddr) {
-        self.report(now, reporter, at);
-    }
-
-    /// The node at `reporter` sees us at `at`. Only a node outside every private network sees
-    /// our public side. When it saw us elsewhere before, we moved: the others are asked again
-    /// at once, rather than after [`OBSERVE_INTERVAL`].
-    fn report(&mut self, now: Duration, reporter: SocketAddr, at: SocketAddr) {
-        if subnet_key(&reporter).is_none() {
-            return;
-        }
-        let before = self.observed.addresses(now);
-        let quiet = self.last_moved.is_none_or(|t| now >= t + OBSERVE_RETRY);
-        // We left the address it saw us at: whoever else saw us there is asked again.
-        let moved = self.observed.moved(now, reporter, at).filter(|_| quiet);
-        if let Some(old) = moved {
-            self.observed.forget(old);
-        }
-        self.observed.report(now, reporter, at);
-        let addrs = self.observed.addresses(now);
-        if addrs != before {
-            if !addrs.is_empty() && self.next_observe.is_some() {
-                self.next_observe = Some(now + OBSERVE_INTERVAL);
-            }
-            self.out.push_back(Output::Observed(addrs));
-        }
-        if moved.is_some() {
-            self.last_moved = Some(now);
-            self.widen = true;
-            // Soon, not now: the connections to the other observers that died with our old
-            // address are being redialled.
-            if let Some(t) = self.next_observe.as_mut() {
-                *t = now + MOVED_SETTLE;
-            }
-            self.out.push_back(Output::Moved);
-        }
-    }
-
-    /// A link of ours went silent: our address may have moved under us. The nodes we observe
-    /// through are asked now rather than at the next interval (at most once per
-    /// [`OBSERVE_RETRY`]).
-    pub fn observe_soon(&mut self, now: Duration) {
-        if self.last_soon.is_some_and(|t| now < t + OBSERVE_RETRY) {
-            return;
-        }
-        if let Some(t) = self.next_observe.as_mut() {
-            self.last_soon = Some(now);
-            *t = (*t).min(now);
-        }
-    }
-
     /// Request `id` failed before an answer (unreachable, refused, malformed answer).
     pub fn handle_failure(&mut self, id: RequestId, now: Duration) {
         if let Some(p) = self.pending.remove(&id) {
@@ -889,40 +733,6 @@ impl<C: RecordCheck> Dht<C> {
                 }
             }
         }
-    }
-
-    /// Asks the [`OBSERVE_PINGS`] contacts closest to us with public addresses, each in another
-    /// network, where they see us; again after [`OBSERVE_INTERVAL`], or [`OBSERVE_RETRY`] while no address
-    /// has a quorum. A contact at a private, loopback or carrier-grade-NAT address, or in our
-    /// own network, is not asked: it sees our inside.
-    fn observe(&mut self, now: Duration) {
-        let target = self.local.id.0;
-        let mine = subnet_key(&self.local.addr);
-        let mut asked: Vec<[u8; 7]> = Vec::new();
-        let want = OBSERVE_PINGS
-            * if std::mem::take(&mut self.widen) {
-                2
-            } else {
-                1
-            };
-        for c in self.table.closest(&target, K) {
-            let Some(net) = subnet_key(&c.addr) else {
-                continue;
-            };
-            if asked.len() >= want || Some(net) == mine || asked.contains(&net) {
-                continue;
-            }
-            asked.push(net);
-            self.send(c, Request::Ping, ReqKind::Ping { lru: false }, now);
-        }
-        let known = !self.observed.addresses(now).is_empty();
-        self.next_observe = Some(
-            now + if known {
-                OBSERVE_INTERVAL
-            } else {
-                OBSERVE_RETRY
-            },
-        );
     }
 
     /// The next thing to do, if any.
