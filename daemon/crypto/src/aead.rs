@@ -11,8 +11,19 @@ use shadowmesh_proto::frame::Header;
 
 use crate::Error;
 
-/// One direction's frame key.
-pub struct FrameKey(LessSafeKey);
+/// One direction's frame key: the 32 key bytes, wiped on drop.
+///
+/// ring's key type is sized for its largest algorithm (AES-GCM's expanded key and GHASH table:
+/// 544 bytes on x86_64), and a session holds four frame keys (two directions, two key phases):
+/// 2.1 KiB of every member's memory. Kept as bytes, each seal and open sets up the ChaCha20
+/// key on the stack (a 32-byte copy) instead.
+pub struct FrameKey([u8; 32]);
+
+impl Drop for FrameKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl core::fmt::Debug for FrameKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -29,9 +40,14 @@ fn nonce(seq: u64) -> Nonce {
 impl FrameKey {
     /// A key from 32 bytes.
     pub fn new(key: &[u8; 32]) -> Self {
-        FrameKey(LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, key).expect("ChaCha20-Poly1305 key is 32 bytes"),
-        ))
+        FrameKey(*key)
+    }
+
+    fn key(&self) -> LessSafeKey {
+        LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &self.0)
+                .expect("ChaCha20-Poly1305 key is 32 bytes"),
+        )
     }
 
     /// Seals a frame in place. `frame` is `header room (22) || plaintext (header.len) || tag
@@ -47,7 +63,7 @@ impl FrameKey {
         header.emit(hdr.try_into().expect("FRAME_HEADER_LEN bytes"));
         let (body, tag_out) = rest.split_at_mut(header.len as usize);
         let tag = self
-            .0
+            .key()
             .seal_in_place_separate_tag(nonce(header.seq), Aad::from(&*hdr), body)
             .map_err(|_| Error::Decrypt)?;
         tag_out.copy_from_slice(tag.as_ref());
@@ -62,7 +78,7 @@ impl FrameKey {
             FRAME_HEADER_LEN + header.len as usize + AEAD_TAG_LEN
         );
         let (hdr, rest) = frame.split_at_mut(FRAME_HEADER_LEN);
-        self.0
+        self.key()
             .open_in_place(nonce(header.seq), Aad::from(&*hdr), rest)
             .map_err(|_| Error::Decrypt)
     }

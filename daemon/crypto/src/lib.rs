@@ -28,6 +28,7 @@ pub mod error;
 pub mod hello;
 pub mod identity;
 pub mod kx;
+mod quic_keys;
 pub mod record;
 pub mod secret;
 pub mod session;

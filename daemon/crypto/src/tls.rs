@@ -105,7 +105,7 @@ pub enum KxPolicy {
 /// the RSA code went into every router binary, never used.
 pub fn provider(kx: KxPolicy) -> CryptoProvider {
     CryptoProvider {
-        cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256],
+        cipher_suites: vec![chacha_suite()],
         kx_groups: match kx {
             KxPolicy::Hybrid => vec![HYBRID_GROUP],
             KxPolicy::ClassicalOnly => vec![rustls::crypto::ring::kx_group::X25519],
@@ -114,6 +114,28 @@ pub fn provider(kx: KxPolicy) -> CryptoProvider {
         secure_random: &Ed25519Keys,
         key_provider: &Ed25519Keys,
     }
+}
+
+/// TLS_CHACHA20_POLY1305_SHA256 as ring's provider has it, with QUIC keys kept as their key
+/// bytes ([`crate::quic_keys`]: 2.6 KiB less per connection).
+fn chacha_suite() -> rustls::SupportedCipherSuite {
+    static SUITE: std::sync::OnceLock<rustls::Tls13CipherSuite> = std::sync::OnceLock::new();
+    let suite = SUITE.get_or_init(|| {
+        let ring = rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256
+            .tls13()
+            .expect("a TLS 1.3 suite");
+        rustls::Tls13CipherSuite {
+            common: rustls::CipherSuiteCommon {
+                suite: ring.common.suite,
+                hash_provider: ring.common.hash_provider,
+                confidentiality_limit: ring.common.confidentiality_limit,
+            },
+            hkdf_provider: ring.hkdf_provider,
+            aead_alg: ring.aead_alg,
+            quic: Some(&crate::quic_keys::ChaChaQuic),
+        }
+    });
+    rustls::SupportedCipherSuite::Tls13(suite)
 }
 
 /// The one signature scheme either end offers or accepts.
