@@ -1,5 +1,6 @@
-//! `cargo xtask bench` and `count-aead`: crypto primitive costs beside OpenSSL and the
-//! RustCrypto crate, handshake costs, and executed instructions per frame under qemu.
+//! `cargo xtask bench`, `count-aead` and `count-handshake`: crypto primitive costs beside
+//! OpenSSL and the RustCrypto crate, handshake costs, and executed instructions per frame and
+//! per handshake under qemu.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -137,21 +138,93 @@ pub(crate) fn bench(quick: bool) -> Result {
 
 /// Instructions qemu-aarch64 executes for `aead_count IMPL n`.
 pub(crate) fn qemu_instructions(bin: &Path, which: &str, n: u32) -> Result<u64> {
-    let out = Command::new("qemu-aarch64")
+    qemu_count("qemu-aarch64", bin, &[which, &n.to_string()]).map(|(c, _)| c)
+}
+
+/// Instructions `runner` (a qemu-user command line) executes for `bin args`, one translation
+/// block per instruction, each logged as one `Trace` line; and what the program printed.
+fn qemu_count(runner: &str, bin: &Path, args: &[&str]) -> Result<(u64, String)> {
+    let mut parts = runner.split_whitespace();
+    let qemu = parts.next().ok_or("empty runner")?;
+    let mut child = Command::new(qemu)
+        .args(parts)
         .args(["-singlestep", "-d", "exec,nochain", "-D", "/dev/stdout"])
         .arg(bin)
-        .args([which, &n.to_string()])
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("qemu-aarch64: {e}"))?;
+        .map_err(|e| format!("{qemu}: {e}"))?;
     let mut count = 0u64;
-    for line in BufReader::new(out.stdout.expect("piped")).split(b'\n') {
-        if line.map_err(|e| e.to_string())?.starts_with(b"Trace") {
+    let mut printed = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).split(b'\n') {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.starts_with(b"Trace") {
             count += 1;
+        } else if line.starts_with(b"tls_") {
+            printed = String::from_utf8_lossy(&line).into_owned();
         }
     }
-    Ok(count)
+    let st = child.wait().map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err(format!("{qemu} {} {args:?}: {st}", bin.display()));
+    }
+    Ok((count, printed))
+}
+
+/// `cargo xtask count-handshake [--n N] [--target T]...`: executed instructions per full member
+/// handshake on a direct connection (both sides: hybrid TLS, then HELLO, INIT and RESP;
+/// `daemon/crypto/examples/handshake_count.rs`) under qemu-user, for mipsel and aarch64 (or the
+/// targets named), with HELLO and INIT/RESP signed apart (as before one signature covered
+/// both), in one flight, and in one flight with the listener's record already held; and the
+/// bytes each side sent. Runs each mode for 0 and N (default 2) handshakes and divides the
+/// difference.
+pub(crate) fn count_handshake(args: &[String]) -> Result {
+    let n = crate::flag_value(args, "--n").unwrap_or(2).max(1);
+    let mut targets: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--target")
+        .map(|w| w[1].as_str())
+        .collect();
+    if targets.is_empty() {
+        targets = vec!["mipsel-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+    }
+    let mut rows = Vec::new();
+    for t in targets {
+        let mut c = cross_cargo(t, "build")?;
+        c.args([
+            "--release",
+            "-p",
+            "shadowmesh-crypto",
+            "--example",
+            "handshake_count",
+        ]);
+        eprintln!("+ {c:?}");
+        if !c.status().map_err(|e| e.to_string())?.success() {
+            return Err(format!("building handshake_count for {t} failed"));
+        }
+        let bin = target_dir()
+            .join(t)
+            .join("release")
+            .join("examples")
+            .join("handshake_count");
+        let (_, runner) = cross_recipe(t)?;
+        let mut base_per = None;
+        for mode in ["separate", "flight", "known"] {
+            let (zero, _) = qemu_count(runner, &bin, &[mode, "0"])?;
+            let (with, bytes) = qemu_count(runner, &bin, &[mode, &n.to_string()])?;
+            let per = with.saturating_sub(zero) / n;
+            let base = *base_per.get_or_insert(per);
+            eprintln!("count-handshake: {t} {mode}: {per} instructions, {bytes}");
+            rows.push((t, mode, per, per as f64 / base as f64, bytes));
+        }
+    }
+    println!("| target | HELLO and INIT/RESP | instructions per handshake (both sides) | ratio | bytes sent per side (TLS; HELLO with INIT or RESP) |");
+    println!("| --- | --- | ---: | ---: | --- |");
+    for (t, mode, per, ratio, bytes) in rows {
+        println!("| {t} | {mode} | {per} | {ratio:.2} | {bytes} |");
+    }
+    Ok(())
 }
 
 pub(crate) fn count_aead() -> Result {

@@ -14,6 +14,8 @@
 //!   tests under qemu-user. Recipes in `cross-toolchains/README.md`.
 //! - `count-aead`: executed-instruction counts per 1,400-byte frame (seal + open) of ring's
 //!   NEON ChaCha20-Poly1305 and the portable RustCrypto crate, under `qemu-aarch64 -singlestep`.
+//! - `count-handshake [--n N] [--target T]...`: executed instructions and bytes per full member
+//!   handshake (both sides) under qemu-user, HELLO and INIT/RESP signed apart or in one flight.
 //! - `hil --backend virtual|ssh`: the hardware-in-the-loop scenario (`hw-tests/`); the virtual
 //!   back end runs x86_64, aarch64, mipsel and mips daemons (qemu-user) in network namespaces;
 //!   `--backend ssh --inventory FILE` runs on real boards ([`hil_ssh`]), `--backend ssh --lab`
@@ -65,7 +67,7 @@ mod support;
 mod test;
 mod trust;
 
-use bench::{bench, count_aead};
+use bench::{bench, count_aead, count_handshake};
 use cross::{cross, cross_build, cross_cargo, cross_recipe};
 use demo::demo;
 use hil::hil;
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
                 .ok_or_else(|| c.failures.join("\n"))
         }),
         Some("count-aead") => count_aead(),
+        Some("count-handshake") => count_handshake(&args[1..]),
         Some("hil") => hil(&args[1..]),
         Some("flood") => release_bin().and_then(|bin| {
             let secs = flag_value(&args[1..], "--seconds").unwrap_or(30);
@@ -155,7 +158,7 @@ fn main() -> ExitCode {
                 flag_value(&args[1..], "--seconds").unwrap_or(5) as u32,
             )
         }),
-        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | sim --bars [--seeds A..B] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | size-report [--json] [--target T]... | delay-line DEV MS | flood [--seconds N]>".into()),
+        _ => Err("usage: cargo xtask <test [--fuzz-seconds N] | demo [--full|--probe] | fuzz [--seconds N] | bench [--quick] | bench-tunnel [--json] [--seconds N] [--bin PATH] | sim --nodes N --seed S [...] | sim --bars [--seeds A..B] | cross --target T [--test] | hil --backend virtual | dist [--no-build] | openwrt-test | trust | nat-lab [--json] [--runs N] | exit-lab | lan-lab | size-report [--json] [--target T]... | count-handshake [--n N] [--target T]... | delay-line DEV MS | flood [--seconds N]>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

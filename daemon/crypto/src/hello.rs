@@ -8,7 +8,8 @@
 
 use shadowmesh_proto::consts::{EXPORTER_LEN, NETKEY_PROOF_LEN};
 use shadowmesh_proto::msg::{
-    append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, HELLO_MEMBER, NETKEY_DOMAIN,
+    append_sigs, Hello, RecordRefOrSeq, Role, HELLO_DOMAIN, HELLO_MEMBER, HELLO_SIGNED_WITH_NEXT,
+    NETKEY_DOMAIN,
 };
 use shadowmesh_proto::PeerId;
 
@@ -28,25 +29,54 @@ pub fn netkey_proof(
     )
 }
 
-/// Builds a signed HELLO body. With a network key the sender is a member and proves the key;
-/// without one it is a DHT-only node.
-pub fn build_hello(
-    id: &Identity,
-    role: Role,
-    to: &PeerId,
-    record: RecordRefOrSeq<'_>,
-    exporter: &[u8; EXPORTER_LEN],
-    network_key: Option<&[u8; 32]>,
-) -> Result<Vec<u8>, Error> {
+/// How a HELLO is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloSig {
+    /// Signed on its own (a DHT-only node's, or a listener that sends no RESP).
+    Own,
+    /// Unsigned ([`HELLO_SIGNED_WITH_NEXT`]): the INIT or RESP after it is signed over both.
+    WithNext,
+}
+
+/// What a HELLO says.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloParams<'a> {
+    /// Our role on the connection.
+    pub role: Role,
+    /// The receiver.
+    pub to: &'a PeerId,
+    /// Our record, or its sequence number when the receiver holds it.
+    pub record: RecordRefOrSeq<'a>,
+    /// The connection's TLS exporter value.
+    pub exporter: &'a [u8; EXPORTER_LEN],
+    /// The mesh's network key (`None` on a DHT-only node).
+    pub network_key: Option<&'a [u8; 32]>,
+    /// Signed on its own, or with the INIT or RESP after it.
+    pub sig: HelloSig,
+    /// The sequence number of the receiver's record we hold (a dialler's), so that it can
+    /// answer with [`RecordRefOrSeq::Known`].
+    pub held: Option<u64>,
+}
+
+/// Builds a HELLO body. With a network key the sender is a member and proves the key; without
+/// one it is a DHT-only node.
+pub fn build_hello(id: &Identity, p: &HelloParams<'_>) -> Result<Vec<u8>, Error> {
     let me = id.peer_id();
-    let (flags, proof) = match network_key {
-        Some(k) => (HELLO_MEMBER, netkey_proof(k, exporter, role, &me)),
+    let (mut flags, proof) = match p.network_key {
+        Some(k) => (HELLO_MEMBER, netkey_proof(k, p.exporter, p.role, &me)),
         None => (0, [0u8; NETKEY_PROOF_LEN]),
     };
+    if p.sig == HelloSig::WithNext {
+        flags |= HELLO_SIGNED_WITH_NEXT;
+    }
     let mut body = Vec::new();
-    Hello::emit_unsigned(role, flags, &me, to, record, &proof, &mut body)?;
-    let (m, e) = id.sign(HELLO_DOMAIN, &[exporter, &body]);
-    append_sigs(&mut body, &m, &e);
+    Hello::emit_unsigned(
+        p.role, flags, &me, p.to, p.held, p.record, &proof, &mut body,
+    )?;
+    if p.sig == HelloSig::Own {
+        let (m, e) = id.sign(HELLO_DOMAIN, &[p.exporter, &body]);
+        append_sigs(&mut body, &m, &e);
+    }
     Ok(body)
 }
 
@@ -81,6 +111,11 @@ pub struct HelloOutcome {
     pub member: bool,
     /// The sender claimed membership (an INIT follows its HELLO).
     pub claims_member: bool,
+    /// The HELLO came unsigned ([`HelloSig::WithNext`]): it is proven only once the INIT or
+    /// RESP after it verifies over it, and must not be trusted before.
+    pub signed_with_next: bool,
+    /// The sender holds our record with this sequence number.
+    pub held: Option<u64>,
 }
 
 /// Verifies a HELLO body. A sender claiming membership must prove our network key (if we have
@@ -99,6 +134,13 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<HelloOutcome, Err
         }
     }
     let claims_member = h.flags & HELLO_MEMBER != 0;
+    let signed_with_next = h.sigs.is_none();
+    // Only a member's HELLO can lean on a following INIT or RESP.
+    if signed_with_next && !claims_member {
+        return Err(Error::Wire(shadowmesh_proto::Error::InvalidField(
+            "HELLO signature placement",
+        )));
+    }
     let member = match (claims_member, c.network_key) {
         (true, Some(k)) => {
             let proof = netkey_proof(k, c.exporter, h.role, &h.from);
@@ -137,15 +179,16 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<HelloOutcome, Err
     if !crate::ct_eq(&record.keys.ed25519, c.tls_ed25519) {
         return Err(Error::TlsKeyMismatch);
     }
-    record.keys.verify(
-        HELLO_DOMAIN,
-        &[c.exporter, h.signed],
-        h.mldsa_sig,
-        h.ed25519_sig,
-    )?;
+    if let Some((m, e)) = h.sigs {
+        record
+            .keys
+            .verify(HELLO_DOMAIN, &[c.exporter, h.signed], m, e)?;
+    }
     Ok(HelloOutcome {
         record,
         member,
         claims_member,
+        signed_with_next,
+        held: h.held,
     })
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 use shadowmesh_proto::consts::*;
 use shadowmesh_proto::frame::{FrameType, Header};
 use shadowmesh_proto::msg::{
-    append_sigs, Init, Rekey, Resp, INIT_DOMAIN, REKEY_INIT_DOMAIN, REKEY_RESP_DOMAIN, RESP_DOMAIN,
+    append_sigs, Init, Rekey, Resp, HELLO_INIT_DOMAIN, HELLO_RESP_DOMAIN, INIT_DOMAIN,
+    REKEY_INIT_DOMAIN, REKEY_RESP_DOMAIN, RESP_DOMAIN,
 };
 use shadowmesh_proto::replay::ReplayWindow;
 use shadowmesh_proto::PeerId;
@@ -166,14 +167,60 @@ pub struct Initiating {
     binding: [u8; 32],
 }
 
+/// What an INIT or RESP signature covers: `plain || binding || body`, or, when the sender's
+/// HELLO left in the same flight unsigned (`HELLO_SIGNED_WITH_NEXT`),
+/// `flight || exporter || HELLO || body`.
+fn covered<'a>(
+    plain: &'static [u8],
+    flight: &'static [u8],
+    binding: &'a [u8; 32],
+    hello: Option<&'a [u8]>,
+    body: &'a [u8],
+) -> (&'static [u8], [&'a [u8]; 3]) {
+    match hello {
+        Some(h) => (flight, [binding, h, body]),
+        None => (plain, [binding, &[], body]),
+    }
+}
+
+/// The HELLOs of a direct connection's two flights, whose signatures INIT and RESP carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Flight<'a> {
+    /// The other side's HELLO, which arrived unsigned before its INIT or RESP.
+    pub peer_hello: &'a [u8],
+    /// Our HELLO, sent unsigned before our INIT or RESP.
+    pub my_hello: &'a [u8],
+}
+
 /// Starts a session with `peer`: returns the state and the signed INIT body to send.
 pub fn initiate(id: &Identity, peer: &PeerId, binding: &[u8; 32]) -> (Initiating, Vec<u8>) {
+    initiate_inner(id, peer, binding, None)
+}
+
+/// Starts a session with `peer` on a direct connection whose TLS exporter is `exporter`: the
+/// INIT is signed over our unsigned `hello` too, which leaves just before it.
+pub fn initiate_after_hello(
+    id: &Identity,
+    peer: &PeerId,
+    exporter: &[u8; 32],
+    hello: &[u8],
+) -> (Initiating, Vec<u8>) {
+    initiate_inner(id, peer, exporter, Some(hello))
+}
+
+fn initiate_inner(
+    id: &Identity,
+    peer: &PeerId,
+    binding: &[u8; 32],
+    hello: Option<&[u8]>,
+) -> (Initiating, Vec<u8>) {
     let k = kx::Initiator::generate();
     let me = id.peer_id();
     let index = new_index();
     let mut body = Vec::new();
     Init::emit_unsigned(&me, peer, index, k.x25519_pk(), k.mlkem_ek(), &mut body);
-    let (m, e) = id.sign(INIT_DOMAIN, &[binding, &body]);
+    let (domain, parts) = covered(INIT_DOMAIN, HELLO_INIT_DOMAIN, binding, hello, &body);
+    let (m, e) = id.sign(domain, &parts);
     append_sigs(&mut body, &m, &e);
     (
         Initiating {
@@ -197,6 +244,30 @@ impl Initiating {
         network_key: &[u8; 32],
         now: Duration,
     ) -> Result<Session, Error> {
+        self.finish_inner(resp_body, None, peer, network_key, now)
+    }
+
+    /// Completes the session with a RESP whose signature also covers the responder's unsigned
+    /// `peer_hello`, which arrived just before it (see [`initiate_after_hello`]).
+    pub fn finish_after_hello(
+        self,
+        resp_body: &[u8],
+        peer_hello: &[u8],
+        peer: &PeerKeys,
+        network_key: &[u8; 32],
+        now: Duration,
+    ) -> Result<Session, Error> {
+        self.finish_inner(resp_body, Some(peer_hello), peer, network_key, now)
+    }
+
+    fn finish_inner(
+        self,
+        resp_body: &[u8],
+        peer_hello: Option<&[u8]>,
+        peer: &PeerKeys,
+        network_key: &[u8; 32],
+        now: Duration,
+    ) -> Result<Session, Error> {
         if peer.peer_id != self.peer {
             return Err(Error::UnexpectedPeer("peer keys"));
         }
@@ -213,12 +284,14 @@ impl Initiating {
                 "RESP.init_hash",
             )));
         }
-        peer.verify(
+        let (domain, parts) = covered(
             RESP_DOMAIN,
-            &[&self.binding, r.signed],
-            r.mldsa_sig,
-            r.ed25519_sig,
-        )?;
+            HELLO_RESP_DOMAIN,
+            &self.binding,
+            peer_hello,
+            r.signed,
+        );
+        peer.verify(domain, &parts, r.mldsa_sig, r.ed25519_sig)?;
         let mut share = [0u8; kx::RESP_SHARE_LEN];
         share[..MLKEM1024_CIPHERTEXT_LEN].copy_from_slice(r.mlkem_ct);
         share[MLKEM1024_CIPHERTEXT_LEN..].copy_from_slice(r.x25519);
@@ -244,20 +317,86 @@ pub fn respond(
     network_key: &[u8; 32],
     now: Duration,
 ) -> Result<(Session, Vec<u8>), Error> {
-    let i = Init::parse(init_body)?;
+    respond_inner(id, init_body, peer, binding, network_key, None, now)
+}
+
+/// Answers an INIT on a direct connection whose TLS exporter is `exporter`, where each side's
+/// HELLO went unsigned before its INIT or RESP: the INIT's signature is checked over the
+/// initiator's HELLO too, and the RESP is signed over ours.
+pub fn respond_in_flight(
+    id: &Identity,
+    init_body: &[u8],
+    peer: &PeerKeys,
+    exporter: &[u8; 32],
+    network_key: &[u8; 32],
+    flight: Flight<'_>,
+    now: Duration,
+) -> Result<(Session, Vec<u8>), Error> {
+    respond_inner(
+        id,
+        init_body,
+        peer,
+        exporter,
+        network_key,
+        Some(flight),
+        now,
+    )
+}
+
+/// Checks an INIT whose signature covers the initiator's unsigned `peer_hello`, without
+/// answering it: what a DHT-only node does with a member's first flight, which proves that
+/// member's HELLO.
+pub fn verify_init_after_hello(
+    id: &Identity,
+    init_body: &[u8],
+    peer: &PeerKeys,
+    exporter: &[u8; 32],
+    peer_hello: &[u8],
+) -> Result<(), Error> {
+    check_init(
+        id,
+        &Init::parse(init_body)?,
+        peer,
+        exporter,
+        Some(peer_hello),
+    )
+}
+
+fn check_init(
+    id: &Identity,
+    i: &Init<'_>,
+    peer: &PeerKeys,
+    binding: &[u8; 32],
+    peer_hello: Option<&[u8]>,
+) -> Result<(), Error> {
     if i.from != peer.peer_id {
         return Err(Error::UnexpectedPeer("INIT.from"));
     }
-    let me = id.peer_id();
-    if i.to != me {
+    if i.to != id.peer_id() {
         return Err(Error::UnexpectedPeer("INIT.to"));
     }
-    peer.verify(
+    let (domain, parts) = covered(
         INIT_DOMAIN,
-        &[binding, i.signed],
-        i.mldsa_sig,
-        i.ed25519_sig,
-    )?;
+        HELLO_INIT_DOMAIN,
+        binding,
+        peer_hello,
+        i.signed,
+    );
+    peer.verify(domain, &parts, i.mldsa_sig, i.ed25519_sig)
+}
+
+fn respond_inner(
+    id: &Identity,
+    init_body: &[u8],
+    peer: &PeerKeys,
+    binding: &[u8; 32],
+    network_key: &[u8; 32],
+    flight: Option<Flight<'_>>,
+    now: Duration,
+) -> Result<(Session, Vec<u8>), Error> {
+    let i = Init::parse(init_body)?;
+    check_init(id, &i, peer, binding, flight.map(|f| f.peer_hello))?;
+    let me = id.peer_id();
     let mut share = [0u8; kx::INIT_SHARE_LEN];
     share[..MLKEM1024_ENCAPS_KEY_LEN].copy_from_slice(i.mlkem_ek);
     share[MLKEM1024_ENCAPS_KEY_LEN..].copy_from_slice(i.x25519);
@@ -272,7 +411,14 @@ pub fn respond(
     let index = new_index();
     let mut body = Vec::new();
     Resp::emit_unsigned(&me, &peer.peer_id, index, &init_hash, x, ct, &mut body);
-    let (m, e) = id.sign(RESP_DOMAIN, &[binding, &body]);
+    let (domain, parts) = covered(
+        RESP_DOMAIN,
+        HELLO_RESP_DOMAIN,
+        binding,
+        flight.map(|f| f.my_hello),
+        &body,
+    );
+    let (m, e) = id.sign(domain, &parts);
     append_sigs(&mut body, &m, &e);
     let resp_hash = crate::sha256(&[&body]);
     let d = derive(

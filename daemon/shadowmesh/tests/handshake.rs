@@ -441,3 +441,36 @@ fn plain_udp_socket_interoperates_with_quinn_udp() {
         d2.unwrap();
     });
 }
+
+#[test]
+fn a_redial_takes_the_record_it_holds_as_a_sequence_number() {
+    rt().block_on(async {
+        let a = node();
+        let b = node();
+        let (d1, l1) = connect(&a, &b, b.peer_id(), None).await;
+        let (d1, _l1) = (d1.unwrap(), l1.unwrap());
+        d1.conn.close(0u32.into(), b"");
+        // A holds B's record now: B answers the redial with its sequence number alone (the
+        // record is ~7.4 KB), and the session still works both ways.
+        let (d2, l2) = connect(&a, &b, b.peer_id(), None).await;
+        let (mut d2, mut l2) = (d2.unwrap(), l2.unwrap());
+        assert_eq!(d2.record.seq, d1.record.seq);
+        assert!(
+            d2.stats.udp_rx_bytes + 7000 < d1.stats.udp_rx_bytes,
+            "{} then {}",
+            d1.stats.udp_rx_bytes,
+            d2.stats.udp_rx_bytes
+        );
+        d2.send_frame(FrameType::Data, b"known").unwrap();
+        let mut buf = l2.conn.read_datagram().await.unwrap().to_vec();
+        let (_, r) = l2.open_frame(&mut buf).unwrap();
+        assert_eq!(&buf[r], b"known");
+        // A fresh record of B's goes out whole, and A takes its new sequence number.
+        let fresh = b.refresh_record().unwrap();
+        let (d3, _) = connect(&a, &b, b.peer_id(), None).await;
+        let d3 = d3.unwrap();
+        assert!(d3.record.seq > d1.record.seq);
+        assert_eq!(d3.record.bytes, fresh.to_vec());
+        assert!(d3.stats.udp_rx_bytes > d2.stats.udp_rx_bytes + 7000);
+    });
+}

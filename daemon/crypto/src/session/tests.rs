@@ -240,3 +240,73 @@ fn the_first_unanswered_data_frame_is_remembered_until_something_opens() {
     a.open(t1, &mut back).unwrap();
     assert_eq!(a.unanswered_since(), None);
 }
+
+/// One signature per side over HELLO and INIT (RESP): the sessions agree, every byte of either
+/// HELLO is covered, and the flight's signatures are not interchangeable with the plain ones.
+#[test]
+fn a_flight_signs_hello_and_init_together() {
+    let t0 = Duration::from_secs(1000);
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (nk, exporter) = ([5u8; 32], [7u8; 32]);
+    let hello_a = b"the dialler's HELLO".to_vec();
+    let hello_b = b"the listener's HELLO".to_vec();
+    let (st, init) = initiate_after_hello(&a, &b.peer_id(), &exporter, &hello_a);
+    let flight = Flight {
+        peer_hello: &hello_a,
+        my_hello: &hello_b,
+    };
+
+    // The dialler's HELLO is proven by its INIT: a changed byte, another exporter, or the INIT
+    // taken as a plain one all fail.
+    let mut forged = hello_a.clone();
+    forged[4] ^= 1;
+    let bad = |r: Result<(Session, Vec<u8>), Error>| {
+        assert!(matches!(
+            r.map(|_| ()),
+            Err(Error::BadEd25519Signature | Error::BadMlDsaSignature)
+        ))
+    };
+    bad(respond_in_flight(
+        &b,
+        &init,
+        &a.peer_keys(),
+        &exporter,
+        &nk,
+        Flight {
+            peer_hello: &forged,
+            my_hello: &hello_b,
+        },
+        t0,
+    ));
+    bad(respond_in_flight(
+        &b,
+        &init,
+        &a.peer_keys(),
+        &[8; 32],
+        &nk,
+        flight,
+        t0,
+    ));
+    bad(respond(&b, &init, &a.peer_keys(), &exporter, &nk, t0));
+    assert!(verify_init_after_hello(&b, &init, &a.peer_keys(), &exporter, &forged).is_err());
+    verify_init_after_hello(&b, &init, &a.peer_keys(), &exporter, &hello_a).unwrap();
+
+    let (mut sb, resp) =
+        respond_in_flight(&b, &init, &a.peer_keys(), &exporter, &nk, flight, t0).unwrap();
+    // The listener's HELLO is proven by its RESP in the same way.
+    let mut forged_b = hello_b.clone();
+    forged_b[0] ^= 0x80;
+    let (st2, init2) = initiate_after_hello(&a, &b.peer_id(), &exporter, &hello_a);
+    let (_, resp2) =
+        respond_in_flight(&b, &init2, &a.peer_keys(), &exporter, &nk, flight, t0).unwrap();
+    assert!(st2
+        .finish_after_hello(&resp2, &forged_b, &b.peer_keys(), &nk, t0)
+        .is_err());
+    let mut sa = st
+        .finish_after_hello(&resp, &hello_b, &b.peer_keys(), &nk, t0)
+        .unwrap();
+    let mut f = frame(&mut sa, t0, b"one flight");
+    assert_eq!(sb.open(t0, &mut f).unwrap().1, b"one flight");
+    let mut g = frame(&mut sb, t0, b"back");
+    assert_eq!(sa.open(t0, &mut g).unwrap().1, b"back");
+}

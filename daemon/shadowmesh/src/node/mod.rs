@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use shadowmesh_crypto::hello::{build_hello, verify_hello, HelloCheck};
+use shadowmesh_crypto::hello::{build_hello, verify_hello, HelloCheck, HelloParams, HelloSig};
 use shadowmesh_crypto::record::{build_record, RecordParams, VerifiedRecord};
 use shadowmesh_crypto::session::{self, Session};
 use shadowmesh_crypto::tls::{ed25519_from_spki, KxPolicy, TlsContext};
@@ -127,6 +127,8 @@ pub struct Node {
     refused: AtomicUsize,
     /// Hands out our record sequence numbers.
     seqs: SeqFloor,
+    /// Peers' records from recent handshakes, for `Known(seq)` HELLOs on redials.
+    held: std::cell::RefCell<HeldRecords>,
     /// Handshakes in flight per source, and each source's budget of new ones.
     sources: std::rc::Rc<std::cell::RefCell<SourceCounts<SocketAddr>>>,
     buckets: std::cell::RefCell<TokenBuckets<SocketAddr>>,
@@ -243,6 +245,7 @@ impl Node {
             cfg,
             record: std::cell::RefCell::new(record.into()),
             seqs,
+            held: Default::default(),
             payload: std::cell::RefCell::new(payload),
             transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -399,27 +402,37 @@ impl Node {
         let (exporter, tls_key) = session_binding(&conn)?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let my_record = self.record();
+        let member = self.cfg.network_key.is_some();
+        let now_unix = crate::unix_now();
+        let held = self.held.borrow().get(&peer, now_unix).cloned();
         let hello = build_hello(
             &self.id,
-            Role::Dialler,
-            &peer,
-            RecordRefOrSeq::Full(&my_record),
-            &exporter,
-            self.cfg.network_key.as_deref(),
+            &HelloParams {
+                role: Role::Dialler,
+                to: &peer,
+                record: RecordRefOrSeq::Full(&my_record),
+                exporter: &exporter,
+                network_key: self.cfg.network_key.as_deref(),
+                sig: if member {
+                    HelloSig::WithNext
+                } else {
+                    HelloSig::Own
+                },
+                held: held.as_ref().map(|r| r.seq),
+            },
         )
         .map_err(HandshakeError::Verify)?;
-        // A member offers the end-to-end session at once, in the same flight as HELLO.
-        let initiating = match self.cfg.network_key {
-            Some(_) => {
-                let (initiating, init) = session::initiate(&self.id, &peer, &exporter);
-                send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Init, &init)))
-                    .await?;
-                Some(initiating)
-            }
-            None => {
-                write_msg(&mut send, MsgType::Hello, &hello).await?;
-                None
-            }
+        // A member offers the end-to-end session at once, in the same flight as HELLO, and signs
+        // the two together once.
+        let initiating = if member {
+            let (initiating, init) =
+                session::initiate_after_hello(&self.id, &peer, &exporter, &hello);
+            send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Init, &init)))
+                .await?;
+            Some(initiating)
+        } else {
+            write_msg(&mut send, MsgType::Hello, &hello).await?;
+            None
         };
 
         let mut buf = Vec::new();
@@ -431,24 +444,38 @@ impl Node {
             exporter: &exporter,
             network_key: self.cfg.network_key.as_deref(),
             tls_ed25519: &tls_key,
-            known: None,
-            now_unix: crate::unix_now(),
+            known: held.as_ref(),
+            now_unix,
         };
         let hello = verify_hello(&buf, &check).map_err(|e| fail(&conn, e))?;
         let record = hello.record;
-        // Both members of one mesh (each verified the other's proof): RESP follows.
+        // Both members of one mesh (each verified the other's proof): RESP follows, signed
+        // over the listener's HELLO too. An unsigned HELLO with nothing after it to prove it
+        // is refused.
         let session = match (initiating, hello.member, &self.cfg.network_key) {
             (Some(initiating), true, Some(nk)) => {
+                let peer_hello = std::mem::take(&mut buf);
                 expect_msg(&mut recv, &mut buf, MsgType::Resp).await?;
-                Some(
-                    initiating
-                        .finish(&buf, &record.keys, nk, crate::mono_now())
-                        .map_err(|e| fail(&conn, e))?,
-                )
+                let now = crate::mono_now();
+                let done = if hello.signed_with_next {
+                    initiating.finish_after_hello(&buf, &peer_hello, &record.keys, nk, now)
+                } else {
+                    initiating.finish(&buf, &record.keys, nk, now)
+                };
+                Some(done.map_err(|e| fail(&conn, e))?)
+            }
+            _ if hello.signed_with_next => {
+                return Err(fail(
+                    &conn,
+                    shadowmesh_crypto::Error::Wire(shadowmesh_proto::Error::InvalidField(
+                        "HELLO signature placement",
+                    )),
+                ))
             }
             _ => None,
         };
         let resumed = self.tls.server_cert_checks() == checks_before;
+        self.held.borrow_mut().keep(&record);
         Ok(Peer {
             peer_id: peer,
             record,
@@ -611,40 +638,79 @@ impl Node {
         let record = outcome.record;
         let peer = record.peer_id();
         let my_record = self.record();
+        let respond = matches!((outcome.member, &self.cfg.network_key), (true, Some(_)));
+        // The dialler holds our current record: its sequence number is enough.
+        let my_seq = record_seq(&my_record);
         let hello = build_hello(
             &self.id,
-            Role::Listener,
-            &peer,
-            RecordRefOrSeq::Full(&my_record),
-            &exporter,
-            self.cfg.network_key.as_deref(),
+            &HelloParams {
+                role: Role::Listener,
+                to: &peer,
+                record: if outcome.held == Some(my_seq) {
+                    RecordRefOrSeq::Known(my_seq)
+                } else {
+                    RecordRefOrSeq::Full(&my_record)
+                },
+                exporter: &exporter,
+                network_key: self.cfg.network_key.as_deref(),
+                // Our RESP carries our HELLO's signature when the dialler's INIT carried its.
+                sig: if respond && outcome.signed_with_next {
+                    HelloSig::WithNext
+                } else {
+                    HelloSig::Own
+                },
+                held: None,
+            },
         )
         .map_err(HandshakeError::Verify)?;
-        // A dialler claiming membership sent INIT after its HELLO: read it even if we cannot
-        // use it (we are a seed), so the stream stays in step.
+        // A dialler claiming membership sent INIT after its HELLO, signed over both: read it
+        // even if we cannot use it (we are a seed), since its signature is the HELLO's proof.
+        let peer_hello = std::mem::take(&mut buf);
         if outcome.claims_member {
             expect_msg(&mut recv, &mut buf, MsgType::Init).await?;
         }
-        let session = match (outcome.member, &self.cfg.network_key) {
-            (true, Some(nk)) => {
-                let (session, resp) = session::respond(
-                    &self.id,
-                    &buf,
-                    &record.keys,
-                    &exporter,
-                    nk,
-                    crate::mono_now(),
-                )
+        let session = match &self.cfg.network_key {
+            Some(nk) if respond => {
+                let now = crate::mono_now();
+                let (session, resp) = if outcome.signed_with_next {
+                    let flight = session::Flight {
+                        peer_hello: &peer_hello,
+                        my_hello: &hello,
+                    };
+                    session::respond_in_flight(
+                        &self.id,
+                        &buf,
+                        &record.keys,
+                        &exporter,
+                        nk,
+                        flight,
+                        now,
+                    )
+                } else {
+                    // A HELLO signed on its own, and so its INIT: so are ours.
+                    session::respond(&self.id, &buf, &record.keys, &exporter, nk, now)
+                }
                 .map_err(|e| fail(&conn, e))?;
                 send.write_all(&two_msgs((MsgType::Hello, &hello), (MsgType::Resp, &resp)))
                     .await?;
                 Some(session)
             }
             _ => {
+                if outcome.signed_with_next {
+                    session::verify_init_after_hello(
+                        &self.id,
+                        &buf,
+                        &record.keys,
+                        &exporter,
+                        &peer_hello,
+                    )
+                    .map_err(|e| fail(&conn, e))?;
+                }
                 write_msg(&mut send, MsgType::Hello, &hello).await?;
                 None
             }
         };
+        self.held.borrow_mut().keep(&record);
         Ok(Peer {
             peer_id: peer,
             record,
@@ -654,7 +720,7 @@ impl Node {
             role: Role::Listener,
             control: send,
             control_rx: Some(recv),
-            local_seq: record_seq(&my_record),
+            local_seq: my_seq,
         })
     }
 }

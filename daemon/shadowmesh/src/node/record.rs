@@ -126,3 +126,33 @@ mod seq_tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Records of peers verified in recent handshakes. A dial to one of them says which of its
+/// records we hold (`HELLO_HOLDS_RECORD`), and a peer whose record is unchanged answers with
+/// its sequence number alone: 7.4 KB less on the wire and one dual verification less. Only the
+/// most recent few: each is ~10 KB (the keys and the record).
+#[derive(Debug, Default)]
+pub(super) struct HeldRecords(Vec<VerifiedRecord>);
+
+impl HeldRecords {
+    /// How many are kept.
+    pub(super) const MAX: usize = 8;
+
+    /// `peer`'s record, if we hold one that has not expired at `now_unix`.
+    pub(super) fn get(&self, peer: &PeerId, now_unix: u64) -> Option<&VerifiedRecord> {
+        self.0
+            .iter()
+            .find(|r| r.peer_id() == *peer && r.expires_at > now_unix)
+    }
+
+    /// Keeps `record` (in place of the peer's earlier one), dropping the least recently kept
+    /// when full.
+    pub(super) fn keep(&mut self, record: &VerifiedRecord) {
+        let id = record.peer_id();
+        self.0.retain(|r| r.peer_id() != id);
+        if self.0.len() == Self::MAX {
+            self.0.remove(0);
+        }
+        self.0.push(record.clone());
+    }
+}
