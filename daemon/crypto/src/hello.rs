@@ -13,7 +13,7 @@ use shadowmesh_proto::msg::{
 };
 use shadowmesh_proto::PeerId;
 
-use crate::record::{verify_record, VerifiedRecord};
+use crate::record::{check_record_in_flight, verify_record, VerifiedRecord};
 use crate::{Error, Identity};
 
 /// HMAC-SHA-256 under the network key over the exporter, the sender's role and PeerId.
@@ -160,6 +160,10 @@ pub fn verify_hello(body: &[u8], c: &HelloCheck<'_>) -> Result<HelloOutcome, Err
         }
     };
     let record = match h.record {
+        // Signed with the next message, whose signatures cover the record too.
+        RecordRefOrSeq::Full(bytes) if signed_with_next => {
+            check_record_in_flight(bytes, c.now_unix)?
+        }
         RecordRefOrSeq::Full(bytes) => verify_record(bytes, c.now_unix)?,
         RecordRefOrSeq::Known(seq) => match c.known {
             Some(r) if r.seq == seq && r.peer_id() == h.from && r.expires_at > c.now_unix => {

@@ -81,7 +81,9 @@ pub fn build_record(
     Ok(out)
 }
 
-/// A record whose layout, times, PeerId binding and both signatures have been checked.
+/// A record whose layout, times, PeerId binding and both signatures have been checked: its own,
+/// or, for a record that arrived in a HELLO signed with the INIT or RESP after it, the owner's
+/// signatures over that whole flight (see [`check_record_in_flight`]).
 #[derive(Clone, Debug)]
 pub struct VerifiedRecord {
     /// The owner's keys.
@@ -100,6 +102,23 @@ pub struct VerifiedRecord {
 /// Ed25519 then ML-DSA-87 over the body as stored.
 pub fn verify_record(bytes: &[u8], now: u64) -> Result<VerifiedRecord, Error> {
     let (r, keys) = verify_record_ref(bytes, now)?;
+    Ok(VerifiedRecord {
+        keys,
+        storage_key: *r.storage_key,
+        seq: r.seq,
+        expires_at: r.expires_at,
+        bytes: bytes.to_vec(),
+    })
+}
+
+/// A record inside a HELLO signed with the INIT or RESP after it: layout, time window and
+/// `SHA-256(pk) = PeerId` are checked here, and its own signatures not, because the owner's
+/// signatures over the flight cover every byte of it (under the same keys) and the caller
+/// checks those before it trusts anything from the HELLO. One dual verification less per side.
+pub fn check_record_in_flight(bytes: &[u8], now: u64) -> Result<VerifiedRecord, Error> {
+    let r = RecordRef::parse(bytes)?;
+    r.check_times(now)?;
+    let keys = PeerKeys::new(r.peer_id, r.mldsa_pk, r.ed25519_pk)?;
     Ok(VerifiedRecord {
         keys,
         storage_key: *r.storage_key,

@@ -210,8 +210,27 @@ fn classical_only_client_cannot_connect() {
 
 /// Presents `record` instead of the node's own in HELLO, over a real connection.
 fn forged_hello_is_refused(forge: impl FnOnce(&Identity, Vec<u8>) -> Vec<u8>) -> HandshakeError {
+    forged_hello_from(node, forge)
+}
+
+/// As [`forged_hello_is_refused`], from a DHT-only node: its HELLO is signed on its own, so the
+/// record's own signatures are what prove it. (A member's HELLO leaves with its INIT under one
+/// signature over both, which covers every byte of the record.)
+fn forged_seed_hello_is_refused(
+    forge: impl FnOnce(&Identity, Vec<u8>) -> Vec<u8>,
+) -> HandshakeError {
+    forged_hello_from(
+        || Node::bind(Identity::generate(), NodeConfig::dht_only(loopback())).unwrap(),
+        forge,
+    )
+}
+
+fn forged_hello_from(
+    make: impl FnOnce() -> Node,
+    forge: impl FnOnce(&Identity, Vec<u8>) -> Vec<u8>,
+) -> HandshakeError {
     rt().block_on(async {
-        let mut a = node();
+        let mut a = make();
         let b = node();
         let forged = forge(a.identity(), a.record().to_vec());
         a.set_record_for_test(forged);
@@ -246,7 +265,7 @@ fn forged_records_are_refused_over_the_wire() {
         "{e:?}"
     );
     // Bad ML-DSA-87 signature.
-    let e = forged_hello_is_refused(|_, r| {
+    let e = forged_seed_hello_is_refused(|_, r| {
         let n = r.len();
         flip(r, n - ED25519_SIGNATURE_LEN - 100)
     });
@@ -255,7 +274,7 @@ fn forged_records_are_refused_over_the_wire() {
         "{e:?}"
     );
     // Bad Ed25519 signature.
-    let e = forged_hello_is_refused(|_, r| {
+    let e = forged_seed_hello_is_refused(|_, r| {
         let n = r.len();
         flip(r, n - 1)
     });
