@@ -5,6 +5,14 @@
 //! binds its Ed25519 key (the TLS raw public key) to its PeerId; and an HMAC proving knowledge of
 //! the network key, bound to the same exporter. Checked cheapest first: the network-key proof
 //! (one HMAC) before any signature, so a stranger costs the receiver almost nothing.
+//!
+//! Between members the HELLO goes unsigned ([`HelloSig::WithNext`]) and the INIT (dialler) or
+//! RESP (listener) after it in the same flight is signed over both
+//! ([`crate::session::initiate_after_hello`]): one ML-DSA-87 signature per side instead of two.
+//! That signature also covers the record inside the HELLO, so the record's own signatures are
+//! not checked there ([`check_record_in_flight`]): one verification per side instead of three.
+//! A dialler that holds the listener's current record says so (`held`), and the listener then
+//! sends only its sequence number ([`RecordRefOrSeq::Known`]).
 
 use shadowmesh_proto::consts::{EXPORTER_LEN, NETKEY_PROOF_LEN};
 use shadowmesh_proto::msg::{

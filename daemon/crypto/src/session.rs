@@ -1,7 +1,9 @@
 //! The end-to-end session (DESIGN.md, "Handshake" step 5, and "Data plane").
 //!
 //! INIT/RESP: ephemeral ML-KEM-1024 + X25519, each message dual-signed over its body and bound
-//! to `binding` (the TLS exporter on a direct path, the relay's PeerId on a relayed one).
+//! to `binding` (the TLS exporter on a direct path, the relay's PeerId on a relayed one). On a
+//! direct connection each signature also covers the sender's HELLO, sent unsigned just before
+//! ([`initiate_after_hello`], [`respond_in_flight`], [`Initiating::finish_after_hello`]).
 //! HKDF-SHA-256 over both shared secrets, salted with the network key, gives one
 //! ChaCha20-Poly1305 key per direction and a chaining key for rekeys.
 //!
