@@ -191,23 +191,7 @@ pub(crate) fn count_handshake(args: &[String]) -> Result {
     }
     let mut rows = Vec::new();
     for t in targets {
-        let mut c = cross_cargo(t, "build")?;
-        c.args([
-            "--release",
-            "-p",
-            "shadowmesh-crypto",
-            "--example",
-            "handshake_count",
-        ]);
-        eprintln!("+ {c:?}");
-        if !c.status().map_err(|e| e.to_string())?.success() {
-            return Err(format!("building handshake_count for {t} failed"));
-        }
-        let bin = target_dir()
-            .join(t)
-            .join("release")
-            .join("examples")
-            .join("handshake_count");
+        let bin = crypto_example(t, "handshake_count")?;
         let (_, runner) = cross_recipe(t)?;
         let mut base_per = None;
         for mode in ["separate", "flight", "known"] {
@@ -227,25 +211,23 @@ pub(crate) fn count_handshake(args: &[String]) -> Result {
     Ok(())
 }
 
-pub(crate) fn count_aead() -> Result {
-    let t = "aarch64-unknown-linux-musl";
+/// The release build of the crypto crate's example `name` for `t`; returns the binary.
+fn crypto_example(t: &str, name: &str) -> Result<std::path::PathBuf> {
     let mut c = cross_cargo(t, "build")?;
-    c.args([
-        "--release",
-        "-p",
-        "shadowmesh-crypto",
-        "--example",
-        "aead_count",
-    ]);
+    c.args(["--release", "-p", "shadowmesh-crypto", "--example", name]);
     eprintln!("+ {c:?}");
     if !c.status().map_err(|e| e.to_string())?.success() {
-        return Err("building aead_count failed".into());
+        return Err(format!("building {name} for {t} failed"));
     }
-    let bin = target_dir()
+    Ok(target_dir()
         .join(t)
         .join("release")
         .join("examples")
-        .join("aead_count");
+        .join(name))
+}
+
+pub(crate) fn count_aead() -> Result {
+    let bin = crypto_example("aarch64-unknown-linux-musl", "aead_count")?;
     let n = 20;
     println!("| aarch64, per 1,400-byte frame (seal + open) | executed instructions |");
     println!("| --- | ---: |");

@@ -102,13 +102,19 @@ pub struct VerifiedRecord {
 /// Ed25519 then ML-DSA-87 over the body as stored.
 pub fn verify_record(bytes: &[u8], now: u64) -> Result<VerifiedRecord, Error> {
     let (r, keys) = verify_record_ref(bytes, now)?;
-    Ok(VerifiedRecord {
-        keys,
-        storage_key: *r.storage_key,
-        seq: r.seq,
-        expires_at: r.expires_at,
-        bytes: bytes.to_vec(),
-    })
+    Ok(VerifiedRecord::new(&r, keys, bytes))
+}
+
+impl VerifiedRecord {
+    fn new(r: &RecordRef<'_>, keys: PeerKeys, bytes: &[u8]) -> Self {
+        VerifiedRecord {
+            keys,
+            storage_key: *r.storage_key,
+            seq: r.seq,
+            expires_at: r.expires_at,
+            bytes: bytes.to_vec(),
+        }
+    }
 }
 
 /// A record inside a HELLO signed with the INIT or RESP after it: layout, time window and
@@ -119,13 +125,7 @@ pub fn check_record_in_flight(bytes: &[u8], now: u64) -> Result<VerifiedRecord, 
     let r = RecordRef::parse(bytes)?;
     r.check_times(now)?;
     let keys = PeerKeys::new(r.peer_id, r.mldsa_pk, r.ed25519_pk)?;
-    Ok(VerifiedRecord {
-        keys,
-        storage_key: *r.storage_key,
-        seq: r.seq,
-        expires_at: r.expires_at,
-        bytes: bytes.to_vec(),
-    })
+    Ok(VerifiedRecord::new(&r, keys, bytes))
 }
 
 /// [`verify_record`] without copying: the parsed view and the owner's keys.
