@@ -389,10 +389,6 @@ impl Mesh {
                     .close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
             }
         }
-        // An authenticated peer is a live DHT contact, as one that sends us a request is: a
-        // node that joined while its seed knew nobody else learns the members that link to it
-        // at once, not at its next lookup.
-        self.add_contact(contact);
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
     }
 
