@@ -42,6 +42,9 @@ pub const LOOKUP_PATHS: usize = 2;
 /// How often a bucket nobody looked into is refreshed (Kademlia paper: one hour; shorter here
 /// because router meshes are small and churn is daily power cycles).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// When a node whose table is still short of [`K`] contacts looks itself up again after its
+/// join (then after doubling gaps): see [`node::Dht::bootstrap`].
+pub const REJOIN_FIRST: Duration = Duration::from_secs(5);
 /// How often an owner republishes its record (DESIGN.md).
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Holders drop a record this long after its last STORE (DESIGN.md: "some hours").

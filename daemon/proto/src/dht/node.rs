@@ -23,7 +23,7 @@ use super::observed::Observed;
 use super::rtt::Rtt;
 use super::store::{RecordMeta, RecordStore};
 use super::wire::{Contact, Request, Response, StoreCode};
-use super::{K, LOOKUP_PATHS, REFRESH_INTERVAL, REPUBLISH_INTERVAL, REQUEST_TIMEOUT};
+use super::{K, LOOKUP_PATHS, REFRESH_INTERVAL, REJOIN_FIRST, REPUBLISH_INTERVAL, REQUEST_TIMEOUT};
 use super::{MOVED_SETTLE, OBSERVE_RETRY};
 use super::{RTO_INITIAL, VALUE_QUORUM};
 use crate::limit::TokenBuckets;
@@ -96,6 +96,9 @@ pub struct Dht<C: RecordCheck> {
     last_refresh_check: Duration,
     rate: TokenBuckets<SocketAddr>,
     joining: Option<LookupId>,
+    /// While the table holds fewer than [`K`] contacts after the join: when to look ourselves
+    /// up again, and the gap after that one.
+    rejoin: Option<(Duration, Duration)>,
     observed: Observed,
     /// When to ask where others see us next; `None`: we do not ask ([`Dht::set_observing`]).
     next_observe: Option<Duration>,
@@ -143,6 +146,7 @@ impl<C: RecordCheck> Dht<C> {
             last_refresh_check: Duration::ZERO,
             rate: TokenBuckets::new(RATE_BURST, RATE_PER_SEC, RATE_TRACKED),
             joining: None,
+            rejoin: None,
             observed: Observed::new(),
             next_observe: None,
             last_moved: None,
@@ -261,25 +265,24 @@ impl<C: RecordCheck> Dht<C> {
 
     /// Joins the network: a lookup for our own id (fills the buckets near us; the periodic
     /// refresh fills the rest). Add the seeds with [`Dht::add_contact`] first.
-    /// When that lookup ends, every bucket from the closest occupied one up is refreshed once,
-    /// as in the Kademlia paper's join.
+    ///
+    /// In a young network the seeds may know nobody else yet when we ask them (nodes that
+    /// start together all join through a seed that has just started too), and nobody would
+    /// look for us again until the next bucket refresh. So while the table holds fewer than
+    /// [`K`] contacts, the lookup for our own id is repeated [`REJOIN_FIRST`] after the join,
+    /// then after gaps that double up to [`REFRESH_INTERVAL`]: a few messages in a small
+    /// network, none in one where the join filled the table.
     pub fn bootstrap(&mut self, now: Duration) -> Option<LookupId> {
         let me = self.local.id.0;
         self.joining = self.start(me, Query::FindNode, now);
         self.joining
     }
 
-    fn refresh_buckets(&mut self, force: bool, now: Duration) {
+    fn refresh_buckets(&mut self, now: Duration) {
         if self.table.is_empty() {
             return;
         }
-        let due = if force {
-            self.table
-                .due_for_refresh(now + REFRESH_INTERVAL + REFRESH_INTERVAL)
-        } else {
-            self.table.due_for_refresh(now)
-        };
-        for b in due {
+        for b in self.table.due_for_refresh(now) {
             let r = self.random();
             let target = self.table.random_id_in_bucket(b, r);
             self.table.touch_bucket(b, now);
@@ -420,9 +423,12 @@ impl<C: RecordCheck> Dht<C> {
                 p.kind = ReqKind::Store; // answers will only update the table
             }
         }
-        // Joined: now there are nodes to ask where they see us.
-        if self.joining == Some(id) && self.next_observe.is_some() {
-            self.next_observe = Some(now);
+        if self.joining == Some(id) {
+            // Joined: now there are nodes to ask where they see us.
+            if self.next_observe.is_some() {
+                self.next_observe = Some(now);
+            }
+            self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST));
         }
         // Nodes near the target that answered with nobody near it do not route: they are not
         // offered to others or asked first until they are heard from again.
@@ -690,6 +696,9 @@ impl<C: RecordCheck> Dht<C> {
         if let Some(t) = self.next_observe {
             periodic = periodic.min(t);
         }
+        if let Some((t, _)) = self.rejoin {
+            periodic = periodic.min(t);
+        }
         Some(req.map_or(periodic, |r| r.min(periodic)))
     }
 
@@ -714,10 +723,18 @@ impl<C: RecordCheck> Dht<C> {
         if self.next_observe.is_some_and(|t| now >= t) {
             self.observe(now);
         }
+        if let Some((at, gap)) = self.rejoin.filter(|(at, _)| now >= *at) {
+            let gap = gap * 2;
+            self.rejoin = (gap <= REFRESH_INTERVAL).then_some((at.max(now) + gap, gap));
+            if self.table.len() < K && !self.table.is_empty() {
+                let me = self.local.id.0;
+                self.start(me, Query::Refresh, now);
+            }
+        }
         if now >= self.last_refresh_check + Duration::from_secs(60) {
             self.last_refresh_check = now;
             self.store.expire(now, now_unix);
-            self.refresh_buckets(false, now);
+            self.refresh_buckets(now);
             // Re-replicate what nobody refreshed for an hour, a few per minute.
             for record in
                 self.store
