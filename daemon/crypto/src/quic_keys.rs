@@ -1,5 +1,5 @@
 //! QUIC packet and header-protection keys for the one cipher suite (TLS_CHACHA20_POLY1305_SHA256),
-//! kept as their 32 key bytes.
+//! and the TLS record keys rustls derives beside them, kept as their 32 key bytes.
 //!
 //! rustls' ring keys hold ring's key type, which is sized for its largest algorithm (AES-GCM's
 //! expanded key and GHASH table: 544 bytes on x86_64, 272 for a header key), and quinn keeps
@@ -7,11 +7,20 @@
 //! header keys): about 2.6 KiB of every member's memory for what is 192 bytes of key. Here each
 //! packet sets up its ChaCha20 key on the stack (a 32-byte copy). The packet protection is RFC
 //! 9001 section 5.3, the header protection section 5.4 with ChaCha20 (5.4.4).
+//!
+//! rustls also sets up a TLS record encrypter and decrypter at each key change, QUIC or not
+//! (1.1 KiB of ring keys per connection, kept for the connection's life). QUIC carries the
+//! handshake in CRYPTO frames, so they protect nothing here; [`ChaChaRecords`] keeps them as
+//! key bytes too, and protects records as RFC 8446 section 5.2 says should one ever be sent.
 
 use ring::aead::{self, Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
-use rustls::crypto::cipher::{AeadKey, Iv, Nonce};
+use rustls::crypto::cipher::{
+    make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv, MessageDecrypter,
+    MessageEncrypter, Nonce, OutboundOpaqueMessage, OutboundPlainMessage, PrefixedPayload,
+    Tls13AeadAlgorithm, UnsupportedOperationError,
+};
 use rustls::quic;
-use rustls::Error;
+use rustls::{ConnectionTrafficSecrets, ContentType, Error, ProtocolVersion};
 use zeroize::Zeroize;
 
 /// RFC 9001 section 6.6: AEAD_CHACHA20_POLY1305's integrity limit (forged packets tolerated);
@@ -41,10 +50,7 @@ impl Drop for KeyBytes {
 
 impl quic::Algorithm for ChaChaQuic {
     fn packet_key(&self, key: AeadKey, iv: Iv) -> Box<dyn quic::PacketKey> {
-        Box::new(PacketKey {
-            key: KeyBytes::new(key),
-            iv,
-        })
+        Box::new(PacketKey::new(key, iv))
     }
 
     fn header_protection_key(&self, key: AeadKey) -> Box<dyn quic::HeaderProtectionKey> {
@@ -56,12 +62,21 @@ impl quic::Algorithm for ChaChaQuic {
     }
 }
 
+/// A ChaCha20-Poly1305 key and IV; the nonce of message `n` is the IV XOR `n` (RFC 9001
+/// section 5.3, RFC 8446 section 5.3).
 struct PacketKey {
     key: KeyBytes,
     iv: Iv,
 }
 
 impl PacketKey {
+    fn new(key: AeadKey, iv: Iv) -> Self {
+        PacketKey {
+            key: KeyBytes::new(key),
+            iv,
+        }
+    }
+
     fn aead(&self, pn: u64) -> (LessSafeKey, aead::Nonce) {
         let key = LessSafeKey::new(
             UnboundKey::new(&CHACHA20_POLY1305, &self.key.0).expect("32-byte ChaCha20 key"),
@@ -70,6 +85,78 @@ impl PacketKey {
             key,
             aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, pn).0),
         )
+    }
+}
+
+/// The TLS record half of [`crate::tls::provider`]'s cipher suite.
+pub(crate) struct ChaChaRecords;
+
+impl Tls13AeadAlgorithm for ChaChaRecords {
+    fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
+        Box::new(PacketKey::new(key, iv))
+    }
+
+    fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
+        Box::new(PacketKey::new(key, iv))
+    }
+
+    fn key_len(&self) -> usize {
+        32
+    }
+
+    fn extract_keys(
+        &self,
+        key: AeadKey,
+        iv: Iv,
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+        Ok(ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv })
+    }
+}
+
+impl MessageEncrypter for PacketKey {
+    fn encrypt(
+        &mut self,
+        msg: OutboundPlainMessage<'_>,
+        seq: u64,
+    ) -> Result<OutboundOpaqueMessage, Error> {
+        let total = self.encrypted_payload_len(msg.payload.len());
+        let mut payload = PrefixedPayload::with_capacity(total);
+        payload.extend_from_chunks(&msg.payload);
+        payload.extend_from_slice(&[u8::from(msg.typ)]);
+        let (key, nonce) = self.aead(seq);
+        key.seal_in_place_append_tag(nonce, Aad::from(make_tls13_aad(total)), &mut payload)
+            .map_err(|_| Error::EncryptError)?;
+        // TLS 1.3 records carry the legacy version 0x0303 (RFC 8446 section 5.1).
+        Ok(OutboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            payload,
+        ))
+    }
+
+    fn encrypted_payload_len(&self, payload_len: usize) -> usize {
+        payload_len + 1 + CHACHA20_POLY1305.tag_len()
+    }
+}
+
+impl MessageDecrypter for PacketKey {
+    fn decrypt<'a>(
+        &mut self,
+        mut msg: InboundOpaqueMessage<'a>,
+        seq: u64,
+    ) -> Result<InboundPlainMessage<'a>, Error> {
+        let payload = &mut msg.payload;
+        if payload.len() < CHACHA20_POLY1305.tag_len() {
+            return Err(Error::DecryptError);
+        }
+        let (key, nonce) = self.aead(seq);
+        let aad = Aad::from(make_tls13_aad(payload.len()));
+        let plain = key
+            .open_in_place(nonce, aad, payload)
+            .map_err(|_| Error::DecryptError)?
+            .len();
+        payload.truncate(plain);
+        msg.into_tls13_unpadded_message()
     }
 }
 
@@ -222,5 +309,52 @@ mod tests {
         let mut bad = packet[4..].to_vec();
         bad[3] ^= 1;
         assert!(pk.decrypt_in_place(pn, &header, &mut bad).is_err());
+    }
+
+    /// TLS records sealed with the key bytes are byte for byte what ring's own rustls keys seal,
+    /// and each side opens the other's; a flipped bit, a wrong sequence number or a record
+    /// shorter than a tag fails.
+    #[test]
+    fn tls_records_match_rings_keys() {
+        use rustls::crypto::cipher::{InboundOpaqueMessage, OutboundChunks, OutboundPlainMessage};
+        let ring = rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256
+            .tls13()
+            .unwrap()
+            .aead_alg;
+        let (key, iv) = ([7u8; 32], [9u8; 12]);
+        let mut ours = ChaChaRecords.encrypter(AeadKey::from(key), Iv::from(iv));
+        let mut theirs = ring.encrypter(AeadKey::from(key), Iv::from(iv));
+        let body = b"a handshake message";
+        let plain = || OutboundPlainMessage {
+            typ: ContentType::Handshake,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(body),
+        };
+        for seq in [0u64, 1, 1 << 40] {
+            let a = ours.encrypt(plain(), seq).unwrap().encode();
+            let b = theirs.encrypt(plain(), seq).unwrap().encode();
+            assert_eq!(a, b, "sequence {seq}");
+            assert_eq!(a.len(), 5 + ours.encrypted_payload_len(body.len()));
+        }
+        let sealed = ours.encrypt(plain(), 5).unwrap().encode();
+        let open = |dec: &mut Box<dyn MessageDecrypter>, rec: &[u8], seq| {
+            let mut payload = rec[5..].to_vec();
+            let msg = InboundOpaqueMessage::new(
+                ContentType::ApplicationData,
+                ProtocolVersion::TLSv1_2,
+                &mut payload,
+            );
+            dec.decrypt(msg, seq).map(|m| (m.typ, m.payload.to_vec()))
+        };
+        let mut dec = ChaChaRecords.decrypter(AeadKey::from(key), Iv::from(iv));
+        let mut ring_dec = ring.decrypter(AeadKey::from(key), Iv::from(iv));
+        let want = (ContentType::Handshake, body.to_vec());
+        assert_eq!(open(&mut dec, &sealed, 5).unwrap(), want);
+        assert_eq!(open(&mut ring_dec, &sealed, 5).unwrap(), want);
+        assert!(open(&mut dec, &sealed, 6).is_err());
+        let mut bad = sealed.clone();
+        bad[9] ^= 1;
+        assert!(open(&mut dec, &bad, 5).is_err());
+        assert!(open(&mut dec, &sealed[..5 + 15], 5).is_err());
     }
 }
