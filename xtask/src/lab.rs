@@ -356,6 +356,25 @@ impl Lab {
             .map(|(_, c)| c.id())
     }
 
+    /// Waits up to `limit` for daemon `name` (the last one started under that name) to exit.
+    pub(crate) fn wait_daemon(&mut self, name: &str, limit: Duration) -> Result {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            let exited = self
+                .daemons
+                .iter_mut()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map_or(Ok(true), |(_, c)| c.try_wait().map(|s| s.is_some()))
+                .map_err(|e| e.to_string())?;
+            if exited {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(200))?;
+        }
+        Err(format!("{name} did not exit in {} s", limit.as_secs()))
+    }
+
     pub(crate) fn kill9(&mut self, name: &str) -> Result {
         let i = self
             .daemons

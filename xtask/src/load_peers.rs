@@ -8,8 +8,9 @@
 //!
 //! `--json` prints one object: `peers` (connected), `idle_rss_mib`, `rss_mib`, `kib_per_peer`,
 //! `handshakes_per_s` (the best wave), `idle_cpu_percent`. `--heaptrack FILE` runs the daemon
-//! under heaptrack (its RSS figures are then the wrapper's; read the heap from FILE with
-//! `heaptrack_print`).
+//! under heaptrack and kills it at the end with every member still connected, so that
+//! `heaptrack_print --print-leaks 1 FILE.zst` lists the heap as it was (its RSS figures include
+//! heaptrack's own).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -26,6 +27,26 @@ fn json_num(line: &str, key: &str) -> f64 {
 }
 
 /// Entry point.
+/// The first process under `pid` (children, then theirs) whose name is `comm`.
+fn descendant(pid: u32, comm: &str) -> Option<u32> {
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let name = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if name.trim() == comm {
+                return Some(c);
+            }
+            frontier.push(c);
+        }
+    }
+    None
+}
+
 pub fn run(bin: &Path, args: &[String]) -> Result {
     lab::catch_signals();
     let peers = crate::flag_value(args, "--peers").unwrap_or(1000);
@@ -45,12 +66,17 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
         Some(file) => lab.start_with(&node, &["heaptrack", "-o", file])?,
         None => lab.start(&node)?,
     }
-    let pid = lab.daemon_pid("target").ok_or("no daemon")?;
+    let child_pid = lab.daemon_pid("target").ok_or("no daemon")?;
     let control = lab.dir.join("target").join("control.sock");
     let t = Instant::now();
     while !control.exists() && t.elapsed() < Duration::from_secs(10) {
         lab::sleep(Duration::from_millis(100))?;
     }
+    // Under heaptrack the child is its wrapper: measure (and at the end stop) the daemon.
+    let pid = match heaptrack {
+        Some(_) => descendant(child_pid, "shadowmesh").ok_or("no daemon under heaptrack")?,
+        None => child_pid,
+    };
     // Idle with no peers.
     lab::sleep(Duration::from_secs(2))?;
     let (c0, rss0) = (cpu_s(pid), crate::rss_kib(pid));
@@ -122,6 +148,15 @@ pub fn run(bin: &Path, args: &[String]) -> Result {
     let status_end = lab.ctl(&node, "status");
     drop(stdin);
     let end = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    if let Some(file) = &heaptrack {
+        // Killed with everything still allocated, so that heaptrack's "leaks" are the heap
+        // with the members connected; the wrapper then writes the trace (the lab would kill
+        // the wrapper too, before it does).
+        // SAFETY: kill(2) on the daemon this run started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        lab.wait_daemon("target", Duration::from_secs(300))?;
+        eprintln!("load-peers: heap trace in {file}.zst (heaptrack_print --print-leaks 1)");
+    }
     drop(lab);
 
     let per_peer = (rss1.max(rss_end) as f64 - rss0 as f64) / connected.max(1.0);
