@@ -25,7 +25,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{
     ClientConfig, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event, ServerConfig,
 };
-use shadowmesh::node::{router_transport, server_name};
+use shadowmesh::node::{initial_suite, router_transport, server_name};
 use shadowmesh_crypto::tls::{KxPolicy, TlsContext};
 use shadowmesh_crypto::Identity;
 
@@ -93,13 +93,6 @@ fn client_config(tls: &TlsContext) -> ClientConfig {
     let mut c = ClientConfig::new(Arc::new(crypto));
     c.transport_config(Arc::new(router_transport(TUNNEL_MTU)));
     c
-}
-
-fn initial_suite() -> rustls::quic::Suite {
-    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-        .tls13()
-        .and_then(|s| s.quic_suite())
-        .expect("ring's QUIC initial suite")
 }
 
 /// quinn-proto under a plain loop: one socket, one transmit buffer for every connection,

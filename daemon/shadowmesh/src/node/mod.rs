@@ -726,7 +726,7 @@ impl Node {
 }
 
 /// The AES-128-GCM suite QUIC Initial packets must use (RFC 9001 §5.2), from ring.
-fn initial_suite() -> rustls::quic::Suite {
+pub fn initial_suite() -> rustls::quic::Suite {
     rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
         .tls13()
         .and_then(|s| s.quic_suite())
