@@ -83,7 +83,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    tokio::task::LocalSet::new().block_on(&rt, async {
         for (name, kx) in [
             ("hybrid", KxPolicy::Hybrid),
             ("classical", KxPolicy::ClassicalOnly),

@@ -37,6 +37,7 @@ pub mod node;
 pub mod plainudp;
 pub mod portmap;
 pub mod probe;
+pub mod quic;
 pub mod relayed;
 pub mod rpcd;
 pub mod selftest;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, RecvStream, SendStream};
+use crate::quic::{Connection, RecvStream, SendStream};
 use shadowmesh_crypto::record::DhtRecordCheck;
 use shadowmesh_proto::consts::{CLOSE_BUSY, CLOSE_IDLE, CLOSE_REPLACED, RECORD_MAX_ADDRS};
 use shadowmesh_proto::dht::node::{Dht, LookupId, LookupOutcome, Output, RequestId};
@@ -329,7 +329,8 @@ impl Mesh {
             let now = self.now();
             for c in self.conns.borrow().values() {
                 if c.stranger && now.saturating_sub(c.last_used.get()) >= STRANGER_IDLE {
-                    c.conn.close(quinn::VarInt::from_u32(CLOSE_IDLE), b"idle");
+                    c.conn
+                        .close(crate::quic::VarInt::from_u32(CLOSE_IDLE), b"idle");
                 }
             }
         }
@@ -369,7 +370,7 @@ impl Mesh {
                 contact.addr,
                 self.strangers()
             );
-            conn.close(quinn::VarInt::from_u32(CLOSE_BUSY), b"busy");
+            conn.close(crate::quic::VarInt::from_u32(CLOSE_BUSY), b"busy");
             return;
         }
         let old = self.conns.borrow_mut().insert(
@@ -386,7 +387,7 @@ impl Mesh {
         if let (Some(old), true) = (old, stranger) {
             if old.conn.stable_id() != conn.stable_id() {
                 old.conn
-                    .close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+                    .close(crate::quic::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
             }
         }
         tokio::task::spawn_local(self.clone().serve(conn, contact, keep));
@@ -511,8 +512,8 @@ impl Mesh {
                 // peer dialled: our address moved and it is a dead end (QUIC servers do not
                 // migrate). Closed, the next request dials afresh.
                 if let (RpcError::Timeout, Some((c, rx))) = (&e, &used) {
-                    if c.side() == quinn::Side::Server && c.stats().udp_rx.datagrams == *rx {
-                        c.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"unanswered");
+                    if c.side() == crate::quic::Side::Server && c.stats().udp_rx.datagrams == *rx {
+                        c.close(crate::quic::VarInt::from_u32(CLOSE_REPLACED), b"unanswered");
                     }
                 }
                 self.dht.borrow_mut().handle_failure(id, now);
@@ -652,10 +653,10 @@ impl Mesh {
         }
         // A DHT-only node's connection that we accepted: the next request dials afresh.
         self.conns.borrow_mut().retain(|_, c| {
-            let dead = c.stranger && c.conn.side() == quinn::Side::Server;
+            let dead = c.stranger && c.conn.side() == crate::quic::Side::Server;
             if dead {
                 c.conn
-                    .close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"moved");
+                    .close(crate::quic::VarInt::from_u32(CLOSE_REPLACED), b"moved");
             }
             !dead
         });

@@ -80,7 +80,7 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
             let addr: SocketAddr = l
                 .parse()
                 .map_err(|_| CliError::usage(format!("--listen '{l}': expected IP:PORT")))?;
-            rt.block_on(listen(id, addr, nk))
+            tokio::task::LocalSet::new().block_on(&rt, listen(id, addr, nk))
         }
         (None, Some(c)) => {
             let (peer, addr) = parse_peer_addr(c)?;
@@ -89,16 +89,19 @@ pub fn main(o: &Opts) -> Result<(), CliError> {
             if !(4..=1400).contains(&size) {
                 return Err(CliError::usage("--size must be 4..=1400 bytes"));
             }
-            rt.block_on(connect(
-                id,
-                nk,
-                peer,
-                addr,
-                count,
-                size,
-                o.flag("--rekey"),
-                o.flag("--attack"),
-            ))
+            tokio::task::LocalSet::new().block_on(
+                &rt,
+                connect(
+                    id,
+                    nk,
+                    peer,
+                    addr,
+                    count,
+                    size,
+                    o.flag("--rekey"),
+                    o.flag("--attack"),
+                ),
+            )
         }
         _ => Err(CliError::usage(
             "probe needs exactly one of --listen or --connect",
@@ -125,7 +128,7 @@ async fn listen(id: Identity, addr: SocketAddr, nk: NetworkKey) -> Result<(), Cl
                 None => break,
                 Some(Ok(peer)) => {
                     emit(peer_event(&peer));
-                    tokio::spawn(echo(peer));
+                    tokio::task::spawn_local(echo(peer));
                 }
                 Some(Err(e)) => emit(Obj::new().str("event", "handshake_failed").str("error", &e.to_string()).finish()),
             },
@@ -137,9 +140,9 @@ async fn listen(id: Identity, addr: SocketAddr, nk: NetworkKey) -> Result<(), Cl
 }
 
 /// Reads control messages into a channel (read_msg is not cancel-safe, so it gets its own task).
-fn control_reader(mut recv: quinn::RecvStream) -> mpsc::Receiver<(MsgType, Vec<u8>)> {
+fn control_reader(mut recv: crate::quic::RecvStream) -> mpsc::Receiver<(MsgType, Vec<u8>)> {
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
+    tokio::task::spawn_local(async move {
         let mut buf = Vec::new();
         while let Ok(t) = read_msg(&mut recv, &mut buf).await {
             if tx.send((t, std::mem::take(&mut buf))).await.is_err() {
@@ -322,7 +325,7 @@ async fn connect(
             .finish(),
     );
     peer.conn.close(
-        quinn::VarInt::from_u32(shadowmesh_proto::consts::CLOSE_SHUTDOWN),
+        crate::quic::VarInt::from_u32(shadowmesh_proto::consts::CLOSE_SHUTDOWN),
         b"done",
     );
     node.shutdown().await;

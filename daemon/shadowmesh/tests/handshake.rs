@@ -43,11 +43,21 @@ async fn connect(
     (d, a)
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+/// The daemon's runtime: one thread, with a `LocalSet` (endpoints drive themselves with
+/// `spawn_local`).
+struct Rt(tokio::runtime::Runtime);
+
+impl Rt {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::task::LocalSet::new().block_on(&self.0, f)
+    }
+}
+
+fn rt() -> Rt {
+    Rt(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap())
 }
 
 #[test]
@@ -193,7 +203,9 @@ fn classical_only_client_cannot_connect() {
         let b = node();
         let (d, l) = connect(&a, &b, b.peer_id(), None).await;
         match d {
-            Err(HandshakeError::Connection(quinn::ConnectionError::ConnectionClosed(c))) => {
+            Err(HandshakeError::Connection(
+                shadowmesh::quic::ConnectionError::ConnectionClosed(c),
+            )) => {
                 // TLS alert handshake_failure (40) as a QUIC CRYPTO_ERROR (0x100 + alert).
                 assert_eq!(u64::from(c.error_code), 0x100 + 40, "{c:?}");
             }
@@ -418,7 +430,7 @@ fn restarted_node_resets_stale_connections_at_once() {
         b2.wait().unwrap();
         let reason = closed.expect("connection must end well before the idle timeout");
         assert!(
-            matches!(reason, quinn::ConnectionError::Reset),
+            matches!(reason, shadowmesh::quic::ConnectionError::Reset),
             "{reason:?}"
         );
         assert!(waited < Duration::from_secs(10));

@@ -334,7 +334,7 @@ impl DataPlane {
                 m.counters.tx_packets += 1;
                 m.counters.tx_bytes += n as u64;
             }
-            Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+            Err(crate::quic::SendDatagramError::ConnectionLost(_)) => {
                 // Closed under us: the next packet dials again.
                 m.counters.tx_dropped += 1;
                 let id = link.conn.stable_id();

@@ -319,7 +319,7 @@ impl DataPlane {
             .handle_link_down(&pid, conn.stable_id())
         {
             let reason = conn.close_reason();
-            if matches!(reason, Some(quinn::ConnectionError::TimedOut)) {
+            if matches!(reason, Some(crate::quic::ConnectionError::TimedOut)) {
                 self.went_silent();
             }
             let why = reason.map(|r| r.to_string());

@@ -35,8 +35,8 @@ use std::rc::{Rc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::quic::{Connection, RecvStream, SendStream, VarInt};
 use bytes::BytesMut;
-use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::session::Session;
 use shadowmesh_link::control::Action;
 use shadowmesh_link::engine::{Engine, Output as CoreOutput};

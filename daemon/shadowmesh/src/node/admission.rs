@@ -5,7 +5,7 @@ use super::*;
 
 /// An accepted incoming connection whose handshake has not run yet; counts as in flight.
 pub struct PendingHandshake {
-    pub(super) incoming: quinn::Incoming,
+    pub(super) incoming: crate::quic::Incoming,
     pub(super) _guard: InFlight,
 }
 

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::quic::{Connection, RecvStream, SendStream, VarInt};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shadowmesh_crypto::hello::{build_hello, verify_hello, HelloCheck, HelloParams, HelloSig};
 use shadowmesh_crypto::record::{build_record, RecordParams, VerifiedRecord};
 use shadowmesh_crypto::session::{self, Session};
@@ -116,7 +116,7 @@ impl NodeConfig {
 pub struct Node {
     id: Arc<Identity>,
     tls: TlsContext,
-    endpoint: quinn::Endpoint,
+    endpoint: crate::quic::Endpoint,
     cfg: NodeConfig,
     record: std::cell::RefCell<Arc<[u8]>>,
     payload: std::cell::RefCell<Payload>,
@@ -227,12 +227,7 @@ impl Node {
         } else {
             crate::fastlane::DemuxSocket::new(runtime.wrap_udp_socket(socket)?, false)?
         };
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            ep_cfg,
-            Some(server),
-            demux.clone(),
-            runtime,
-        )?;
+        let endpoint = crate::quic::Endpoint::new(ep_cfg, Some(server), demux.clone())?;
         let payload = cfg.payload.clone();
         let seqs = SeqFloor::load(cfg.seq_file.clone());
         let now = crate::unix_now();
@@ -592,7 +587,7 @@ impl Node {
         &self,
         addr: SocketAddr,
         peer: PeerId,
-    ) -> Result<quinn::Connection, HandshakeError> {
+    ) -> Result<crate::quic::Connection, HandshakeError> {
         let crypto =
             QuicClientConfig::with_initial(Arc::new(self.tls.client(None)), initial_suite())
                 .expect("AES-128-GCM initial suite");
@@ -616,7 +611,10 @@ impl Node {
         self.refused_source.load(Ordering::Relaxed)
     }
 
-    async fn finish_accept(&self, connecting: quinn::Connecting) -> Result<Peer, HandshakeError> {
+    async fn finish_accept(
+        &self,
+        connecting: crate::quic::Connecting,
+    ) -> Result<Peer, HandshakeError> {
         let start = Instant::now();
         let conn = connecting.await?;
         let tls = (start.elapsed(), conn.stats());

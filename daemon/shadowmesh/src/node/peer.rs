@@ -7,9 +7,9 @@ use super::*;
 #[derive(Debug)]
 pub enum HandshakeError {
     /// QUIC or TLS failed (includes a pinned-key mismatch and no common key-exchange group).
-    Connect(quinn::ConnectError),
+    Connect(crate::quic::ConnectError),
     /// The connection failed or was closed by the peer.
-    Connection(quinn::ConnectionError),
+    Connection(crate::quic::ConnectionError),
     /// The peer closed the connection with one of our application codes.
     Rejected {
         /// The code (`CLOSE_*` in `shadowmesh_proto::consts`).
@@ -64,10 +64,10 @@ pub fn close_reason(code: u32) -> &'static str {
     }
 }
 
-impl From<quinn::ConnectionError> for HandshakeError {
-    fn from(e: quinn::ConnectionError) -> Self {
+impl From<crate::quic::ConnectionError> for HandshakeError {
+    fn from(e: crate::quic::ConnectionError) -> Self {
         match &e {
-            quinn::ConnectionError::ApplicationClosed(c) => {
+            crate::quic::ConnectionError::ApplicationClosed(c) => {
                 match u32::try_from(c.error_code.into_inner()) {
                     Ok(CLOSE_CLOCK) if c.reason.len() == 8 => HandshakeError::ClockRejected {
                         peer_now: u64::from_be_bytes(c.reason[..].try_into().expect("8 bytes")),
@@ -81,22 +81,26 @@ impl From<quinn::ConnectionError> for HandshakeError {
     }
 }
 
-impl From<quinn::ReadExactError> for HandshakeError {
-    fn from(e: quinn::ReadExactError) -> Self {
+impl From<crate::quic::ReadExactError> for HandshakeError {
+    fn from(e: crate::quic::ReadExactError) -> Self {
         match e {
-            quinn::ReadExactError::FinishedEarly(_) => {
+            crate::quic::ReadExactError::FinishedEarly(_) => {
                 HandshakeError::Protocol("control stream ended early")
             }
-            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => c.into(),
-            quinn::ReadExactError::ReadError(_) => HandshakeError::Protocol("control stream reset"),
+            crate::quic::ReadExactError::ReadError(crate::quic::ReadError::ConnectionLost(c)) => {
+                c.into()
+            }
+            crate::quic::ReadExactError::ReadError(_) => {
+                HandshakeError::Protocol("control stream reset")
+            }
         }
     }
 }
 
-impl From<quinn::WriteError> for HandshakeError {
-    fn from(e: quinn::WriteError) -> Self {
+impl From<crate::quic::WriteError> for HandshakeError {
+    fn from(e: crate::quic::WriteError) -> Self {
         match e {
-            quinn::WriteError::ConnectionLost(c) => c.into(),
+            crate::quic::WriteError::ConnectionLost(c) => c.into(),
             _ => HandshakeError::Protocol("control stream write failed"),
         }
     }
@@ -166,9 +170,9 @@ pub enum FrameError {
     /// Sealing or opening failed (replay, tamper, no key).
     Crypto(shadowmesh_crypto::Error),
     /// quinn refused the datagram (too large, peer does not accept datagrams).
-    Send(quinn::SendDatagramError),
+    Send(crate::quic::SendDatagramError),
     /// The connection is gone.
-    Connection(quinn::ConnectionError),
+    Connection(crate::quic::ConnectionError),
     /// The peer is not a member of our mesh (DHT-only): no packets flow to or from it.
     NotMember,
 }
@@ -261,7 +265,7 @@ impl Peer {
 impl HandshakeStats {
     pub(super) fn new(
         start: Instant,
-        tls: (Duration, quinn::ConnectionStats),
+        tls: (Duration, crate::quic::ConnectionStats),
         conn: &Connection,
         resumed: bool,
     ) -> Self {
