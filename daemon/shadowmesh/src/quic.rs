@@ -988,6 +988,7 @@ impl Connection {
                 conn: self.clone(),
                 id,
                 done: false,
+                end: false,
             },
         ))
     }
@@ -1185,6 +1186,8 @@ pub struct RecvStream {
     id: StreamId,
     /// Read to its end (or reset): nothing to stop.
     done: bool,
+    /// The end was reached in a read that also returned bytes: the next read returns it.
+    end: bool,
 }
 
 impl fmt::Debug for RecvStream {
@@ -1233,6 +1236,9 @@ impl RecvStream {
     }
 
     fn poll_read(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<Result<Read, ReadError>> {
+        if self.end {
+            return Poll::Ready(Ok(Read::End));
+        }
         let id = self.id;
         let Some(state) = self.conn.0.state.upgrade() else {
             return Poll::Ready(Err(ReadError::ConnectionLost(self.conn.gone())));
@@ -1273,10 +1279,10 @@ impl RecvStream {
                     Poll::Pending
                 }
             }
-            Err(None) if n > 0 => Poll::Ready(Ok(Read::Bytes(n))),
             Err(None) => {
                 self.done = true;
-                Poll::Ready(Ok(Read::End))
+                self.end = true;
+                Poll::Ready(Ok(if n > 0 { Read::Bytes(n) } else { Read::End }))
             }
             Err(Some(code)) => {
                 self.done = true;
@@ -1308,5 +1314,189 @@ impl Drop for RecvStream {
                 st.mark(ch);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{initial_suite, router_transport, server_name};
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use shadowmesh_crypto::tls::{KxPolicy, TlsContext};
+    use shadowmesh_crypto::Identity;
+
+    fn endpoint(server: Option<&TlsContext>) -> Endpoint {
+        let socket = crate::udp::Udp::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let server = server.map(|tls| {
+            let crypto =
+                QuicServerConfig::with_initial(Arc::new(tls.server()), initial_suite()).unwrap();
+            let mut s = ServerConfig::with_crypto(Arc::new(crypto));
+            s.transport_config(Arc::new(router_transport(1376)));
+            s
+        });
+        Endpoint::new(EndpointConfig::default(), server, socket.unwrap()).unwrap()
+    }
+
+    /// A connection between two endpoints on loopback: (client's, server's).
+    async fn pair(client: &Endpoint, server: &Endpoint, id: &Identity) -> (Connection, Connection) {
+        let tls = TlsContext::new(&Identity::generate(), KxPolicy::Hybrid);
+        let crypto =
+            QuicClientConfig::with_initial(Arc::new(tls.client(None)), initial_suite()).unwrap();
+        let mut cfg = ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(Arc::new(router_transport(1376)));
+        let to = server.local_addr().unwrap();
+        let connecting = client
+            .connect_with(cfg, to, &server_name(&id.peer_id()))
+            .unwrap();
+        let (c, s) = tokio::join!(connecting, async {
+            server.accept().await.unwrap().accept().unwrap().await
+        });
+        (c.unwrap(), s.unwrap())
+    }
+
+    fn within<F: Future>(f: F) -> impl Future<Output = F::Output> {
+        async {
+            tokio::time::timeout(Duration::from_secs(10), f)
+                .await
+                .expect("timed out")
+        }
+    }
+
+    /// Streams both ways (with more than one flow-control window of data), datagrams both
+    /// ways, the exporter agreeing on both sides, and a close whose code and reason reach the
+    /// peer; `wait_idle` returns once the connection has drained.
+    #[test]
+    fn streams_datagrams_and_close() {
+        crate::block_on_local(within(async {
+            let id = Identity::generate();
+            let tls = TlsContext::new(&id, KxPolicy::Hybrid);
+            let (client, server) = (endpoint(None), endpoint(Some(&tls)));
+            let (c, s) = pair(&client, &server, &id).await;
+            assert_eq!(c.side(), Side::Client);
+            assert_eq!(s.side(), Side::Server);
+            assert_eq!(s.remote_address(), client.local_addr().unwrap());
+            assert_ne!(
+                c.stable_id(),
+                pair(&client, &server, &id).await.0.stable_id()
+            );
+
+            let (mut a, e) = (vec![0u8; 32], vec![0u8; 32]);
+            let mut e = e;
+            c.export_keying_material(&mut a, b"label", b"").unwrap();
+            s.export_keying_material(&mut e, b"label", b"").unwrap();
+            assert_eq!(a, e);
+
+            // 200 KB: three times the stream window, so the writer waits for the reader.
+            let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            let (mut tx, mut rx) = c.open_bi().await.unwrap();
+            let writer = async {
+                tx.write_all(&big).await.unwrap();
+                tx.finish().unwrap();
+            };
+            let reader = async {
+                let (mut back, mut got) = s.accept_bi().await.unwrap();
+                let mut head = [0u8; 10];
+                got.read_exact(&mut head).await.unwrap();
+                let rest = got.read_to_end(1 << 20).await.unwrap().unwrap();
+                back.write_all(b"thanks").await.unwrap();
+                back.finish().unwrap();
+                [&head[..], &rest].concat()
+            };
+            let ((), echoed) = tokio::join!(writer, reader);
+            assert_eq!(echoed, big);
+            let mut thanks = [0u8; 6];
+            rx.read_exact(&mut thanks).await.unwrap();
+            assert_eq!(&thanks, b"thanks");
+            let mut more = [0u8; 1];
+            assert_eq!(
+                rx.read_exact(&mut more).await,
+                Err(ReadExactError::FinishedEarly(0))
+            );
+
+            assert!(c.max_datagram_size().unwrap() >= 1376);
+            c.send_datagram(Bytes::from_static(b"ping")).unwrap();
+            assert_eq!(&s.read_datagram().await.unwrap()[..], b"ping");
+            s.send_datagram(Bytes::from_static(b"pong")).unwrap();
+            assert_eq!(&c.read_datagram().await.unwrap()[..], b"pong");
+            assert!(c.stats().udp_tx.datagrams > 0);
+
+            assert!(c.close_reason().is_none());
+            c.close(VarInt::from_u32(7), b"bye");
+            assert_eq!(c.close_reason(), Some(ConnectionError::LocallyClosed));
+            match s.closed().await {
+                ConnectionError::ApplicationClosed(a) => {
+                    assert_eq!(a.error_code, VarInt::from_u32(7));
+                    assert_eq!(&a.reason[..], b"bye");
+                }
+                other => panic!("closed with {other:?}"),
+            }
+            assert!(matches!(
+                s.send_datagram(Bytes::from_static(b"late")),
+                Err(SendDatagramError::ConnectionLost(_))
+            ));
+            client.close(VarInt::from_u32(0), b"");
+            client.wait_idle().await;
+            assert!(client.accept().await.is_none());
+        }))
+        .unwrap();
+    }
+
+    /// Dropping every handle of a connection closes it with code 0, as quinn does; the
+    /// peer's waiters wake with the reason.
+    #[test]
+    fn the_last_handle_closes_the_connection() {
+        crate::block_on_local(within(async {
+            let id = Identity::generate();
+            let tls = TlsContext::new(&id, KxPolicy::Hybrid);
+            let (client, server) = (endpoint(None), endpoint(Some(&tls)));
+            let (c, s) = pair(&client, &server, &id).await;
+            let waiting = s.clone();
+            let reader = async move { waiting.read_datagram().await };
+            let c2 = c.clone();
+            drop(c);
+            tokio::task::yield_now().await;
+            assert!(c2.close_reason().is_none(), "closed with a handle left");
+            drop(c2);
+            match reader.await {
+                Err(ConnectionError::ApplicationClosed(a)) => {
+                    assert_eq!(a.error_code, VarInt::from_u32(0))
+                }
+                other => panic!("{other:?}"),
+            }
+        }))
+        .unwrap();
+    }
+
+    /// An incoming attempt can be refused, and the dialler learns it at once.
+    #[test]
+    fn a_refused_attempt_fails_the_dial() {
+        crate::block_on_local(within(async {
+            let id = Identity::generate();
+            let tls = TlsContext::new(&id, KxPolicy::Hybrid);
+            let (client, server) = (endpoint(None), endpoint(Some(&tls)));
+            let ctls = TlsContext::new(&Identity::generate(), KxPolicy::Hybrid);
+            let crypto =
+                QuicClientConfig::with_initial(Arc::new(ctls.client(None)), initial_suite())
+                    .unwrap();
+            let dial = client
+                .connect_with(
+                    ClientConfig::new(Arc::new(crypto)),
+                    server.local_addr().unwrap(),
+                    &server_name(&id.peer_id()),
+                )
+                .unwrap();
+            let refuse = async {
+                let i = server.accept().await.unwrap();
+                assert!(!i.remote_address_validated());
+                assert_eq!(i.remote_address(), client.local_addr().unwrap());
+                i.refuse();
+            };
+            let (r, ()) = tokio::join!(dial, refuse);
+            assert!(
+                matches!(r, Err(ConnectionError::ConnectionClosed(_))),
+                "{r:?}"
+            );
+        }))
+        .unwrap();
     }
 }
