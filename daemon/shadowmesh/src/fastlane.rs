@@ -22,7 +22,7 @@
 //! Who reads the socket: until the data plane starts, quinn's endpoint driver does, through
 //! [`DemuxSocket`]'s `poll_recv`. Once the data plane runs [`DemuxSocket::receive`], that task
 //! reads it instead: frames go straight to the sink, and the (rare, control-plane) QUIC
-//! datagrams are copied into a bounded stash that quinn's driver takes them from. Measured
+//! datagrams are copied into a bounded stash that the QUIC driver takes them from. Measured
 //! (`callgrind`, one echo through the tunnel): quinn's receive path (its endpoint driver, a
 //! recvmmsg batch of 32 set up twice per wake-up, its work limiter's clock reads) cost ~4,000
 //! instructions per received frame, more than opening the frame, and it sat between the
@@ -151,7 +151,7 @@ pub struct DemuxSocket {
 }
 
 /// The stash is full at this many QUIC datagrams or bytes: the receiver then stops reading the
-/// socket until quinn's driver has taken some, so the kernel's socket buffer (1 MiB,
+/// socket until the QUIC driver has taken some, so the kernel's socket buffer (1 MiB,
 /// [`SOCKET_BUFFER`]) stays the queue, as when quinn reads the socket itself. (Measured: with a
 /// stash that dropped at 256 KiB instead, a wave of 160 handshakes, two ~1,250-byte datagrams
 /// each, lost Initials and completed 5 handshakes per second instead of ~300.)
@@ -162,14 +162,14 @@ const STASH_BYTES: usize = 128 * 1024;
 const SPARE_LEN: usize = 64;
 const SPARE_MAX: usize = 2048;
 
-/// QUIC datagrams read by [`DemuxSocket::receive`], waiting for quinn's driver.
+/// QUIC datagrams read by [`DemuxSocket::receive`], waiting for the QUIC driver.
 #[derive(Default)]
 struct Stash {
     queue: VecDeque<(RecvMeta, Vec<u8>)>,
     /// Buffers of datagrams quinn took, reused (no allocation per datagram once warm).
     spare: Vec<Vec<u8>>,
     bytes: usize,
-    /// quinn's driver, to wake when a datagram is stashed (and, before the switch, the last
+    /// the QUIC driver, to wake when a datagram is stashed (and, before the switch, the last
     /// task that polled, so the switch can move it over).
     waker: Option<Waker>,
     /// The receiver, waiting for room.
@@ -344,7 +344,7 @@ impl DemuxSocket {
         false
     }
 
-    /// QUIC datagrams dropped because quinn's driver fell behind the receiver.
+    /// QUIC datagrams dropped because the QUIC driver fell behind the receiver.
     pub fn stash_dropped(&self) -> u64 {
         self.stash().dropped
     }
@@ -359,7 +359,7 @@ impl DemuxSocket {
         let mut buf = vec![0u8; RX_BUFS * RX_BUF_LEN];
         let mut meta = [RecvMeta::default(); RX_BUFS];
         loop {
-            // Room in the stash first (quinn's driver frees it and wakes us).
+            // Room in the stash first (the QUIC driver frees it and wakes us).
             if self.full.load(Ordering::Acquire) {
                 std::future::poll_fn(|cx| {
                     let mut st = self.stash();
@@ -401,7 +401,7 @@ impl DemuxSocket {
         if self.owned.swap(true, Ordering::AcqRel) {
             return false;
         }
-        // quinn's driver may be parked on the socket's readiness, which the new reader takes
+        // the QUIC driver may be parked on the socket's readiness, which the new reader takes
         // over: wake it so that it parks on the stash instead.
         if let Some(w) = self.stash().waker.take() {
             w.wake();
@@ -428,7 +428,7 @@ impl DemuxSocket {
     }
 
     /// Whether the stash has room for another receive call; if not, `waker` is woken once
-    /// quinn's driver has taken some.
+    /// the QUIC driver has taken some.
     pub(crate) fn room_or_wait(&self, waker: &Waker) -> bool {
         if !self.full.load(Ordering::Acquire) {
             return true;
@@ -442,7 +442,7 @@ impl DemuxSocket {
     }
 
     /// Hands what one receive call returned to `sink` and to quinn.
-    /// Returns quinn's driver to wake if datagrams were stashed for it (the data-plane
+    /// Returns the QUIC driver to wake if datagrams were stashed for it (the data-plane
     /// thread wakes it after handing the baton back, so that the runtime does not wake up only
     /// to wait for it).
     #[must_use]

@@ -3,7 +3,8 @@
 //! The protocol logic lives in `shadowmesh-proto` and `shadowmesh-link` (sans-IO) and
 //! `shadowmesh-crypto`; this crate is the I/O shell around them:
 //!
-//! - the quinn endpoint and the connection handshake ([`node`]), the DHT over QUIC ([`mesh`]);
+//! - QUIC endpoints driven by a task of their own ([`quic`]), the connection handshake
+//!   ([`node`]), the DHT over QUIC ([`mesh`]);
 //! - the data plane ([`dataplane`], with its own thread), the fast lane's socket
 //!   ([`fastlane`], [`udp`], [`plainudp`]), the TUN device ([`tun`]) and rtnetlink ([`netlink`]);
 //! - the daemon's wiring, cache and reload ([`daemon`]), its configuration ([`config`]) and

@@ -676,20 +676,20 @@ impl Incoming {
         }
     }
 
-    /// Answers with a Retry: the client must prove its address first.
-    pub fn retry(mut self) -> Result<(), ()> {
+    /// Answers with a Retry: the client must prove its address first. False (and the attempt
+    /// ignored) if it proved it already.
+    pub fn retry(mut self) -> bool {
         let i = self.inner.take().expect("undecided");
         let mut st = self.endpoint.state.borrow_mut();
         let mut buf = Vec::new();
         match st.endpoint.retry(i, &mut buf) {
             Ok(t) => {
                 st.respond(&t, &buf);
-                Ok(())
+                true
             }
             Err(e) => {
-                // Already validated: nothing to retry.
                 st.endpoint.ignore(e.into_incoming());
-                Err(())
+                false
             }
         }
     }
@@ -1354,12 +1354,10 @@ mod tests {
         (c.unwrap(), s.unwrap())
     }
 
-    fn within<F: Future>(f: F) -> impl Future<Output = F::Output> {
-        async {
-            tokio::time::timeout(Duration::from_secs(10), f)
-                .await
-                .expect("timed out")
-        }
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("timed out")
     }
 
     /// Streams both ways (with more than one flow-control window of data), datagrams both

@@ -6,7 +6,7 @@
 //! connection's own packets, so what crosses it is end to end: the relay reads and forges
 //! nothing, and the session does not change when a direct path replaces the circuit.
 //!
-//! The table is bounded ([`RELAYED_MAX`]); it is shared between quinn's driver (sends) and
+//! The table is bounded ([`RELAYED_MAX`]); it is shared between the QUIC driver (sends) and
 //! whoever reads the socket (the runtime or the data-plane thread), behind a mutex that is
 //! never held across anything but a copy and a `sendmsg`.
 

@@ -27,7 +27,7 @@
 //! driver task is woken to carry it out), and the runtime
 //! stops watching the TUN and the socket ([`crate::tun::Tun::stop_watching`],
 //! [`crate::udp::Udp::stop_reading`]) so that packets do not wake it too. QUIC datagrams it
-//! reads go to quinn through the fast lane's stash, and quinn's driver is woken as a task
+//! reads go to quinn through the fast lane's stash, and the QUIC driver is woken as a task
 //! woken from another thread is.
 
 use std::cell::{Cell, RefCell};
@@ -260,7 +260,7 @@ impl Work {
             drop(guard);
             self.baton.give();
             if let Some(w) = quinn {
-                // QUIC datagrams for quinn's driver, woken with the baton free.
+                // QUIC datagrams for the QUIC driver, woken with the baton free.
                 w.wake();
             }
             if more {
@@ -314,7 +314,7 @@ impl Work {
 
     /// Reads the socket until it is empty, one receive call (up to [`RX_BUFS`] GRO batches) at
     /// a time: frames to the data plane, QUIC datagrams to quinn. Returns whether there may be
-    /// more to read now (the batch was full), and quinn's driver if it has datagrams to take.
+    /// more to read now (the batch was full), and the QUIC driver if it has datagrams to take.
     fn receive(
         &mut self,
         buf: &mut [u8],
@@ -322,7 +322,7 @@ impl Work {
         room: &Waker,
     ) -> (bool, Option<Waker>) {
         if !self.demux.room_or_wait(room) {
-            // quinn's driver wakes us (the kick) once it has taken some.
+            // the QUIC driver wakes us (the kick) once it has taken some.
             return (false, None);
         }
         let mut it = buf.chunks_mut(RX_BUF_LEN).map(IoSliceMut::new);

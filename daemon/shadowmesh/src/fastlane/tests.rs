@@ -59,7 +59,7 @@ fn frames_are_taken_out_and_quic_kept_in_order() {
     assert_eq!(seen.get(), 4);
 }
 
-/// What quinn's driver gets from one `poll_recv` (nothing after 50 ms): (source, datagram).
+/// What the QUIC driver gets from one `poll_recv` (nothing after 50 ms): (source, datagram).
 async fn quinn_takes(demux: &DemuxSocket) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut b = [[0u8; 100]; 4];
     let mut meta = [RecvMeta::default(); 4];
