@@ -1,16 +1,18 @@
-//! What one QUIC connection holds in memory, through quinn's async API (what the daemon uses)
-//! and through quinn-proto driven directly: N connections from a client thread to a server
-//! thread over loopback UDP, with the daemon's TLS (hybrid key exchange, Ed25519 certificates)
-//! and transport settings, and no HELLO, session or link on top. Once all N are up and have
+//! What one QUIC connection holds in memory: through quinn's async API, through quinn-proto
+//! driven by a plain loop, and through the daemon's driver (`shadowmesh::quic`: quinn-proto
+//! under one task per endpoint). N connections from a client thread to a server thread over
+//! loopback UDP, with the daemon's TLS (hybrid key exchange, Ed25519 certificates) and
+//! transport settings, and no HELLO, session or link on top. Once all N are up and have
 //! settled, the server thread's heap (every byte it allocated and has not freed, counted by
 //! this program's allocator) is printed per connection, as one JSON object per mode.
 //!
-//! The async server's socket sends one datagram per call, as the daemon's does when the fast
-//! lane carries the data (`DemuxSocket` in control-only mode): with GSO, quinn's driver keeps a
-//! transmit buffer as large as the largest burst it ever sent, about 16 KiB per connection after
-//! a handshake over loopback.
+//! quinn's server socket sends one datagram per call, as the daemon's did over quinn when the
+//! fast lane carried the data (`DemuxSocket` in control-only mode): with GSO, quinn's driver
+//! keeps a transmit buffer as large as the largest burst it ever sent, about 16 KiB per
+//! connection after a handshake over loopback. The daemon's driver has one transmit buffer for
+//! all its connections.
 //!
-//! `cargo run --release -p shadowmesh --example quic_floor -- [N] [async|proto|both]`
+//! `cargo run --release -p shadowmesh --example quic_floor -- [N] [async|proto|daemon|all]`
 //! (BENCHMARKS.md, "1,000 members on one node").
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -363,6 +365,51 @@ fn server_async(n: usize, ready: mpsc::Sender<(SocketAddr, String)>) -> Report {
     })
 }
 
+fn server_daemon(n: usize, ready: mpsc::Sender<(SocketAddr, String)>) -> Report {
+    shadowmesh::block_on_local(async move {
+        let id = Identity::generate();
+        let tls = TlsContext::new(&id, KxPolicy::Hybrid);
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        let endpoint = shadowmesh::quic::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config(&tls)),
+            shadowmesh::udp::Udp::new(sock).expect("socket"),
+        )
+        .expect("endpoint");
+        let base = held();
+        ready
+            .send((addr, server_name(&id.peer_id())))
+            .expect("client waits");
+        let t = Instant::now();
+        let mut conns = Vec::new();
+        let mut last_up = Instant::now();
+        while conns.len() < n && t.elapsed() < Duration::from_secs(120) {
+            let Ok(Some(incoming)) =
+                tokio::time::timeout(Duration::from_millis(100), endpoint.accept()).await
+            else {
+                continue;
+            };
+            let Ok(connecting) = incoming.accept() else {
+                continue;
+            };
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(10), connecting).await {
+                conns.push(c);
+                last_up = Instant::now();
+            }
+        }
+        tokio::time::sleep(SETTLE.saturating_sub(last_up.elapsed())).await;
+        let up = conns.iter().filter(|c| c.close_reason().is_none()).count();
+        Report {
+            mode: "daemon",
+            conns: up,
+            held: held() - base,
+            seconds: t.elapsed().as_secs_f64(),
+        }
+    })
+    .expect("runtime")
+}
+
 fn run(n: usize, server: Server) -> Report {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel();
@@ -378,10 +425,14 @@ fn run(n: usize, server: Server) -> Report {
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300);
-    let which = args.next().unwrap_or_else(|| "both".into());
-    let modes: &[(&str, Server)] = &[("async", server_async), ("proto", server_proto)];
+    let which = args.next().unwrap_or_else(|| "all".into());
+    let modes: &[(&str, Server)] = &[
+        ("async", server_async),
+        ("proto", server_proto),
+        ("daemon", server_daemon),
+    ];
     for (name, server) in modes {
-        if which != "both" && which != *name {
+        if which != "all" && which != *name {
             continue;
         }
         let r = run(n, *server);

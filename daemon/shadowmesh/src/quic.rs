@@ -527,7 +527,7 @@ impl Endpoint {
                 blocked: None,
                 closed: false,
                 handles: 1,
-                next_stable: 0,
+                next_stable: 1,
                 me: me.clone(),
             })
         });
@@ -818,7 +818,7 @@ impl Connection {
         }
     }
 
-    /// An ID unique among this endpoint's connections.
+    /// An ID unique among this endpoint's connections, never 0.
     pub fn stable_id(&self) -> usize {
         self.0.stable as usize
     }
