@@ -43,7 +43,13 @@ use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Event, StreamEvent, Stre
 const MAX_TRANSMIT_DATAGRAMS: usize = 20;
 /// GSO segments per send, at most (quinn's figure).
 const MAX_TRANSMIT_SEGMENTS: usize = 10;
-/// Receive calls per turn of the task before it lets other tasks run.
+/// Bytes received per turn of the task before it serves the connections and lets other tasks
+/// run: the tasks that read datagrams must get to them before a connection's datagram queue
+/// (`router_transport`: 256 KiB) overflows and drops the oldest. (Reading up to 16 MiB per
+/// turn cost 10% of the QUIC lane's throughput in `bench-tunnel`; quinn bounds its reads by
+/// time, 50 us.)
+const RECV_BUDGET: usize = 64 * 1024;
+/// Receive calls per turn, at most (each may return nothing but an ICMP error).
 const RECV_CALLS_PER_TURN: usize = 32;
 /// Receive buffers: up to [`BATCH_SIZE`] of them, each large enough for a GRO batch.
 const RX_BUFS: usize = if BATCH_SIZE < 8 { BATCH_SIZE } else { 8 };
@@ -85,9 +91,11 @@ struct Conn {
     /// The deadline this connection has in the timer heap.
     armed: Option<Instant>,
     dirty: bool,
-    /// Tasks waiting for anything on this connection (a handshake, a stream, a datagram): few,
-    /// all woken at each event.
+    /// Tasks waiting for the handshake, a stream or the end of the connection: few, all woken
+    /// at each such event.
     waiters: Vec<Waker>,
+    /// Tasks waiting for a datagram, woken apart: one datagram must not wake a stream's reader.
+    readers: Vec<Waker>,
     handle: Weak<Handle>,
     connected: bool,
     error: Option<ConnectionError>,
@@ -102,7 +110,11 @@ impl Conn {
         if self.error.is_none() {
             self.error = Some(ConnectionError::LocallyClosed);
         }
-        for w in self.waiters.drain(..) {
+        self.wake_all();
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.waiters.drain(..).chain(self.readers.drain(..)) {
             w.wake();
         }
     }
@@ -146,6 +158,7 @@ impl State {
             armed: None,
             dirty: false,
             waiters: Vec::new(),
+            readers: Vec::new(),
             handle: Rc::downgrade(&handle),
             connected: false,
             error: None,
@@ -261,29 +274,38 @@ impl State {
                 }
             }
             let more = sent >= MAX_TRANSMIT_DATAGRAMS;
-            let mut wake = false;
+            let (mut streams, mut datagrams) = (false, false);
             while let Some(ev) = c.inner.poll() {
                 match ev {
-                    Event::Connected => c.connected = true,
+                    Event::Connected => {
+                        c.connected = true;
+                        (streams, datagrams) = (true, true);
+                    }
                     Event::ConnectionLost { reason } => {
                         if c.error.is_none() {
                             c.error = Some(reason);
                         }
+                        (streams, datagrams) = (true, true);
                     }
-                    Event::HandshakeDataReady
-                    | Event::DatagramsUnblocked
-                    | Event::Stream(StreamEvent::Available { .. })
+                    Event::DatagramReceived => datagrams = true,
+                    Event::Stream(StreamEvent::Available { .. })
                     | Event::Stream(StreamEvent::Writable { .. })
                     | Event::Stream(StreamEvent::Readable { .. })
                     | Event::Stream(StreamEvent::Opened { .. })
                     | Event::Stream(StreamEvent::Finished { .. })
-                    | Event::Stream(StreamEvent::Stopped { .. })
-                    | Event::DatagramReceived => {}
+                    | Event::Stream(StreamEvent::Stopped { .. }) => streams = true,
+                    // Nobody waits for room to queue datagrams (the oldest queued one is
+                    // dropped instead), and the handshake data is read once connected.
+                    Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
                 }
-                wake = true;
             }
-            if wake {
+            if streams {
                 for w in c.waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            if datagrams {
+                for w in c.readers.drain(..) {
                     w.wake();
                 }
             }
@@ -299,9 +321,7 @@ impl State {
                 if let Some(h) = c.handle.upgrade() {
                     *h.ended.borrow_mut() = c.error.clone();
                 }
-                for w in c.waiters.drain(..) {
-                    w.wake();
-                }
+                c.wake_all();
                 // The endpoint forgot it when handed the connection's last event (drained).
                 self.live -= 1;
                 if self.live == 0 {
@@ -391,14 +411,13 @@ async fn drive(state: Shared) {
     poll_fn(|cx| {
         let mut guard = state.borrow_mut();
         let st = &mut *guard;
-        if !st.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            st.driver = Some(cx.waker().clone());
-        }
-        let mut calls = 0;
+        // What this turn marks, this turn serves: no waking ourselves.
+        st.driver = None;
+        let (mut calls, mut received) = (0, 0);
         for turn in 0.. {
             let now = Instant::now();
             let mut progress = false;
-            while calls < RECV_CALLS_PER_TURN {
+            while calls < RECV_CALLS_PER_TURN && received < RECV_BUDGET {
                 let r = {
                     let mut it = rx.chunks_mut(RX_BUF_LEN).map(IoSliceMut::new);
                     let mut iovs: [IoSliceMut<'_>; RX_BUFS] = std::array::from_fn(|_| {
@@ -412,9 +431,13 @@ async fn drive(state: Shared) {
                         calls += 1;
                         progress = true;
                         for (m, b) in meta.iter().zip(rx.chunks(RX_BUF_LEN)).take(n) {
-                            let len = m.len.min(b.len());
-                            for d in b[..len].chunks(m.stride.max(1)) {
-                                st.receive(now, m, BytesMut::from(d));
+                            // One copy per receive buffer; its datagrams (a GRO batch) are
+                            // slices of it.
+                            let mut data = BytesMut::from(&b[..m.len.min(b.len())]);
+                            received += data.len();
+                            while !data.is_empty() {
+                                let d = data.split_to(m.stride.max(1).min(data.len()));
+                                st.receive(now, m, d);
                             }
                         }
                     }
@@ -428,10 +451,13 @@ async fn drive(state: Shared) {
                     }
                 }
             }
+            // A fresh time for the timers and the pacer: the reads above may have taken a while,
+            // and a stale one makes the pacer hold back packets it would send.
+            let now = Instant::now();
             st.expire(now);
             // While the socket has no room, connections wait (the poller wakes us).
             let sending = st.unblock(cx) && st.serve(now);
-            if calls >= RECV_CALLS_PER_TURN || turn >= 16 {
+            if calls >= RECV_CALLS_PER_TURN || received >= RECV_BUDGET || turn >= 16 {
                 // Let the other tasks run, then carry on.
                 cx.waker().wake_by_ref();
                 break;
@@ -457,6 +483,7 @@ async fn drive(state: Shared) {
         if st.handles == 0 && st.live == 0 {
             return Poll::Ready(());
         }
+        st.driver = Some(cx.waker().clone());
         Poll::Pending
     })
     .await;
@@ -934,7 +961,7 @@ impl Connection {
                 if let Some(e) = &c.error {
                     return Poll::Ready(Err(e.clone()));
                 }
-                wait(&mut c.waiters, cx);
+                wait(&mut c.readers, cx);
                 Poll::Pending
             }) {
                 Some(p) => p,
