@@ -129,7 +129,7 @@ pub struct Keep {
     pub path: PathBuf,
     /// The domain names are under.
     pub domain: String,
-    /// The dnsmasq to tell ([`dnsmasqs`]).
+    /// The dnsmasq to tell (`dnsmasqs`).
     pub pidfile: Option<PathBuf>,
     /// Our DHCP leases and the LANs we advertise, when we share our hosts' names.
     pub share: Option<(PathBuf, Vec<shadowmesh_proto::route::Prefix>)>,
