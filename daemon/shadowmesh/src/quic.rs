@@ -66,6 +66,8 @@ struct State {
     live: usize,
     /// Connections with something to send, events to hand out or a timer to re-arm.
     dirty: Vec<usize>,
+    /// The next turn's dirty list while this one is served (kept: no allocation per turn).
+    again: Vec<usize>,
     /// (deadline, handle, stable id); an entry whose connection has since re-armed is stale
     /// and skipped when it comes up.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
@@ -241,7 +243,8 @@ impl State {
             .socket
             .max_transmit_segments()
             .clamp(1, MAX_TRANSMIT_SEGMENTS);
-        let mut again = Vec::new();
+        let mut again = std::mem::take(&mut self.again);
+        again.clear();
         let mut i = 0;
         while i < self.dirty.len() {
             let ch = self.dirty[i];
@@ -341,14 +344,17 @@ impl State {
             self.conns[ch] = Some(c);
             if full {
                 self.dirty.drain(..i - 1);
-                self.dirty.extend(again);
+                self.dirty.append(&mut again);
+                self.again = again;
                 return false;
             }
             if more {
                 again.push(ch);
             }
         }
-        self.dirty = again;
+        self.dirty.clear();
+        std::mem::swap(&mut self.dirty, &mut again);
+        self.again = again;
         // Stale timers pile up while deadlines move earlier: rebuild once they dominate.
         if self.timers.len() > 2 * self.live + 64 {
             self.timers.clear();
@@ -545,6 +551,7 @@ impl Endpoint {
                 conns: Vec::new(),
                 live: 0,
                 dirty: Vec::new(),
+                again: Vec::new(),
                 timers: BinaryHeap::new(),
                 incoming: VecDeque::new(),
                 accepting: None,
@@ -638,7 +645,7 @@ impl Endpoint {
             if st.live == 0 {
                 return Poll::Ready(());
             }
-            st.idle.push(cx.waker().clone());
+            wait(&mut st.idle, cx);
             Poll::Pending
         })
         .await
