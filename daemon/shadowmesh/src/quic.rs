@@ -80,7 +80,10 @@ struct State {
     /// A transmit the socket refused for lack of room: (connection, transmit), sent first once
     /// the socket is writable.
     blocked: Option<(Option<usize>, quinn_proto::Transmit)>,
-    closed: bool,
+    /// Set by [`Endpoint::close`]: the code and reason every connection closes with, including
+    /// one accepted later from an attempt taken before (it would otherwise stay open and keep
+    /// `wait_idle` waiting).
+    closed: Option<(VarInt, Bytes)>,
     /// Endpoint handles alive: the task ends once there are none and no connection is left.
     handles: usize,
     next_stable: u64,
@@ -154,7 +157,7 @@ impl State {
         if self.conns.len() <= ch.0 {
             self.conns.resize_with(ch.0 + 1, || None);
         }
-        self.conns[ch.0] = Some(Conn {
+        let mut c = Conn {
             inner: Box::new(conn),
             stable,
             armed: None,
@@ -164,7 +167,11 @@ impl State {
             handle: Rc::downgrade(&handle),
             connected: false,
             error: None,
-        });
+        };
+        if let Some((code, reason)) = &self.closed {
+            c.close(*code, reason.clone());
+        }
+        self.conns[ch.0] = Some(c);
         self.live += 1;
         self.mark(ch.0);
         Connection(handle)
@@ -194,7 +201,7 @@ impl State {
             .handle(now, meta.addr, meta.dst_ip, ecn, data, &mut self.tx)
         {
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.closed {
+                if self.closed.is_some() {
                     let t = self.endpoint.refuse(incoming, &mut self.tx);
                     self.send_response(&t);
                 } else {
@@ -559,7 +566,7 @@ impl Endpoint {
                 idle: Vec::new(),
                 tx: Vec::new(),
                 blocked: None,
-                closed: false,
+                closed: None,
                 handles: 1,
                 next_stable: 1,
                 me: me.clone(),
@@ -582,7 +589,7 @@ impl Endpoint {
         server_name: &str,
     ) -> Result<Connecting, ConnectError> {
         let mut st = self.state.borrow_mut();
-        if st.closed {
+        if st.closed.is_some() {
             return Err(ConnectError::EndpointStopping);
         }
         let (ch, conn) = st
@@ -595,7 +602,7 @@ impl Endpoint {
     pub async fn accept(&self) -> Option<Incoming> {
         poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
-            if st.closed {
+            if st.closed.is_some() {
                 return Poll::Ready(None);
             }
             if let Some(i) = st.incoming.pop_front() {
@@ -616,8 +623,8 @@ impl Endpoint {
     /// Closes every connection with `code` and `reason` and refuses new ones.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         let mut st = self.state.borrow_mut();
-        st.closed = true;
         let reason = Bytes::copy_from_slice(reason);
+        st.closed = Some((code, reason.clone()));
         let mut closing = Vec::new();
         for (ch, c) in st.conns.iter_mut().enumerate() {
             if let Some(c) = c {
@@ -1388,6 +1395,43 @@ mod tests {
         (c.unwrap(), s.unwrap())
     }
 
+    /// Starts a connection from `client` to `server` (whose identity is `id`).
+    fn dial(client: &Endpoint, server: &Endpoint, id: &Identity) -> Connecting {
+        let tls = TlsContext::new(&Identity::generate(), KxPolicy::Hybrid);
+        let crypto =
+            QuicClientConfig::with_initial(Arc::new(tls.client(None)), initial_suite()).unwrap();
+        client
+            .connect_with(
+                ClientConfig::new(Arc::new(crypto)),
+                server.local_addr().unwrap(),
+                &server_name(&id.peer_id()),
+            )
+            .unwrap()
+    }
+
+    /// An attempt taken before the endpoint closed and accepted after it closes at once, as
+    /// quinn's do: the dialler fails, and `wait_idle` does not wait on it. (A daemon told to stop
+    /// while a handshake was queued kept that connection open, and its port, for good.)
+    #[test]
+    fn an_attempt_accepted_after_close_is_closed() {
+        crate::block_on_local(within(async {
+            let id = Identity::generate();
+            let tls = TlsContext::new(&id, KxPolicy::Hybrid);
+            let (client, server) = (endpoint(None), endpoint(Some(&tls)));
+            let dialling = dial(&client, &server, &id);
+            let accepted = async {
+                let i = server.accept().await.unwrap();
+                server.close(VarInt::from_u32(9), b"stop");
+                let r = i.accept().unwrap().await;
+                assert!(matches!(r, Err(ConnectionError::LocallyClosed)), "{r:?}");
+                server.wait_idle().await;
+            };
+            let (r, ()) = tokio::join!(dialling, accepted);
+            assert!(r.is_err(), "{r:?}");
+        }))
+        .unwrap();
+    }
+
     async fn within<F: Future>(f: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(10), f)
             .await
@@ -1506,17 +1550,7 @@ mod tests {
             let id = Identity::generate();
             let tls = TlsContext::new(&id, KxPolicy::Hybrid);
             let (client, server) = (endpoint(None), endpoint(Some(&tls)));
-            let ctls = TlsContext::new(&Identity::generate(), KxPolicy::Hybrid);
-            let crypto =
-                QuicClientConfig::with_initial(Arc::new(ctls.client(None)), initial_suite())
-                    .unwrap();
-            let dial = client
-                .connect_with(
-                    ClientConfig::new(Arc::new(crypto)),
-                    server.local_addr().unwrap(),
-                    &server_name(&id.peer_id()),
-                )
-                .unwrap();
+            let dial = dial(&client, &server, &id);
             let refuse = async {
                 let i = server.accept().await.unwrap();
                 assert!(!i.remote_address_validated());
