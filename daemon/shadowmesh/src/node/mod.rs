@@ -175,6 +175,10 @@ pub fn router_transport(tunnel_mtu: u16) -> quinn::TransportConfig {
     t
 }
 
+/// How long [`Node::shutdown`] waits for the connections to finish closing (their peers are
+/// told at once; the wait only lets retransmitted closes go out).
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
 /// quinn's initial congestion window, sized to carry one handshake flight (see
 /// [`router_transport`]).
 pub const INITIAL_WINDOW: u64 = 32 * 1024;
@@ -340,11 +344,18 @@ impl Node {
         *self.record.borrow_mut() = record.into();
     }
 
-    /// Closes every connection and waits until they are gone.
+    /// Closes every connection and waits until they are gone, or [`SHUTDOWN_WAIT`] at most: a
+    /// daemon told to stop must free its port even if a connection cannot finish closing (its
+    /// close could not be sent: the socket reported no room and never room again).
     pub async fn shutdown(&self) {
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
-        self.endpoint.wait_idle().await;
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            log::warn!("connections still closing after {SHUTDOWN_WAIT:?}: leaving them");
+        }
     }
 
     /// Dials `addr`, expecting `peer`; pins the Ed25519 key `pinned` if known.
